@@ -1,0 +1,1 @@
+"""The ``layercut`` command line."""

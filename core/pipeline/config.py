@@ -1,0 +1,76 @@
+"""Typed settings of each stage (pydantic, no torch), shared by the command line and the service."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Config):
+    """Where the images come from and how they are split."""
+
+    source: str = Field("textures", description="textures, digits, a torchvision dataset name, or a folder path")
+    image_size: int = Field(64, ge=32, le=1024)
+    seed: int = 0
+    val_fraction: float = Field(0.15, gt=0, lt=0.5)
+    test_fraction: float = Field(0.15, gt=0, lt=0.5)
+    classes: list[str] | None = Field(None, description="class names, needed for a flat folder of {label}_{id} files")
+    skip_unreadable: bool = False
+    allow_mixed_sizes: bool = False
+    data_root: str | None = None
+
+
+class TrainConfig(_Config):
+    """Optimisation settings for training a base model or retraining a slim one."""
+
+    epochs: int = Field(8, ge=1, le=1000)
+    batch_size: int = Field(32, ge=2, le=4096)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    schedule: Literal["cosine", "step", "none"] = "cosine"
+    step_size: int = Field(10, ge=1, description="epochs between learning-rate drops (step schedule)")
+    gamma: float = Field(0.1, gt=0, le=1, description="learning-rate factor at each drop (step schedule)")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    augment: bool = True
+    patience: int | None = Field(5, ge=1, description="stop after this many epochs without a better validation accuracy")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = Field(True, description="mixed precision (CUDA only)")
+    channels_last: bool = Field(True, description="channels_last memory format (CUDA only)")
+
+
+class AnalyzeConfig(_Config):
+    """How probe images are chosen, how GBP maps are made and compared, and how the knee is picked."""
+
+    probes_per_class: int = Field(4, ge=1)
+    max_probes: int = Field(64, ge=1)
+    probe_seed: int = 0
+    gbp_rule: Literal["relu", "derivative", "ungated"] = "relu"
+    grayscale: bool = Field(False, description="compare grayscale maps instead of colour")
+    ssim_data_range: float = Field(1.0, gt=0)
+    curve: Literal["cut", "adjacent"] = "cut"
+    knee_sensitivity: float = Field(1.0, gt=0, description="kneed's S")
+    knee_curve: Literal["concave", "convex"] = "concave"
+    knee_direction: Literal["increasing", "decreasing"] = "increasing"
+    batch_size: int = Field(16, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    grid_rows: int = Field(4, ge=1, le=16, description="probe images shown in the GBP grid")
+
+
+class TruncateConfig(_Config):
+    cut: str = Field("knee", description="'knee' (from an analysis), a cut point index, or a cut point name")
+    dropout: float = Field(0.2, ge=0, lt=1)
+
+
+class CompareConfig(_Config):
+    latency_batches: list[int] = Field(default_factory=lambda: [1, 32])
+    latency_repeats: int = Field(10, ge=1)
+    latency_warmup: int = Field(3, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"

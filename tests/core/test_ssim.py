@@ -1,0 +1,222 @@
+"""The batched torch SSIM against scikit-image's structural_similarity (the independent truth)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import uniform_filter
+from skimage import data
+from skimage.metrics import structural_similarity
+
+from core.pipeline.errors import Cancelled, LayercutError
+from core.pipeline.progress import Reporter
+from core.pipeline.ssim import _box, similarity_matrix, ssim
+
+TOL = 1e-6
+
+
+def skimage_ssim(a: np.ndarray, b: np.ndarray, data_range: float, **kwargs) -> float:
+    """scikit-image's SSIM of two (C, H, W) float64 images, channels on axis 0."""
+    return float(structural_similarity(a, b, channel_axis=0, data_range=data_range, **kwargs))
+
+
+def assert_matches_skimage(a: np.ndarray, b: np.ndarray, data_range: float, **kwargs) -> float:
+    """ssim on (N, C, H, W) arrays equals scikit-image pair by pair; returns the largest deviation."""
+    ours = ssim(torch.from_numpy(a), torch.from_numpy(b), data_range=data_range, **kwargs)
+    assert ours.dtype == torch.float64 and ours.shape == (a.shape[0],)
+    sk_kwargs = {"win_size": kwargs.get("win_size", 7)}
+    if "k1" in kwargs:
+        sk_kwargs["K1"] = kwargs["k1"]
+    if "k2" in kwargs:
+        sk_kwargs["K2"] = kwargs["k2"]
+    ref = np.array([skimage_ssim(a[n], b[n], data_range, **sk_kwargs) for n in range(a.shape[0])])
+    deviation = float(np.abs(ours.numpy() - ref).max())
+    assert deviation < TOL, (deviation, ours, ref)
+    return deviation
+
+
+def camera_crops(n: int, h: int, w: int) -> np.ndarray:
+    """n (1, h, w) crops of scikit-image's camera picture, floats in [0, 1]."""
+    image = data.camera().astype(np.float64) / 255.0
+    starts = [(37 * k % (image.shape[0] - h), 53 * k % (image.shape[1] - w)) for k in range(n)]
+    return np.stack([image[None, r : r + h, c : c + w] for r, c in starts])
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4])
+@pytest.mark.parametrize("data_range", [1.0, 2.0, 0.37])
+@pytest.mark.parametrize("size", [(7, 7), (24, 24), (19, 41), (40, 13)])
+def test_random_maps_match_skimage(channels: int, data_range: float, size: tuple[int, int]) -> None:
+    rng = np.random.default_rng(channels * 1000 + size[0] * 7 + size[1])
+    a = rng.random((3, channels, *size))
+    b = np.clip(a + 0.25 * rng.standard_normal(a.shape), 0, 1)
+    assert_matches_skimage(a, b, data_range)
+    assert_matches_skimage(a, rng.random(a.shape), data_range)  # unrelated images: low SSIM
+
+
+def test_structured_maps_match_skimage() -> None:
+    h, w = 32, 45
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    gradient = np.stack([xx / w, yy / h, (xx + yy) / (h + w)])
+    checker = np.stack([((yy // 4 + xx // 4) % 2), ((yy // 3 + xx // 5) % 2), np.full((h, w), 0.5)])
+    stripes = np.stack([np.sin(xx / 3) * 0.5 + 0.5, np.cos(yy / 2) * 0.5 + 0.5, (xx % 7) / 7])
+    constant = np.full((3, h, w), 0.25)
+    a = np.stack([gradient, checker, stripes, constant, gradient])
+    b = np.stack([checker, stripes, gradient, constant, gradient[::-1].copy()])
+    for data_range in (1.0, 2.0):
+        assert_matches_skimage(a, b, data_range)
+
+
+@pytest.mark.parametrize("data_range", [1.0, 2.0, 255.0])
+def test_camera_crops_grayscale_and_channel_last(data_range: float) -> None:
+    crops = camera_crops(6, 50, 61) * (data_range if data_range == 255.0 else 1.0)
+    assert_matches_skimage(crops[:3], crops[3:], data_range)
+    ours = ssim(torch.from_numpy(crops[:1]), torch.from_numpy(crops[1:2]), data_range=data_range)
+    ref = structural_similarity(crops[0, 0], crops[1, 0], data_range=data_range)  # plain 2-D call
+    assert abs(float(ours[0]) - ref) < TOL
+    colour = np.repeat(crops, 3, axis=1) * np.array([1.0, 0.8, 0.6])[None, :, None, None]
+    ours = ssim(torch.from_numpy(colour[:1]), torch.from_numpy(colour[4:5]), data_range=data_range)
+    ref = structural_similarity(
+        colour[0].transpose(1, 2, 0), colour[4].transpose(1, 2, 0), channel_axis=-1, data_range=data_range
+    )
+    assert abs(float(ours[0]) - ref) < TOL
+
+
+@pytest.mark.parametrize("win_size", [3, 5, 11])
+def test_other_window_sizes_and_constants_match_skimage(win_size: int) -> None:
+    rng = np.random.default_rng(win_size)
+    a = rng.random((2, 3, 30, 27))
+    b = np.clip(a + 0.2 * rng.standard_normal(a.shape), 0, 1)
+    assert_matches_skimage(a, b, 1.0, win_size=win_size)
+    assert_matches_skimage(a, b, 1.0, win_size=win_size, k1=0.05, k2=0.1)
+
+
+def test_float32_inputs_are_computed_in_float64() -> None:
+    rng = np.random.default_rng(5)
+    a = rng.random((2, 4, 20, 20)).astype(np.float32)
+    b = rng.random((2, 4, 20, 20)).astype(np.float32)
+    ours = ssim(torch.from_numpy(a), torch.from_numpy(b), data_range=2.0)
+    assert ours.dtype == torch.float64
+    ref = [skimage_ssim(a[n].astype(np.float64), b[n].astype(np.float64), 2.0) for n in range(2)]
+    assert np.abs(ours.numpy() - ref).max() < 1e-12
+
+
+def test_valid_average_pool_is_the_cropped_uniform_filter() -> None:
+    """avg_pool2d without padding gives exactly what skimage keeps after filtering and cropping."""
+    rng = np.random.default_rng(11)
+    x = rng.random((3, 17, 23))
+    for win in (3, 7, 9):
+        pad = (win - 1) // 2
+        ref = np.stack([uniform_filter(plane, size=win)[pad:-pad, pad:-pad] for plane in x])
+        ours = _box(torch.from_numpy(x), win).numpy()
+        assert ours.shape == ref.shape
+        assert np.abs(ours - ref).max() < 1e-14
+
+
+def reference_matrix(maps: np.ndarray, data_range: float) -> np.ndarray:
+    """Plain double loop of scikit-image calls, averaged over images."""
+    n, layers = maps.shape[:2]
+    out = np.empty((layers, layers))
+    for i in range(layers):
+        for j in range(layers):
+            out[i, j] = np.mean([skimage_ssim(maps[k, i], maps[k, j], data_range) for k in range(n)])
+    return out
+
+
+@pytest.fixture(scope="module")
+def small_maps() -> np.ndarray:
+    """3 images x 5 cut points x 3 channels of related 16x19 maps (deeper maps drift away)."""
+    rng = np.random.default_rng(3)
+    base = rng.random((3, 1, 3, 16, 19))
+    drift = np.cumsum(0.15 * rng.standard_normal((3, 5, 3, 16, 19)), axis=1)
+    return np.clip(base + drift, 0, 1)
+
+
+def test_similarity_matrix_equals_double_loop(small_maps: np.ndarray) -> None:
+    for data_range in (1.0, 2.0):
+        ours = similarity_matrix(torch.from_numpy(small_maps), data_range=data_range)
+        assert ours.dtype == np.float64 and ours.shape == (5, 5)
+        assert np.abs(ours - reference_matrix(small_maps, data_range)).max() < TOL
+        assert np.array_equal(ours, ours.T)
+        assert np.array_equal(np.diag(ours), np.ones(5))
+
+
+def test_similarity_matrix_grayscale_and_single_image() -> None:
+    maps = camera_crops(8, 21, 30).reshape(2, 4, 1, 21, 30)
+    ours = similarity_matrix(torch.from_numpy(maps), data_range=1.0)
+    assert np.abs(ours - reference_matrix(maps, 1.0)).max() < TOL
+    one = similarity_matrix(torch.from_numpy(maps[:1]), data_range=1.0)
+    assert np.abs(one - reference_matrix(maps[:1], 1.0)).max() < TOL
+
+
+def test_chunk_boundaries_do_not_change_the_matrix(small_maps: np.ndarray) -> None:
+    maps = torch.from_numpy(small_maps)
+    per_map = 3 * 16 * 19
+    full = similarity_matrix(maps, data_range=1.0, max_elements=10**9)  # everything in one chunk
+    for max_elements in (1, per_map, 2 * per_map + 1, 4 * per_map, 5 * per_map, 7 * per_map, 16 * per_map):
+        chunked = similarity_matrix(maps, data_range=1.0, max_elements=max_elements)
+        assert np.abs(chunked - full).max() < 1e-13, max_elements
+
+
+def test_progress_is_reported_and_cancellation_stops(small_maps: np.ndarray) -> None:
+    updates: list[tuple[str, float, str]] = []
+    reporter = Reporter(callback=lambda stage, fraction, message: updates.append((stage, fraction, message)))
+    similarity_matrix(torch.from_numpy(small_maps), data_range=1.0, reporter=reporter, max_elements=1)
+    fractions = [f for _, f, _ in updates]
+    assert all(stage == "analyze" for stage, _, _ in updates)
+    assert fractions[0] == 0.0 and fractions[-1] == 1.0 and fractions == sorted(fractions)
+    assert len(updates) > 3 and "SSIM" in updates[-1][2]
+    with pytest.raises(Cancelled):
+        similarity_matrix(
+            torch.from_numpy(small_maps), data_range=1.0, reporter=Reporter(should_cancel=lambda: True)
+        )
+
+
+def test_single_cut_point_gives_unit_matrix() -> None:
+    assert np.array_equal(similarity_matrix(torch.rand(2, 1, 1, 8, 8), data_range=1.0), np.ones((1, 1)))
+
+
+@pytest.mark.parametrize(
+    ("a_shape", "b_shape", "needle"),
+    [
+        ((2, 3, 16), (2, 3, 16), "(N, C, H, W)"),
+        ((2, 3, 16, 16), (2, 3, 16, 17), "same shape"),
+        ((1, 1, 6, 30), (1, 1, 6, 30), "smaller than the 7x7"),
+    ],
+)
+def test_ssim_rejects_bad_shapes(a_shape: tuple, b_shape: tuple, needle: str) -> None:
+    with pytest.raises(LayercutError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        ssim(torch.rand(a_shape), torch.rand(b_shape), data_range=1.0)
+
+
+@pytest.mark.parametrize("data_range", [0.0, -1.0, float("nan"), float("inf"), None])
+def test_ssim_requires_a_positive_data_range(data_range) -> None:
+    with pytest.raises(LayercutError, match="data_range"):
+        ssim(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8), data_range=data_range)
+
+
+def test_ssim_rejects_bad_window_and_non_finite_values() -> None:
+    a = torch.rand(1, 1, 9, 9)
+    with pytest.raises(LayercutError, match="odd"):
+        ssim(a, a, data_range=1.0, win_size=4)
+    bad = a.clone()
+    bad[0, 0, 3, 3] = float("nan")
+    with pytest.raises(LayercutError, match="NaN"):
+        ssim(a, bad, data_range=1.0)
+
+
+def test_similarity_matrix_rejects_bad_maps() -> None:
+    with pytest.raises(LayercutError, match="N images, L cut points"):
+        similarity_matrix(torch.rand(3, 1, 8, 8), data_range=1.0)
+    with pytest.raises(LayercutError, match="smaller than"):
+        similarity_matrix(torch.rand(1, 3, 1, 5, 8), data_range=1.0)
+    with pytest.raises(LayercutError, match="at least one image"):
+        similarity_matrix(torch.rand(0, 3, 1, 8, 8), data_range=1.0)
+    with pytest.raises(LayercutError, match="data_range"):
+        similarity_matrix(torch.rand(1, 3, 1, 8, 8), data_range=0)
+    with pytest.raises(LayercutError, match="max_elements"):
+        similarity_matrix(torch.rand(1, 3, 1, 8, 8), data_range=1.0, max_elements=0)
+    maps = torch.rand(2, 3, 1, 8, 8)
+    maps[1, 2, 0, 0, 0] = float("inf")
+    with pytest.raises(LayercutError, match="NaN or infinite"):
+        similarity_matrix(maps, data_range=1.0)
