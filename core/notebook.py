@@ -65,7 +65,7 @@ def compare(base: str | Path, slim: str | Path, dataset: Dataset, out_dir: str |
 
 
 def run(out_dir: str | Path, source: str = "textures", arch: str = "vgg11", image_size: int = 64,
-        epochs: int = 6, reporter: Reporter = SILENT) -> dict:
+        epochs: int = 5, reporter: Reporter = SILENT) -> dict:
     """The whole pipeline with default settings; returns the summary also written to run.json."""
     return run_pipeline(DataConfig(source=source, image_size=image_size), arch, out_dir,
                         train=TrainConfig(epochs=epochs), reporter=reporter)

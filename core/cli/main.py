@@ -44,7 +44,7 @@ DataRootOpt = Annotated[Optional[str], typer.Option("--data-root", help="where t
 EpochsOpt = Annotated[int, typer.Option("--epochs", help="maximum training epochs (early stopping may end sooner)")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="training batch size")]
 OptimizerOpt = Annotated[str, typer.Option("--optimizer", help="adam (AdamW) or sgd (momentum 0.9, Nesterov)")]
-LrOpt = Annotated[float, typer.Option("--lr", help="initial learning rate")]
+LrOpt = Annotated[Optional[float], typer.Option("--lr", help="initial learning rate (default: 3e-4 for adam, 0.01 for sgd)")]
 WdOpt = Annotated[float, typer.Option("--weight-decay", help="weight decay")]
 ScheduleOpt = Annotated[str, typer.Option("--schedule", help="cosine | step | none")]
 SmoothingOpt = Annotated[float, typer.Option("--label-smoothing", help="label smoothing factor")]
@@ -56,7 +56,7 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars"
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -119,11 +119,11 @@ def run(
     data: DataOpt = "textures",
     arch: Annotated[str, typer.Option("--arch", help="architecture (see `layercut layers --help`)")] = "vgg11",
     image_size: ImageSizeOpt = 64,
-    epochs: EpochsOpt = 6,
+    epochs: EpochsOpt = 5,
     retrain_epochs: Annotated[Optional[int], typer.Option("--retrain-epochs", help="epochs for the slim model (default: --epochs)")] = None,
     batch_size: BatchOpt = 32,
     optimizer: OptimizerOpt = "adam",
-    lr: LrOpt = 1e-3,
+    lr: LrOpt = None,
     weight_decay: WdOpt = 1e-4,
     schedule: ScheduleOpt = "cosine",
     label_smoothing: SmoothingOpt = 0.0,
@@ -194,10 +194,10 @@ def train(
     data: DataOpt = "textures",
     arch: Annotated[str, typer.Option("--arch", help="architecture")] = "vgg11",
     image_size: ImageSizeOpt = 64,
-    epochs: EpochsOpt = 6,
+    epochs: EpochsOpt = 5,
     batch_size: BatchOpt = 32,
     optimizer: OptimizerOpt = "adam",
-    lr: LrOpt = 1e-3,
+    lr: LrOpt = None,
     weight_decay: WdOpt = 1e-4,
     schedule: ScheduleOpt = "cosine",
     label_smoothing: SmoothingOpt = 0.0,
@@ -299,10 +299,10 @@ def retrain(
     out: Annotated[Path, typer.Option("--out", help="output folder: model.safetensors, metrics.json, pictures")],
     data: Annotated[Optional[str], typer.Option("--data", help="default: the data the base model was trained on")] = None,
     from_scratch: Annotated[bool, typer.Option("--from-scratch", help="re-initialise instead of fine-tuning the kept weights")] = False,
-    epochs: EpochsOpt = 6,
+    epochs: EpochsOpt = 5,
     batch_size: BatchOpt = 32,
     optimizer: OptimizerOpt = "adam",
-    lr: LrOpt = 1e-3,
+    lr: LrOpt = None,
     weight_decay: WdOpt = 1e-4,
     schedule: ScheduleOpt = "cosine",
     label_smoothing: SmoothingOpt = 0.0,
@@ -464,14 +464,14 @@ def main() -> None:
     except LayercutError as exc:
         if debug:
             raise
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except ValidationError as exc:
         problems = "; ".join(
             f"--{str(err['loc'][-1]).replace('_', '-')}: {err['msg']}" if err["loc"] else err["msg"]
             for err in exc.errors()
         )
-        err_console.print(f"[bold red]error:[/] {problems}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {problems}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except Cancelled as exc:
         err_console.print(f"[bold yellow]cancelled:[/] {exc}")
@@ -480,7 +480,7 @@ def main() -> None:
         if debug:
             raise
         err_console.print(f"[bold red]error:[/] unexpected {type(exc).__name__}: {exc} "
-                          "(set LAYERCUT_DEBUG=1 to see the traceback and please report it)", highlight=False)
+                          "(set LAYERCUT_DEBUG=1 to see the traceback and please report it)", highlight=False, soft_wrap=True)
         sys.exit(1)
 
 

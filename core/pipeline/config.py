@@ -28,10 +28,10 @@ class DataConfig(_Config):
 class TrainConfig(_Config):
     """Optimisation settings for training a base model or retraining a slim one."""
 
-    epochs: int = Field(8, ge=1, le=1000)
+    epochs: int = Field(5, ge=1, le=1000)
     batch_size: int = Field(32, ge=2, le=4096)
     optimizer: Literal["adam", "sgd"] = "adam"
-    lr: float = Field(1e-3, gt=0)
+    lr: float | None = Field(None, gt=0, description="initial learning rate; default 3e-4 for adam, 0.01 for sgd")
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(1e-4, ge=0)
     schedule: Literal["cosine", "step", "none"] = "cosine"
@@ -44,6 +44,14 @@ class TrainConfig(_Config):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = Field(True, description="mixed precision (CUDA only)")
     channels_last: bool = Field(True, description="channels_last memory format (CUDA only)")
+
+
+DEFAULT_LEARNING_RATES = {"adam": 3e-4, "sgd": 1e-2}
+
+
+def learning_rate(config: TrainConfig) -> float:
+    """The configured learning rate, or the optimizer's default (AdamW 3e-4 suits plain VGGs too)."""
+    return config.lr if config.lr is not None else DEFAULT_LEARNING_RATES[config.optimizer]
 
 
 class AnalyzeConfig(_Config):

@@ -29,7 +29,7 @@ from .metrics import classification_report, roc_curves
 from .profiling import checkpoint_bytes, compare_models, count_macs, count_parameters, measure_latency
 from .progress import SILENT, Reporter
 from .ssim import similarity_matrix
-from .training import normalise, predict, reinitialise, train_model
+from .training import normalise, predict, reinitialise, seed_everything, train_model
 from .truncation import truncate
 
 CHECKPOINT_NAME = "model.safetensors"
@@ -151,6 +151,7 @@ def train_stage(
     """Train a base model of ``arch`` on ``dataset``; writes model.safetensors, metrics.json and pictures."""
     check_architecture(arch)
     out_dir = Path(out_dir)
+    seed_everything(config.seed)  # the initial weights are part of what the seed fixes
     model = build_model(arch, len(dataset.classes), pretrained=pretrained)
     mean, std = (list(IMAGENET_MEAN), list(IMAGENET_STD)) if pretrained else dataset_statistics(dataset.train)
     spec = ModelSpec(
@@ -178,6 +179,7 @@ def retrain_stage(
     model, spec = load_checkpoint(checkpoint_path)
     _check_dataset_fits(spec, dataset)
     if from_scratch:
+        seed_everything(config.seed)
         reinitialise(model)
     extra = {"from_scratch": from_scratch, "initial_checkpoint": str(checkpoint_path)}
     return _fit_and_record(model, spec, dataset, config, Path(out_dir), reporter, "retrain", extra)

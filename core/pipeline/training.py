@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import TrainConfig
+from .config import TrainConfig, learning_rate
 from .data import Split, augment_batch
 from .devices import resolve_device
 from .progress import SILENT, Reporter
@@ -50,9 +50,10 @@ def _stats(values: list[float], device: torch.device) -> torch.Tensor:
 
 def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
+    lr = learning_rate(config)
     if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, nesterov=True)
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay, nesterov=True)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
 
 
 def _make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):

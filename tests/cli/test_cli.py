@@ -1,0 +1,192 @@
+"""The `layercut` command end to end: the real entry point in a subprocess, tiny models and 32 px images."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from kneed import KneeLocator
+from PIL import Image
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "paper_ssim_cut"
+TINY = ["--arch", "smallcnn", "--image-size", "32", "--epochs", "1", "--quiet"]
+
+
+def layercut(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "core.cli.main", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=600)
+
+
+def assert_clean_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr + result.stdout
+    message = " ".join(result.stderr.split())  # rich may wrap long lines
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("run")
+    result = layercut("run", "--data", "textures", *TINY, "--out", out, "--json")
+    assert result.returncode == 0, result.stderr
+    return out, json.loads(result.stdout)
+
+
+def test_run_json_has_every_field(tiny_run) -> None:
+    _, summary = tiny_run
+    for side in ("base", "slim"):
+        for key in ("accuracy", "macro_f1", "params", "macs", "checkpoint_bytes", "latency_ms"):
+            assert key in summary[side], (side, key)
+        assert 0.0 <= summary[side]["accuracy"] <= 1.0
+    assert isinstance(summary["cut_point"]["index"], int)
+    assert isinstance(summary["cut_point"]["name"], str)
+    assert isinstance(summary["knee_found"], bool)
+    assert summary["slim"]["params"] < summary["base"]["params"]
+    assert {"cpu_b1", "cpu_b32"} <= set(summary["base"]["latency_ms"])
+
+
+def test_run_writes_checkpoints_analysis_and_pictures(tiny_run) -> None:
+    out, summary = tiny_run
+    for name in ("run.json", "base/model.safetensors", "base/metrics.json", "base/training_curves.png",
+                 "base/confusion_matrix.png", "base/roc_curves.png", "analysis/analysis.json", "analysis/gbp_maps.npz",
+                 "analysis/ssim_curve.png", "analysis/similarity_matrix.png", "analysis/gbp_grid.png",
+                 "slim/initial.safetensors", "slim/model.safetensors", "slim/metrics.json", "compare/compare.json",
+                 "compare/compare.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    analysis = json.loads((out / "analysis/analysis.json").read_text())
+    n_points = len(analysis["cut_points"])
+    assert n_points == 4  # smallcnn: one per ReLU
+    assert np.array(analysis["similarity_matrix"]).shape == (n_points, n_points)
+    assert len(analysis["curves"]["cut"]) == len(analysis["curves"]["adjacent"]) == n_points - 1
+    assert analysis["knee"]["found"] == analysis["knee_found"] == summary["knee_found"]
+    assert analysis["cut_point"]["name"] == summary["cut_point"]["name"]
+    for key in ("rule",):
+        assert key in analysis["gbp"]
+    assert analysis["ssim"]["data_range"] == 1.0 and analysis["ssim"]["win_size"] == 7
+    with np.load(out / "analysis/gbp_maps.npz") as maps:
+        probes = analysis["probes"]["count"]
+        assert probes == 12  # 4 per class, 3 classes
+        assert maps["maps"].shape == (probes, n_points, 3, 32, 32) and maps["maps"].dtype == np.float32
+        assert maps["probe_images"].shape == (probes, 3, 32, 32)
+    metrics = json.loads((out / "base/metrics.json").read_text())
+    for key in ("accuracy", "macro_f1", "weighted_f1", "confusion_matrix", "per_class", "roc_auc_macro", "most_confused"):
+        assert key in metrics["test"], key
+    assert len(metrics["history"]) == 1
+
+
+def test_knee_command_repicks_from_an_analysis(tiny_run) -> None:
+    out, summary = tiny_run
+    result = layercut("knee", "--curve", out / "analysis/analysis.json", "--json")
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["chosen"] == summary["cut_point"]["index"]
+    assert payload["cut_point"] == summary["cut_point"]["name"]
+
+
+def test_stages_one_by_one(tmp_path: Path) -> None:
+    base, analysis, slim = tmp_path / "base", tmp_path / "analysis", tmp_path / "slim"
+    assert layercut("train", "--data", "textures", *TINY, "--out", base).returncode == 0
+    result = layercut("analyze", "--checkpoint", base / "model.safetensors", "--out", analysis, "--max-probes", "6",
+                      "--curve", "adjacent", "--quiet", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["probes"]["count"] == 6
+    result = layercut("truncate", "--checkpoint", base / "model.safetensors", "--cut", "features.6",
+                      "--out", slim / "initial.safetensors", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["cut_point"] == {"index": 1, "name": "features.6"}
+    result = layercut("retrain", "--checkpoint", slim / "initial.safetensors", "--out", slim, "--epochs", "1", "--quiet")
+    assert result.returncode == 0, result.stderr
+    result = layercut("compare", "--base", base / "model.safetensors", "--slim", slim / "model.safetensors",
+                      "--out", tmp_path / "compare", "--repeats", "2", "--quiet", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["slim"]["cut_point"]["name"] == "features.6"
+    # a slim model cannot be truncated again, and --cut knee needs the analysis
+    assert_clean_error(layercut("truncate", "--checkpoint", slim / "model.safetensors", "--cut", "0", "--out",
+                                tmp_path / "x.safetensors"), "already a slim model")
+    assert_clean_error(layercut("truncate", "--checkpoint", base / "model.safetensors", "--out",
+                                tmp_path / "x.safetensors"), "--analysis")
+
+
+def test_layers_lists_resnet152s_51_cut_points() -> None:
+    result = layercut("layers", "--arch", "resnet152", "--image-size", "224", "--json")
+    assert result.returncode == 0, result.stderr
+    points = json.loads(result.stdout)["cut_points"]
+    assert len(points) == 51
+    assert points[0] == {"index": 0, "name": "relu", "module": "ReLU", "channels": 64, "height": 112, "width": 112}
+    assert points[-1]["name"] == "layer4.2" and points[-1]["channels"] == 2048 and points[-1]["height"] == 7
+
+
+def test_curve_reproduces_the_paper_csv() -> None:
+    result = layercut("curve", "--maps", FIXTURE / "maps", "--mode", "cut", "--data-range", "2", "--json")
+    assert result.returncode == 0, result.stderr
+    expected = np.loadtxt(FIXTURE / "ssim_cut_expected.csv")
+    np.testing.assert_allclose(json.loads(result.stdout)["curve"], expected, rtol=0, atol=1e-5)
+
+
+def test_knee_command_matches_kneed_and_reports_no_knee(tmp_path: Path) -> None:
+    values = [0.40, 0.55, 0.64, 0.70, 0.73, 0.75, 0.76, 0.765, 0.77]
+    (tmp_path / "curve.json").write_text(json.dumps(values))
+    payload = json.loads(layercut("knee", "--curve", tmp_path / "curve.json", "--json").stdout)
+    x = list(range(len(values)))
+    assert payload["knee"] == KneeLocator(x, values, curve="concave", direction="increasing", S=1.0).knee
+    (tmp_path / "line.json").write_text(json.dumps({"curve": [0.1 * i for i in range(8)]}))
+    payload = json.loads(layercut("knee", "--curve", tmp_path / "line.json", "--json").stdout)
+    assert payload["knee"] is None and payload["reason"] and payload["rule"].startswith("fallback")
+
+
+def _write_png(path: Path, size: int = 36, value: int = 128) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((size, size, 3), value, dtype=np.uint8)).save(path)
+
+
+def _class_folder(root: Path, classes: dict[str, int]) -> Path:
+    for name, count in classes.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            _write_png(root / name / f"{i}.png", value=40 * (list(classes).index(name) + 1))
+    return root
+
+
+def test_bad_data_gives_clear_messages(tmp_path: Path) -> None:
+    empty = _class_folder(tmp_path / "empty", {"cats": 6, "dogs": 6})
+    (empty / "birds").mkdir()
+    assert_clean_error(layercut("run", "--data", empty, *TINY, "--out", tmp_path / "o1"), "birds")
+
+    single = _class_folder(tmp_path / "single", {"cats": 6})
+    assert_clean_error(layercut("run", "--data", single, *TINY, "--out", tmp_path / "o2"), "class")
+
+    corrupt = _class_folder(tmp_path / "corrupt", {"cats": 8, "dogs": 8})
+    (corrupt / "dogs" / "broken.png").write_bytes(b"definitely not a png")
+    assert_clean_error(layercut("train", "--data", corrupt, *TINY, "--out", tmp_path / "o3"), "broken.png")
+    skipped = layercut("train", "--data", corrupt, *TINY, "--out", tmp_path / "o3", "--skip-unreadable", "--json")
+    assert skipped.returncode == 0, skipped.stderr
+    assert json.loads(skipped.stdout)["data"]["skipped"]["count"] == 1
+
+    mixed = _class_folder(tmp_path / "mixed", {"cats": 8, "dogs": 8})
+    _write_png(mixed / "cats" / "big.png", size=50)
+    assert_clean_error(layercut("train", "--data", mixed, *TINY, "--out", tmp_path / "o4"), "big.png",
+                       "--allow-mixed-sizes")
+
+    assert_clean_error(layercut("run", "--data", tmp_path / "nowhere", *TINY, "--out", tmp_path / "o5"), "nowhere")
+
+
+def test_bad_options_give_clear_messages(tmp_path: Path) -> None:
+    assert_clean_error(layercut("train", "--arch", "resnet9000", "--out", tmp_path), "unknown architecture", "resnet18")
+    assert_clean_error(layercut("train", "--optimizer", "adagrad", "--out", tmp_path), "--optimizer")
+    assert_clean_error(layercut("train", "--image-size", "16", "--out", tmp_path), "--image-size")
+    assert_clean_error(layercut("analyze", "--checkpoint", tmp_path / "none.safetensors", "--out", tmp_path),
+                       "does not exist")
+    assert_clean_error(layercut("curve", "--maps", tmp_path / "no-maps"), "no-maps")
+    assert_clean_error(layercut("train", "--pretrained", "--arch", "resnet18", "--out", tmp_path,
+                                "--data", "textures", "--image-size", "32"), "pretrained weights", "TORCH_HOME")
+
+
+def test_every_command_has_help() -> None:
+    for command in ("run", "train", "analyze", "truncate", "retrain", "compare", "layers", "curve", "knee"):
+        result = layercut(command, "--help")
+        assert result.returncode == 0 and "Usage" in result.stdout, command
