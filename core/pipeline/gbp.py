@@ -56,14 +56,15 @@ class _ReluGate(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, fn: ActivationFn) -> torch.Tensor:  # type: ignore[override]
-        ctx.save_for_backward(x)
+        # The input gate is computed once here: the backward runs once per deeper cut point.
+        ctx.save_for_backward((x > 0).to(x.dtype))
         return fn(x)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
-        (x,) = ctx.saved_tensors
-        return torch.where((x > 0) & (grad > 0), grad, 0.0), None
+        (open_gate,) = ctx.saved_tensors
+        return grad.clamp_min(0).mul_(open_gate), None
 
 
 class _GuidedDerivative(torch.autograd.Function):
