@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
+from .config import ARCHITECTURE_NAMES
 from .errors import LayercutError, MissingResourceError
 
 MIN_IMAGE_SIZE = 32
@@ -64,7 +65,8 @@ _TORCHVISION: dict[str, tuple[Callable[..., nn.Module], type]] = {
     "mobilenet_v3_large": (tvm.mobilenet_v3_large, tvm.MobileNet_V3_Large_Weights),
 }
 
-ARCHITECTURES: tuple[str, ...] = ("smallcnn", *_TORCHVISION)
+ARCHITECTURES: tuple[str, ...] = ARCHITECTURE_NAMES
+assert set(ARCHITECTURES) == {"smallcnn", *_TORCHVISION}, "config.ARCHITECTURE_NAMES and the builders disagree"
 
 
 def check_architecture(arch: str) -> None:

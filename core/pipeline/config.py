@@ -7,6 +7,16 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 
+ARCHITECTURE_NAMES = (
+    "smallcnn",
+    "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn",
+    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+    "efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3",
+    "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large",
+)
+"""The supported architectures (kept here, free of torch, so the API can validate names)."""
+
+
 class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -1,0 +1,67 @@
+"""Request dependencies: settings, a database session per request, and the caller's tenant from the API key."""
+
+from __future__ import annotations
+
+from typing import Annotated, Iterator
+
+from fastapi import Depends, HTTPException, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from core.settings import Settings, get_settings
+from core.store.db import get_sessionmaker
+from core.store.keys import tenant_for_key
+
+bearer = HTTPBearer(auto_error=False, description="an API key from `layercut keys create --tenant T`")
+
+
+def settings_dep() -> Settings:
+    return get_settings()
+
+
+SettingsDep = Annotated[Settings, Depends(settings_dep)]
+
+
+def session_dep(settings: SettingsDep) -> Iterator[Session]:
+    session = get_sessionmaker(settings.resolved_database_url)()
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+SessionDep = Annotated[Session, Depends(session_dep)]
+
+
+def tenant_dep(session: SessionDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
+    """The tenant whose key the request carries; 401 without a valid key."""
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "send an API key as 'Authorization: Bearer <key>'",
+                            headers={"WWW-Authenticate": "Bearer"})
+    tenant = tenant_for_key(session, credentials.credentials)
+    if tenant is None:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown or revoked API key", headers={"WWW-Authenticate": "Bearer"})
+    return tenant
+
+
+TenantDep = Annotated[str, Depends(tenant_dep)]
+
+
+class _NoDispatcher:
+    """Used until ``core.jobs.dispatch`` exists: the committed row stays queued for the re-dispatcher."""
+
+    def dispatch(self, job_id, kind: str) -> None:  # noqa: ANN001
+        import logging
+
+        logging.getLogger("layercut.api").warning("no dispatcher available; job %s stays queued", job_id)
+
+
+def dispatcher_dep(settings: SettingsDep):  # noqa: ANN201 - the jobs engineer's Dispatcher
+    """``core.jobs.dispatch.get_dispatcher(settings)``, imported lazily (it must not pull torch into the API)."""
+    try:
+        from core.jobs.dispatch import get_dispatcher
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("core.jobs", "core.jobs.dispatch"):
+            raise
+        return _NoDispatcher()
+    return get_dispatcher(settings)

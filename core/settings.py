@@ -1,0 +1,60 @@
+"""The one settings class, read from LAYERCUT_* environment variables (pydantic-settings).
+
+With no database or broker configured, layercut runs embedded: SQLite under ./layercut-data and
+jobs executed in-process. Point LAYERCUT_DATABASE_URL at Postgres and LAYERCUT_BROKER_URL at Redis
+for the service.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LAYERCUT_", env_file=None, extra="ignore")
+
+    data_dir: Path = Field(Path("layercut-data"), description="base folder for the embedded database and artifacts")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite file in data_dir")
+    broker_url: str | None = Field(None, description="Celery broker (redis://…); unset: jobs run in-process")
+    artifact_root: Path | None = Field(None, description="shared artifact volume; default: data_dir/artifacts")
+    dataset_roots: list[Path] = Field(default_factory=list, description="server folders that may be registered as datasets")
+
+    upload_max_bytes: int = Field(2 * 1024**3, description="largest accepted upload (compressed)")
+    upload_max_unpacked_bytes: int = Field(8 * 1024**3, description="largest total size of an upload's members")
+    upload_max_members: int = Field(200_000, description="most files an uploaded archive may hold")
+
+    task_soft_time_limit: int = Field(6 * 3600, description="seconds before a job ends as failed with code time_limit")
+    task_hard_time_limit: int = Field(6 * 3600 + 300, description="seconds before the worker kills the task")
+    worker_max_tasks_per_child: int = 20
+    heartbeat_seconds: float = Field(10.0, description="how often a running job proves its worker is alive")
+    stale_after_seconds: float = Field(60.0, description="a running job without a heartbeat this long is re-queued or failed")
+    max_attempts: int = Field(3, description="runs of one job before a lost worker fails it")
+    progress_interval_seconds: float = Field(1.0, description="at most one progress write per job this often")
+
+    callback_secret: str = Field("change-me", description="HMAC key that signs job callbacks")
+    callback_attempts: int = 5
+    callback_timeout_seconds: float = 10.0
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'layercut.db').resolve()}"
+
+    @property
+    def resolved_artifact_root(self) -> Path:
+        return (self.artifact_root or self.data_dir / "artifacts").resolve()
+
+    @property
+    def embedded(self) -> bool:
+        """Jobs run in-process (no broker configured)."""
+        return not self.broker_url
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

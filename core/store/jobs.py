@@ -1,0 +1,151 @@
+"""The job repository: every job state change goes through here, as a compare-and-set UPDATE.
+
+States: queued → running → succeeded | failed | cancelled, running → cancelling → cancelled, and
+queued → cancelled for a job cancelled before it started. A job whose worker was lost goes from
+running back to queued (up to its attempt limit) or to failed. Each transition is one
+``UPDATE … WHERE id = :id AND status IN (…)``; a transition that finds the job in another state
+changes nothing and returns False, so two workers (or a redelivered message) cannot both win.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from typing import Any, Iterable
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from .models import FINAL_STATUSES, Job, utcnow
+
+TRANSITIONS: dict[str, tuple[str, ...]] = {
+    "running": ("queued",),
+    "cancelling": ("running",),
+    "succeeded": ("running",),
+    "failed": ("queued", "running", "cancelling"),
+    "cancelled": ("queued", "running", "cancelling"),
+    "queued": ("running", "cancelling"),  # re-queued after its worker was lost
+}
+
+
+class JobRepository:
+    """State transitions and progress of jobs, each committed on its own."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def _cas(self, job_id: uuid.UUID, to: str, allowed_from: Iterable[str], **values: Any) -> bool:
+        allowed = tuple(allowed_from)
+        for origin in allowed:
+            if origin not in TRANSITIONS[to]:
+                raise ValueError(f"{origin} → {to} is not a job transition")
+        statement = (
+            update(Job)
+            .where(Job.id == job_id, Job.status.in_(allowed))
+            .values(status=to, updated_at=utcnow(), **values)
+            .execution_options(synchronize_session=False)
+        )
+        changed = self.session.execute(statement).rowcount == 1
+        self.session.commit()
+        return changed
+
+    def get(self, job_id: uuid.UUID) -> Job | None:
+        return self.session.get(Job, job_id, populate_existing=True)
+
+    def claim(self, job_id: uuid.UUID, worker: str) -> bool:
+        """queued → running for ``worker``; False if the job is not queued (finished, taken, cancelled)."""
+        now = utcnow()
+        statement = (
+            update(Job)
+            .where(Job.id == job_id, Job.status == "queued", Job.cancel_requested.is_(False))
+            .values(status="running", worker=worker, started_at=now, heartbeat_at=now, updated_at=now,
+                    attempts=Job.attempts + 1, progress=0.0, stage=None, error_code=None, error_message=None)
+            .execution_options(synchronize_session=False)
+        )
+        changed = self.session.execute(statement).rowcount == 1
+        self.session.commit()
+        return changed
+
+    def report_progress(self, job_id: uuid.UUID, stage: str, progress: float, eta_seconds: float | None,
+                        message: str | None) -> bool:
+        """Write progress (and a heartbeat); returns True when cancellation was requested."""
+        now = utcnow()
+        self.session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status.in_(("running", "cancelling")))
+            .values(stage=stage, progress=progress, eta_seconds=eta_seconds, message=message, heartbeat_at=now,
+                    updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        self.session.commit()
+        return self.cancel_requested(job_id)
+
+    def heartbeat(self, job_id: uuid.UUID) -> None:
+        self.session.execute(
+            update(Job).where(Job.id == job_id, Job.status.in_(("running", "cancelling")))
+            .values(heartbeat_at=utcnow()).execution_options(synchronize_session=False)
+        )
+        self.session.commit()
+
+    def cancel_requested(self, job_id: uuid.UUID) -> bool:
+        return bool(self.session.execute(select(Job.cancel_requested).where(Job.id == job_id)).scalar_one_or_none())
+
+    def request_cancel(self, job_id: uuid.UUID) -> str | None:
+        """Cancel a job: a queued one ends cancelled at once, a running one goes to cancelling.
+
+        Returns the status after the request (a finished job keeps its status).
+        """
+        now = utcnow()
+        self.session.execute(
+            update(Job).where(Job.id == job_id, Job.status.notin_(FINAL_STATUSES))
+            .values(cancel_requested=True, updated_at=now).execution_options(synchronize_session=False)
+        )
+        self.session.commit()
+        if not self._cas(job_id, "cancelled", ("queued",), finished_at=now):
+            self._cas(job_id, "cancelling", ("running",))
+        status = self.session.execute(select(Job.status).where(Job.id == job_id)).scalar_one_or_none()
+        return status
+
+    def succeed(self, job_id: uuid.UUID, result: dict[str, Any]) -> bool:
+        return self._cas(job_id, "succeeded", ("running",), result=result, progress=1.0, eta_seconds=0.0,
+                         finished_at=utcnow())
+
+    def fail(self, job_id: uuid.UUID, code: str, message: str, from_states: Iterable[str] = ("running", "cancelling")) -> bool:
+        return self._cas(job_id, "failed", from_states, error_code=code, error_message=message, finished_at=utcnow())
+
+    def cancel(self, job_id: uuid.UUID, from_states: Iterable[str] = ("running", "cancelling")) -> bool:
+        return self._cas(job_id, "cancelled", from_states, finished_at=utcnow())
+
+    def mark_dispatched(self, job_id: uuid.UUID) -> None:
+        self.session.execute(update(Job).where(Job.id == job_id).values(dispatched_at=utcnow())
+                             .execution_options(synchronize_session=False))
+        self.session.commit()
+
+    def reap_stale(self, stale_after: timedelta, max_attempts: int, now: datetime | None = None) -> dict[str, list[uuid.UUID]]:
+        """Running jobs whose heartbeat stopped: re-queue them, or fail them once out of attempts."""
+        now = now or utcnow()
+        stale = self.session.execute(
+            select(Job.id, Job.attempts, Job.status, Job.cancel_requested)
+            .where(Job.status.in_(("running", "cancelling")), Job.heartbeat_at < now - stale_after)
+        ).all()
+        outcome: dict[str, list[uuid.UUID]] = {"requeued": [], "failed": [], "cancelled": []}
+        for job_id, attempts, status, cancel_requested in stale:
+            if cancel_requested:
+                if self.cancel(job_id, (status,)):
+                    outcome["cancelled"].append(job_id)
+            elif attempts < max_attempts:
+                if self._cas(job_id, "queued", (status,), worker=None, dispatched_at=None, heartbeat_at=None,
+                             message=f"re-queued: its worker stopped answering (attempt {attempts} of {max_attempts})"):
+                    outcome["requeued"].append(job_id)
+            elif self.fail(job_id, "worker_lost", f"the worker running this job stopped answering {attempts} "
+                                                  f"time(s); giving up after {max_attempts} attempts", (status,)):
+                outcome["failed"].append(job_id)
+        return outcome
+
+    def undispatched(self, older_than: timedelta, now: datetime | None = None) -> list[Job]:
+        """Queued jobs never handed to the broker (their send failed, or they were re-queued)."""
+        now = now or utcnow()
+        return list(self.session.scalars(
+            select(Job).where(Job.status == "queued", Job.cancel_requested.is_(False),
+                              (Job.dispatched_at.is_(None)) | (Job.dispatched_at < now - older_than))
+        ))
