@@ -278,11 +278,13 @@ def analyze_stage(
         "config": config.model_dump(),
     }
     write_json(out_dir / "analysis.json", analysis)
-    _analysis_pictures(analysis, raw, images, probes, spec, out_dir, config)
+    _analysis_pictures(analysis, images, probe_uint8.float() / 255.0, spec, out_dir, config)
     return analysis
 
 
-def _analysis_pictures(analysis, raw, images, probes, spec, out_dir: Path, config: AnalyzeConfig) -> None:
+def _analysis_pictures(analysis: dict, images: torch.Tensor, probes: torch.Tensor, spec: ModelSpec, out_dir: Path,
+                       config: AnalyzeConfig) -> None:
+    """The SSIM curve with its knee, the similarity heat map and the GBP grid (probes given in [0, 1])."""
     names = [p["name"] for p in analysis["cut_points"]]
     knee = analysis["knee"]
     model_name = spec.architecture
@@ -293,10 +295,7 @@ def _analysis_pictures(analysis, raw, images, probes, spec, out_dir: Path, confi
     plots.plot_similarity_matrix(np.array(analysis["similarity_matrix"]), names, out_dir / "similarity_matrix.png",
                                  f"{model_name}: SSIM of GBP maps between cut points")
     rows = min(config.grid_rows, images.shape[0])
-    mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
-    std = torch.tensor(spec.std).view(1, -1, 1, 1)
-    shown = (probes[:rows] * std + mean).clamp(0, 1)
-    plots.plot_gbp_grid(images[:rows].numpy(), shown.numpy(), names, out_dir / "gbp_grid.png",
+    plots.plot_gbp_grid(images[:rows].numpy(), probes[:rows].numpy(), names, out_dir / "gbp_grid.png",
                         f"{model_name}: guided backprop maps across depth", knee["index"])
 
 
@@ -339,21 +338,19 @@ def truncate_stage(
 
 def _profile(path: Path, dataset: Dataset, config: CompareConfig, reporter: Reporter, label: str) -> dict:
     device = resolve_device(config.device)
-    model, spec = load_checkpoint(path)
+    model, spec = load_checkpoint(path, device)
     _check_dataset_fits(spec, dataset)
-    report = classification_report(predict(model, dataset.test, spec.mean, spec.std, device if device.type == "cpu" else "cpu"),
+    report = classification_report(predict(model, dataset.test, spec.mean, spec.std, device),
                                    dataset.test.labels, dataset.classes)
+    model.cpu()
     shape = (1, 3, spec.image_size, spec.image_size)
+    targets = [("cpu", "cpu")] + ([("gpu", str(device))] if device.type == "cuda" else [])
+    runs = [(name, target, batch) for name, target in targets for batch in config.latency_batches]
     latency = {}
-    for batch in config.latency_batches:
-        reporter.update("compare", 0.0, f"timing {label} on cpu at batch {batch}")
-        latency[f"cpu_b{batch}"] = measure_latency(model, (batch, *shape[1:]), device="cpu",
-                                                   warmup=config.latency_warmup, repeats=config.latency_repeats)
-    if device.type == "cuda":
-        gpu_model = model.to(device)
-        for batch in config.latency_batches:
-            latency[f"gpu_b{batch}"] = measure_latency(gpu_model, (batch, *shape[1:]), device=str(device),
-                                                       warmup=config.latency_warmup, repeats=config.latency_repeats)
+    for step, (name, target, batch) in enumerate(runs):
+        reporter.update("compare", step / len(runs), f"timing {label} on {name} at batch {batch}")
+        latency[f"{name}_b{batch}"] = measure_latency(model, (batch, *shape[1:]), device=target,
+                                                      warmup=config.latency_warmup, repeats=config.latency_repeats)
     return {
         "checkpoint": str(path),
         "architecture": spec.architecture,
@@ -361,7 +358,7 @@ def _profile(path: Path, dataset: Dataset, config: CompareConfig, reporter: Repo
         "accuracy": report["accuracy"],
         "macro_f1": report["macro_f1"],
         "params": count_parameters(model),
-        "macs": count_macs(model.cpu(), shape),
+        "macs": count_macs(model, shape),
         "checkpoint_bytes": checkpoint_bytes(path),
         "latency": latency,
         "test": report,
