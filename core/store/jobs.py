@@ -34,14 +34,19 @@ class JobRepository:
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    def _cas(self, job_id: uuid.UUID, to: str, allowed_from: Iterable[str], **values: Any) -> bool:
+    def _cas(self, job_id: uuid.UUID, to: str, allowed_from: Iterable[str], attempt: int | None = None,
+             **values: Any) -> bool:
+        """Move the job to ``to`` if it is in one of ``allowed_from`` (and, given ``attempt``, still on that attempt)."""
         allowed = tuple(allowed_from)
         for origin in allowed:
             if origin not in TRANSITIONS[to]:
                 raise ValueError(f"{origin} → {to} is not a job transition")
+        conditions = [Job.id == job_id, Job.status.in_(allowed)]
+        if attempt is not None:  # a worker whose job was re-queued and claimed again must not finish it
+            conditions.append(Job.attempts == attempt)
         statement = (
             update(Job)
-            .where(Job.id == job_id, Job.status.in_(allowed))
+            .where(*conditions)
             .values(status=to, updated_at=utcnow(), **values)
             .execution_options(synchronize_session=False)
         )
@@ -106,15 +111,18 @@ class JobRepository:
         status = self.session.execute(select(Job.status).where(Job.id == job_id)).scalar_one_or_none()
         return status
 
-    def succeed(self, job_id: uuid.UUID, result: dict[str, Any]) -> bool:
-        return self._cas(job_id, "succeeded", ("running",), result=result, progress=1.0, eta_seconds=0.0,
+    def succeed(self, job_id: uuid.UUID, result: dict[str, Any], attempt: int | None = None) -> bool:
+        return self._cas(job_id, "succeeded", ("running",), attempt, result=result, progress=1.0, eta_seconds=0.0,
                          finished_at=utcnow())
 
-    def fail(self, job_id: uuid.UUID, code: str, message: str, from_states: Iterable[str] = ("running", "cancelling")) -> bool:
-        return self._cas(job_id, "failed", from_states, error_code=code, error_message=message, finished_at=utcnow())
+    def fail(self, job_id: uuid.UUID, code: str, message: str, from_states: Iterable[str] = ("running", "cancelling"),
+             attempt: int | None = None) -> bool:
+        return self._cas(job_id, "failed", from_states, attempt, error_code=code, error_message=message,
+                         finished_at=utcnow())
 
-    def cancel(self, job_id: uuid.UUID, from_states: Iterable[str] = ("running", "cancelling")) -> bool:
-        return self._cas(job_id, "cancelled", from_states, finished_at=utcnow())
+    def cancel(self, job_id: uuid.UUID, from_states: Iterable[str] = ("running", "cancelling"),
+               attempt: int | None = None) -> bool:
+        return self._cas(job_id, "cancelled", from_states, attempt, finished_at=utcnow())
 
     def mark_dispatched(self, job_id: uuid.UUID) -> None:
         self.session.execute(update(Job).where(Job.id == job_id).values(dispatched_at=utcnow())

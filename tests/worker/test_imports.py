@@ -1,0 +1,26 @@
+"""The worker module and core.jobs import without torch (torch is loaded only inside a task), and the
+Celery app carries the delivery guarantees the service relies on."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_worker_and_dispatch_import_without_torch():
+    code = ("import sys, worker.app, worker.tasks, core.jobs.dispatch, core.jobs.runner, core.jobs.reaper, "
+            "core.jobs.pipelines, core.jobs.callbacks; assert 'torch' not in sys.modules, 'torch imported'; "
+            "app = worker.app.app; c = app.conf; "
+            "assert c.task_acks_late and c.task_reject_on_worker_lost and c.worker_prefetch_multiplier == 1; "
+            "assert c.broker_transport_options['visibility_timeout'] > c.task_time_limit > c.task_soft_time_limit; "
+            "assert c.task_routes['layercut.train'] == {'queue': 'gpu'} and c.task_routes['layercut.truncate'] == {'queue': 'cpu'}; "
+            "assert c.beat_schedule['reap']['task'] == 'layercut.reap'; "
+            "assert {'layercut.train', 'layercut.analyze', 'layercut.truncate', 'layercut.retrain', 'layercut.compare', "
+            "'layercut.reap'} <= set(app.tasks)")
+    env = {**os.environ, "LAYERCUT_BROKER_URL": "redis://127.0.0.1:6379/9"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -1,0 +1,67 @@
+"""The Celery app: ``celery -A worker.app worker -Q gpu,cpu``. Configured from Settings (LAYERCUT_*).
+
+Celery is transport only: no result backend (Postgres holds job state), late acks so a message whose
+worker died is delivered again (the job's compare-and-set claim makes that harmless), prefetch 1.
+The reaper runs as the beat task ``layercut.reap`` and, so a lone worker recovers lost jobs without a
+beat process, on a timer inside every worker process. Importing this module does not import torch.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Celery, signals
+
+from core.jobs.dispatch import broker_transport_options
+from core.jobspec import QUEUES, task_name
+from core.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+settings = get_settings()
+
+app = Celery("layercut", broker=settings.broker_url, include=["worker.tasks"])
+app.conf.update(
+    result_backend=None,
+    task_ignore_result=True,
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    broker_transport_options=broker_transport_options(settings),
+    broker_connection_retry_on_startup=True,
+    broker_connection_timeout=3,
+    task_soft_time_limit=settings.task_soft_time_limit,
+    task_time_limit=settings.task_hard_time_limit,
+    worker_max_tasks_per_child=settings.worker_max_tasks_per_child,
+    task_routes={**{task_name(kind): {"queue": queue} for kind, queue in QUEUES.items()},
+                 "layercut.reap": {"queue": "cpu"}},
+    task_default_queue="cpu",
+    worker_hijack_root_logger=False,
+    beat_schedule={
+        "reap": {"task": "layercut.reap", "schedule": 15.0, "options": {"queue": "cpu", "expires": 14}},
+    },
+)
+
+
+def _start_reaper() -> None:
+    from core.jobs.reaper import start_reaper_thread
+
+    start_reaper_thread(settings)
+
+
+@signals.worker_process_init.connect
+def _child_started(**_: object) -> None:
+    """A prefork child: drop database connections inherited from the parent, start this process's reaper timer."""
+    from core.store.db import get_engine
+
+    get_engine(settings.resolved_database_url).dispose(close=False)
+    _start_reaper()
+
+
+@signals.worker_ready.connect
+def _worker_ready(sender=None, **_: object) -> None:
+    """Solo/thread pools have no children (no worker_process_init): run the reaper timer in this process."""
+    pool = getattr(sender, "pool", None)
+    if pool is not None and type(pool).__module__.startswith("celery.concurrency.prefork"):
+        return  # the children run it; a thread in the parent would be copied into every fork
+    _start_reaper()

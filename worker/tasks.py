@@ -1,0 +1,55 @@
+"""One Celery task per job kind (``layercut.<kind>``), each running core.jobs.runner.execute_job, and the reaper."""
+
+from __future__ import annotations
+
+import os
+
+from core.jobs.reaper import reap as _reap
+from core.jobspec import QUEUES, task_name
+
+from .app import app, settings
+
+
+def _run(task, job_id: str) -> str:
+    from core.jobs.runner import execute_job  # torch is imported by the stages, here in the worker process only
+
+    return execute_job(job_id, settings, worker_name=f"{task.request.hostname}:{os.getpid()}")
+
+
+@app.task(name=task_name("train"), bind=True)
+def train(self, job_id: str) -> str:
+    """Train a base model."""
+    return _run(self, job_id)
+
+
+@app.task(name=task_name("analyze"), bind=True)
+def analyze(self, job_id: str) -> str:
+    """GBP/SSIM analysis of a model and its knee."""
+    return _run(self, job_id)
+
+
+@app.task(name=task_name("truncate"), bind=True)
+def truncate(self, job_id: str) -> str:
+    """Cut a model at a cut point."""
+    return _run(self, job_id)
+
+
+@app.task(name=task_name("retrain"), bind=True)
+def retrain(self, job_id: str) -> str:
+    """Fine-tune a slim model."""
+    return _run(self, job_id)
+
+
+@app.task(name=task_name("compare"), bind=True)
+def compare(self, job_id: str) -> str:
+    """Compare a base and a slim model."""
+    return _run(self, job_id)
+
+
+@app.task(name="layercut.reap", acks_late=False)
+def reap() -> dict:
+    """Re-queue jobs whose worker died and re-send jobs lost by the broker."""
+    return _reap(settings)
+
+
+assert set(QUEUES) == {"train", "analyze", "truncate", "retrain", "compare"}
