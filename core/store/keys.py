@@ -19,8 +19,9 @@ def hash_key(secret: str) -> str:
 
 def create_key(session: Session, tenant: str, name: str | None = None) -> tuple[ApiKey, str]:
     """Store a new key for ``tenant``; returns the row and the secret (the only time it exists in clear)."""
-    if not tenant or len(tenant) > 64 or not all(c.isalnum() or c in "-_." for c in tenant):
-        raise ValueError("a tenant is 1-64 letters, digits, '-', '_' or '.'")
+    if not tenant or len(tenant) > 64 or not tenant[0].isalnum() or not all(c.isalnum() or c in "-_." for c in tenant):
+        # the tenant names a folder under the artifact root: never '.', '..' or a hidden name
+        raise ValueError("a tenant is 1-64 letters, digits, '-', '_' or '.', starting with a letter or digit")
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
     row = ApiKey(tenant=tenant, key_hash=hash_key(secret), prefix=secret[:10], name=name)
     session.add(row)

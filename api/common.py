@@ -1,0 +1,158 @@
+"""Helpers shared by the routes: field-named 422s, error bodies, cursors, idempotency and tenant paths."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+from fastapi import HTTPException, Request, status
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field
+from sqlalchemy import tuple_
+
+from api.deps import TenantDep
+from core.settings import Settings
+
+
+class ErrorOut(BaseModel):
+    """Every non-validation error: a message saying what went wrong and what to do."""
+
+    detail: str = Field(examples=["job 3f0c… not found"])
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    descriptions = {
+        400: "bad request", 401: "missing, unknown or revoked API key", 403: "forbidden",
+        404: "not found (or owned by another tenant)", 409: "conflict with the object's state",
+        413: "upload too large", 415: "unsupported upload",
+    }
+    return {code: {"model": ErrorOut, "description": descriptions.get(code, "error")} for code in codes}
+
+
+def field_error(loc: Sequence[str | int], msg: str, type_: str = "value_error") -> RequestValidationError:
+    """A 422 shaped like FastAPI's own: ``{"detail": [{"loc": [...], "msg": ..., "type": ...}]}``."""
+    return RequestValidationError([{"loc": tuple(loc), "msg": msg, "type": type_, "input": None}])
+
+
+def not_found(what: str, ident: Any) -> HTTPException:
+    return HTTPException(status.HTTP_404_NOT_FOUND, f"{what} {ident} not found")
+
+
+# --- idempotency -----------------------------------------------------------------------------------
+
+IDEMPOTENCY_HEADER_DOC = ("Any string up to 200 characters. Repeating a request with the same key and the same body "
+                          "returns the resource the first request made (200); the same key with another body is a 422.")
+
+
+def check_idempotency_key(key: str | None) -> str | None:
+    if key is None:
+        return None
+    if not key or len(key) > 200 or any(ord(c) < 32 or ord(c) == 127 for c in key):
+        raise field_error(("header", "Idempotency-Key"), "an idempotency key is 1-200 printable characters")
+    return key
+
+
+def request_hash(payload: Any) -> str:
+    """sha256 of the canonical JSON of a request (sorted keys, no spaces); NaN/inf are refused with a 422."""
+    try:
+        text = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False, default=str)
+    except ValueError:
+        raise field_error(("body",), "numbers must be finite (no NaN or infinity)") from None
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def idempotency_mismatch() -> RequestValidationError:
+    return field_error(("header", "Idempotency-Key"),
+                       "this idempotency key was already used with a different request body; use a new key")
+
+
+# --- cursor pagination -----------------------------------------------------------------------------
+
+def encode_cursor(created_at: datetime, ident: uuid.UUID) -> str:
+    raw = f"{created_at.isoformat()}|{ident}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        when, ident = raw.split("|", 1)
+        created_at = datetime.fromisoformat(when)
+        if created_at.tzinfo is None:
+            created_at = created_at.replace(tzinfo=timezone.utc)
+        return created_at, uuid.UUID(ident)
+    except Exception:
+        raise field_error(("query", "cursor"), "invalid cursor: pass the next_cursor of a previous page unchanged") from None
+
+
+def paginate(statement, model, cursor: str | None, limit: int):
+    """Newest first, keyset on (created_at, id): returns (statement for limit+1 rows)."""
+    statement = statement.order_by(model.created_at.desc(), model.id.desc())
+    if cursor:
+        created_at, ident = decode_cursor(cursor)
+        statement = statement.where(tuple_(model.created_at, model.id) < tuple_(created_at, ident))
+    return statement.limit(limit + 1)
+
+
+def page(rows: list, limit: int) -> tuple[list, str | None]:
+    if len(rows) > limit:
+        rows = rows[:limit]
+        return rows, encode_cursor(rows[-1].created_at, rows[-1].id)
+    return rows, None
+
+
+def as_utc(value: datetime | None, name: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    except (OverflowError, ValueError):
+        raise field_error(("query", name), "date out of range") from None
+
+
+# --- files -----------------------------------------------------------------------------------------
+
+def tenant_root(settings: Settings, tenant: str) -> Path:
+    """``artifact_root/<tenant>``, checked to stay inside the artifact root."""
+    root = settings.resolved_artifact_root
+    path = (root / tenant).resolve()
+    if path == root or not path.is_relative_to(root):
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, "this tenant's name cannot be used as a folder")
+    return path
+
+
+def stored_file(settings: Settings, relative: str) -> Path:
+    """A file named by a database row (never by the request), resolved and checked to stay in the artifact root."""
+    root = settings.resolved_artifact_root
+    try:
+        path = (root / relative).resolve()
+    except (OSError, RuntimeError, ValueError):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "the stored file is missing") from None
+    if not path.is_relative_to(root) or not path.is_file():
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "the stored file is missing")
+    return path
+
+
+def _query_names(dependant) -> set[str]:
+    names = {p.alias for p in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+def strict_query(request: Request, _tenant: TenantDep) -> None:
+    """(After the key check.) Refuse query parameters the route does not declare (a typo such as ``?staus=queued`` is a 422, not ignored)."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    known = _query_names(dependant)
+    for name in request.query_params.keys():
+        if name not in known:
+            raise field_error(("query", name), f"unknown query parameter {name!r}"
+                              + (f"; this route takes {', '.join(sorted(known))}" if known else ""), "extra_forbidden")

@@ -1,0 +1,120 @@
+"""The layercut HTTP service: ``create_app(settings)`` builds it; ``app`` is the one uvicorn serves.
+
+No torch here: jobs are sent to workers by task name (see DESIGN.md §2).
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+import re
+
+from fastapi import Depends, FastAPI, Request, status
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import IntegrityError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api.common import strict_query
+from api.deps import settings_dep
+from api.routes import artifacts, datasets, health, jobs, models, pipelines
+from core.pipeline.errors import LayercutError
+from core.settings import Settings, get_settings
+
+log = logging.getLogger("layercut.api")
+
+try:
+    from importlib.metadata import version as _version
+
+    VERSION = _version("layercut")
+except Exception:  # noqa: BLE001 - not installed as a distribution
+    VERSION = "0.1.0"
+
+DESCRIPTION = """
+Slim image classifiers by cutting them where their layers stop learning new features
+(guided backprop + SSIM, knee of the curve), then retrain and compare.
+
+* **Auth**: every `/v1` route needs `Authorization: Bearer <key>` (make one with `layercut keys create --tenant T`).
+  Objects of another tenant are 404.
+* **Jobs** run on workers; poll `GET /v1/jobs/{id}` and download artifacts through the API.
+* **Idempotency**: send `Idempotency-Key` on creating POSTs; a retry with the same key and body returns the
+  original (200), another body with the same key is a 422.
+* **Lists** are newest first with cursor pagination: pass `next_cursor` back as `cursor`.
+* **Errors**: 422 bodies name the field in `detail[].loc`; other errors are `{"detail": "message"}`.
+"""
+
+TAGS = [
+    {"name": "datasets", "description": "register a server folder or a builtin, or upload an archive"},
+    {"name": "jobs", "description": "one stage of the pipeline: train, analyze, truncate, retrain, compare"},
+    {"name": "pipelines", "description": "the whole pipeline as linked jobs"},
+    {"name": "models", "description": "model versions, checkpoints, imports"},
+    {"name": "artifacts", "description": "files the jobs wrote"},
+    {"name": "health", "description": "liveness and readiness, no key"},
+]
+
+
+def _allowed_methods(app: FastAPI, path: str) -> set[str]:
+    """Every method the OpenAPI document lists for ``path`` (Starlette names only the first matching route's)."""
+    table = getattr(app.state, "allow_table", None)
+    if table is None:
+        table = [(template, re.compile("^" + re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(template)) + "$"),
+                  {m.upper() for m in operations if m in ("get", "post", "put", "patch", "delete")})
+                 for template, operations in app.openapi().get("paths", {}).items()]
+        app.state.allow_table = table
+    matches = [(template.count("{"), methods) for template, pattern, methods in table if pattern.match(path)]
+    if not matches:
+        return set()
+    fewest = min(n for n, _ in matches)  # a literal path (/v1/models/import) beats a template (/v1/models/{id})
+    return set().union(*(methods for n, methods in matches if n == fewest))
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        resolved = settings or get_settings()
+        if resolved.embedded:
+            # Embedded mode runs jobs in this process: start the executor and its reaper now, so jobs
+            # left running by a crash are recovered without waiting for the next submission.
+            from core.jobs.dispatch import get_dispatcher
+
+            get_dispatcher(resolved)
+        yield
+
+    app = FastAPI(title="layercut", version=VERSION, description=DESCRIPTION, openapi_tags=TAGS, lifespan=lifespan)
+    if settings is not None:
+        app.dependency_overrides[settings_dep] = lambda: settings
+
+    app.include_router(health.router)
+    for module in (datasets, jobs, pipelines, models, artifacts):
+        app.include_router(module.router, prefix="/v1", dependencies=[Depends(strict_query)])
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {})
+        if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
+            # Starlette names only the first matching route's methods; list every route's on this path.
+            allowed = _allowed_methods(app, request.url.path)
+            if allowed:
+                headers["Allow"] = ", ".join(sorted(allowed))
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers or None)
+
+    @app.exception_handler(LayercutError)
+    async def _layercut_error(_request: Request, exc: LayercutError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc), "code": getattr(exc, "code", "invalid_input")},
+                            status_code=status.HTTP_400_BAD_REQUEST)
+
+    @app.exception_handler(IntegrityError)
+    async def _integrity_error(_request: Request, exc: IntegrityError) -> JSONResponse:
+        log.warning("integrity error: %s", exc.orig)
+        return JSONResponse({"detail": "the request conflicts with the stored state; retry it"},
+                            status_code=status.HTTP_409_CONFLICT)
+
+    @app.exception_handler(OperationalError)
+    async def _database_down(_request: Request, exc: OperationalError) -> JSONResponse:
+        log.error("database error: %s", exc.orig)
+        return JSONResponse({"detail": "the database is unavailable; retry later"},
+                            status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
+
+    return app
+
+
+app = create_app()

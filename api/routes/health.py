@@ -1,0 +1,73 @@
+"""Liveness and readiness (no key needed)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from sqlalchemy import text
+
+from api.deps import SettingsDep
+from core.settings import Settings
+from core.store.db import get_engine
+
+router = APIRouter(tags=["health"])
+CHECK_TIMEOUT_S = 3.0
+_pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="readyz")
+
+
+class Health(BaseModel):
+    status: str = Field(examples=["ok"])
+
+
+class Readiness(BaseModel):
+    status: str = Field(description="ok | unavailable", examples=["ok"])
+    checks: dict[str, str] = Field(description="per dependency: ok, skipped, or what failed",
+                                   examples=[{"database": "ok", "broker": "ok"}])
+
+
+@router.get("/healthz", response_model=Health, summary="The process is alive")
+def healthz() -> Health:
+    return Health(status="ok")
+
+
+def _check_database(settings: Settings) -> None:
+    with get_engine(settings.resolved_database_url).connect() as connection:
+        connection.execute(text("SELECT 1"))
+
+
+def _check_broker(settings: Settings) -> None:
+    import redis
+
+    client = redis.Redis.from_url(settings.broker_url, socket_connect_timeout=1.0, socket_timeout=1.0)
+    try:
+        if not client.ping():
+            raise RuntimeError("PING was not answered")
+    finally:
+        client.close()
+
+
+def _run(check, settings: Settings) -> str:
+    try:
+        _pool.submit(check, settings).result(timeout=CHECK_TIMEOUT_S)
+        return "ok"
+    except concurrent.futures.TimeoutError:
+        return f"no answer within {CHECK_TIMEOUT_S:g} s"
+    except Exception as exc:  # noqa: BLE001 - any failure means not ready
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+
+
+@router.get("/readyz", response_model=Readiness, summary="The database (and the broker, when configured) answer",
+            responses={503: {"model": Readiness, "description": "a dependency is unreachable"}})
+def readyz(settings: SettingsDep):
+    checks = {"database": _run(_check_database, settings)}
+    if settings.broker_url and settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
+        checks["broker"] = _run(_check_broker, settings)
+    else:
+        checks["broker"] = "skipped (no redis broker configured: jobs run in-process)" if not settings.broker_url \
+            else "skipped (not a redis URL)"
+    ok = all(v == "ok" or v.startswith("skipped") for v in checks.values())
+    body = Readiness(status="ok" if ok else "unavailable", checks=checks)
+    return body if ok else JSONResponse(body.model_dump(), status_code=503)

@@ -1,0 +1,225 @@
+"""Jobs: submit one stage (train | analyze | truncate | retrain | compare), poll it, list, cancel."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Request, Response, status
+from pydantic import BeforeValidator
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api.common import (IDEMPOTENCY_HEADER_DOC, check_idempotency_key, error_responses, field_error, idempotency_mismatch,
+                        not_found, page, paginate, request_hash, as_utc)
+from api.deps import SessionDep, TenantDep, dispatcher_dep
+from api.schemas.artifacts import ArtifactOut
+from api.schemas.common import Page
+from api.schemas.jobs import JOB_CREATE_EXAMPLES, JobCreate, JobError, JobOut, JobSummary
+from core.jobspec import AnalyzeParams, CompareParams, ModelRef, RetrainParams, TrainParams, TruncateParams
+from core.store.jobs import JobRepository
+from core.store.models import FINAL_STATUSES, JOB_KINDS, JOB_STATUSES, Artifact, Dataset, Job, ModelVersion
+
+log = logging.getLogger("layercut.api")
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+MODEL_MAKING_KINDS = ("train", "truncate", "retrain")
+
+
+def _iso_only(value: Any) -> Any:
+    if isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+(\.\d*)?\s*", value):
+        raise ValueError("give an ISO 8601 date-time such as 2025-01-31T12:00:00Z, not a number")
+    return value
+
+
+IsoDateTime = Annotated[datetime, BeforeValidator(_iso_only)]
+
+
+# --- presentation ----------------------------------------------------------------------------------
+
+def artifact_out(request: Request, row: Artifact) -> ArtifactOut:
+    return ArtifactOut(id=row.id, job_id=row.job_id, name=row.path.rsplit("/", 1)[-1], kind=row.kind, bytes=row.bytes,
+                       sha256=row.sha256, content_type=row.content_type, created_at=row.created_at,
+                       download_url=str(request.url_for("download_artifact", artifact_id=str(row.id))))
+
+
+def _summary_fields(job: Job) -> dict[str, Any]:
+    error = JobError(code=job.error_code, message=job.error_message) if (job.error_code or job.error_message) else None
+    return dict(id=job.id, kind=job.kind, status=job.status, stage=job.stage,
+                percent=round(max(0.0, min(1.0, job.progress or 0.0)) * 100, 2), eta_seconds=job.eta_seconds,
+                message=job.message, error=error, attempts=job.attempts, pipeline_id=job.pipeline_id, step=job.step,
+                depends_on=job.depends_on, cancel_requested=job.cancel_requested, created_at=job.created_at,
+                started_at=job.started_at, finished_at=job.finished_at, updated_at=job.updated_at)
+
+
+def job_summary(job: Job) -> JobSummary:
+    return JobSummary(**_summary_fields(job))
+
+
+def job_out(request: Request, session: Session, job: Job) -> JobOut:
+    artifacts = session.scalars(select(Artifact).where(Artifact.job_id == job.id, Artifact.tenant == job.tenant)
+                                .order_by(Artifact.created_at, Artifact.path)).all()
+    result = job.result if isinstance(job.result, dict) else None
+    metrics = result.get("metrics") if result and isinstance(result.get("metrics"), dict) else None
+    return JobOut(**_summary_fields(job), params=job.params or {}, callback_url=job.callback_url, result=result,
+                  metrics=metrics, artifacts=[artifact_out(request, a) for a in artifacts])
+
+
+# --- reference checks ------------------------------------------------------------------------------
+
+def _tenant_dataset(session: Session, tenant: str, dataset_id: uuid.UUID) -> Dataset | None:
+    return session.scalars(select(Dataset).where(Dataset.id == dataset_id, Dataset.tenant == tenant)).first()
+
+
+def check_dataset(session: Session, tenant: str, dataset_id: uuid.UUID | None, loc: tuple) -> None:
+    if dataset_id is not None and _tenant_dataset(session, tenant, dataset_id) is None:
+        raise field_error(loc, f"dataset {dataset_id} not found", "not_found")
+
+
+def check_model_ref(session: Session, tenant: str, ref: ModelRef, loc: tuple, pending: dict[uuid.UUID, str] | None = None) -> None:
+    if ref.model_id is not None:
+        found = session.scalars(select(ModelVersion.id).where(ModelVersion.id == ref.model_id,
+                                                              ModelVersion.tenant == tenant)).first()
+        if found is None:
+            raise field_error((*loc, "model_id"), f"model {ref.model_id} not found", "not_found")
+        return
+    kind = (pending or {}).get(ref.from_job)
+    if kind is None:
+        kind = session.scalars(select(Job.kind).where(Job.id == ref.from_job, Job.tenant == tenant)).first()
+    if kind is None:
+        raise field_error((*loc, "from_job"), f"job {ref.from_job} not found", "not_found")
+    if kind not in MODEL_MAKING_KINDS:
+        raise field_error((*loc, "from_job"), f"job {ref.from_job} is a {kind} job, which makes no model "
+                          f"(use a {', '.join(MODEL_MAKING_KINDS)} job)")
+
+
+def check_references(session: Session, tenant: str, params: Any, pending: dict[uuid.UUID, str] | None = None) -> None:
+    """Every dataset, model and job a job's params name must exist and belong to ``tenant`` (422 naming the field)."""
+    base = ("body", "params")
+    if isinstance(params, TrainParams):
+        check_dataset(session, tenant, params.data.dataset_id, (*base, "data", "dataset_id"))
+    elif isinstance(params, (AnalyzeParams, RetrainParams)):
+        check_model_ref(session, tenant, params.model, (*base, "model"), pending)
+        check_dataset(session, tenant, params.dataset_id, (*base, "dataset_id"))
+    elif isinstance(params, TruncateParams):
+        check_model_ref(session, tenant, params.model, (*base, "model"), pending)
+        if params.analysis_job is not None:
+            kind = (pending or {}).get(params.analysis_job) or session.scalars(
+                select(Job.kind).where(Job.id == params.analysis_job, Job.tenant == tenant)).first()
+            if kind is None:
+                raise field_error((*base, "analysis_job"), f"job {params.analysis_job} not found", "not_found")
+            if kind != "analyze":
+                raise field_error((*base, "analysis_job"), f"job {params.analysis_job} is a {kind} job, not an analyze job")
+        elif params.truncate.cut == "knee":
+            raise field_error((*base, "analysis_job"), "cut='knee' needs analysis_job: the analyze job whose knee to "
+                              "cut at (or give a cut point index or name in truncate.cut)")
+    elif isinstance(params, CompareParams):
+        check_model_ref(session, tenant, params.base, (*base, "base"), pending)
+        check_model_ref(session, tenant, params.slim, (*base, "slim"), pending)
+        check_dataset(session, tenant, params.dataset_id, (*base, "dataset_id"))
+
+
+def dispatch(dispatcher: Any, job_id: uuid.UUID, kind: str) -> None:
+    """Hand a committed job to the broker; a failed send leaves it queued for the re-dispatcher."""
+    try:
+        dispatcher.dispatch(job_id, kind)
+    except Exception as exc:  # DispatchError, or anything else: the row is committed and will be re-sent
+        log.warning("dispatch of job %s failed (%s); it stays queued for the re-dispatcher", job_id, exc)
+
+
+# --- routes ----------------------------------------------------------------------------------------
+
+@router.post("", response_model=JobOut, status_code=status.HTTP_201_CREATED,
+             responses={200: {"model": JobOut, "description": "an earlier request with this Idempotency-Key made it"},
+                        **error_responses(400, 401)},
+             summary="Submit a job")
+def create_job(
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    tenant: TenantDep,
+    body: Annotated[JobCreate, Body(openapi_examples=JOB_CREATE_EXAMPLES)],
+    dispatcher: Annotated[Any, Depends(dispatcher_dep)],
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", description=IDEMPOTENCY_HEADER_DOC)] = None,
+) -> JobOut:
+    """Validate the typed parameters and every reference (datasets, models, jobs of the caller's tenant), insert
+    the job as `queued`, commit, then send it to its queue. The body is `{"params": {"kind": …, …}, "callback_url": …}`.
+    """
+    key = check_idempotency_key(idempotency_key)
+    params_json = body.params.model_dump(mode="json")
+    digest = request_hash({"params": params_json, "callback_url": str(body.callback_url) if body.callback_url else None})
+    check_references(session, tenant, body.params)
+    job = Job(id=uuid.uuid4(), tenant=tenant, kind=body.params.kind, status="queued", params=params_json,
+              callback_url=str(body.callback_url) if body.callback_url else None, idempotency_key=key,
+              request_hash=digest if key else None)
+    session.add(job)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        existing = session.scalars(select(Job).where(Job.tenant == tenant, Job.idempotency_key == key)).first()
+        if key is None or existing is None:
+            raise
+        if existing.request_hash != digest:
+            raise idempotency_mismatch() from None
+        response.status_code = status.HTTP_200_OK
+        return job_out(request, session, existing)
+    dispatch(dispatcher, job.id, job.kind)
+    return job_out(request, session, job)
+
+
+def get_tenant_job(session: Session, tenant: str, job_id: uuid.UUID) -> Job:
+    job = session.scalars(select(Job).where(Job.id == job_id, Job.tenant == tenant)).first()
+    if job is None:
+        raise not_found("job", job_id)
+    return job
+
+
+@router.get("/{job_id}", response_model=JobOut, responses=error_responses(401, 404), summary="Get a job")
+def get_job(request: Request, job_id: uuid.UUID, session: SessionDep, tenant: TenantDep) -> JobOut:
+    """Status, stage, percent, ETA, message, result and metrics, error, artifacts with download URLs."""
+    return job_out(request, session, get_tenant_job(session, tenant, job_id))
+
+
+@router.get("", response_model=Page[JobSummary], responses=error_responses(401), summary="List jobs")
+def list_jobs(
+    session: SessionDep,
+    tenant: TenantDep,
+    status_: Annotated[Literal[JOB_STATUSES] | None, Query(alias="status")] = None,  # type: ignore[valid-type]
+    kind: Annotated[Literal[JOB_KINDS] | None, Query()] = None,  # type: ignore[valid-type]
+    pipeline_id: uuid.UUID | None = None,
+    created_after: Annotated[IsoDateTime | None, Query(description="inclusive; ISO 8601, naive times are UTC")] = None,
+    created_before: Annotated[IsoDateTime | None, Query(description="exclusive; ISO 8601, naive times are UTC")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=500, description="next_cursor of the previous page")] = None,
+) -> Page[JobSummary]:
+    """Newest first, cursor-paginated (keyset on creation time and id, stable under inserts)."""
+    statement = select(Job).where(Job.tenant == tenant)
+    if status_:
+        statement = statement.where(Job.status == status_)
+    if kind:
+        statement = statement.where(Job.kind == kind)
+    if pipeline_id:
+        statement = statement.where(Job.pipeline_id == pipeline_id)
+    if created_after is not None:
+        statement = statement.where(Job.created_at >= as_utc(created_after, "created_after"))
+    if created_before is not None:
+        statement = statement.where(Job.created_at < as_utc(created_before, "created_before"))
+    rows, next_cursor = page(list(session.scalars(paginate(statement, Job, cursor, limit))), limit)
+    return Page[JobSummary](items=[job_summary(j) for j in rows], next_cursor=next_cursor)
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut, responses=error_responses(401, 404, 409), summary="Cancel a job")
+def cancel_job(request: Request, job_id: uuid.UUID, session: SessionDep, tenant: TenantDep) -> JobOut:
+    """A queued job ends `cancelled` at once; a running one goes to `cancelling` and stops at its next check.
+    A finished job is a 409."""
+    job = get_tenant_job(session, tenant, job_id)
+    if job.status in FINAL_STATUSES:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} already ended ({job.status})")
+    JobRepository(session).request_cancel(job.id)
+    session.refresh(job)
+    return job_out(request, session, job)

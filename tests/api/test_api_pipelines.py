@@ -1,0 +1,95 @@
+"""Pipelines: linked steps, only the first dispatched, variants, isolation, pagination, cancel, idempotency."""
+
+from __future__ import annotations
+
+import uuid
+
+from core.store.models import Job
+
+
+def test_full_pipeline_makes_linked_jobs_and_dispatches_only_the_first(env):
+    dataset_id = env.dataset()
+    response = env.client.post("/v1/pipelines", json={"data": {"dataset_id": dataset_id}, "arch": "smallcnn"},
+                               headers=env.headers)
+    assert response.status_code == 201, response.text
+    body = response.json()
+    steps = body["steps"]
+    assert [s["kind"] for s in steps] == ["train", "analyze", "truncate", "retrain", "compare"]
+    assert [s["step"] for s in steps] == [0, 1, 2, 3, 4]
+    assert steps[0]["depends_on"] is None
+    assert all(steps[i]["depends_on"] == steps[i - 1]["id"] for i in range(1, 5))
+    assert env.dispatcher.sent == [(uuid.UUID(steps[0]["id"]), "train")]
+    assert body["status"] == "queued"
+    ids = [uuid.UUID(s["id"]) for s in steps]
+    with env.session() as s:
+        jobs = [s.get(Job, i) for i in ids]
+    assert all(j.pipeline_id == uuid.UUID(body["id"]) and j.tenant == env.tenant for j in jobs)
+    train, analyze, truncate, retrain, compare = (j.params for j in jobs)
+    assert analyze["model"] == {"model_id": None, "from_job": str(ids[0])}
+    assert truncate["model"]["from_job"] == str(ids[0]) and truncate["analysis_job"] == str(ids[1])
+    assert retrain["model"]["from_job"] == str(ids[2]) and retrain["dataset_id"] == dataset_id
+    assert compare["base"]["from_job"] == str(ids[0]) and compare["slim"]["from_job"] == str(ids[3])
+    listed = env.client.get("/v1/jobs", params={"pipeline_id": body["id"]}, headers=env.headers).json()["items"]
+    assert {j["id"] for j in listed} == {s["id"] for s in steps}
+
+
+def test_from_model_skips_train_and_stop_after_analyze(env):
+    model_id = env.model()
+    body = env.client.post("/v1/pipelines", json={"model_id": model_id, "truncate": {"cut": "block3"}},
+                           headers=env.headers).json()
+    assert [s["kind"] for s in body["steps"]] == ["analyze", "truncate", "retrain", "compare"]
+    with env.session() as s:
+        truncate = s.get(Job, uuid.UUID(body["steps"][1]["id"])).params
+    assert truncate["model"]["model_id"] == model_id and truncate["analysis_job"] is None
+    short = env.client.post("/v1/pipelines", json={"data": {"dataset_id": env.dataset()}, "stop_after": "analyze"},
+                            headers=env.headers).json()
+    assert [s["kind"] for s in short["steps"]] == ["train", "analyze"]
+
+
+def test_pipeline_validation_names_the_field(env):
+    def loc(body):
+        response = env.client.post("/v1/pipelines", json=body, headers=env.headers)
+        assert response.status_code == 422, response.text
+        return response.json()["detail"][0]["loc"]
+
+    assert loc({}) == ["body", "data"]
+    assert loc({"data": {"dataset_id": env.dataset(env.other_headers)}}) == ["body", "data", "dataset_id"]
+    assert loc({"model_id": env.model(env.other_tenant)}) == ["body", "model_id"]
+    assert loc({"data": {"dataset_id": env.dataset()}, "arch": "nope"}) == ["body", "arch"]
+    assert loc({"data": {"dataset_id": env.dataset()}, "stop_after": "truncate"}) == ["body", "stop_after"]
+    assert env.dispatcher.sent == []
+
+
+def test_get_list_cancel_and_isolation(env):
+    dataset_id = env.dataset()
+    made = [env.client.post("/v1/pipelines", json={"data": {"dataset_id": dataset_id}}, headers=env.headers).json()["id"]
+            for _ in range(3)]
+    seen, cursor = [], None
+    while True:
+        page = env.client.get("/v1/pipelines", params={"limit": 2, **({"cursor": cursor} if cursor else {})},
+                              headers=env.headers).json()
+        seen += [p["id"] for p in page["items"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert seen == list(reversed(made))
+    assert env.client.get("/v1/pipelines", headers=env.other_headers).json()["items"] == []
+    assert env.client.get(f"/v1/pipelines/{made[0]}", headers=env.other_headers).status_code == 404
+    assert env.client.post(f"/v1/pipelines/{made[0]}/cancel", headers=env.other_headers).status_code == 404
+    response = env.client.post(f"/v1/pipelines/{made[0]}/cancel", headers=env.headers)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["status"] == "cancelled" and {s["status"] for s in body["steps"]} == {"cancelled"}
+    assert env.client.post(f"/v1/pipelines/{made[0]}/cancel", headers=env.headers).status_code == 409
+    assert env.client.get(f"/v1/pipelines/{made[1]}", headers=env.headers).json()["status"] == "queued"
+
+
+def test_pipeline_idempotency(env):
+    body = {"data": {"dataset_id": env.dataset()}}
+    headers = {**env.headers, "Idempotency-Key": "pipe-1"}
+    first = env.client.post("/v1/pipelines", json=body, headers=headers)
+    again = env.client.post("/v1/pipelines", json=body, headers=headers)
+    other = env.client.post("/v1/pipelines", json={**body, "stop_after": "analyze"}, headers=headers)
+    assert (first.status_code, again.status_code, other.status_code) == (201, 200, 422)
+    assert first.json()["id"] == again.json()["id"] and first.json()["steps"] == again.json()["steps"]
+    assert len(env.dispatcher.sent) == 1
