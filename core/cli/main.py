@@ -21,6 +21,7 @@ from core.pipeline.config import AnalyzeConfig, CompareConfig, DataConfig, Train
 from core.pipeline.errors import Cancelled, LayercutError
 
 from .progress import err_console, stage_bars
+from .service import keys_app, migrate, serve
 
 app = typer.Typer(
     name="layercut",
@@ -454,6 +455,11 @@ def knee_command(
         out_console.print(f"knee at index {result.index}{where}")
     else:
         out_console.print(f"kneed found no knee: {result.reason}; fallback chose index {result.index}{where} by {result.rule}")
+
+
+app.command()(serve)
+app.command()(migrate)
+app.add_typer(keys_app, name="keys")
 
 
 def main() -> None:

@@ -1,0 +1,44 @@
+# layercut: one image for the API, the Celery workers and the one-shot migration.
+#   API (default):  uvicorn api.main:app --host 0.0.0.0 --port 8000
+#   worker:         celery -A worker.app worker -Q gpu --concurrency 1
+#   migration:      alembic upgrade head
+# PyTorch comes from the package registry (a CUDA build on Linux; it also runs on a CPU). For a smaller,
+# CPU-only image: docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu .
+FROM python:3.11-slim
+
+ARG TORCH_INDEX_URL=""
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    MPLBACKEND=Agg \
+    LAYERCUT_DATA_DIR=/data \
+    LAYERCUT_ARTIFACT_ROOT=/artifacts \
+    TORCH_HOME=/data/torch
+
+WORKDIR /app
+
+# Dependencies first (a layer that only changes with pyproject.toml): install the project from a stub
+# of its packages, then drop the stub.
+COPY pyproject.toml README.md ./
+RUN if [ -n "$TORCH_INDEX_URL" ]; then pip install torch torchvision --index-url "$TORCH_INDEX_URL"; fi \
+ && mkdir -p api worker core \
+ && touch api/__init__.py worker/__init__.py core/__init__.py \
+ && pip install . \
+ && pip uninstall -y layercut \
+ && rm -rf api worker core build *.egg-info
+
+# The code, the migrations and alembic.ini (the migrate service and `layercut migrate` read them from /app).
+COPY . .
+RUN pip install --no-deps . \
+ && rm -rf build *.egg-info \
+ && useradd --create-home --uid 10001 --user-group layercut \
+ && mkdir -p /data /artifacts /datasets \
+ && chown layercut:layercut /data /artifacts
+
+# A named volume mounted at /artifacts starts with this folder's owner, so the non-root user can write it.
+USER layercut
+EXPOSE 8000
+HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
+  CMD ["python", "-c", "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4).status != 200)"]
+CMD ["uvicorn", "api.main:app", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers", "--forwarded-allow-ips", "*"]
