@@ -145,7 +145,7 @@ def _query_names(dependant) -> set[str]:
     return names
 
 
-def strict_query(request: Request, _tenant: TenantDep) -> None:
+async def strict_query(request: Request, _tenant: TenantDep) -> None:
     """(After the key check.) Refuse query parameters the route does not declare (a typo such as ``?staus=queued`` is a 422, not ignored)."""
     route = request.scope.get("route")
     dependant = getattr(route, "dependant", None)

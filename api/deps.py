@@ -15,7 +15,8 @@ from core.store.keys import tenant_for_key
 bearer = HTTPBearer(auto_error=False, description="an API key from `layercut keys create --tenant T`")
 
 
-def settings_dep() -> Settings:
+async def settings_dep() -> Settings:
+    # async: a trivial dependency run on the event loop instead of a threadpool hop per request
     return get_settings()
 
 

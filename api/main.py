@@ -67,11 +67,14 @@ def _allowed_methods(app: FastAPI, path: str) -> set[str]:
     return set().union(*(methods for n, methods in matches if n == fewest))
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, run_embedded_jobs: bool = True) -> FastAPI:
+    """The API. With no broker configured (embedded) it also runs jobs in-process, unless ``run_embedded_jobs``
+    is False (tests that check the API alone)."""
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         resolved = settings or get_settings()
-        if resolved.embedded:
+        if resolved.embedded and run_embedded_jobs:
             # Embedded mode runs jobs in this process: start the executor and its reaper now, so jobs
             # left running by a crash are recovered without waiting for the next submission.
             from core.jobs.dispatch import get_dispatcher

@@ -61,8 +61,10 @@ def job_summary(job: Job) -> JobSummary:
 
 
 def job_out(request: Request, session: Session, job: Job) -> JobOut:
-    artifacts = session.scalars(select(Artifact).where(Artifact.job_id == job.id, Artifact.tenant == job.tenant)
-                                .order_by(Artifact.created_at, Artifact.path)).all()
+    # Artifacts are recorded as a job finishes, so an unfinished job (what polls mostly see) has none.
+    artifacts = [] if job.status not in FINAL_STATUSES else session.scalars(
+        select(Artifact).where(Artifact.job_id == job.id, Artifact.tenant == job.tenant)
+        .order_by(Artifact.created_at, Artifact.path)).all()
     result = job.result if isinstance(job.result, dict) else None
     metrics = result.get("metrics") if result and isinstance(result.get("metrics"), dict) else None
     return JobOut(**_summary_fields(job), params=job.params or {}, callback_url=job.callback_url, result=result,

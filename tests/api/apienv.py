@@ -103,7 +103,7 @@ def make_env(postgres_url: str, tmp_path: Path, **overrides: Any) -> Env:
     (tmp_path / "roots").mkdir(parents=True, exist_ok=True)
     settings = Settings(database_url=postgres_url, artifact_root=tmp_path / "artifacts",
                         dataset_roots=[tmp_path / "roots"], **overrides)
-    app = create_app(settings)
+    app = create_app(settings, run_embedded_jobs=False)  # dispatch is faked: no executor, no reaper
     app.dependency_overrides[settings_dep] = lambda: settings
     dispatcher = RecordingDispatcher()
     app.dependency_overrides[dispatcher_dep] = lambda: dispatcher

@@ -22,7 +22,7 @@ from core.store.keys import hash_key
 from core.store.models import ApiKey
 
 SETTINGS = Settings(upload_max_bytes=100_000, upload_max_unpacked_bytes=100_000, upload_max_members=100)
-APP = create_app(SETTINGS)
+APP = create_app(SETTINGS, run_embedded_jobs=False)  # dispatch is faked: no executor, no reaper
 APP.dependency_overrides[dispatcher_dep] = RecordingDispatcher
 SECRET = f"lc_fuzz_{uuid.uuid4().hex}"  # known at import: schemathesis applies auth while collecting
 HEADERS = {"Authorization": f"Bearer {SECRET}"}
