@@ -16,11 +16,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-)
-SPLIT_FOLDER_NAMES: dict[str, str] = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
-_IGNORED_NAMES = frozenset({"__MACOSX"})
+from core.pipeline.layout import IMAGE_EXTENSIONS, SPLIT_FOLDER_NAMES, subdirs as _subdirs, visible as _visible
 
 # What the built-in offline sets hold (kept here so the API needs neither torch nor the data files).
 BUILTINS: dict[str, dict] = {
@@ -55,16 +51,8 @@ class ScanResult:
         return sum(sum(per_class.values()) for per_class in self.counts.values())
 
 
-def _visible(name: str) -> bool:
-    return not name.startswith(".") and name not in _IGNORED_NAMES
-
-
 def _is_image(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-
-
-def _subdirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if _visible(p.name) and p.is_dir())
 
 
 def _inside(path: Path, root: Path) -> bool:

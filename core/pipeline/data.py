@@ -24,26 +24,17 @@ from PIL import Image
 
 from .architectures import check_image_size
 from .errors import DataError, LayercutError, MissingResourceError
+from . import layout
+from .layout import IMAGE_EXTENSIONS, SPLIT_FOLDER_NAMES
 from .progress import SILENT, Reporter
 
 STAGE = "data"
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-)
-SPLIT_FOLDER_NAMES: dict[str, str] = {
-    "train": "train",
-    "val": "val",
-    "valid": "val",
-    "validation": "val",
-    "test": "test",
-}
 GRAYSCALE_MODES: frozenset[str] = frozenset({"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 WIDE_GRAYSCALE_MODES: frozenset[str] = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 BUILTIN_DATASETS: tuple[str, ...] = ("textures", "digits")
 DEFAULT_DATA_ROOT = "./layercut-data/datasets"
 DOWNLOAD_TIMEOUT_S = 30.0
-_IGNORED_DIR_NAMES = frozenset({"__MACOSX"})
 
 
 @dataclass(frozen=True)
@@ -247,38 +238,30 @@ class _Scan:
     given_splits: list[str] = field(default_factory=list)
 
 
-def _visible(name: str) -> bool:
-    return not name.startswith(".") and name not in _IGNORED_DIR_NAMES
-
-
 def _walk_files(folder: Path) -> tuple[list[Path], list[Path]]:
     """Image files under ``folder`` (recursively, in sorted order) and the non-image files that are ignored."""
     images: list[Path] = []
     others: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if _visible(d))
+        dirnames[:] = sorted(d for d in dirnames if layout.visible(d))
         for name in sorted(filenames):
-            if not _visible(name):
+            if not layout.visible(name):
                 continue
             path = Path(dirpath) / name
             (images if path.suffix.lower() in IMAGE_EXTENSIONS else others).append(path)
     return images, others
 
 
-def _subdirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and _visible(p.name))
-
-
 def _loose_files(folder: Path) -> tuple[list[Path], list[Path]]:
     """Image and non-image files directly inside ``folder`` (not in sub-folders)."""
-    files = sorted(p for p in folder.iterdir() if p.is_file() and _visible(p.name))
+    files = sorted(p for p in folder.iterdir() if p.is_file() and layout.visible(p.name))
     images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
     return images, [p for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS]
 
 
 def _scan_folder(root: Path, classes: list[str] | None) -> _Scan:
     """Find the layout of ``root`` (class folders, flat, or pre-split) and every image file with its label."""
-    subdirs = _subdirs(root)
+    subdirs = layout.subdirs(root)
     split_dirs: dict[str, list[Path]] = {}
     for d in subdirs:
         if d.name.lower() in SPLIT_FOLDER_NAMES:
@@ -327,7 +310,7 @@ def _scan_unsplit(
 ) -> _Scan:
     """Scan one folder holding either class sub-folders or flat ``{label}_{id}.{ext}`` files."""
     where = f"{split} folder {folder}" if split else str(folder)
-    class_dirs = _subdirs(folder)
+    class_dirs = layout.subdirs(folder)
     loose_images, loose_other = _loose_files(folder)
     if not class_dirs and loose_images:
         return _scan_flat(folder, loose_images, loose_other, classes if classes is not None else known, split, where)
