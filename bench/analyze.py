@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import statistics
 import sys
 import time
@@ -38,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+import environment  # noqa: E402  (bench/environment.py)
 from core.pipeline.architectures import ARCHITECTURES, build_model  # noqa: E402
 from core.pipeline.curves import cut_curve  # noqa: E402
 from core.pipeline.cutpoints import ACTIVATIONS, cut_points, feature_sequence  # noqa: E402
@@ -250,9 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     extrapolating = bool(args.baseline_ssim_sample) and args.baseline_ssim_sample < calls
 
     print("layercut analyze benchmark — ours vs captum per cut point + scikit-image SSIM pair by pair")
-    print(f"  torch {torch.__version__} | device {device}"
-          + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else f" ({platform.processor() or platform.machine()})")
-          + f" | torch threads {torch.get_num_threads()} | CPU cores {os.cpu_count()}")
+    print(environment.describe(device))
     print(f"  arch {args.arch} (seeded random init, eval mode; weights do not change the work) | image {args.image_size} px"
           f" | probes {args.probes} (textures val) | cut points {layers} | our GBP batch {args.batch_size}")
     print(f"  GBP rule (ours): {rule}" + (f" — the network also has {', '.join(others)}, which captum does not guide"
@@ -304,13 +301,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.json:
         payload = {
-            "benchmark": "analyze",
-            "torch": torch.__version__,
-            "device": str(device),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine()),
-            "torch_threads": torch.get_num_threads(),
-            "cpu_count": os.cpu_count(),
-            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            **environment.record("analyze", device, args),
             "cut_points": layers,
             "gbp_rule": rule,
             "ssim_calls": calls,

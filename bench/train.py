@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -40,6 +39,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch import nn  # noqa: E402
 
+import environment  # noqa: E402  (bench/environment.py)
 from core.pipeline.architectures import ARCHITECTURES, build_model  # noqa: E402
 from core.pipeline.config import TrainConfig  # noqa: E402
 from core.pipeline.data import Split, dataset_statistics, load_dataset  # noqa: E402
@@ -176,9 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     lr = resolved_lr(config)
 
     print("layercut train benchmark — train_model vs ImageFolder + DataLoader + plain loop")
-    print(f"  torch {torch.__version__} | device {device}"
-          + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else f" ({platform.processor() or platform.machine()})")
-          + f" | torch threads {torch.get_num_threads()} | CPU cores {os.cpu_count()}")
+    print(environment.describe(device))
     print(f"  arch {args.arch} | image {args.image_size} px | textures train split: {n_train} images, "
           f"{dataset.num_classes} classes | epochs {args.epochs} | batch {args.batch_size} | seed {args.seed}")
     print(f"  optimiser AdamW lr {lr:g} wd {config.weight_decay:g}; schedule: ours {config.schedule}, baseline cosine")
@@ -247,13 +245,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.json:
         payload = {
-            "benchmark": "train",
-            "torch": torch.__version__,
-            "device": str(device),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine()),
-            "torch_threads": torch.get_num_threads(),
-            "cpu_count": os.cpu_count(),
-            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            **environment.record("train", device, args),
             "train_images": n_train,
             "lr": lr,
             "weight_decay": config.weight_decay,
