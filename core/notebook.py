@@ -30,13 +30,17 @@ def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[nn.Module, 
 
 def load_data(source: str = "textures", image_size: int = 64, **options) -> Dataset:
     """Decode a dataset once (options: the fields of ``DataConfig``, e.g. seed, classes)."""
-    return stages.load_data(DataConfig(source=source, image_size=image_size, **options))
+    config = DataConfig(source=source, image_size=image_size, **options)
+    dataset = stages.load_data(config)
+    dataset.info["data_config"] = config.model_dump()  # so train() records exactly how it was loaded
+    return dataset
 
 
 def train(dataset: Dataset, arch: str, out_dir: str | Path, pretrained: bool = False,
           reporter: Reporter = SILENT, **options) -> dict:
     """Train a base model (options: the fields of ``TrainConfig``, e.g. epochs, lr)."""
-    data_config = DataConfig(source=dataset.info.get("source", "custom"), image_size=dataset.image_size)
+    data_config = DataConfig.model_validate(dataset.info["data_config"]) if "data_config" in dataset.info \
+        else DataConfig(source=str(dataset.info.get("source", "custom")), image_size=dataset.image_size)
     return stages.train_stage(dataset, data_config, arch, TrainConfig(**options), out_dir, pretrained, reporter)
 
 
