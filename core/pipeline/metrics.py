@@ -9,8 +9,10 @@ predicted counts with precision 0 (zero division gives 0, as sklearn's ``zero_di
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torchmetrics.functional.classification import (
     multiclass_accuracy,
@@ -23,6 +25,7 @@ from torchmetrics.functional.classification import (
 )
 
 TOP_CONFUSIONS = 5
+PAIR_EXAMPLES = 4
 
 
 def _check_inputs(scores: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> None:
@@ -150,3 +153,65 @@ def roc_curves(probs: torch.Tensor, labels: torch.Tensor, classes: list[str]) ->
         fpr, tpr, _ = multiclass_roc(probs, labels, k)
     n = labels.shape[0]
     return {classes[c]: (_floats(fpr[c]), _floats(tpr[c])) for c in range(k) if 0 < int(counts[c]) < n}
+
+
+@dataclass(frozen=True)
+class ConfusedPair:
+    """One off-diagonal cell of the confusion matrix: images of class ``true`` predicted as ``predicted``.
+
+    ``examples`` are indices into the evaluated split: the most confident mistakes first when confidences
+    were given, else in split order.
+    """
+
+    true: int
+    predicted: int
+    count: int
+    share_of_true: float
+    examples: list[int] = field(default_factory=list)
+
+
+def _as_int_array(values: Sequence[int] | np.ndarray | torch.Tensor) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
+    return np.asarray(values, dtype=np.int64).reshape(-1)
+
+
+def confused_pairs(
+    labels: Sequence[int] | np.ndarray | torch.Tensor,
+    predictions: Sequence[int] | np.ndarray | torch.Tensor,
+    num_classes: int,
+    top: int = TOP_CONFUSIONS,
+    examples: int = PAIR_EXAMPLES,
+    confidences: Sequence[float] | np.ndarray | torch.Tensor | None = None,
+) -> list[ConfusedPair]:
+    """The ``top`` most frequent (true → predicted) mistakes with up to ``examples`` image indices each.
+
+    Pairs are ordered by count, then by share of the true class (as ``most_confused``), then by class
+    index; an empty list means there were no mistakes. ``confidences`` (the predicted class's probability
+    per image) puts the most confident mistakes first among the examples.
+    """
+    truth, predicted = _as_int_array(labels), _as_int_array(predictions)
+    if truth.shape != predicted.shape:
+        raise ValueError(f"labels and predictions differ in length: {truth.shape[0]} vs {predicted.shape[0]}")
+    if truth.size and (min(truth.min(), predicted.min()) < 0 or max(truth.max(), predicted.max()) >= num_classes):
+        raise ValueError(f"labels and predictions must lie in 0..{num_classes - 1}")
+    matrix = np.bincount(truth * num_classes + predicted, minlength=num_classes * num_classes)
+    matrix = matrix.reshape(num_classes, num_classes)
+    support = matrix.sum(axis=1)
+    cells = [(int(matrix[t, p]), t, p) for t in range(num_classes) for p in range(num_classes)
+             if t != p and matrix[t, p] > 0]
+    cells.sort(key=lambda c: (-c[0], -c[0] / support[c[1]], c[1], c[2]))
+    if confidences is None:
+        order = np.arange(truth.size)
+    else:
+        score = np.asarray(confidences.detach().cpu().numpy() if isinstance(confidences, torch.Tensor) else confidences,
+                           dtype=np.float64).reshape(-1)
+        if score.shape != truth.shape:
+            raise ValueError(f"confidences must have one value per image ({truth.size}), got {score.size}")
+        order = np.argsort(-score, kind="stable")  # most confident first, split order on ties
+    pairs = []
+    for count, t, p in cells[: max(top, 0)]:
+        hits = order[(truth[order] == t) & (predicted[order] == p)]
+        pairs.append(ConfusedPair(true=t, predicted=p, count=count, share_of_true=count / int(support[t]),
+                                  examples=[int(i) for i in hits[: max(examples, 0)]]))
+    return pairs

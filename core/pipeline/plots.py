@@ -1,4 +1,5 @@
-"""The pictures every stage writes: training curves, confusion matrix, ROC, SSIM curve and matrix, GBP grid, comparison.
+"""The pictures every stage writes: training curves, confusion matrix, ROC, most-confused pairs, class counts per
+split, SSIM curve and matrix, GBP grid, comparison.
 
 Matplotlib runs on the Agg backend (set here, before pyplot is imported) so plotting works on headless
 workers. Every function writes one PNG, closes its figure and returns the path it wrote.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import matplotlib
 
@@ -17,6 +18,10 @@ import matplotlib.pyplot as plt  # noqa: E402  (must come after the backend is c
 import numpy as np  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+if TYPE_CHECKING:
+    from .metrics import ConfusedPair
 
 DPI = 120
 MAX_TICK_LABELS = 26
@@ -24,6 +29,9 @@ MAX_GRID_COLUMNS = 16
 MAX_ANNOTATED_CLASSES = 20
 BASE_COLOR = "#4C72B0"
 SLIM_COLOR = "#DD8452"
+TEST_COLOR = "#55A868"
+SPLIT_COLORS = {"train": BASE_COLOR, "val": SLIM_COLOR, "test": TEST_COLOR}
+MAX_COUNTED_CLASSES = 30
 KNEE_COLOR = "#C44E52"
 
 
@@ -73,6 +81,16 @@ def _series(history: list[dict[str, Any]], key: str, scale: float = 1.0) -> tupl
     return xs, ys
 
 
+def _epoch_axis(ax_loss: Axes, ax_acc: Axes, epochs: Sequence[int]) -> None:
+    """Whole-epoch ticks and room around the first and last epoch so end markers are not cut in half."""
+    first, last = (min(epochs), max(epochs)) if epochs else (1, 1)
+    pad = max(0.5, 0.03 * (last - first))
+    for ax in (ax_loss, ax_acc):
+        ax.set_xlim(first - pad, last + pad)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        ax.margins(y=0.1)
+
+
 def plot_training_curves(history: list[dict[str, Any]], path: str | Path, title: str) -> Path:
     """Loss and accuracy per epoch for training and validation, the best epoch marked, learning rate faint."""
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.6))
@@ -108,19 +126,21 @@ def plot_training_curves(history: list[dict[str, Any]], path: str | Path, title:
     lr_x, lr_y = _series(history, "lr")
     if lr_y and max(lr_y) > 0:
         ax_lr = ax_loss.twinx()
-        ax_lr.plot(lr_x, lr_y, color="0.6", linestyle=":", linewidth=1.3, label="learning rate")
-        ax_lr.set_ylabel("Learning rate", color="0.45")
+        exponent = math.floor(math.log10(max(lr_y)))
+        exponent = exponent if exponent < -1 or exponent > 3 else 0
+        scale = 10.0 ** -exponent
+        ax_lr.plot(lr_x, [v * scale for v in lr_y], color="0.6", linestyle=":", linewidth=1.3, label="learning rate",
+                   marker="." if len(lr_y) == 1 else None)
+        ax_lr.set_ylabel("Learning rate" + (f" (×1e{exponent})" if exponent else ""), color="0.45")
         ax_lr.tick_params(axis="y", colors="0.45", labelsize=8)
-        ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
-        ax_lr.set_ylim(0, max(lr_y) * 1.1)
+        ax_lr.set_ylim(0, max(lr_y) * scale * 1.1)
         handles, labels = ax_loss.get_legend_handles_labels()
         extra_h, extra_l = ax_lr.get_legend_handles_labels()
         ax_loss.legend(handles + extra_h, labels + extra_l, fontsize=9)
     else:
         ax_loss.legend(fontsize=9)
     ax_acc.legend(fontsize=9)
-    for ax in (ax_loss, ax_acc):
-        ax.xaxis.get_major_locator().set_params(integer=True)
+    _epoch_axis(ax_loss, ax_acc, [row.get("epoch", i + 1) for i, row in enumerate(history)])
     fig.tight_layout()
     return _save(fig, path)
 
@@ -128,33 +148,54 @@ def plot_training_curves(history: list[dict[str, Any]], path: str | Path, title:
 # ----------------------------------------------------------------------------- classification
 
 
+def row_percentages(matrix: np.ndarray | Sequence[Sequence[int]]) -> np.ndarray:
+    """Each cell as a percentage of its row (the true class); rows without images stay 0 instead of dividing by 0."""
+    counts = np.asarray(matrix, dtype=float)
+    support = counts.sum(axis=1, keepdims=True)
+    return np.divide(100.0 * counts, support, out=np.zeros(counts.shape, dtype=float), where=support > 0)
+
+
+def _cell_text(count: int, share: float, row_empty: bool) -> str:
+    """What one confusion-matrix cell says: the count and its row percentage, or a bare 0 for an empty cell."""
+    if count == 0 or row_empty:
+        return "0"
+    return f"{count}\n{share:.0f}%" if share >= 0.5 else f"{count}\n<1%"
+
+
 def plot_confusion_matrix(matrix: Sequence[Sequence[int]], classes: Sequence[str], path: str | Path, title: str) -> Path:
-    """Counts and row percentages (share of the true class) per cell; colour = row percentage."""
+    """Counts and row percentages (share of the true class) per cell; colour = row percentage.
+
+    Up to ``MAX_ANNOTATED_CLASSES`` classes every cell is written (zeros faint, so mistakes stand out) and each
+    true class shows its number of images; beyond that only the colour is kept and the title says so.
+    """
     counts = np.asarray(matrix, dtype=np.int64)
     k = counts.shape[0]
-    support = counts.sum(axis=1, keepdims=True)
-    share = np.divide(100.0 * counts, support, out=np.zeros(counts.shape, dtype=float), where=support > 0)
+    support = counts.sum(axis=1)
+    share = row_percentages(counts)
+    annotate = k <= MAX_ANNOTATED_CLASSES
     side = min(max(5.5, 0.62 * k + 2.8), 13.0)
-    fig, ax = plt.subplots(figsize=(side + 1.2, side))
+    fig, ax = plt.subplots(figsize=(side + 1.6, side))
     image = ax.imshow(share, cmap="Blues", vmin=0, vmax=100)
     bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03)
-    bar.set_label("% of the true class")
-    if k <= MAX_ANNOTATED_CLASSES:
+    bar.set_label("% of the true class (row percentage)")
+    if annotate:
         font = 10 if k <= 6 else 8.5 if k <= 12 else 7
         for t in range(k):
             for p in range(k):
-                text = f"{counts[t, p]}\n{share[t, p]:.0f}%" if support[t, 0] > 0 else "0"
-                ax.text(p, t, text, ha="center", va="center", fontsize=font,
-                        color="white" if share[t, p] > 55 else "black")
+                empty = counts[t, p] == 0
+                ax.text(p, t, _cell_text(int(counts[t, p]), float(share[t, p]), support[t] == 0), ha="center",
+                        va="center", fontsize=font, color="white" if share[t, p] > 55 else "0.7" if empty else "black")
     ticks = thin_indices(k, 40)
     tick_font = 10 if k <= 10 else 8 if k <= 25 else 6
-    ax.set_xticks(ticks, [classes[i] for i in ticks], rotation=45 if k > 4 else 0, ha="right" if k > 4 else "center",
+    rotate = k > 4 and any(len(str(classes[i])) > 3 for i in ticks)  # short names (digits) stay upright
+    ax.set_xticks(ticks, [classes[i] for i in ticks], rotation=45 if rotate else 0, ha="right" if rotate else "center",
                   rotation_mode="anchor", fontsize=tick_font)
-    ax.set_yticks(ticks, [classes[i] for i in ticks], fontsize=tick_font)
+    row_names = [f"{classes[i]} ({support[i]})" if annotate else classes[i] for i in ticks]
+    ax.set_yticks(ticks, row_names, fontsize=tick_font)
     ax.set_xlabel("Predicted class")
-    ax.set_ylabel("True class")
-    note = "" if k <= MAX_ANNOTATED_CLASSES else f"\n({k} classes: colour only, no cell numbers)"
-    ax.set_title(title + note, fontsize=11)
+    ax.set_ylabel("True class (its number of images)" if annotate else "True class")
+    note = "cell: count and % of the true class" if annotate else f"{k} classes: colour only, no cell numbers"
+    ax.set_title(f"{title}\n({note})", fontsize=11)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -183,6 +224,124 @@ def plot_roc_curves(curves: dict[str, tuple[Sequence[float], Sequence[float]]], 
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     else:
         ax.legend(fontsize=8 if len(curves) > 8 else 9, loc="lower right")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _display_images(images: Any) -> np.ndarray:
+    """Images (N, C, H, W) as floats in [0, 1]: uint8 (or any integer type) is divided by 255, floats kept."""
+    if hasattr(images, "detach"):
+        images = images.detach().cpu().numpy()
+    array = np.asarray(images)
+    return array.astype(float) / 255.0 if np.issubdtype(array.dtype, np.integer) else array.astype(float)
+
+
+def _message_figure(message: str, title: str, path: str | Path) -> Path:
+    """A small figure that says one thing plainly, for when there is nothing to draw."""
+    fig = plt.figure(figsize=(8.0, 2.8))
+    fig.suptitle(title, fontsize=11)
+    fig.text(0.5, 0.45, message, ha="center", va="center", fontsize=12, wrap=True,
+             bbox={"boxstyle": "round,pad=0.8", "facecolor": "#E8F4EA", "edgecolor": TEST_COLOR})
+    return _save(fig, path)
+
+
+def plot_confused_pairs(
+    pairs: Sequence[ConfusedPair],
+    images: Any,
+    classes: Sequence[str],
+    path: str | Path,
+    title: str,
+    confidences: Sequence[float] | np.ndarray | None = None,
+    total: int | None = None,
+) -> Path:
+    """One row per (true → predicted) pair from ``metrics.confused_pairs`` with its example images.
+
+    ``images`` is the whole evaluated split (N, C, H, W), uint8 or in [0, 1]; each row is titled
+    "true X → predicted Y (n)" and each image captioned with its index in the split and, when
+    ``confidences`` is given, the probability the model gave the wrong class. No pairs: a figure that says so.
+    """
+    if not pairs:
+        seen = f" all {total} test images" if total is not None else " every test image"
+        return _message_figure(f"No mistakes: the model classified{seen} correctly,\nso there are no confused pairs.",
+                               title, path)
+    split = _display_images(images)
+    columns = max(1, max(len(pair.examples) for pair in pairs))
+    blocks_across = 1 if len(pairs) <= 2 or columns > 4 else 2
+    block_rows = math.ceil(len(pairs) / blocks_across)
+    cell, row_header, row_gap = 1.45, 0.42, 0.22
+    row_height = cell + row_header + row_gap
+    block_width = max(cell * columns + 0.3, 4.6)
+    width = max(block_width * blocks_across, 7.5)
+    notes = [f"(n) = test images of the true class predicted as the other class"
+             + (f"; {total} test images in all" if total is not None else ""),
+             "examples: " + ("most confident mistakes first; p = probability the model gave the wrong class"
+                             if confidences is not None else "the first such images in test order")]
+    header = 0.45 + 0.2 * title.count("\n") + 0.17 * len(notes)
+    fig = plt.figure(figsize=(width, header + block_rows * row_height))
+    top, body = fig.subfigures(2, 1, height_ratios=[header, block_rows * row_height])
+    top.suptitle(title, fontsize=11, y=0.95, va="top")
+    top.text(0.5, 0.06, "\n".join(notes), ha="center", va="bottom", fontsize=8, color="0.35", linespacing=1.3)
+    blocks = np.atleast_1d(body.subfigures(block_rows, blocks_across, wspace=0.0, hspace=0.0)).ravel()
+    for subfig in blocks[len(pairs):]:
+        subfig.set_visible(False)
+    for subfig, pair in zip(blocks, pairs):
+        name_true, name_pred = classes[pair.true], classes[pair.predicted]
+        subfig.suptitle(f"true {name_true} → predicted {name_pred} ({pair.count})", fontsize=10, fontweight="bold",
+                        x=0.15 / block_width, ha="left", y=0.98, va="top")
+        axes = subfig.subplots(1, columns, squeeze=False)[0]
+        subfig.subplots_adjust(left=0.15 / block_width, right=1 - 0.15 / block_width,
+                               top=1 - (row_header + 0.1) / row_height, bottom=row_gap / row_height, wspace=0.12)
+        for ax in axes:
+            ax.axis("off")
+        for ax, index in zip(axes, pair.examples):
+            image, cmap = _as_display(split[index])
+            ax.imshow(image, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+            caption = f"test #{index}"
+            if confidences is not None:
+                caption += f", p = {float(confidences[index]):.2f}"
+            ax.set_title(caption, fontsize=7.5, pad=2)
+    return _save(fig, path)
+
+
+def plot_class_counts(per_split: Mapping[str, Mapping[str, int]], path: str | Path, title: str) -> Path:
+    """Grouped bars: images per class in each split (train, val, test), the count written on each bar.
+
+    Beyond ``MAX_COUNTED_CLASSES`` classes the numbers are dropped and the class names thinned; the legend
+    always gives each split's total.
+    """
+    splits = [s for s in per_split if per_split[s] is not None]
+    classes = list(dict.fromkeys(name for s in splits for name in per_split[s]))
+    k, n_splits = len(classes), max(len(splits), 1)
+    counts = np.array([[int(per_split[s].get(c, 0)) for c in classes] for s in splits], dtype=np.int64)
+    width = min(max(7.0, 0.3 * k * n_splits + 2.2), 20.0)
+    fig, ax = plt.subplots(figsize=(width, 5.0))
+    bar_width = 0.8 / n_splits
+    x = np.arange(k)
+    write_numbers = k <= MAX_COUNTED_CLASSES
+    top = int(counts.max()) if counts.size else 0
+    number_font = 8.5 if k * n_splits <= 36 else 7
+    bar_points = (width - 2.8) / max(k, 1) * 0.8 / n_splits * 72  # a bar's width on the page, in points
+    vertical = write_numbers and 0.62 * number_font * len(str(top)) > bar_points
+    for j, split in enumerate(splits):
+        offsets = x + (j - (n_splits - 1) / 2) * bar_width
+        bars = ax.bar(offsets, counts[j], width=bar_width, color=SPLIT_COLORS.get(split, f"C{j}"),
+                      label=f"{split} ({int(counts[j].sum())} images)")
+        if write_numbers:
+            ax.bar_label(bars, labels=[str(v) for v in counts[j]], padding=2, rotation=90 if vertical else 0,
+                         fontsize=number_font)
+    ax.set_ylim(0, max(top, 1) * (1.22 if vertical else 1.12))
+    ticks = thin_indices(k, 50)
+    long_names = any(len(classes[i]) > 6 for i in ticks)
+    rotate = k > 16 or (long_names and k > 4)
+    ax.set_xticks(ticks, [classes[i] for i in ticks], rotation=45 if rotate else 0, ha="right" if rotate else "center",
+                  rotation_mode="anchor", fontsize=9 if k <= 20 else 7)
+    ax.set_xlim(-0.6, k - 0.4)
+    ax.set_xlabel("Class")
+    ax.set_ylabel("Images")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, title="split")
+    note = "" if write_numbers else f"\n({k} classes: counts not written on the bars)"
+    ax.set_title(title + note, fontsize=11)
     fig.tight_layout()
     return _save(fig, path)
 

@@ -20,12 +20,12 @@ from .checkpoint import CutPointRef, ModelSpec, load_checkpoint, read_spec, save
 from .config import AnalyzeConfig, CompareConfig, DataConfig, TrainConfig, TruncateConfig
 from .curves import adjacent_curve, cut_curve
 from .cutpoints import cut_points, describe_cut_points, resolve_cut_point
-from .data import Dataset, dataset_statistics, load_dataset, stratified_sample
+from .data import SPLITS, Dataset, dataset_statistics, load_dataset, stratified_sample
 from .devices import resolve_device
 from .errors import LayercutError
 from .gbp import guided_backprop_maps, map_images
 from .knee import find_knee
-from .metrics import classification_report, roc_curves
+from .metrics import PAIR_EXAMPLES, classification_report, confused_pairs, roc_curves, to_probabilities
 from .profiling import checkpoint_bytes, compare_models, count_macs, count_parameters, measure_latency
 from .progress import SILENT, Reporter
 from .ssim import similarity_matrix
@@ -33,6 +33,7 @@ from .training import normalise, predict, reinitialise, seed_everything, train_m
 from .truncation import truncate
 
 CHECKPOINT_NAME = "model.safetensors"
+CONFUSED_PAIRS = 6  # rows of confused_pairs.png
 
 
 def write_json(path: Path, payload: dict) -> Path:
@@ -81,11 +82,18 @@ def _check_dataset_fits(spec: ModelSpec, dataset: Dataset) -> None:
 
 def evaluate(model: nn.Module, spec: ModelSpec, dataset: Dataset, device: torch.device) -> dict:
     """Classification reports on the validation and test splits."""
-    reports = {}
+    return _evaluate_with_logits(model, spec, dataset, device)[0]
+
+
+def _evaluate_with_logits(
+    model: nn.Module, spec: ModelSpec, dataset: Dataset, device: torch.device
+) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The reports of ``evaluate`` and the logits behind them, so the pictures need no second forward pass."""
+    reports, logits = {}, {}
     for name, split in (("val", dataset.val), ("test", dataset.test)):
-        logits = predict(model, split, spec.mean, spec.std, device)
-        reports[name] = classification_report(logits, split.labels, dataset.classes)
-    return reports
+        logits[name] = predict(model, split, spec.mean, spec.std, device)
+        reports[name] = classification_report(logits[name], split.labels, dataset.classes)
+    return reports, logits
 
 
 def _fit_and_record(
@@ -103,8 +111,8 @@ def _fit_and_record(
     device = torch.device(result.device)
     checkpoint = save_checkpoint(model.cpu(), spec, out_dir / CHECKPOINT_NAME)
     model.to(device)
-    reports = evaluate(model, spec, dataset, device)
-    probs = torch.softmax(predict(model, dataset.test, spec.mean, spec.std, device), dim=1)
+    reports, logits = _evaluate_with_logits(model, spec, dataset, device)
+    probs = to_probabilities(logits["test"])  # the same probabilities the test report was computed from
     summary = {
         "stage": stage,
         "checkpoint": str(checkpoint),
@@ -135,8 +143,30 @@ def _fit_and_record(
     )
     plots.plot_roc_curves(roc_curves(probs, dataset.test.labels, dataset.classes), out_dir / "roc_curves.png",
                           f"{title}: one-vs-rest ROC on the test split")
+    _confused_pairs_picture(probs, dataset, out_dir / "confused_pairs.png", f"{title}: most confused test pairs")
     write_json(out_dir / "metrics.json", summary)
     return summary
+
+
+def _confused_pairs_picture(probs: torch.Tensor, dataset: Dataset, path: Path, title: str) -> Path:
+    """The most frequent test mistakes with their most confident example images (or a note that there are none)."""
+    confidence, predicted = probs.max(dim=1)
+    pairs = confused_pairs(dataset.test.labels, predicted, len(dataset.classes), top=CONFUSED_PAIRS,
+                           examples=PAIR_EXAMPLES, confidences=confidence)
+    return plots.plot_confused_pairs(pairs, dataset.test.images, dataset.classes, path, title,
+                                     confidences=confidence.numpy(), total=len(dataset.test))
+
+
+def _class_counts_picture(dataset: Dataset, path: Path) -> Path:
+    """Images per class in each split, from the dataset's description (counted from the labels if it lacks them)."""
+    per_split = dataset.info.get("per_class") or {}
+    if not all(split in per_split for split in SPLITS):
+        per_split = {split: dict(zip(dataset.classes, torch.bincount(dataset.split(split).labels,
+                                                                     minlength=len(dataset.classes)).tolist()))
+                     for split in SPLITS}
+    sizes = ", ".join(f"{split} {len(dataset.split(split))}" for split in SPLITS)
+    return plots.plot_class_counts({split: per_split[split] for split in SPLITS}, path,
+                                   f"{dataset.name}: images per class and split ({sizes})")
 
 
 def train_stage(
@@ -164,6 +194,7 @@ def train_stage(
         pretrained=pretrained,
         data=data_config.model_dump(),
     )
+    _class_counts_picture(dataset, out_dir / "class_counts.png")
     return _fit_and_record(model, spec, dataset, config, out_dir, reporter, "train", {"pretrained": pretrained})
 
 

@@ -7,8 +7,10 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+import torch
 
 from core.pipeline import plots
+from core.pipeline.metrics import confused_pairs
 from core.pipeline.profiling import compare_models
 
 
@@ -125,3 +127,96 @@ def test_thin_indices_keeps_knee_and_limits_count() -> None:
     assert 9 in ticks and len(ticks) <= 26 and 0 in ticks
     assert all(b - a >= 2 for a, b in zip(ticks, ticks[1:]))
     assert plots.thin_indices(5, 26) == [0, 1, 2, 3, 4]
+
+
+# ----------------------------------------------------------------------------- confusion matrix numbers
+
+
+def test_row_percentages_by_hand() -> None:
+    matrix = [[3, 1, 0], [0, 0, 0], [2, 2, 4]]
+    share = plots.row_percentages(matrix)
+    np.testing.assert_allclose(share, [[75.0, 25.0, 0.0], [0.0, 0.0, 0.0], [25.0, 25.0, 50.0]])
+
+
+def test_cell_text_shows_count_and_row_percentage() -> None:
+    assert plots._cell_text(3, 75.0, False) == "3\n75%"
+    assert plots._cell_text(1, 100 / 3, False) == "1\n33%"
+    assert plots._cell_text(1, 0.2, False) == "1\n<1%"  # a real mistake never reads as 0%
+    assert plots._cell_text(0, 0.0, False) == "0"
+    assert plots._cell_text(0, 0.0, True) == "0"
+
+
+# ----------------------------------------------------------------------------- confused pairs
+
+
+def _labels_and_predictions() -> tuple[np.ndarray, np.ndarray]:
+    """Hand-made: class 0 → 1 three times, 2 → 0 twice, 1 → 2 once; 12 images of 3 classes, 4 each."""
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2])
+    preds = np.array([1, 0, 1, 1, 1, 2, 1, 1, 0, 2, 0, 2])
+    return labels, preds
+
+
+def test_confused_pairs_picks_pairs_and_examples_by_value() -> None:
+    labels, preds = _labels_and_predictions()
+    pairs = confused_pairs(labels, preds, 3, top=5, examples=2)
+    assert [(p.true, p.predicted, p.count) for p in pairs] == [(0, 1, 3), (2, 0, 2), (1, 2, 1)]
+    assert [p.examples for p in pairs] == [[0, 2], [8, 10], [5]]  # split order without confidences
+    assert [p.share_of_true for p in pairs] == [0.75, 0.5, 0.25]
+    assert confused_pairs(labels, preds, 3, top=1, examples=5)[0].examples == [0, 2, 3]
+
+
+def test_confused_pairs_orders_examples_by_confidence_and_ties_by_share() -> None:
+    labels, preds = _labels_and_predictions()
+    confidence = np.linspace(0.1, 0.9, 12)
+    confidence[2] = 0.95  # the most confident 0 → 1 mistake
+    pairs = confused_pairs(torch.tensor(labels), torch.tensor(preds), 3, examples=3, confidences=confidence)
+    assert pairs[0].examples == [2, 3, 0]
+    assert pairs[1].examples == [10, 8]
+    # equal counts: the larger share of the true class first (class 1 has 2 images, class 0 has 4)
+    tie = confused_pairs([0, 0, 0, 0, 1, 1], [1, 0, 0, 0, 0, 1], 2)
+    assert [(p.true, p.predicted) for p in tie] == [(1, 0), (0, 1)]
+
+
+def test_confused_pairs_without_mistakes_and_bad_input() -> None:
+    assert confused_pairs([0, 1, 2], [0, 1, 2], 3) == []
+    assert confused_pairs([], [], 3) == []
+    with pytest.raises(ValueError):
+        confused_pairs([0, 1], [0], 2)
+    with pytest.raises(ValueError):
+        confused_pairs([0, 3], [0, 1], 2)
+
+
+def test_confused_pairs_picture(tmp_path: Path) -> None:
+    labels, preds = _labels_and_predictions()
+    rng = np.random.default_rng(0)
+    images = torch.from_numpy((rng.random((12, 3, 32, 32)) * 255).astype(np.uint8))
+    confidence = rng.random(12)
+    pairs = confused_pairs(labels, preds, 3, confidences=confidence)
+    _check_png(plots.plot_confused_pairs(pairs, images, ["cat", "dog", "owl"], tmp_path / "pairs.png",
+                                         "most confused", confidences=confidence, total=12))
+    gray = rng.random((12, 1, 32, 32))  # floats in [0, 1], one channel
+    _check_png(plots.plot_confused_pairs(pairs[:1], gray, ["cat", "dog", "owl"], tmp_path / "one.png", "one pair"))
+
+
+def test_confused_pairs_picture_without_mistakes_says_so(tmp_path: Path) -> None:
+    image = _check_png(plots.plot_confused_pairs([], np.zeros((3, 3, 32, 32), np.uint8), ["a", "b"],
+                                                 tmp_path / "none.png", "most confused", total=3),
+                       min_side=200)
+    assert image.shape[0] < image.shape[1]  # one small banner, not an empty grid
+
+
+# ----------------------------------------------------------------------------- class counts
+
+
+@pytest.mark.parametrize("k", [3, 10, 100])
+def test_class_counts(tmp_path: Path, k: int) -> None:
+    rng = np.random.default_rng(k)
+    classes = [f"class {i}" for i in range(k)]
+    per_split = {split: {c: int(rng.integers(1, 500)) for c in classes} for split in ("train", "val", "test")}
+    image = _check_png(plots.plot_class_counts(per_split, tmp_path / "counts.png", "images per class"))
+    assert image.shape[1] <= 20 * plots.DPI
+
+
+def test_class_counts_with_an_empty_split(tmp_path: Path) -> None:
+    per_split = {"train": {"a": 5, "b": 7}, "val": {"a": 0, "b": 0}, "test": {"a": 1, "b": 0}}
+    _check_png(plots.plot_class_counts(per_split, tmp_path / "counts.png", "tiny"))
