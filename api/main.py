@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.common import strict_query
 from api.deps import settings_dep
-from api.routes import artifacts, datasets, health, jobs, models, pipelines
+from api.routes import artifacts, datasets, health, jobs, models, pipelines, reports, ui
 from core.pipeline.errors import LayercutError
 from core.settings import Settings, get_settings
 
@@ -48,6 +48,7 @@ TAGS = [
     {"name": "pipelines", "description": "the whole pipeline as linked jobs"},
     {"name": "models", "description": "model versions, checkpoints, imports"},
     {"name": "artifacts", "description": "files the jobs wrote"},
+    {"name": "reports", "description": "self-contained HTML reports of jobs and pipelines"},
     {"name": "health", "description": "liveness and readiness, no key"},
 ]
 
@@ -87,8 +88,9 @@ def create_app(settings: Settings | None = None, run_embedded_jobs: bool = True)
         app.dependency_overrides[settings_dep] = lambda: settings
 
     app.include_router(health.router)
-    for module in (datasets, jobs, pipelines, models, artifacts):
+    for module in (datasets, jobs, pipelines, models, artifacts, reports):
         app.include_router(module.router, prefix="/v1", dependencies=[Depends(strict_query)])
+    app.include_router(ui.router)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -1,0 +1,293 @@
+"""The HTML report of a real tiny run: every section, every picture embedded (valid PNG, from an existing file),
+self-contained, user strings escaped; a partial run says "not run yet"; extra and explain pictures are shown."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import inspect
+import io
+import json
+import re
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.report import StageInput, render_report, write_run_report
+
+ROOT = Path(__file__).resolve().parents[2]
+EVIL_CLASS = "<img src=x onerror=alert(1)>"  # a folder name can hold no '/', so no closing tags
+AMP_CLASS = 'cats&dogs "quoted"'
+EVIL_DATASET = "<b>my&data<b>"
+SECTIONS = ["overview", "data", "base", "gbp", "ssim", "cut", "slim", "compare", "explain"]
+
+
+class Page(HTMLParser):
+    """The parts of the report the tests look at: images, section ids, elements and every text run."""
+
+    def __init__(self, page: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.images: list[dict] = []
+        self.sections: list[str] = []
+        self.tags: list[str] = []
+        self.texts: list[str] = []
+        self.feed(page)
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        self.tags.append(tag)
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append(attrs)
+        if tag == "section":
+            self.sections.append(attrs.get("id"))
+
+    def handle_data(self, data: str) -> None:
+        self.texts.append(data)
+
+    @property
+    def text(self) -> str:
+        return " ".join(" ".join(self.texts).split())
+
+
+def _section(page: str, ident: str) -> str:
+    match = re.search(rf'<section id="{ident}">(.*?)</section>', page, re.S)
+    assert match, f"no section {ident}"
+    return match.group(1)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """A real `run_pipeline` at 32 px, smallcnn, 1 epoch, on a folder dataset with hostile class and folder names."""
+    from core.pipeline.config import AnalyzeConfig, CompareConfig, DataConfig, TrainConfig
+    from core.pipeline.run import run_pipeline
+
+    tmp = tmp_path_factory.mktemp("report")
+    data = tmp / EVIL_DATASET
+    rng = np.random.default_rng(0)
+    for label, name in enumerate((EVIL_CLASS, AMP_CLASS)):
+        folder = data / name
+        folder.mkdir(parents=True)
+        for i in range(24):
+            pixels = rng.integers(0, 90, (32, 32, 3)) + label * 140
+            Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.png")
+    out = tmp / "run"
+    extra = {}
+    if "explain" in inspect.signature(run_pipeline).parameters:  # the pipeline explains base and slim too
+        from core.pipeline.config import ExplainConfig
+
+        extra["explain"] = ExplainConfig(images=2, device="cpu")
+    run_pipeline(DataConfig(source=str(data), image_size=32), "smallcnn", out,
+                 train=TrainConfig(epochs=1, batch_size=16, device="cpu"),
+                 analyze=AnalyzeConfig(probes_per_class=2, device="cpu"),
+                 compare=CompareConfig(device="cpu", latency_repeats=2, latency_warmup=0, latency_batches=[1]), **extra)
+    assert (out / "run.json").is_file()
+    return out
+
+
+@pytest.fixture(scope="module")
+def report(tiny_run) -> tuple[Path, str]:
+    path = write_run_report(tiny_run)
+    assert path == tiny_run / "report.html"
+    return path, path.read_text(encoding="utf-8")
+
+
+def _check_images(page: str, run_dir: Path) -> list[dict]:
+    """Every <img> is a PNG data: URI whose bytes equal a file of the run folder."""
+    parsed = Page(page)
+    files: dict[str, set[str]] = {}  # digest → names (a copied picture has several)
+    for p in run_dir.rglob("*.png"):
+        files.setdefault(hashlib.sha256(p.read_bytes()).hexdigest(), set()).add(p.name)
+    for img in parsed.images:
+        src = img["src"]
+        assert src.startswith("data:image/png;base64,"), src[:60]
+        data = base64.b64decode(src.split(",", 1)[1], validate=True)
+        assert data.startswith(b"\x89PNG\r\n\x1a\n")
+        with Image.open(io.BytesIO(data)) as image:
+            image.verify()
+        digest = hashlib.sha256(data).hexdigest()
+        assert digest in files, f"{img.get('data-file')} matches no file of the run"
+        assert Path(img["data-file"]).name in files[digest]
+        assert img.get("alt")
+    return parsed.images
+
+
+def test_every_section_present_and_filled(report, tiny_run) -> None:
+    path, page = report
+    parsed = Page(page)
+    assert parsed.sections == SECTIONS
+    for ident in SECTIONS:  # the table of contents links to every section
+        assert f'href="#{ident}"' in page
+    run = json.loads((tiny_run / "run.json").read_text())
+    text = parsed.text
+    # the data
+    data = _section(page, "data")
+    assert "Images per class and split" in data and "all classes" in data
+    # base and slim models: metrics and their pictures
+    for ident, key in (("base", "base"), ("slim", "slim")):
+        body = _section(page, ident)
+        assert f"{run[key]['accuracy']:.1%}" in body and "Macro-F1" in body
+        for name in ("training_curves.png", "confusion_matrix.png", "roc_curves.png"):
+            assert f'data-file="{name}"' in body, (ident, name)
+    # GBP maps, SSIM curve and knee
+    assert 'data-file="gbp_grid.png"' in _section(page, "gbp") and "knee" in _section(page, "gbp")
+    ssim = _section(page, "ssim")
+    assert 'data-file="ssim_curve.png"' in ssim and 'data-file="similarity_matrix.png"' in ssim
+    # what was cut and why
+    cut = _section(page, "cut")
+    assert run["cut_point"]["name"] in cut and "Why" in cut and "kept" in cut
+    if not run["knee_found"]:
+        assert "no knee found" in cut
+    # the comparison table
+    compare = _section(page, "compare")
+    for row in ("Test accuracy", "Macro-F1", "Parameters", "MACs per image", "Checkpoint size",
+                "Latency, CPU, batch 1"):
+        assert row in compare
+    assert f"{run['base']['params']:,}" in compare and f"{run['slim']['params']:,}" in compare
+    assert 'data-file="compare.png"' in compare
+    explain = _section(page, "explain")
+    if (tiny_run / "explain" / "explain.json").is_file():
+        figures = json.loads((tiny_run / "explain" / "explain.json").read_text())["figures"]
+        assert figures and all(f'data-file="{file}"' in explain for file in figures.values())
+        assert "Not run yet" not in explain
+    else:  # a pipeline without the explain stage: said so, no failure
+        assert "Not run yet" in explain
+    assert "smallcnn" in text
+
+
+def test_images_are_embedded_pngs_of_existing_files(report, tiny_run) -> None:
+    _, page = report
+    images = _check_images(page, tiny_run)
+    shown = {img["data-file"] for img in images}
+    expected = {p.name for p in tiny_run.rglob("*.png")}
+    assert expected <= shown  # every picture of the run is in the report
+    assert len(images) == len(list(tiny_run.rglob("*.png")))  # and none twice
+
+
+def test_self_contained(report) -> None:
+    _, page = report
+    assert "http://" not in page and "https://" not in page
+    assert 'src="/' not in page and "src='/" not in page and "url(" not in page and "@import" not in page
+    parsed = Page(page)
+    assert "script" not in parsed.tags and "link" not in parsed.tags and "iframe" not in parsed.tags
+    assert all(img["src"].startswith("data:") for img in parsed.images)
+    assert "<style>" in page and "@media print" in page
+
+
+def test_user_strings_escaped(report) -> None:
+    _, page = report
+    assert EVIL_CLASS not in page and EVIL_DATASET not in page and AMP_CLASS not in page
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page
+    assert "cats&amp;dogs &quot;quoted&quot;" in page
+    assert "&lt;b&gt;my&amp;data&lt;b&gt;" in page
+    parsed = Page(page)
+    assert {img["src"][:5] for img in parsed.images} == {"data:"}  # the class name made no <img>
+    assert "b" not in parsed.tags
+    assert EVIL_CLASS in parsed.text and AMP_CLASS in parsed.text  # and it reads back as the user wrote it
+
+
+def test_partial_run_says_not_run_yet(tiny_run, tmp_path) -> None:
+    partial = tmp_path / "partial"
+    shutil.copytree(tiny_run / "base", partial / "base")
+    page = write_run_report(partial).read_text(encoding="utf-8")
+    parsed = Page(page)
+    assert parsed.sections == SECTIONS
+    assert "Base test accuracy" in page and 'data-file="training_curves.png"' in _section(page, "base")
+    for ident in ("gbp", "ssim", "cut", "slim", "compare", "explain"):
+        body = _section(page, ident)
+        assert "Not run yet" in body and "<img" not in body, ident
+    assert "not run yet" in _section(page, "overview")
+    _check_images(page, partial)
+
+
+def test_unknown_pictures_and_explanations_are_shown(tiny_run, tmp_path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "report.html").unlink(missing_ok=True)
+    shutil.copy(run / "base" / "roc_curves.png", run / "base" / "new_plot_someone_added.png")
+    explain = run / "explain"
+    shutil.rmtree(explain, ignore_errors=True)
+    explain.mkdir()
+    shutil.copy(run / "base" / "confusion_matrix.png", explain / "cam_base_vs_slim.png")
+    shutil.copy(run / "slim" / "roc_curves.png", explain / "guided_backprop.png")
+    shutil.copy(run / "slim" / "training_curves.png", explain / "extra.png")
+    (explain / "notes.txt").write_text("not a picture")
+    (explain / "explain.json").write_text(json.dumps({
+        "methods": ["gradcam", EVIL_CLASS],
+        "figures": {"Grad-CAM, base vs slim": "cam_base_vs_slim.png", "guided backprop": "guided_backprop.png",
+                    "escape attempt": "../base/roc_curves.png", "missing": "nope.png"}}))
+    page = write_run_report(run).read_text(encoding="utf-8")
+    base = _section(page, "base")
+    assert 'data-file="new_plot_someone_added.png"' in base and "New plot someone added" in base
+    body = _section(page, "explain")
+    order = [body.index(f'data-file="{n}"') for n in ("cam_base_vs_slim.png", "guided_backprop.png", "extra.png")]
+    assert order == sorted(order)  # listed figures first, in explain.json's order, then the others
+    assert "Grad-CAM, base vs slim" in body and "gradcam" in body
+    assert "../base/roc_curves.png" in body and "not a PNG in the folder" in body  # named, not embedded
+    assert "Not run yet" not in body and EVIL_CLASS not in page
+    _check_images(page, run)
+
+
+def test_real_explanations_side_by_side(tiny_run, tmp_path) -> None:
+    """The explain stage's own output (base and slim on the same images) renders as pairs, with both predictions."""
+    explain = pytest.importorskip("core.pipeline.explain")
+    from core.pipeline.config import DataConfig, ExplainConfig
+    from core.pipeline.stages import load_data
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    if not (run / "explain" / "explain.json").is_file():  # run_pipeline without the explain stage
+        dataset = load_data(DataConfig(source=str(tiny_run.parent / EVIL_DATASET), image_size=32))
+        explain.explain_stage(run / "base" / "model.safetensors", dataset, ExplainConfig(images=2, device="cpu"),
+                              run / "explain", compare_checkpoint=run / "slim" / "model.safetensors")
+    listed = json.loads((run / "explain" / "explain.json").read_text())["figures"]
+    page = write_run_report(run).read_text(encoding="utf-8")
+    body = _section(page, "explain")
+    for file in listed.values():
+        assert f'data-file="{file}"' in body
+    assert "Base vs slim, side by side" in body and 'data-file="base_vs_slim.png"' in body
+    pairs = re.search(r'<div class="figs pairs">(.*?)</div>', body, re.S).group(1)
+    assert 'data-file="cams_base.png"' in pairs and 'data-file="cams_slim.png"' in pairs
+    assert "base prediction" in body and "slim prediction" in body
+    assert EVIL_CLASS not in page
+    _check_images(page, run)
+
+
+def test_render_report_from_job_like_stages(tiny_run, tmp_path) -> None:
+    """The API's way in: stages with statuses; unfinished ones show their status, the rest render."""
+    stages = [
+        StageInput("train", tiny_run / "base", status="succeeded", label="step 0: job a"),
+        StageInput("analyze", tiny_run / "analysis", status="succeeded", step=1),
+        StageInput("truncate", tmp_path / "nothing", status="failed", step=2, error_code="bad_<cut>",
+                   error_message="boom & <bust>"),
+        StageInput("retrain", None, status="running", step=3, percent=42.0, stage="retrain", message="epoch 1/3"),
+        StageInput("compare", None, status="queued", step=4),
+    ]
+    page = render_report(stages, "Pipeline <x>", details=[("Pipeline", "<id>")], status="running")
+    parsed = Page(page)
+    assert parsed.sections == ["overview", "data", "base", "gbp", "ssim", "cut", "slim", "compare"]
+    assert "failed — bad_&lt;cut&gt;: boom &amp; &lt;bust&gt;" in _section(page, "cut")
+    assert "Not run yet: the retrain step is running (42% · retrain · epoch 1/3)." in _section(page, "slim")
+    assert "Not run yet: the compare step is queued" in _section(page, "compare")
+    assert "<title>Pipeline &lt;x&gt;</title>" in page and "&lt;id&gt;" in page
+    _check_images(page, tiny_run)
+
+
+def test_module_entry_point_is_torch_free(tiny_run, tmp_path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run / "base", run / "base")
+    code = ("import sys, runpy; sys.argv = ['core.report', sys.argv[1]]; "
+            "import core.report.__main__ as m; rc = m.main([sys.argv[1]]); "
+            "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)")
+    result = subprocess.run([sys.executable, "-c", code, str(run)], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(run / "report.html") and (run / "report.html").is_file()
+    missing = subprocess.run([sys.executable, "-m", "core.report", str(tmp_path / "absent")], cwd=ROOT,
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "not a folder" in missing.stderr
