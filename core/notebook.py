@@ -4,6 +4,7 @@
     data = lc.load_data("textures", image_size=64)
     base = lc.train(data, "vgg11", "out/base", epochs=4)
     analysis = lc.analyze("out/base/model.safetensors", data, "out/analysis")
+    shown = lc.explain("out/base/model.safetensors", data, "out/explain", compare_with="out/slim/model.safetensors")
     model, spec = lc.load_model("out/base/model.safetensors")
 """
 
@@ -14,13 +15,14 @@ from pathlib import Path
 from torch import nn
 
 from .pipeline.checkpoint import ModelSpec, load_checkpoint
-from .pipeline.config import AnalyzeConfig, CompareConfig, DataConfig, TrainConfig, TruncateConfig
+from .pipeline.config import AnalyzeConfig, CompareConfig, DataConfig, ExplainConfig, TrainConfig, TruncateConfig
 from .pipeline.data import Dataset
 from .pipeline.progress import SILENT, Reporter
 from .pipeline.run import run_pipeline
 from .pipeline import stages
+from .pipeline.explain import explain_stage
 
-__all__ = ["load_model", "load_data", "train", "analyze", "truncate", "retrain", "compare", "run"]
+__all__ = ["load_model", "load_data", "train", "analyze", "truncate", "retrain", "compare", "explain", "run"]
 
 
 def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[nn.Module, ModelSpec]:
@@ -66,6 +68,13 @@ def compare(base: str | Path, slim: str | Path, dataset: Dataset, out_dir: str |
             reporter: Reporter = SILENT, **options) -> dict:
     """Accuracy, F1, parameters, MACs, size and latency of two models (options: ``CompareConfig``)."""
     return stages.compare_stage(base, slim, dataset, CompareConfig(**options), out_dir, reporter)
+
+
+def explain(checkpoint: str | Path, dataset: Dataset, out_dir: str | Path, compare_with: str | Path | None = None,
+            reporter: Reporter = SILENT, **options) -> dict:
+    """CAMs, guided backprop, saliency, feature maps and receptive fields of test images, a second model
+    (``compare_with``) beside it on the same images (options: the fields of ``ExplainConfig``)."""
+    return explain_stage(checkpoint, dataset, ExplainConfig(**options), out_dir, reporter, compare_with)
 
 
 def run(out_dir: str | Path, source: str = "textures", arch: str = "vgg11", image_size: int = 64,

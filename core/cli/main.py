@@ -17,7 +17,16 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from core.pipeline.config import AnalyzeConfig, CompareConfig, DataConfig, TrainConfig, TruncateConfig
+from core.pipeline.config import (
+    DEFAULT_EXPLAIN_METHODS,
+    EXPLAIN_METHODS,
+    AnalyzeConfig,
+    CompareConfig,
+    DataConfig,
+    ExplainConfig,
+    TrainConfig,
+    TruncateConfig,
+)
 from core.pipeline.errors import Cancelled, LayercutError
 
 from .progress import err_console, stage_bars
@@ -114,9 +123,37 @@ def _human(n: float) -> str:
     return f"{n:.3g}P"
 
 
+def _methods(value: str, option: str = "--methods") -> list[str]:
+    """Explanation methods from a comma-separated list, "default" (all but Score-CAM) or "all"; unknown names end
+    the command with a message."""
+    if value.strip() == "all":
+        return list(EXPLAIN_METHODS)
+    if value.strip() == "default":
+        return list(DEFAULT_EXPLAIN_METHODS)
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    bad = [name for name in names if name not in EXPLAIN_METHODS]
+    if bad or not names:
+        _fail(f"{option}: unknown method(s) {', '.join(bad) or repr(value)}; choose from: default, all, {', '.join(EXPLAIN_METHODS)}")
+    return names
+
+
+def _target(value: str, checkpoint: Path) -> str | int:
+    """'predicted', 'all', a class index, or a class name of the model (turned into its index)."""
+    from core.pipeline.checkpoint import read_spec
+
+    if value in ("predicted", "all"):
+        return value
+    if value.isdigit():
+        return int(value)
+    classes = read_spec(checkpoint).classes
+    if value in classes:
+        return classes.index(value)
+    _fail(f"--target must be predicted, all, a class index or a class name ({', '.join(classes)}); got {value!r}")
+
+
 @app.command()
 def run(
-    out: Annotated[Path, typer.Option("--out", help="output folder (base/, analysis/, slim/, compare/, run.json)")] = Path("layercut-data/run"),
+    out: Annotated[Path, typer.Option("--out", help="output folder (base/, analysis/, slim/, compare/, explain/, run.json)")] = Path("layercut-data/run"),
     data: DataOpt = "textures",
     arch: Annotated[str, typer.Option("--arch", help="architecture (see `layercut layers --help`)")] = "vgg11",
     image_size: ImageSizeOpt = 64,
@@ -137,6 +174,8 @@ def run(
     max_probes: Annotated[int, typer.Option("--max-probes", help="at most this many probe images")] = 64,
     gbp_rule: Annotated[str, typer.Option("--gbp-rule", help="guided-backprop rule for non-ReLU activations: relu | derivative | ungated")] = "relu",
     retrain_from_scratch: Annotated[bool, typer.Option("--retrain-from-scratch", help="re-initialise the slim model instead of fine-tuning its kept weights")] = False,
+    explain_methods: Annotated[str, typer.Option("--explain-methods", help="explanations of base and slim, comma-separated (see `layercut explain --help`); default: all but scorecam, which costs one forward pass per channel and image")] = "default",
+    explain_images: Annotated[int, typer.Option("--explain-images", help="test images explained by base and slim")] = 8,
     seed: SeedOpt = 0,
     classes: ClassesOpt = None,
     skip_unreadable: SkipOpt = False,
@@ -146,7 +185,7 @@ def run(
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Run the whole pipeline: train → analyze → truncate at the knee → retrain → compare."""
+    """Run the whole pipeline: train → analyze → truncate at the knee → retrain → compare → explain."""
     from core.pipeline.run import run_pipeline
 
     data_config = _data_config(data, image_size, seed, classes, skip_unreadable, allow_mixed_sizes, data_root)
@@ -158,6 +197,8 @@ def run(
     with stage_bars(not quiet) as reporter:
         summary = run_pipeline(data_config, arch, out, train=train_config, retrain=retrain_config,
                                analyze=analyze_config, cut=TruncateConfig(cut=cut), compare=CompareConfig(device=device),
+                               explain=ExplainConfig(methods=_methods(explain_methods, "--explain-methods"),
+                                                     images=explain_images, device=device),
                                pretrained=pretrained, retrain_from_scratch=retrain_from_scratch, reporter=reporter)
     if as_json:
         _print_json(summary)
@@ -350,6 +391,48 @@ def compare(
     b, s = result["base"], result["slim"]
     out_console.print(f"accuracy {b['accuracy']:.2%} → {s['accuracy']:.2%}, params {_human(b['params'])} → "
                       f"{_human(s['params'])}, MACs {_human(b['macs'])} → {_human(s['macs'])} → {out}/compare.json")
+
+
+@app.command()
+def explain(
+    model: Annotated[Path, typer.Option("--model", help="the trained model to explain (model.safetensors)")],
+    out: Annotated[Path, typer.Option("--out", help="output folder: explain.json, explain_maps.npz, pictures")],
+    compare_with: Annotated[Optional[Path], typer.Option("--compare-with", help="a second model (e.g. the slim one) explained on the same images, side by side")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="test images come from this source (default: the data the model was trained on)")] = None,
+    methods: Annotated[str, typer.Option("--methods", help=f"comma-separated: {', '.join(EXPLAIN_METHODS)}; default: all but scorecam (one forward pass per channel and image); all: every one")] = "default",
+    layer: Annotated[Optional[str], typer.Option("--layer", help="layer the CAMs explain, e.g. features.7 or layer4 (default: the last cut point; see `layercut layers`)")] = None,
+    feature_layer: Annotated[Optional[str], typer.Option("--feature-layer", help="layer of the feature maps and receptive field (default: --layer)")] = None,
+    target: Annotated[str, typer.Option("--target", help="class explained: predicted (each model's own), all, a class index or a class name")] = "predicted",
+    images: Annotated[int, typer.Option("--images", help="test images explained, spread over the classes")] = 8,
+    feature_maps: Annotated[int, typer.Option("--feature-maps", help="most active channels shown per image (0: none)")] = 8,
+    edges: Annotated[bool, typer.Option("--edges", help="draw Canny edges of the input over the overlays")] = False,
+    gbp_rule: Annotated[str, typer.Option("--gbp-rule", help="relu | derivative | ungated (how non-ReLU activations are guided)")] = "relu",
+    batch_size: Annotated[int, typer.Option("--batch-size", help="images per forward/backward pass")] = 16,
+    seed: Annotated[int, typer.Option("--seed", help="seed of the image choice")] = 0,
+    data_root: DataRootOpt = None,
+    device: DeviceOpt = "auto",
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Grad-CAM, Grad-CAM++, Layer-CAM, Eigen-CAM, Score-CAM, guided backprop, guided Grad-CAM, saliency,
+    feature maps and receptive fields for test images; with --compare-with, both models side by side."""
+    from core.pipeline.explain import explain_stage
+
+    config = ExplainConfig(methods=_methods(methods), layer=layer, feature_layer=feature_layer,
+                           target=_target(target, model), images=images, feature_maps=feature_maps, edges=edges,
+                           gbp_rule=gbp_rule, batch_size=batch_size, seed=seed, device=device)
+    with stage_bars(not quiet) as reporter:
+        dataset = _load_data_for(model, data, reporter, data_root)
+        result = explain_stage(model, dataset, config, out, reporter=reporter, compare_checkpoint=compare_with)
+    if as_json:
+        _print_json(result)
+        return
+    for key, entry in result["models"].items():
+        out_console.print(f"{key}: {entry['label']} at {entry['layer']}: {entry['accuracy_on_these_images']:.0%} of "
+                          f"{len(result['images'])} images right")
+    if result["agreement"] is not None:
+        out_console.print(f"the two models agree on {result['agreement']:.0%} of the images")
+    out_console.print(f"{len(result['figures'])} pictures and explain.json → {out}/")
 
 
 @app.command()

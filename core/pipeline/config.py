@@ -92,3 +92,37 @@ class CompareConfig(_Config):
     latency_repeats: int = Field(10, ge=1)
     latency_warmup: int = Field(3, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+EXPLAIN_METHODS = (
+    "gradcam", "gradcam++", "layercam", "eigencam", "scorecam", "guided_backprop", "guided_gradcam", "saliency",
+)
+"""The explanation methods of the explain stage (CAMs first, then the input-gradient maps)."""
+
+DEFAULT_EXPLAIN_METHODS = tuple(m for m in EXPLAIN_METHODS if m != "scorecam")
+"""Every method but Score-CAM, which costs one forward pass per channel and image (ask for it by name)."""
+
+ExplainMethod = Literal[
+    "gradcam", "gradcam++", "layercam", "eigencam", "scorecam", "guided_backprop", "guided_gradcam", "saliency",
+]
+
+
+class ExplainConfig(_Config):
+    """Which test images are explained, by which methods, at which layer and for which class."""
+
+    methods: list[ExplainMethod] = Field(default_factory=lambda: list(DEFAULT_EXPLAIN_METHODS), min_length=1,
+                                         description="default: every method but scorecam (one forward per channel)")
+    layer: str | None = Field(None, description="module name of the explained layer, e.g. features.7 or layer4 "
+                                                "(default: the last cut point)")
+    feature_layer: str | None = Field(None, description="layer whose feature maps and receptive field are shown "
+                                                        "(default: --layer)")
+    target: Literal["predicted", "all"] | int = Field(
+        "predicted", description="the class explained: each model's predicted class, a class index, or every class")
+    images: int = Field(8, ge=1, le=256, description="test images explained (a seeded sample spread over the classes)")
+    feature_maps: int = Field(8, ge=0, le=64, description="most active channels shown per image (0: none)")
+    edges: bool = Field(False, description="draw Canny edges of the input over the overlays")
+    batch_size: int = Field(16, ge=1)
+    scorecam_batch_size: int = Field(64, ge=1, description="masked images per forward pass in Score-CAM")
+    gbp_rule: Literal["relu", "derivative", "ungated"] = "relu"
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -232,3 +232,11 @@ def map_images(raw: torch.Tensor, *, grayscale: bool = False, eps: float = 1e-7)
         std, mean = torch.std_mean(g, dim=(1, 2, 3), correction=0, keepdim=True)
         out[i] = ((g - mean) / (std + eps) * 0.25 + 0.5).clamp(0.0, 1.0)
     return out
+
+
+@contextmanager
+def analysis_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode with parameter gradients off for any analysis of ``model`` (CAMs, explanations too);
+    every module's mode and every parameter's ``requires_grad`` are restored on exit, even after an error."""
+    with _analysis_mode(model):
+        yield

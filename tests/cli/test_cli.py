@@ -56,8 +56,14 @@ def test_run_writes_checkpoints_analysis_and_pictures(tiny_run) -> None:
                  "base/confusion_matrix.png", "base/roc_curves.png", "analysis/analysis.json", "analysis/gbp_maps.npz",
                  "analysis/ssim_curve.png", "analysis/similarity_matrix.png", "analysis/gbp_grid.png",
                  "slim/initial.safetensors", "slim/model.safetensors", "slim/metrics.json", "compare/compare.json",
-                 "compare/compare.png"):
+                 "compare/compare.png", "explain/explain.json", "explain/explain_maps.npz",
+                 *summary["explain"]["figures"].values()):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert summary["explain"]["layers"] == {"base": "features.14", "slim": summary["cut_point"]["name"]}
+    assert "explain/base_vs_slim.png" in summary["explain"]["figures"].values()
+    report = (out / "report.html").read_text()  # the self-contained page (its content: tests/core/test_report.py)
+    assert summary["outputs"]["report"] == str(out / "report.html") and "not run yet" not in report.lower()
+    assert report.count("data:image/png;base64,") >= 15 and "http://" not in report and "https://" not in report
     analysis = json.loads((out / "analysis/analysis.json").read_text())
     n_points = len(analysis["cut_points"])
     assert n_points == 4  # smallcnn: one per ReLU
