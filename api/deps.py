@@ -7,10 +7,12 @@ from typing import Annotated, Iterator
 from fastapi import Depends, HTTPException, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
+from api.read_cache import ReadCache, read_cache_for
 from core.settings import Settings, get_settings
 from core.store.db import get_sessionmaker
-from core.store.keys import tenant_for_key
+from core.store.keys import hash_key, tenant_for_key
 
 bearer = HTTPBearer(auto_error=False, description="an API key from `layercut keys create --tenant T`")
 
@@ -34,12 +36,34 @@ def session_dep(settings: SettingsDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(session_dep)]
 
 
-def tenant_dep(session: SessionDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
-    """The tenant whose key the request carries; 401 without a valid key."""
+async def read_cache_dep(settings: SettingsDep) -> ReadCache | None:
+    """The process's NOTIFY-coherent read cache (None on SQLite or when switched off)."""
+    return read_cache_for(settings.resolved_database_url, settings.read_cache, settings.read_cache_entries,
+                          settings.read_cache_seconds)
+
+
+ReadCacheDep = Annotated[ReadCache | None, Depends(read_cache_dep)]
+
+
+def _lookup_tenant(settings: Settings, secret: str) -> str | None:
+    with get_sessionmaker(settings.resolved_database_url)() as session:
+        return tenant_for_key(session, secret)
+
+
+async def tenant_dep(settings: SettingsDep, cache: ReadCacheDep,
+                     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
+    """The tenant whose key the request carries; 401 without a valid key. Async with a cached fast path, so a
+    status poll whose answer is cached touches neither the database nor the threadpool."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "send an API key as 'Authorization: Bearer <key>'",
                             headers={"WWW-Authenticate": "Bearer"})
-    tenant = tenant_for_key(session, credentials.credentials)
+    key = ("key", hash_key(credentials.credentials))
+    tenant = cache.get(key) if cache is not None else None
+    if tenant is None:
+        generation = cache.generation() if cache is not None else None
+        tenant = await run_in_threadpool(_lookup_tenant, settings, credentials.credentials)
+        if tenant is not None and cache is not None:
+            cache.put(key, tenant, generation)  # unknown keys are not cached: nothing to grow without bound
     if tenant is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown or revoked API key", headers={"WWW-Authenticate": "Bearer"})
     return tenant

@@ -270,6 +270,10 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=100, help="job rows to poll")
     parser.add_argument("--max-requests", type=int, default=200_000, help="per phase")
     parser.add_argument("--submits", type=int, default=20, help="measured submissions (0: skip the worker part)")
+    parser.add_argument("--worker-concurrency", type=int, default=1, help="worker pool processes")
+    parser.add_argument("--max-tasks-per-child", type=int, default=None,
+                        help="LAYERCUT_WORKER_MAX_TASKS_PER_CHILD for the worker (default: the setting's default)")
+    parser.add_argument("--no-read-cache", action="store_true", help="LAYERCUT_READ_CACHE=false for the API")
     parser.add_argument("--job-timeout", type=float, default=120.0)
     parser.add_argument("--budget", type=int, default=900, help="hard limit of the whole run in seconds")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -291,6 +295,10 @@ def main() -> int:
     redis.Redis.from_url(broker).flushdb()
     artifacts = Path(tempfile.mkdtemp(prefix="layercut-bench-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("LAYERCUT_")}
+    if args.max_tasks_per_child is not None:
+        env["LAYERCUT_WORKER_MAX_TASKS_PER_CHILD"] = str(args.max_tasks_per_child)
+    if args.no_read_cache:
+        env["LAYERCUT_READ_CACHE"] = "false"
     env.update(LAYERCUT_DATABASE_URL=url, LAYERCUT_BROKER_URL=broker, LAYERCUT_ARTIFACT_ROOT=str(artifacts),
                LAYERCUT_DATA_DIR=str(artifacts / "data"), MPLBACKEND="Agg", PYTHONUNBUFFERED="1")
     print(f"database: {url}\nbroker: {broker}\nartifacts: {artifacts}")
@@ -321,7 +329,8 @@ def main() -> int:
               f"poll p99 {polls['p99_ms']:.1f} ms (target < 50 ms: {'met' if polls['p99_ms'] < 50 else 'NOT met'})")
 
         if args.submits > 0:
-            worker_cmd = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", "gpu,cpu", "--concurrency", "1",
+            worker_cmd = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", "gpu,cpu", "--concurrency",
+                          str(args.worker_concurrency),
                           "--loglevel", "WARNING", "-n", f"bench-{uuid.uuid4().hex[:6]}@%h", "--without-gossip",
                           "--without-mingle", "--without-heartbeat"]
             print("\nworker:", " ".join(worker_cmd[1:]))

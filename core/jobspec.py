@@ -12,7 +12,8 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from core.pipeline.config import ARCHITECTURE_NAMES, AnalyzeConfig, CompareConfig, TrainConfig, TruncateConfig
+from core.pipeline.config import (ARCHITECTURE_NAMES, AnalyzeConfig, CompareConfig, ExplainConfig, TrainConfig,
+                                  TruncateConfig)
 
 
 class _Params(BaseModel):
@@ -80,12 +81,22 @@ class CompareParams(_Params):
     compare: CompareConfig = Field(default_factory=CompareConfig)
 
 
+class ExplainParams(_Params):
+    kind: Literal["explain"] = "explain"
+    model: ModelRef
+    compare_with: ModelRef | None = Field(None, description="a second model (e.g. the slim one) explained on the same "
+                                          "images, side by side")
+    dataset_id: uuid.UUID | None = Field(None, description="default: the dataset the model was trained on")
+    explain: ExplainConfig = Field(default_factory=ExplainConfig)
+
+
 JobParams = Annotated[
-    Union[TrainParams, AnalyzeParams, TruncateParams, RetrainParams, CompareParams],
+    Union[TrainParams, AnalyzeParams, TruncateParams, RetrainParams, CompareParams, ExplainParams],
     Field(discriminator="kind"),
 ]
 
-QUEUES: dict[str, str] = {"train": "gpu", "analyze": "gpu", "retrain": "gpu", "compare": "gpu", "truncate": "cpu"}
+QUEUES: dict[str, str] = {"train": "gpu", "analyze": "gpu", "retrain": "gpu", "compare": "gpu", "explain": "gpu",
+                          "truncate": "cpu"}
 
 
 def task_name(kind: str) -> str:

@@ -29,11 +29,18 @@ class Settings(BaseSettings):
 
     task_soft_time_limit: int = Field(6 * 3600, description="seconds before a job ends as failed with code time_limit")
     task_hard_time_limit: int = Field(6 * 3600 + 300, description="seconds before the worker kills the task")
-    worker_max_tasks_per_child: int = 20
+    worker_max_tasks_per_child: int = Field(
+        200, ge=1, description="jobs a worker process runs before it is replaced (a backstop against slow leaks)")
+    worker_max_memory_per_child_kib: int = Field(
+        8 * 1024**2, ge=1, description="resident memory (KiB) after which a worker process is replaced after its job")
     heartbeat_seconds: float = Field(10.0, description="how often a running job proves its worker is alive")
     stale_after_seconds: float = Field(60.0, description="a running job without a heartbeat this long is re-queued or failed")
     max_attempts: int = Field(3, description="runs of one job before a lost worker fails it")
     progress_interval_seconds: float = Field(1.0, description="at most one progress write per job this often")
+
+    read_cache: bool = Field(True, description="API processes cache job states and key lookups, dropped on Postgres NOTIFY")
+    read_cache_entries: int = Field(10_000, ge=1, description="most entries one API process caches")
+    read_cache_seconds: float = Field(30.0, gt=0, description="longest an entry is served, even without a notification")
 
     callback_secret: str = Field("change-me", description="HMAC key that signs job callbacks")
     callback_attempts: int = 5

@@ -32,7 +32,10 @@ app.conf.update(
     broker_connection_timeout=3,
     task_soft_time_limit=settings.task_soft_time_limit,
     task_time_limit=settings.task_hard_time_limit,
+    # Replacing a pool process costs the next job about 1-2 s when no other process is idle (billiard sleeps
+    # 1 s before a retiring process exits, then forks): recycle when memory says so, and rarely by count.
     worker_max_tasks_per_child=settings.worker_max_tasks_per_child,
+    worker_max_memory_per_child=settings.worker_max_memory_per_child_kib,
     task_routes={**{task_name(kind): {"queue": queue} for kind, queue in QUEUES.items()},
                  "layercut.reap": {"queue": "cpu"}},
     task_default_queue="cpu",

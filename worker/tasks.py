@@ -46,10 +46,16 @@ def compare(self, job_id: str) -> str:
     return _run(self, job_id)
 
 
+@app.task(name=task_name("explain"), bind=True)
+def explain(self, job_id: str) -> str:
+    """Explain a model's predictions (CAMs, guided backprop, saliency), beside a second model's."""
+    return _run(self, job_id)
+
+
 @app.task(name="layercut.reap", acks_late=False)
 def reap() -> dict:
     """Re-queue jobs whose worker died and re-send jobs lost by the broker."""
     return _reap(settings)
 
 
-assert set(QUEUES) == {"train", "analyze", "truncate", "retrain", "compare"}
+assert set(QUEUES) == {"train", "analyze", "truncate", "retrain", "compare", "explain"}

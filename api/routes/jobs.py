@@ -13,14 +13,18 @@ from pydantic import BeforeValidator
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from api.common import (IDEMPOTENCY_HEADER_DOC, check_idempotency_key, error_responses, field_error, idempotency_mismatch,
                         not_found, page, paginate, request_hash, as_utc)
-from api.deps import SessionDep, TenantDep, dispatcher_dep
+from api.deps import ReadCacheDep, SessionDep, SettingsDep, TenantDep, dispatcher_dep
 from api.schemas.artifacts import ArtifactOut
 from api.schemas.common import Page
 from api.schemas.jobs import JOB_CREATE_EXAMPLES, JobCreate, JobError, JobOut, JobSummary
-from core.jobspec import AnalyzeParams, CompareParams, ModelRef, RetrainParams, TrainParams, TruncateParams
+from core.jobspec import (AnalyzeParams, CompareParams, ExplainParams, ModelRef, RetrainParams, TrainParams,
+                          TruncateParams)
+from core.settings import Settings
+from core.store.db import get_sessionmaker
 from core.store.jobs import JobRepository
 from core.store.models import FINAL_STATUSES, JOB_KINDS, JOB_STATUSES, Artifact, Dataset, Job, ModelVersion
 
@@ -119,6 +123,11 @@ def check_references(session: Session, tenant: str, params: Any, pending: dict[u
         elif params.truncate.cut == "knee":
             raise field_error((*base, "analysis_job"), "cut='knee' needs analysis_job: the analyze job whose knee to "
                               "cut at (or give a cut point index or name in truncate.cut)")
+    elif isinstance(params, ExplainParams):
+        check_model_ref(session, tenant, params.model, (*base, "model"), pending)
+        if params.compare_with is not None:
+            check_model_ref(session, tenant, params.compare_with, (*base, "compare_with"), pending)
+        check_dataset(session, tenant, params.dataset_id, (*base, "dataset_id"))
     elif isinstance(params, CompareParams):
         check_model_ref(session, tenant, params.base, (*base, "base"), pending)
         check_model_ref(session, tenant, params.slim, (*base, "slim"), pending)
@@ -181,10 +190,32 @@ def get_tenant_job(session: Session, tenant: str, job_id: uuid.UUID) -> Job:
     return job
 
 
+def _job_json(settings: Settings, request: Request, job_id: uuid.UUID) -> tuple[str, bytes] | None:
+    """(owning tenant, the JobOut JSON) read from the database, or None when there is no such job."""
+    with get_sessionmaker(settings.resolved_database_url)() as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            return None
+        return job.tenant, job_out(request, session, job).model_dump_json().encode()
+
+
 @router.get("/{job_id}", response_model=JobOut, responses=error_responses(401, 404), summary="Get a job")
-def get_job(request: Request, job_id: uuid.UUID, session: SessionDep, tenant: TenantDep) -> JobOut:
-    """Status, stage, percent, ETA, message, result and metrics, error, artifacts with download URLs."""
-    return job_out(request, session, get_tenant_job(session, tenant, job_id))
+async def get_job(request: Request, job_id: uuid.UUID, settings: SettingsDep, cache: ReadCacheDep,
+                  tenant: TenantDep) -> Response:
+    """Status, stage, percent, ETA, message, result and metrics, error, artifacts with download URLs.
+
+    Built for polling: the answer is served from the API process's read cache until the job row or its
+    artifacts change (Postgres NOTIFY), so polls cost no database round trip while nothing moves."""
+    key = ("job", str(job_id), str(request.base_url))
+    found = cache.get(key) if cache is not None else None
+    if found is None:
+        generation = cache.generation() if cache is not None else None
+        found = await run_in_threadpool(_job_json, settings, request, job_id)
+        if found is not None and cache is not None:
+            cache.put(key, found, generation)
+    if found is None or found[0] != tenant:
+        raise not_found("job", job_id)
+    return Response(found[1], media_type="application/json")
 
 
 @router.get("", response_model=Page[JobSummary], responses=error_responses(401), summary="List jobs")
@@ -216,12 +247,15 @@ def list_jobs(
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses=error_responses(401, 404, 409), summary="Cancel a job")
-def cancel_job(request: Request, job_id: uuid.UUID, session: SessionDep, tenant: TenantDep) -> JobOut:
+def cancel_job(request: Request, job_id: uuid.UUID, session: SessionDep, tenant: TenantDep,
+               cache: ReadCacheDep) -> JobOut:
     """A queued job ends `cancelled` at once; a running one goes to `cancelling` and stops at its next check.
     A finished job is a 409."""
     job = get_tenant_job(session, tenant, job_id)
     if job.status in FINAL_STATUSES:
         raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} already ended ({job.status})")
     JobRepository(session).request_cancel(job.id)
+    if cache is not None:  # read-your-writes in this process without waiting for the notification
+        cache.evict("job", str(job.id))
     session.refresh(job)
     return job_out(request, session, job)

@@ -1,4 +1,4 @@
-"""Pipelines: train → analyze → truncate → retrain → compare as linked jobs; only the first step is dispatched
+"""Pipelines: train → analyze → truncate → retrain → compare → explain as linked jobs; only the first step is dispatched
 (the job runner dispatches each next step when the one before succeeds)."""
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from api.deps import SessionDep, TenantDep, dispatcher_dep
 from api.routes.jobs import check_dataset, check_model_ref, dispatch
 from api.schemas.common import Page
 from api.schemas.pipelines import PIPELINE_EXAMPLES, PipelineCreate, PipelineOut, PipelineStep
-from core.jobspec import AnalyzeParams, CompareParams, ModelRef, RetrainParams, TrainParams, TruncateParams
+from core.jobspec import (AnalyzeParams, CompareParams, ExplainParams, ModelRef, RetrainParams, TrainParams,
+                          TruncateParams)
 from core.store.jobs import JobRepository
 from core.store.models import FINAL_STATUSES, Job, Pipeline, utcnow
 
@@ -46,6 +47,10 @@ def plan_steps(body: PipelineCreate) -> list[tuple[uuid.UUID, Any]]:
                                             from_scratch=body.from_scratch, train=body.retrain or body.train)))
     steps.append((uuid.uuid4(), CompareParams(base=base, slim=ModelRef(from_job=retrain_id), dataset_id=dataset_id,
                                               compare=body.compare)))
+    if body.stop_after == "compare":
+        return steps
+    steps.append((uuid.uuid4(), ExplainParams(model=base, compare_with=ModelRef(from_job=retrain_id),
+                                              dataset_id=dataset_id, explain=body.explain)))
     return steps
 
 
@@ -91,7 +96,8 @@ def create_pipeline(
     """Creates the pipeline and its steps as jobs (`pipeline_id`, `step`, `depends_on` the step before, model
     references `from_job` the step that makes the model) and dispatches the first step only. With `model_id`
     there is no train step; `stop_after: "analyze"` ends after the analysis; `truncate.cut` other than
-    `"knee"` cuts where the user says instead of at the analysis's knee."""
+    `"knee"` cuts where the user says instead of at the analysis's knee; `stop_after: "compare"` leaves out the
+    explain step (the same test images explained by base and slim side by side)."""
     key = check_idempotency_key(idempotency_key)
     params_json = body.model_dump(mode="json")
     digest = request_hash(params_json)

@@ -7,13 +7,14 @@ from typing import Literal
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
 from core.jobspec import DataParams
-from core.pipeline.config import ARCHITECTURE_NAMES, AnalyzeConfig, CompareConfig, TrainConfig, TruncateConfig
+from core.pipeline.config import (ARCHITECTURE_NAMES, AnalyzeConfig, CompareConfig, ExplainConfig, TrainConfig,
+                                  TruncateConfig)
 
 _D = "2b9f6a1e-8c3d-4e5f-9a0b-1c2d3e4f5a6b"
 _M = "7c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f"
 
 PIPELINE_EXAMPLES = {
-    "full": {"summary": "train → analyze → truncate at the knee → retrain → compare", "value": {
+    "full": {"summary": "train → analyze → truncate at the knee → retrain → compare → explain", "value": {
         "data": {"dataset_id": _D, "image_size": 64}, "arch": "vgg11", "train": {"epochs": 5}}},
     "from_model": {"summary": "slim an imported model (no train step)", "value": {
         "model_id": _M, "truncate": {"cut": "knee"}, "retrain": {"epochs": 3}}},
@@ -38,7 +39,9 @@ class PipelineCreate(BaseModel):
     retrain: TrainConfig | None = Field(None, description="default: the same settings as train")
     from_scratch: bool = False
     compare: CompareConfig = Field(default_factory=CompareConfig)
-    stop_after: Literal["analyze", "compare"] = "compare"
+    explain: ExplainConfig = Field(default_factory=ExplainConfig)
+    stop_after: Literal["analyze", "compare", "explain"] = Field(
+        "explain", description="the last step: analyze, compare, or explain (base and slim side by side)")
     callback_url: AnyHttpUrl | None = None
 
 

@@ -27,7 +27,8 @@ from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from core.jobspec import AnalyzeParams, CompareParams, JobParams, ModelRef, RetrainParams, TrainParams, TruncateParams
+from core.jobspec import (AnalyzeParams, CompareParams, ExplainParams, JobParams, ModelRef, RetrainParams, TrainParams,
+                          TruncateParams)
 from core.pipeline.errors import Cancelled, LayercutError, MissingResourceError
 from core.settings import Settings, get_settings
 from core.store.db import get_sessionmaker
@@ -268,6 +269,14 @@ def _run_stage(params: Any, resolver: Resolver, out: Path, reporter) -> tuple[di
         dataset = stages.load_data(resolver.data_config(params.dataset_id, base), loading)
         return stages.compare_stage(resolver.checkpoint(base), resolver.checkpoint(slim), dataset, params.compare,
                                     out, reporter=working), None
+    if isinstance(params, ExplainParams):
+        model = resolver.model(params.model)
+        other = resolver.model(params.compare_with) if params.compare_with is not None else None
+        dataset = stages.load_data(resolver.data_config(params.dataset_id, model), loading)
+        from core.pipeline.explain import explain_stage
+
+        return explain_stage(resolver.checkpoint(model), dataset, params.explain, out, reporter=working,
+                             compare_checkpoint=resolver.checkpoint(other) if other is not None else None), None
     raise LayercutError(f"unknown job kind {getattr(params, 'kind', None)!r}")
 
 

@@ -18,7 +18,7 @@ class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: DateTime(timezone=True)}
 
 
-JOB_KINDS = ("train", "analyze", "truncate", "retrain", "compare")
+JOB_KINDS = ("train", "analyze", "truncate", "retrain", "compare", "explain")
 JOB_STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
 FINAL_STATUSES = ("succeeded", "failed", "cancelled")
 

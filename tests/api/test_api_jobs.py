@@ -52,6 +52,9 @@ def test_every_kind_is_accepted(env):
         {"kind": "truncate", "model": {"model_id": model_id}, "truncate": {"cut": "3"}},
         {"kind": "retrain", "model": {"model_id": model_id}, "dataset_id": dataset_id},
         {"kind": "compare", "base": {"model_id": model_id}, "slim": {"from_job": trained}},
+        {"kind": "explain", "model": {"model_id": model_id}},
+        {"kind": "explain", "model": {"from_job": trained}, "compare_with": {"model_id": model_id},
+         "explain": {"methods": ["gradcam", "saliency"], "images": 4, "target": 1}},
     ]
     for params in bodies:
         response = env.client.post("/v1/jobs", json={"params": params}, headers=env.headers)
@@ -72,6 +75,10 @@ def test_every_kind_is_accepted(env):
     ({"kind": "compare", "base": {"model_id": "MODEL"}, "slim": {"model_id": "FOREIGN_MODEL"}},
      ["body", "params", "slim", "model_id"]),
     ({"kind": "truncate", "model": {"model_id": "MODEL"}}, ["body", "params", "analysis_job"]),
+    ({"kind": "explain", "model": {"model_id": "MODEL"}, "compare_with": {"model_id": "FOREIGN_MODEL"}},
+     ["body", "params", "compare_with", "model_id"]),
+    ({"kind": "explain", "model": {"model_id": "MODEL"}, "explain": {"methods": ["xray"]}},
+     ["body", "params", "explain", "explain", "methods", 0]),
     ({"kind": "retrain", "model": {"model_id": "MODEL"}, "dataset_id": "FOREIGN"}, ["body", "params", "dataset_id"]),
 ])
 def test_malformed_bodies_name_the_field(env, params, field):

@@ -14,21 +14,22 @@ def test_full_pipeline_makes_linked_jobs_and_dispatches_only_the_first(env):
     assert response.status_code == 201, response.text
     body = response.json()
     steps = body["steps"]
-    assert [s["kind"] for s in steps] == ["train", "analyze", "truncate", "retrain", "compare"]
-    assert [s["step"] for s in steps] == [0, 1, 2, 3, 4]
+    assert [s["kind"] for s in steps] == ["train", "analyze", "truncate", "retrain", "compare", "explain"]
+    assert [s["step"] for s in steps] == [0, 1, 2, 3, 4, 5]
     assert steps[0]["depends_on"] is None
-    assert all(steps[i]["depends_on"] == steps[i - 1]["id"] for i in range(1, 5))
+    assert all(steps[i]["depends_on"] == steps[i - 1]["id"] for i in range(1, 6))
     assert env.dispatcher.sent == [(uuid.UUID(steps[0]["id"]), "train")]
     assert body["status"] == "queued"
     ids = [uuid.UUID(s["id"]) for s in steps]
     with env.session() as s:
         jobs = [s.get(Job, i) for i in ids]
     assert all(j.pipeline_id == uuid.UUID(body["id"]) and j.tenant == env.tenant for j in jobs)
-    train, analyze, truncate, retrain, compare = (j.params for j in jobs)
+    train, analyze, truncate, retrain, compare, explain = (j.params for j in jobs)
     assert analyze["model"] == {"model_id": None, "from_job": str(ids[0])}
     assert truncate["model"]["from_job"] == str(ids[0]) and truncate["analysis_job"] == str(ids[1])
     assert retrain["model"]["from_job"] == str(ids[2]) and retrain["dataset_id"] == dataset_id
     assert compare["base"]["from_job"] == str(ids[0]) and compare["slim"]["from_job"] == str(ids[3])
+    assert explain["model"]["from_job"] == str(ids[0]) and explain["compare_with"]["from_job"] == str(ids[3])
     listed = env.client.get("/v1/jobs", params={"pipeline_id": body["id"]}, headers=env.headers).json()["items"]
     assert {j["id"] for j in listed} == {s["id"] for s in steps}
 
@@ -37,7 +38,7 @@ def test_from_model_skips_train_and_stop_after_analyze(env):
     model_id = env.model()
     body = env.client.post("/v1/pipelines", json={"model_id": model_id, "truncate": {"cut": "block3"}},
                            headers=env.headers).json()
-    assert [s["kind"] for s in body["steps"]] == ["analyze", "truncate", "retrain", "compare"]
+    assert [s["kind"] for s in body["steps"]] == ["analyze", "truncate", "retrain", "compare", "explain"]
     with env.session() as s:
         truncate = s.get(Job, uuid.UUID(body["steps"][1]["id"])).params
     assert truncate["model"]["model_id"] == model_id and truncate["analysis_job"] is None

@@ -63,6 +63,8 @@ def test_pipeline_of_linked_jobs_runs_to_success(worker, settings, dispatcher, p
         ("retrain", {"kind": "retrain", "model": {"from_job": "$step:2"}, "train": TINY_TRAIN}),
         ("compare", {"kind": "compare", "base": {"from_job": "$step:0"}, "slim": {"from_job": "$step:3"},
                      "compare": TINY_COMPARE}),
+        ("explain", {"kind": "explain", "model": {"from_job": "$step:0"}, "compare_with": {"from_job": "$step:3"},
+                     "explain": {"images": 2, "feature_maps": 2}}),
     ]
     with session_for(postgres_url) as session:
         pipeline = Pipeline(tenant=tenant, params={})
@@ -84,12 +86,13 @@ def test_pipeline_of_linked_jobs_runs_to_success(worker, settings, dispatcher, p
     elapsed = time.monotonic() - started
     rows = [job_row(postgres_url, i) for i in ids]
     assert status == "succeeded", [(r.kind, r.status, r.error_code, r.error_message) for r in rows] + [worker.tail()]
-    print(f"pipeline of 5 jobs took {elapsed:.1f}s")
+    print(f"pipeline of {len(rows)} jobs took {elapsed:.1f}s")
 
     for row in rows:
         assert row.status == "succeeded" and row.progress == 1.0 and row.stage is not None, row.kind
         assert row.attempts == 1 and row.finished_at >= row.started_at and row.worker.startswith("pipeline@")
-    train, analyze, truncate, retrain, compare = rows
+    train, analyze, truncate, retrain, compare, explain = rows
+    assert explain.result["figures"] and explain.result["methods"]
     assert truncate.result["chosen_by"] == "knee"
     assert truncate.result["cut_point"]["name"] == analyze.result["cut_point"]["name"]
     assert "similarity_matrix" in analyze.result and compare.result["comparison"]
@@ -118,8 +121,23 @@ def test_pipeline_of_linked_jobs_runs_to_success(worker, settings, dispatcher, p
         assert by_job[analyze.id]["ssim_curve.png"].content_type == "image/png"
         assert by_job[compare.id]["compare.json"].kind == "report"
         assert base.checkpoint == by_job[train.id]["model.safetensors"].path
+        assert {name for name in by_job[explain.id]} >= {"explain.json", *explain.result["figures"].values()}
         # no absolute server paths leak into results
         assert str(artifact_root) not in str(train.result)
+
+    # The pipeline's report, as the API serves it, shows every step's outputs, explanations included.
+    from fastapi.testclient import TestClient
+
+    from api.main import create_app
+    from core.store.keys import create_key
+
+    with session_for(postgres_url) as session:
+        _, key = create_key(session, tenant)
+    with TestClient(create_app(settings, run_embedded_jobs=False)) as client:
+        page = client.get(f"/v1/pipelines/{pipeline_id}/report", headers={"Authorization": f"Bearer {key}"})
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "not run yet" not in page.text.lower() and page.text.count("data:image/png;base64,") >= 10
+    assert 'id="explanations"' in page.text or "Explanations" in page.text
 
 
 def test_redelivered_message_does_nothing(worker, settings, postgres_url):

@@ -19,8 +19,10 @@ def test_worker_and_dispatch_import_without_torch():
             "assert c.broker_transport_options['visibility_timeout'] > c.task_time_limit > c.task_soft_time_limit; "
             "assert c.task_routes['layercut.train'] == {'queue': 'gpu'} and c.task_routes['layercut.truncate'] == {'queue': 'cpu'}; "
             "assert c.beat_schedule['reap']['task'] == 'layercut.reap'; "
+            "assert c.worker_max_tasks_per_child == 7 and c.worker_max_memory_per_child == 123456; "
             "assert {'layercut.train', 'layercut.analyze', 'layercut.truncate', 'layercut.retrain', 'layercut.compare', "
             "'layercut.reap'} <= set(app.tasks)")
-    env = {**os.environ, "LAYERCUT_BROKER_URL": "redis://127.0.0.1:6379/9"}
+    env = {**os.environ, "LAYERCUT_BROKER_URL": "redis://127.0.0.1:6379/9", "LAYERCUT_WORKER_MAX_TASKS_PER_CHILD": "7",
+           "LAYERCUT_WORKER_MAX_MEMORY_PER_CHILD_KIB": "123456"}
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
