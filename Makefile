@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 OUT ?= layercut-data/demo
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench browser clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# Debian's Chromium and ChromeDriver, for the dashboard's browser test (needs root or sudo).
+browser:
+	$$(command -v sudo || true) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $$(command -v sudo || true) apt-get install -y -qq chromium chromium-driver
 
 bench: setup
 	$(PY) bench/analyze.py
