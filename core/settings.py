@@ -33,6 +33,8 @@ class Settings(BaseSettings):
         200, ge=1, description="jobs a worker process runs before it is replaced (a backstop against slow leaks)")
     worker_max_memory_per_child_kib: int = Field(
         8 * 1024**2, ge=1, description="resident memory (KiB) after which a worker process is replaced after its job")
+    worker_pool_check_seconds: float = Field(
+        0.25, gt=0, description="how often a worker looks for retired pool processes to replace (Celery: 5 s)")
     heartbeat_seconds: float = Field(10.0, description="how often a running job proves its worker is alive")
     stale_after_seconds: float = Field(60.0, description="a running job without a heartbeat this long is re-queued or failed")
     max_attempts: int = Field(3, description="runs of one job before a lost worker fails it")

@@ -46,6 +46,22 @@ app.conf.update(
 )
 
 
+def _check_pool_often(interval: float) -> None:
+    """Let the prefork pool look for exited processes every ``interval`` s instead of Celery's fixed 5 s.
+
+    A retiring pool process (worker_max_tasks_per_child, worker_max_memory_per_child) closes its sentinel pipe
+    a moment before the kernel lets the parent reap it; the parent reacts to the sentinel, finds no exit
+    status yet, stops watching, and only the periodic check replaces the process: up to 5 s during which a
+    lone worker takes no job (measured in bench/api.py --max-tasks-per-child 5). The check is one
+    waitpid(WNOHANG) per pool process."""
+    from celery.concurrency import asynpool
+
+    asynpool.AsynPool.timers = property(lambda pool: {pool.maintain_pool: interval})
+
+
+_check_pool_often(settings.worker_pool_check_seconds)
+
+
 def _start_reaper() -> None:
     from core.jobs.reaper import start_reaper_thread
 

@@ -20,9 +20,11 @@ def test_worker_and_dispatch_import_without_torch():
             "assert c.task_routes['layercut.train'] == {'queue': 'gpu'} and c.task_routes['layercut.truncate'] == {'queue': 'cpu'}; "
             "assert c.beat_schedule['reap']['task'] == 'layercut.reap'; "
             "assert c.worker_max_tasks_per_child == 7 and c.worker_max_memory_per_child == 123456; "
+            "from celery.concurrency.asynpool import AsynPool; "
+            "assert list(AsynPool.timers.fget(type('P', (), {'maintain_pool': 1})()).values()) == [0.5]; "
             "assert {'layercut.train', 'layercut.analyze', 'layercut.truncate', 'layercut.retrain', 'layercut.compare', "
             "'layercut.reap'} <= set(app.tasks)")
     env = {**os.environ, "LAYERCUT_BROKER_URL": "redis://127.0.0.1:6379/9", "LAYERCUT_WORKER_MAX_TASKS_PER_CHILD": "7",
-           "LAYERCUT_WORKER_MAX_MEMORY_PER_CHILD_KIB": "123456"}
+           "LAYERCUT_WORKER_MAX_MEMORY_PER_CHILD_KIB": "123456", "LAYERCUT_WORKER_POOL_CHECK_SECONDS": "0.5"}
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
