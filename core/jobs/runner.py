@@ -9,7 +9,6 @@ Torch and the stages are imported only inside ``execute_job``.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import mimetypes

@@ -272,7 +272,7 @@ def plot_confused_pairs(
     row_height = cell + row_header + row_gap
     block_width = max(cell * columns + 0.3, 4.6)
     width = max(block_width * blocks_across, 7.5)
-    notes = [f"(n) = test images of the true class predicted as the other class"
+    notes = ["(n) = test images of the true class predicted as the other class"
              + (f"; {total} test images in all" if total is not None else ""),
              "examples: " + ("most confident mistakes first; p = probability the model gave the wrong class"
                              if confidences is not None else "the first such images in test order")]

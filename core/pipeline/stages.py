@@ -16,7 +16,7 @@ from torch import nn
 
 from . import plots
 from .architectures import IMAGENET_MEAN, IMAGENET_STD, build_model, check_architecture
-from .checkpoint import CutPointRef, ModelSpec, load_checkpoint, read_spec, save_checkpoint
+from .checkpoint import CutPointRef, ModelSpec, load_checkpoint, save_checkpoint
 from .config import AnalyzeConfig, CompareConfig, DataConfig, TrainConfig, TruncateConfig
 from .curves import adjacent_curve, cut_curve
 from .cutpoints import cut_points, describe_cut_points, resolve_cut_point

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import math
 import warnings
 
 import numpy as np
@@ -30,7 +29,8 @@ from core.pipeline.errors import Cancelled, LayercutError
 from core.pipeline.progress import Reporter
 from core.pipeline.truncation import truncate
 
-pgc = pytest.importorskip("pytorch_grad_cam")
+import pytorch_grad_cam as pgc  # noqa: E402 - the reference (dev extra), never skipped
+from seeded_nets import random_images as _images, seeded as _seeded  # noqa: E402
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
 from pytorch_grad_cam.utils.svd_on_activations import (  # noqa: E402
     get_2d_projection,
@@ -41,21 +41,8 @@ REFERENCE = {"gradcam": pgc.GradCAM, "gradcam++": pgc.GradCAMPlusPlus, "layercam
              "eigencam": pgc.EigenCAM, "scorecam": pgc.ScoreCAM}
 
 
-def _seeded(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Re-initialise every parameter and BN statistic from ``seed`` (non-trivial BN stats), eval mode."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * (1.0 / math.sqrt(max(p[0].numel(), 1))))
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-    return model.eval()
 
 
-def _images(n: int, c: int, size: int, seed: int = 1) -> torch.Tensor:
-    return torch.randn(n, c, size, size, generator=torch.Generator().manual_seed(seed))
 
 
 def _close(actual: torch.Tensor | np.ndarray, expected: torch.Tensor | np.ndarray, rel: float = 1e-5) -> None:

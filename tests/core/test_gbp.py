@@ -20,24 +20,12 @@ from core.pipeline.gbp import GBP_RULES, guided_activations, guided_backprop_map
 from core.pipeline.progress import Reporter
 from core.pipeline.truncation import truncate
 
-captum_attr = pytest.importorskip("captum.attr")
+import captum.attr as captum_attr  # noqa: E402 - the reference (dev extra), never skipped
+from seeded_nets import random_images as _images, seeded as _seeded  # noqa: E402
 
 
-def _seeded(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Re-initialise every parameter and BN statistic from ``seed`` (non-trivial BN stats), eval mode."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * (1.0 / math.sqrt(max(p[0].numel(), 1))))
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
-                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-    return model.eval()
 
 
-def _images(n: int, c: int, size: int, seed: int = 1) -> torch.Tensor:
-    return torch.randn(n, c, size, size, generator=torch.Generator().manual_seed(seed))
 
 
 def _captum_maps(model: nn.Module, images: torch.Tensor) -> torch.Tensor:

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
+
+import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,3 +37,37 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextmanager
+def serving_embedded(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], Path]]:
+    """`layercut serve` (embedded) on a free port in ``tmp_path``: yields (base URL, env, folder); SIGINT after."""
+    env = clean_env(tmp_path)
+    port = free_port()
+    log_path = tmp_path / "serve.log"
+    log = log_path.open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "core.cli.main", "serve", "--host", "127.0.0.1", "--port", str(port)],
+                            env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"layercut serve exited {proc.returncode}:\n{log_path.read_text()}")
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no /healthz within 60 s:\n{log_path.read_text()}")
+            time.sleep(0.2)
+        yield base, env, tmp_path
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()

@@ -9,49 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import httpx
 import pytest
 
 from core.client import ApiError, JobFailed, LayercutClient
-from ops_helpers import clean_env, free_port, layercut
+from ops_helpers import layercut, serving_embedded
 
 
 @pytest.fixture
 def embedded_server(tmp_path):
-    env = clean_env(tmp_path)
-    port = free_port()
-    log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "core.cli.main", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"layercut serve exited {proc.returncode}:\n{(tmp_path / 'serve.log').read_text()}")
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no /healthz within 60 s:\n{(tmp_path / 'serve.log').read_text()}")
-            time.sleep(0.2)
-        yield base, env, tmp_path
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    with serving_embedded(tmp_path) as server:
+        yield server
 
 
 def test_serve_says_what_embedded_mode_is_and_migrates(embedded_server):

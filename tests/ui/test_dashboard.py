@@ -15,8 +15,6 @@ import hashlib
 import html
 import json
 import re
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,7 +23,7 @@ import httpx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ops"))
-from ops_helpers import ROOT, clean_env, free_port, layercut  # noqa: E402
+from ops_helpers import ROOT, layercut, serving_embedded  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -39,35 +37,8 @@ PIPELINE_TIMEOUT = 120
 def server(tmp_path_factory):
     """`layercut serve` embedded on a free port: (base URL, env, folder)."""
     tmp_path = tmp_path_factory.mktemp("serve")
-    env = clean_env(tmp_path)
-    port = free_port()
-    log_path = tmp_path / "serve.log"
-    log = log_path.open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "core.cli.main", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"layercut serve exited {proc.returncode}:\n{log_path.read_text()}")
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no /healthz within 60 s:\n{log_path.read_text()}")
-            time.sleep(0.2)
-        yield base, env, tmp_path
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    with serving_embedded(tmp_path) as server:
+        yield server
 
 
 def new_key(server, tenant: str = "ui") -> str:

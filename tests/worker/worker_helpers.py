@@ -11,7 +11,6 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
-import pytest
 import redis as redis_lib
 from pydantic import TypeAdapter
 
