@@ -23,3 +23,19 @@ def seeded(model: nn.Module, seed: int = 0) -> nn.Module:
 
 def random_images(n: int, c: int, size: int, seed: int = 1) -> torch.Tensor:
     return torch.randn(n, c, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def module_state(model: nn.Module) -> tuple[list[bool], list[bool]]:
+    """Every module's train flag and every parameter's requires_grad: what explaining must leave as it was."""
+    return [m.training for m in model.modules()], [p.requires_grad for p in model.parameters()]
+
+
+def odd_state_model() -> nn.Module:
+    """smallcnn in train mode with one BN in eval mode and some frozen parameters."""
+    from core.pipeline.architectures import build_model
+
+    model = seeded(build_model("smallcnn", 3)).train()
+    model.features[1].eval()
+    model.features[0].weight.requires_grad_(False)
+    model.classifier.bias.requires_grad_(False)
+    return model

@@ -30,6 +30,7 @@ from core.pipeline.progress import Reporter
 from core.pipeline.truncation import truncate
 
 import pytorch_grad_cam as pgc  # noqa: E402 - the reference (dev extra), never skipped
+from seeded_nets import module_state as _state, odd_state_model as _odd_state_model  # noqa: E402
 from seeded_nets import random_images as _images, seeded as _seeded  # noqa: E402
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
 from pytorch_grad_cam.utils.svd_on_activations import (  # noqa: E402
@@ -291,8 +292,6 @@ def test_inplace_relus_capture_the_right_tensor():
 # --- restoration ----------------------------------------------------------------------------------
 
 
-def _state(model: nn.Module) -> tuple[list[bool], list[bool]]:
-    return [m.training for m in model.modules()], [p.requires_grad for p in model.parameters()]
 
 
 def _assert_restored(model: nn.Module, state: tuple[list[bool], list[bool]]) -> None:
@@ -303,13 +302,6 @@ def _assert_restored(model: nn.Module, state: tuple[list[bool], list[bool]]) -> 
     assert all(p.grad is None for p in model.parameters())
 
 
-def _odd_state_model() -> nn.Module:
-    """smallcnn in train mode with one BN in eval mode and some frozen parameters."""
-    model = _seeded(build_model("smallcnn", 3)).train()
-    model.features[1].eval()
-    model.features[0].weight.requires_grad_(False)
-    model.classifier.bias.requires_grad_(False)
-    return model
 
 
 class _Explode(torch.autograd.Function):

@@ -21,6 +21,7 @@ from core.pipeline.progress import Reporter
 from core.pipeline.truncation import truncate
 
 import captum.attr as captum_attr  # noqa: E402 - the reference (dev extra), never skipped
+from seeded_nets import module_state as _state, odd_state_model as _odd_state_model  # noqa: E402
 from seeded_nets import random_images as _images, seeded as _seeded  # noqa: E402
 
 
@@ -280,8 +281,6 @@ def test_works_on_slim_net():
 # --- patching and restoration --------------------------------------------------------------------
 
 
-def _state(model: nn.Module) -> tuple[list[bool], list[bool]]:
-    return [m.training for m in model.modules()], [p.requires_grad for p in model.parameters()]
 
 
 def _assert_restored(model: nn.Module, state: tuple[list[bool], list[bool]]) -> None:
@@ -291,13 +290,6 @@ def _assert_restored(model: nn.Module, state: tuple[list[bool], list[bool]]) -> 
     assert _state(model) == state
 
 
-def _odd_state_model() -> nn.Module:
-    """smallcnn in train mode with one BN in eval mode and some frozen parameters."""
-    model = _seeded(build_model("smallcnn", 3)).train()
-    model.features[1].eval()
-    model.features[0].weight.requires_grad_(False)
-    model.classifier.bias.requires_grad_(False)
-    return model
 
 
 def test_restores_model_after_success():
