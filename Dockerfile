@@ -1,6 +1,6 @@
 # layercut: one image for the API, the Celery workers and the one-shot migration.
-#   API (default):  uvicorn api.main:app --host 0.0.0.0 --port 8000
-#   worker:         celery -A worker.app worker -Q gpu --concurrency 1
+#   API (default):  uvicorn layercut.api.main:app --host 0.0.0.0 --port 8000
+#   worker:         celery -A layercut.worker.app worker -Q gpu --concurrency 1
 #   migration:      alembic upgrade head
 # PyTorch comes from the package registry (a CUDA build on Linux; it also runs on a CPU). For a smaller,
 # CPU-only image: docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu .
@@ -41,4 +41,4 @@ USER layercut
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
   CMD ["python", "-c", "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4).status != 200)"]
-CMD ["uvicorn", "api.main:app", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers", "--forwarded-allow-ips", "*"]
+CMD ["uvicorn", "layercut.api.main:app", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers", "--forwarded-allow-ips", "*"]

@@ -4,11 +4,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 OUT ?= layercut-data/demo
 
-.PHONY: setup demo test bench browser clean
+.PHONY: setup demo test lint bench browser clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet 'setuptools>=77'
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
@@ -17,8 +18,19 @@ setup: $(VENV)/.installed
 demo: setup
 	$(VENV)/bin/layercut run --data textures --arch vgg11 --image-size 64 --out $(OUT)
 
-test: setup
+test: setup lint
 	$(PY) -m pytest -q
+
+# Lint, format, types of the contracts, and the layering (import-linter reads the installed layout, so it
+# runs on a copy of the package built into build/lint-site; pyproject.toml holds every rule).
+LINT_SITE := build/lint-site
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	rm -rf $(LINT_SITE)
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation --no-compile --target $(LINT_SITE) .
+	cd $(LINT_SITE) && PYTHONPATH=. $(abspath $(VENV))/bin/lint-imports $(CURDIR)/pyproject.toml
+	cd $(LINT_SITE) && PYTHONPATH=. $(abspath $(VENV))/bin/mypy --config-file $(CURDIR)/pyproject.toml
 
 # Debian's Chromium and ChromeDriver, for the dashboard's browser test (needs root or sudo).
 browser:
@@ -30,4 +42,4 @@ bench: setup
 	$(PY) bench/train.py
 
 clean:
-	rm -rf $(VENV) layercut-data .pytest_cache
+	rm -rf $(VENV) layercut-data .pytest_cache build

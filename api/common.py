@@ -6,17 +6,18 @@ import base64
 import hashlib
 import json
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from fastapi import HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 from sqlalchemy import tuple_
 
-from api.deps import TenantDep
-from core.settings import Settings
+from layercut.api.deps import TenantDep
+from layercut.settings import Settings
 
 
 class ErrorOut(BaseModel):
@@ -27,9 +28,13 @@ class ErrorOut(BaseModel):
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     descriptions = {
-        400: "bad request", 401: "missing, unknown or revoked API key", 403: "forbidden",
-        404: "not found (or owned by another tenant)", 409: "conflict with the object's state",
-        413: "upload too large", 415: "unsupported upload",
+        400: "bad request",
+        401: "missing, unknown or revoked API key",
+        403: "forbidden",
+        404: "not found (or owned by another tenant)",
+        409: "conflict with the object's state",
+        413: "upload too large",
+        415: "unsupported upload",
     }
     return {code: {"model": ErrorOut, "description": descriptions.get(code, "error")} for code in codes}
 
@@ -45,8 +50,10 @@ def not_found(what: str, ident: Any) -> HTTPException:
 
 # --- idempotency -----------------------------------------------------------------------------------
 
-IDEMPOTENCY_HEADER_DOC = ("Any string up to 200 characters. Repeating a request with the same key and the same body "
-                          "returns the resource the first request made (200); the same key with another body is a 422.")
+IDEMPOTENCY_HEADER_DOC = (
+    "Any string up to 200 characters. Repeating a request with the same key and the same body "
+    "returns the resource the first request made (200); the same key with another body is a 422."
+)
 
 
 def check_idempotency_key(key: str | None) -> str | None:
@@ -67,11 +74,14 @@ def request_hash(payload: Any) -> str:
 
 
 def idempotency_mismatch() -> RequestValidationError:
-    return field_error(("header", "Idempotency-Key"),
-                       "this idempotency key was already used with a different request body; use a new key")
+    return field_error(
+        ("header", "Idempotency-Key"),
+        "this idempotency key was already used with a different request body; use a new key",
+    )
 
 
 # --- cursor pagination -----------------------------------------------------------------------------
+
 
 def encode_cursor(created_at: datetime, ident: uuid.UUID) -> str:
     raw = f"{created_at.isoformat()}|{ident}".encode()
@@ -87,7 +97,9 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
             created_at = created_at.replace(tzinfo=timezone.utc)
         return created_at, uuid.UUID(ident)
     except Exception:
-        raise field_error(("query", "cursor"), "invalid cursor: pass the next_cursor of a previous page unchanged") from None
+        raise field_error(
+            ("query", "cursor"), "invalid cursor: pass the next_cursor of a previous page unchanged"
+        ) from None
 
 
 def paginate(statement, model, cursor: str | None, limit: int):
@@ -116,6 +128,7 @@ def as_utc(value: datetime | None, name: str) -> datetime | None:
 
 
 # --- files -----------------------------------------------------------------------------------------
+
 
 def tenant_root(settings: Settings, tenant: str) -> Path:
     """``artifact_root/<tenant>``, checked to stay inside the artifact root."""
@@ -154,5 +167,9 @@ async def strict_query(request: Request, _tenant: TenantDep) -> None:
     known = _query_names(dependant)
     for name in request.query_params.keys():
         if name not in known:
-            raise field_error(("query", name), f"unknown query parameter {name!r}"
-                              + (f"; this route takes {', '.join(sorted(known))}" if known else ""), "extra_forbidden")
+            raise field_error(
+                ("query", name),
+                f"unknown query parameter {name!r}"
+                + (f"; this route takes {', '.join(sorted(known))}" if known else ""),
+                "extra_forbidden",
+            )

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Iterator
+from collections.abc import Iterator
+from typing import Annotated
 
 from fastapi import Depends, HTTPException, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from api.read_cache import ReadCache, read_cache_for
-from core.settings import Settings, get_settings
-from core.store.db import get_sessionmaker
-from core.store.keys import hash_key, tenant_for_key
+from layercut.api.read_cache import ReadCache, read_cache_for
+from layercut.settings import Settings, get_settings
+from layercut.store.db import get_sessionmaker
+from layercut.store.keys import hash_key, tenant_for_key
 
 bearer = HTTPBearer(auto_error=False, description="an API key from `layercut keys create --tenant T`")
 
@@ -38,8 +39,9 @@ SessionDep = Annotated[Session, Depends(session_dep)]
 
 async def read_cache_dep(settings: SettingsDep) -> ReadCache | None:
     """The process's NOTIFY-coherent read cache (None on SQLite or when switched off)."""
-    return read_cache_for(settings.resolved_database_url, settings.read_cache, settings.read_cache_entries,
-                          settings.read_cache_seconds)
+    return read_cache_for(
+        settings.resolved_database_url, settings.read_cache, settings.read_cache_entries, settings.read_cache_seconds
+    )
 
 
 ReadCacheDep = Annotated[ReadCache | None, Depends(read_cache_dep)]
@@ -50,13 +52,19 @@ def _lookup_tenant(settings: Settings, secret: str) -> str | None:
         return tenant_for_key(session, secret)
 
 
-async def tenant_dep(settings: SettingsDep, cache: ReadCacheDep,
-                     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
+async def tenant_dep(
+    settings: SettingsDep,
+    cache: ReadCacheDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> str:
     """The tenant whose key the request carries; 401 without a valid key. Async with a cached fast path, so a
     status poll whose answer is cached touches neither the database nor the threadpool."""
     if credentials is None or credentials.scheme.lower() != "bearer":
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "send an API key as 'Authorization: Bearer <key>'",
-                            headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "send an API key as 'Authorization: Bearer <key>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     key = ("key", hash_key(credentials.credentials))
     tenant = cache.get(key) if cache is not None else None
     if tenant is None:
@@ -65,7 +73,9 @@ async def tenant_dep(settings: SettingsDep, cache: ReadCacheDep,
         if tenant is not None and cache is not None:
             cache.put(key, tenant, generation)  # unknown keys are not cached: nothing to grow without bound
     if tenant is None:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown or revoked API key", headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, "unknown or revoked API key", headers={"WWW-Authenticate": "Bearer"}
+        )
     return tenant
 
 
@@ -73,7 +83,7 @@ TenantDep = Annotated[str, Depends(tenant_dep)]
 
 
 class _NoDispatcher:
-    """Used until ``core.jobs.dispatch`` exists: the committed row stays queued for the re-dispatcher."""
+    """Used until ``layercut.jobs.dispatch`` exists: the committed row stays queued for the re-dispatcher."""
 
     def dispatch(self, job_id, kind: str) -> None:  # noqa: ANN001
         import logging
@@ -82,11 +92,11 @@ class _NoDispatcher:
 
 
 def dispatcher_dep(settings: SettingsDep):  # noqa: ANN201 - the jobs engineer's Dispatcher
-    """``core.jobs.dispatch.get_dispatcher(settings)``, imported lazily (it must not pull torch into the API)."""
+    """``layercut.jobs.dispatch.get_dispatcher(settings)``, imported lazily (it must not pull torch into the API)."""
     try:
-        from core.jobs.dispatch import get_dispatcher
+        from layercut.jobs.dispatch import get_dispatcher
     except ModuleNotFoundError as exc:
-        if exc.name not in ("core.jobs", "core.jobs.dispatch"):
+        if exc.name not in ("layercut.jobs", "layercut.jobs.dispatch"):
             raise
         return _NoDispatcher()
     return get_dispatcher(settings)

@@ -6,28 +6,23 @@ No torch here: jobs are sent to workers by task name (see DESIGN.md §2).
 from __future__ import annotations
 
 import logging
-from contextlib import asynccontextmanager
 import re
+from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request, status
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.common import strict_query
-from api.deps import settings_dep
-from api.routes import artifacts, datasets, health, jobs, models, pipelines, reports, ui
-from core.pipeline.errors import LayercutError
-from core.settings import Settings, get_settings
+from layercut import __version__
+from layercut.api.common import strict_query
+from layercut.api.deps import settings_dep
+from layercut.api.routes import artifacts, datasets, health, jobs, models, pipelines, reports, ui
+from layercut.contracts.errors import LayercutError
+from layercut.settings import Settings, get_settings
 
 log = logging.getLogger("layercut.api")
 
-try:
-    from importlib.metadata import version as _version
-
-    VERSION = _version("layercut")
-except Exception:  # noqa: BLE001 - not installed as a distribution
-    VERSION = "0.1.0"
 
 DESCRIPTION = """
 Slim image classifiers by cutting them where their layers stop learning new features
@@ -57,9 +52,14 @@ def _allowed_methods(app: FastAPI, path: str) -> set[str]:
     """Every method the OpenAPI document lists for ``path`` (Starlette names only the first matching route's)."""
     table = getattr(app.state, "allow_table", None)
     if table is None:
-        table = [(template, re.compile("^" + re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(template)) + "$"),
-                  {m.upper() for m in operations if m in ("get", "post", "put", "patch", "delete")})
-                 for template, operations in app.openapi().get("paths", {}).items()]
+        table = [
+            (
+                template,
+                re.compile("^" + re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(template)) + "$"),
+                {m.upper() for m in operations if m in ("get", "post", "put", "patch", "delete")},
+            )
+            for template, operations in app.openapi().get("paths", {}).items()
+        ]
         app.state.allow_table = table
     matches = [(template.count("{"), methods) for template, pattern, methods in table if pattern.match(path)]
     if not matches:
@@ -78,12 +78,12 @@ def create_app(settings: Settings | None = None, run_embedded_jobs: bool = True)
         if resolved.embedded and run_embedded_jobs:
             # Embedded mode runs jobs in this process: start the executor and its reaper now, so jobs
             # left running by a crash are recovered without waiting for the next submission.
-            from core.jobs.dispatch import get_dispatcher
+            from layercut.jobs.dispatch import get_dispatcher
 
             get_dispatcher(resolved)
         yield
 
-    app = FastAPI(title="layercut", version=VERSION, description=DESCRIPTION, openapi_tags=TAGS, lifespan=lifespan)
+    app = FastAPI(title="layercut", version=__version__, description=DESCRIPTION, openapi_tags=TAGS, lifespan=lifespan)
     if settings is not None:
         app.dependency_overrides[settings_dep] = lambda: settings
 
@@ -104,20 +104,23 @@ def create_app(settings: Settings | None = None, run_embedded_jobs: bool = True)
 
     @app.exception_handler(LayercutError)
     async def _layercut_error(_request: Request, exc: LayercutError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc), "code": getattr(exc, "code", "invalid_input")},
-                            status_code=status.HTTP_400_BAD_REQUEST)
+        return JSONResponse(
+            {"detail": str(exc), "code": getattr(exc, "code", "invalid_input")}, status_code=status.HTTP_400_BAD_REQUEST
+        )
 
     @app.exception_handler(IntegrityError)
     async def _integrity_error(_request: Request, exc: IntegrityError) -> JSONResponse:
         log.warning("integrity error: %s", exc.orig)
-        return JSONResponse({"detail": "the request conflicts with the stored state; retry it"},
-                            status_code=status.HTTP_409_CONFLICT)
+        return JSONResponse(
+            {"detail": "the request conflicts with the stored state; retry it"}, status_code=status.HTTP_409_CONFLICT
+        )
 
     @app.exception_handler(OperationalError)
     async def _database_down(_request: Request, exc: OperationalError) -> JSONResponse:
         log.error("database error: %s", exc.orig)
-        return JSONResponse({"detail": "the database is unavailable; retry later"},
-                            status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
+        return JSONResponse(
+            {"detail": "the database is unavailable; retry later"}, status_code=status.HTTP_503_SERVICE_UNAVAILABLE
+        )
 
     return app
 

@@ -15,7 +15,8 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Hashable
+from collections.abc import Hashable
+from typing import Any
 
 from sqlalchemy.engine import make_url
 
@@ -121,10 +122,19 @@ class ReadCache:
     def _listen(self) -> None:
         import psycopg
 
-        with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5, keepalives=1, keepalives_idle=5,
-                             keepalives_interval=2, keepalives_count=2) as conn:
-            installed = {row[0] for row in conn.execute(
-                "SELECT tgname FROM pg_trigger WHERE tgname = ANY(%s)", (list(TRIGGER_NAMES),))}
+        with psycopg.connect(
+            self._conninfo,
+            autocommit=True,
+            connect_timeout=5,
+            keepalives=1,
+            keepalives_idle=5,
+            keepalives_interval=2,
+            keepalives_count=2,
+        ) as conn:
+            installed = {
+                row[0]
+                for row in conn.execute("SELECT tgname FROM pg_trigger WHERE tgname = ANY(%s)", (list(TRIGGER_NAMES),))
+            }
             if installed != set(TRIGGER_NAMES):
                 log.warning("read cache off: the database lacks the change triggers (run `layercut migrate`)")
                 self._set_live(False)

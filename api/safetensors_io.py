@@ -14,8 +14,23 @@ import shutil
 import tempfile
 from pathlib import Path
 
-DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-               "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+DTYPE_BYTES = {
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E5M2": 1,
+    "F8_E4M3": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "I64": 8,
+    "U64": 8,
+    "F64": 8,
+}
 MAX_HEADER = 100 * 1024 * 1024
 
 
@@ -42,7 +57,9 @@ def read_header(path: Path) -> tuple[dict, int, int]:
         raise BadSafetensors("the header is not a JSON object")
     data_len = size - 8 - n
     metadata = header.get("__metadata__", {})
-    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
         raise BadSafetensors("__metadata__ must map strings to strings")
     spans = []
     for name, entry in header.items():
@@ -53,10 +70,15 @@ def read_header(path: Path) -> tuple[dict, int, int]:
         dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
         if dtype not in DTYPE_BYTES:
             raise BadSafetensors(f"tensor {name!r}: unknown dtype {dtype!r}")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        ):
             raise BadSafetensors(f"tensor {name!r}: bad shape")
-        if (not isinstance(offsets, list) or len(offsets) != 2
-                or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)):
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+        ):
             raise BadSafetensors(f"tensor {name!r}: bad data_offsets")
         begin, end = offsets
         if not 0 <= begin <= end <= data_len:
@@ -70,7 +92,9 @@ def read_header(path: Path) -> tuple[dict, int, int]:
     position = 0
     for begin, end, name in spans:
         if begin != position:
-            raise BadSafetensors(f"tensor {name!r}: the tensors do not tile the data (gap or overlap at byte {position})")
+            raise BadSafetensors(
+                f"tensor {name!r}: the tensors do not tile the data (gap or overlap at byte {position})"
+            )
         position = end
     if position != data_len:
         raise BadSafetensors(f"{data_len - position} bytes after the last tensor")

@@ -106,7 +106,9 @@ def _extract_zip(archive: Path, dest: Path, max_members: int, max_unpacked: int)
                 raise UploadRejected(f"the archive has {len(infos)} members, more than the limit of {max_members}", 413)
             declared = sum(i.file_size for i in infos)
             if declared > max_unpacked:
-                raise UploadRejected(f"the archive unpacks to {declared} bytes, more than the limit of {max_unpacked}", 413)
+                raise UploadRejected(
+                    f"the archive unpacks to {declared} bytes, more than the limit of {max_unpacked}", 413
+                )
             plan = []
             for info in infos:
                 relative = _check_name(info.filename)
@@ -122,7 +124,15 @@ def _extract_zip(archive: Path, dest: Path, max_members: int, max_unpacked: int)
                     continue
                 with zf.open(info) as source:
                     _copy(source, target, budget, max_unpacked)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError, EOFError, OSError, ValueError) as exc:
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        NotImplementedError,
+        RuntimeError,
+        EOFError,
+        OSError,
+        ValueError,
+    ) as exc:
         raise UploadRejected(f"the zip archive cannot be read: {exc}") from None
 
 
@@ -142,8 +152,9 @@ def _extract_tar(archive: Path, dest: Path, max_members: int, max_unpacked: int)
             for member in members:
                 relative = _check_name(member.name)
                 if member.issym() or member.islnk():
-                    raise UploadRejected(f"archive member {member.name!r} is a "
-                                         f"{'symbolic' if member.issym() else 'hard'} link")
+                    raise UploadRejected(
+                        f"archive member {member.name!r} is a {'symbolic' if member.issym() else 'hard'} link"
+                    )
                 if not (member.isfile() or member.isdir()):
                     raise UploadRejected(f"archive member {member.name!r} is a device, fifo or other special file")
                 plan.append((member, relative, _target(dest, relative, member.name)))
@@ -166,8 +177,12 @@ def _extract_tar(archive: Path, dest: Path, max_members: int, max_unpacked: int)
 def dataset_root_in(dest: Path) -> Path:
     """The folder holding the data: ``dest``, or its one top-level folder when the archive wrapped everything in one."""
     visible = [p for p in dest.iterdir() if not p.name.startswith(".") and p.name != "__MACOSX"]
-    if len(visible) == 1 and visible[0].is_dir() and not visible[0].is_symlink() \
-            and visible[0].name.lower() not in ("train", "val", "valid", "validation", "test"):
+    if (
+        len(visible) == 1
+        and visible[0].is_dir()
+        and not visible[0].is_symlink()
+        and visible[0].name.lower() not in ("train", "val", "valid", "validation", "test")
+    ):
         inner = visible[0]
         if any(p.is_dir() for p in inner.iterdir()):
             return inner

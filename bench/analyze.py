@@ -31,19 +31,17 @@ import time
 import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+import environment  # noqa: E402  (bench/environment.py)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import environment  # noqa: E402  (bench/environment.py)
-from core.pipeline.architectures import ARCHITECTURES, build_model  # noqa: E402
-from core.pipeline.curves import cut_curve  # noqa: E402
-from core.pipeline.cutpoints import ACTIVATIONS, cut_points, feature_sequence  # noqa: E402
-from core.pipeline.data import dataset_statistics, load_dataset, stratified_sample  # noqa: E402
-from core.pipeline.gbp import GBP_RULES, guided_backprop_maps, map_images  # noqa: E402
-from core.pipeline.ssim import similarity_matrix  # noqa: E402
-from core.pipeline.training import normalise  # noqa: E402
+from layercut.stages.architectures import ARCHITECTURES, build_model  # noqa: E402
+from layercut.stages.curves import cut_curve  # noqa: E402
+from layercut.stages.cutpoints import ACTIVATIONS, cut_points, feature_sequence  # noqa: E402
+from layercut.stages.data import dataset_statistics, load_dataset, stratified_sample  # noqa: E402
+from layercut.stages.gbp import GBP_RULES, guided_backprop_maps, map_images  # noqa: E402
+from layercut.stages.ssim import similarity_matrix  # noqa: E402
+from layercut.stages.training import normalise  # noqa: E402
 
 TARGET_CPU = 2.0
 TARGET_GPU = 10.0
@@ -51,28 +49,44 @@ DATA_RANGE = 1.0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", default="vgg16", choices=ARCHITECTURES, metavar="ARCH",
-                   help="smallcnn, vgg11..vgg19 (and _bn), resnet18..resnet152, efficientnet_b0..b3, mobilenet_v2, mobilenet_v3_small/large")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--arch",
+        default="vgg16",
+        choices=ARCHITECTURES,
+        metavar="ARCH",
+        help="smallcnn, vgg11..vgg19 (and _bn), resnet18..resnet152, efficientnet_b0..b3, mobilenet_v2, mobilenet_v3_small/large",
+    )
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--probes", type=int, default=32, help="probe images from the textures validation split")
     p.add_argument("--repeats", type=int, default=3, help="timed runs of each side; the best (minimum) counts")
-    p.add_argument("--batch-size", type=int, default=32, help="our GBP batch size (the baseline runs all probes at once)")
+    p.add_argument(
+        "--batch-size", type=int, default=32, help="our GBP batch size (the baseline runs all probes at once)"
+    )
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own choice)")
     p.add_argument("--seed", type=int, default=0, help="model init and probe sample seed")
     p.add_argument(
-        "--baseline-ssim-sample", type=int, default=0, metavar="N",
+        "--baseline-ssim-sample",
+        type=int,
+        default=0,
+        metavar="N",
         help="time only N (image, pair) skimage SSIM calls and extrapolate to all of them (default 0: compute all)",
     )
     p.add_argument(
-        "--baseline-ssim-dtype", default="float64", choices=("float64", "float32"),
+        "--baseline-ssim-dtype",
+        default="float64",
+        choices=("float64", "float32"),
         help="dtype handed to skimage (float64 = the same arithmetic as ours; float32 makes skimage compute in float32)",
     )
     p.add_argument(
-        "--gbp-rule", default="auto", choices=("auto", *GBP_RULES),
+        "--gbp-rule",
+        default="auto",
+        choices=("auto", *GBP_RULES),
         help="our GBP rule; auto = relu on networks whose only activation is nn.ReLU, else ungated (the rule captum "
-             "implements: it guides nn.ReLU only), so that both sides compute the same maps",
+        "implements: it guides nn.ReLU only), so that both sides compute the same maps",
     )
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed |curve difference|")
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the results as JSON")
@@ -146,8 +160,9 @@ def all_jobs(n: int, layers: int) -> list[tuple[int, int, int]]:
     return [(k, i, j) for i in range(layers) for j in range(i + 1, layers) for k in range(n)]
 
 
-def run_baseline(model: torch.nn.Module, probes: torch.Tensor, device: torch.device, sample: int, dtype: str,
-                 seed: int) -> dict:
+def run_baseline(
+    model: torch.nn.Module, probes: torch.Tensor, device: torch.device, sample: int, dtype: str, seed: int
+) -> dict:
     t0 = now(device)
     raw = baseline_gbp(model, probes)
     t1 = now(device)
@@ -163,8 +178,15 @@ def run_baseline(model: torch.nn.Module, probes: torch.Tensor, device: torch.dev
         t3 = time.perf_counter()
         values = baseline_ssim_pairs(arr, picked)
         t4 = time.perf_counter()
-        result.update(ssim=(t4 - t3) * len(jobs) / len(picked), ssim_measured=t4 - t3, sampled_jobs=picked,
-                      sampled_values=values, matrix=None, curve=None, extrapolated=True)
+        result.update(
+            ssim=(t4 - t3) * len(jobs) / len(picked),
+            ssim_measured=t4 - t3,
+            sampled_jobs=picked,
+            sampled_values=values,
+            matrix=None,
+            curve=None,
+            extrapolated=True,
+        )
         return result
     t3 = time.perf_counter()
     values = baseline_ssim_pairs(arr, jobs)
@@ -243,22 +265,36 @@ def main(argv: list[str] | None = None) -> int:
     model = build_model(args.arch, 3).eval().to(device)
     points = cut_points(model)
     layers = len(points)
-    others = sorted({type(m).__name__ for m in model.modules() if isinstance(m, ACTIVATIONS) and type(m) is not torch.nn.ReLU})
+    others = sorted(
+        {type(m).__name__ for m in model.modules() if isinstance(m, ACTIVATIONS) and type(m) is not torch.nn.ReLU}
+    )
     rule = args.gbp_rule if args.gbp_rule != "auto" else ("ungated" if others else "relu")
     calls = args.probes * layers * (layers - 1) // 2
     extrapolating = bool(args.baseline_ssim_sample) and args.baseline_ssim_sample < calls
 
     print("layercut analyze benchmark — ours vs captum per cut point + scikit-image SSIM pair by pair")
     print(environment.describe(device))
-    print(f"  arch {args.arch} (seeded random init, eval mode; weights do not change the work) | image {args.image_size} px"
-          f" | probes {args.probes} (textures val) | cut points {layers} | our GBP batch {args.batch_size}")
-    print(f"  GBP rule (ours): {rule}" + (f" — the network also has {', '.join(others)}, which captum does not guide"
-                                          if others else " — a ReLU-only network: every rule gives the same map"))
-    print(f"  SSIM: data_range {DATA_RANGE}; baseline = {calls} skimage calls ({layers * (layers - 1) // 2} pairs x"
-          f" {args.probes} images, {args.baseline_ssim_dtype})"
-          + (f"; EXTRAPOLATED from {args.baseline_ssim_sample} sampled calls" if extrapolating else "; all computed"))
-    print(f"  repeats {args.repeats} per side after an untimed warm-up; the table shows the best (minimum) run,"
-          " medians are in --json")
+    print(
+        f"  arch {args.arch} (seeded random init, eval mode; weights do not change the work) | image {args.image_size} px"
+        f" | probes {args.probes} (textures val) | cut points {layers} | our GBP batch {args.batch_size}"
+    )
+    print(
+        f"  GBP rule (ours): {rule}"
+        + (
+            f" — the network also has {', '.join(others)}, which captum does not guide"
+            if others
+            else " — a ReLU-only network: every rule gives the same map"
+        )
+    )
+    print(
+        f"  SSIM: data_range {DATA_RANGE}; baseline = {calls} skimage calls ({layers * (layers - 1) // 2} pairs x"
+        f" {args.probes} images, {args.baseline_ssim_dtype})"
+        + (f"; EXTRAPOLATED from {args.baseline_ssim_sample} sampled calls" if extrapolating else "; all computed")
+    )
+    print(
+        f"  repeats {args.repeats} per side after an untimed warm-up; the table shows the best (minimum) run,"
+        " medians are in --json"
+    )
     print("  map normalisation is our map_images on both sides (timed separately, counted in both totals)")
     print()
 
@@ -266,8 +302,16 @@ def main(argv: list[str] | None = None) -> int:
     ours_runs, base_runs = [], []
     for _ in range(args.repeats):  # interleaved, so slow phases of a busy machine hit both sides alike
         ours_runs.append(run_ours(model, probes, device, args.batch_size, rule))
-        base_runs.append(run_baseline(model, probes, device, args.baseline_ssim_sample if extrapolating else 0,
-                                      args.baseline_ssim_dtype, args.seed))
+        base_runs.append(
+            run_baseline(
+                model,
+                probes,
+                device,
+                args.baseline_ssim_sample if extrapolating else 0,
+                args.baseline_ssim_dtype,
+                args.seed,
+            )
+        )
 
     parts = ("gbp", "norm", "ssim")
     ours_t = {k: summarise([r[k] for r in ours_runs]) for k in parts}
@@ -310,7 +354,9 @@ def main(argv: list[str] | None = None) -> int:
             "ours_seconds": ours_t,
             "baseline_seconds": base_t,
             "speedup_best": speedup,
-            "speedup_median": {k: base_t[k]["median"] / max(ours_t[k]["median"], 1e-12) for k in ("gbp", "ssim", "total")},
+            "speedup_median": {
+                k: base_t[k]["median"] / max(ours_t[k]["median"], 1e-12) for k in ("gbp", "ssim", "total")
+            },
             "target_total_speedup": target,
             "check": result,
         }

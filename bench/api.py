@@ -6,7 +6,7 @@
    turn, each a full JobOut with its artifact list) for --duration seconds; each phase is bounded by
    --max-requests too, after --warmup seconds not counted. Printed: requests/s, p50/p99 latency of each,
    the ratio polls/healthz (target >= 50 %) and the p99 of polls (target < 50 ms).
-2. Submit-to-start: a real Celery worker (`celery -A worker.app worker -Q gpu,cpu --concurrency 1`) on
+2. Submit-to-start: a real Celery worker (`celery -A layercut.worker.app worker -Q gpu,cpu --concurrency 1`) on
    Redis (its own database number, flushed first). The builtin textures set is registered, one warm-up job
    runs, then --submits times, one at a time: POST /v1/jobs (a tiny smallcnn train job), poll the row until
    started_at is set (the worker's claim), then cancel it and wait for it to end. submit-to-start =
@@ -38,11 +38,9 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT))
+from layercut.testing import services
 
-import services  # noqa: E402  (tests/services.py: Postgres and Redis, started if down)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -126,8 +124,15 @@ class RawConnection:
             self.writer = None
 
 
-async def hammer(base: str, paths: list[str], headers: dict[str, str], clients: int, duration: float,
-                 warmup: float, max_requests: int) -> dict:
+async def hammer(
+    base: str,
+    paths: list[str],
+    headers: dict[str, str],
+    clients: int,
+    duration: float,
+    warmup: float,
+    max_requests: int,
+) -> dict:
     """``clients`` loops, each on its own keep-alive connection, cycling through ``paths``; latencies after warm-up."""
     from urllib.parse import urlsplit
 
@@ -167,10 +172,15 @@ async def hammer(base: str, paths: list[str], headers: dict[str, str], clients: 
 
     await asyncio.gather(*(one(w) for w in range(clients)))
     elapsed = min(time.perf_counter(), stop_at) - measure_from
-    return {"requests": len(latencies), "errors": errors, "seconds": round(elapsed, 3),
-            "rps": len(latencies) / elapsed if elapsed > 0 else float("nan"),
-            "p50_ms": percentile(latencies, 50) * 1000, "p99_ms": percentile(latencies, 99) * 1000,
-            "mean_ms": statistics.fmean(latencies) * 1000 if latencies else float("nan")}
+    return {
+        "requests": len(latencies),
+        "errors": errors,
+        "seconds": round(elapsed, 3),
+        "rps": len(latencies) / elapsed if elapsed > 0 else float("nan"),
+        "p50_ms": percentile(latencies, 50) * 1000,
+        "p99_ms": percentile(latencies, 99) * 1000,
+        "mean_ms": statistics.fmean(latencies) * 1000 if latencies else float("nan"),
+    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -181,8 +191,8 @@ def seed_database(url: str, jobs: int) -> tuple[str, list[str]]:
     from sqlalchemy import create_engine, pool
     from sqlalchemy.orm import Session
 
-    from core.store.keys import create_key
-    from core.store.models import Artifact, Job
+    from layercut.store.keys import create_key
+    from layercut.store.models import Artifact, Job
 
     engine = create_engine(url, poolclass=pool.NullPool)
     with Session(engine) as session:
@@ -190,15 +200,35 @@ def seed_database(url: str, jobs: int) -> tuple[str, list[str]]:
         ids = []
         now = datetime.now(timezone.utc)
         for i in range(jobs):
-            job = Job(id=uuid.uuid4(), tenant="bench", kind="train", status="succeeded" if i % 2 else "running",
-                      stage="train", progress=1.0 if i % 2 else 0.5, params={"kind": "train", "arch": "smallcnn"},
-                      result={"metrics": {"accuracy": 0.9}} if i % 2 else None, created_at=now, started_at=now,
-                      heartbeat_at=now, attempts=1, worker="bench")
+            job = Job(
+                id=uuid.uuid4(),
+                tenant="bench",
+                kind="train",
+                status="succeeded" if i % 2 else "running",
+                stage="train",
+                progress=1.0 if i % 2 else 0.5,
+                params={"kind": "train", "arch": "smallcnn"},
+                result={"metrics": {"accuracy": 0.9}} if i % 2 else None,
+                created_at=now,
+                started_at=now,
+                heartbeat_at=now,
+                attempts=1,
+                worker="bench",
+            )
             session.add(job)
             session.flush()
             for name in ("model.safetensors", "metrics.json"):
-                session.add(Artifact(tenant="bench", job_id=job.id, path=f"bench/{job.id}/{name}", kind="other",
-                                     bytes=1, sha256="0" * 64, content_type="application/octet-stream"))
+                session.add(
+                    Artifact(
+                        tenant="bench",
+                        job_id=job.id,
+                        path=f"bench/{job.id}/{name}",
+                        kind="other",
+                        bytes=1,
+                        sha256="0" * 64,
+                        content_type="application/octet-stream",
+                    )
+                )
             ids.append(str(job.id))
         session.commit()
     engine.dispose()
@@ -218,11 +248,18 @@ def submit_to_start(base: str, key: str, url: str, submits: int, timeout: float)
     headers = {"Authorization": f"Bearer {key}"}
     samples, post_ms = [], []
     with httpx.Client(base_url=base, headers=headers, timeout=30) as client:
-        dataset = client.post("/v1/datasets", json={"kind": "builtin", "builtin": "textures", "name": "textures"},
-                              headers={"Idempotency-Key": str(uuid.uuid4())})
+        dataset = client.post(
+            "/v1/datasets",
+            json={"kind": "builtin", "builtin": "textures", "name": "textures"},
+            headers={"Idempotency-Key": str(uuid.uuid4())},
+        )
         dataset.raise_for_status()
-        params = {"kind": "train", "data": {"dataset_id": dataset.json()["id"], "image_size": 32}, "arch": "smallcnn",
-                  "train": {"epochs": 1, "device": "cpu"}}
+        params = {
+            "kind": "train",
+            "data": {"dataset_id": dataset.json()["id"], "image_size": 32},
+            "arch": "smallcnn",
+            "train": {"epochs": 1, "device": "cpu"},
+        }
 
         def one(measure: bool) -> None:
             t0 = time.time()
@@ -254,8 +291,14 @@ def submit_to_start(base: str, key: str, url: str, submits: int, timeout: float)
         one(measure=False)  # warm-up: the worker's first job imports torch and the stages
         for _ in range(submits):
             one(measure=True)
-    return {"submits": len(samples), "p50_ms": percentile(samples, 50), "p99_ms": percentile(samples, 99),
-            "max_ms": max(samples), "post_p50_ms": percentile(post_ms, 50), "samples_ms": [round(s, 1) for s in samples]}
+    return {
+        "submits": len(samples),
+        "p50_ms": percentile(samples, 50),
+        "p99_ms": percentile(samples, 99),
+        "max_ms": max(samples),
+        "post_p50_ms": percentile(post_ms, 50),
+        "samples_ms": [round(s, 1) for s in samples],
+    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -271,8 +314,12 @@ def main() -> int:
     parser.add_argument("--max-requests", type=int, default=200_000, help="per phase")
     parser.add_argument("--submits", type=int, default=20, help="measured submissions (0: skip the worker part)")
     parser.add_argument("--worker-concurrency", type=int, default=1, help="worker pool processes")
-    parser.add_argument("--max-tasks-per-child", type=int, default=None,
-                        help="LAYERCUT_WORKER_MAX_TASKS_PER_CHILD for the worker (default: the setting's default)")
+    parser.add_argument(
+        "--max-tasks-per-child",
+        type=int,
+        default=None,
+        help="LAYERCUT_WORKER_MAX_TASKS_PER_CHILD for the worker (default: the setting's default)",
+    )
     parser.add_argument("--no-read-cache", action="store_true", help="LAYERCUT_READ_CACHE=false for the API")
     parser.add_argument("--job-timeout", type=float, default=120.0)
     parser.add_argument("--budget", type=int, default=900, help="hard limit of the whole run in seconds")
@@ -299,8 +346,14 @@ def main() -> int:
         env["LAYERCUT_WORKER_MAX_TASKS_PER_CHILD"] = str(args.max_tasks_per_child)
     if args.no_read_cache:
         env["LAYERCUT_READ_CACHE"] = "false"
-    env.update(LAYERCUT_DATABASE_URL=url, LAYERCUT_BROKER_URL=broker, LAYERCUT_ARTIFACT_ROOT=str(artifacts),
-               LAYERCUT_DATA_DIR=str(artifacts / "data"), MPLBACKEND="Agg", PYTHONUNBUFFERED="1")
+    env.update(
+        LAYERCUT_DATABASE_URL=url,
+        LAYERCUT_BROKER_URL=broker,
+        LAYERCUT_ARTIFACT_ROOT=str(artifacts),
+        LAYERCUT_DATA_DIR=str(artifacts / "data"),
+        MPLBACKEND="Agg",
+        PYTHONUNBUFFERED="1",
+    )
     print(f"database: {url}\nbroker: {broker}\nartifacts: {artifacts}")
 
     port = free_port()
@@ -309,37 +362,84 @@ def main() -> int:
     results: dict = {"settings": vars(args) | {"json": str(args.json) if args.json else None}}
     try:
         key, ids = seed_database(url, args.jobs)
-        api_cmd = [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1", "--port", str(port),
-                   "--workers", str(args.api_workers), "--log-level", "warning", "--no-access-log"]
+        api_cmd = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "layercut.api.main:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(args.api_workers),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ]
         print("api:", " ".join(api_cmd[1:]))
         api = subprocess.Popen(api_cmd, env=env, cwd=ROOT, start_new_session=True)
         wait_http(f"{base}/healthz", api)
         headers = {"Authorization": f"Bearer {key}"}
 
-        health = asyncio.run(hammer(base, ["/healthz"], {}, args.clients, args.duration, args.warmup, args.max_requests))
-        polls = asyncio.run(hammer(base, [f"/v1/jobs/{i}" for i in ids], headers, args.clients, args.duration,
-                                   args.warmup, args.max_requests))
+        health = asyncio.run(
+            hammer(base, ["/healthz"], {}, args.clients, args.duration, args.warmup, args.max_requests)
+        )
+        polls = asyncio.run(
+            hammer(
+                base,
+                [f"/v1/jobs/{i}" for i in ids],
+                headers,
+                args.clients,
+                args.duration,
+                args.warmup,
+                args.max_requests,
+            )
+        )
         ratio = polls["rps"] / health["rps"] if health["rps"] else float("nan")
         results.update(healthz=health, polls=polls, ratio=ratio)
-        print(f"\n{args.clients} clients, {args.api_workers} API worker(s), {args.duration:g} s each after {args.warmup:g} s warm-up")
+        print(
+            f"\n{args.clients} clients, {args.api_workers} API worker(s), {args.duration:g} s each after {args.warmup:g} s warm-up"
+        )
         print(f"{'endpoint':<22}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'requests':>10}{'errors':>8}")
         for name, r in (("GET /healthz", health), ("GET /v1/jobs/{id}", polls)):
-            print(f"{name:<22}{r['rps']:>10.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['requests']:>10}{r['errors']:>8}")
-        print(f"polls/healthz: {ratio:.0%} (target >= 50%: {'met' if ratio >= 0.5 else 'NOT met'}); "
-              f"poll p99 {polls['p99_ms']:.1f} ms (target < 50 ms: {'met' if polls['p99_ms'] < 50 else 'NOT met'})")
+            print(
+                f"{name:<22}{r['rps']:>10.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['requests']:>10}{r['errors']:>8}"
+            )
+        print(
+            f"polls/healthz: {ratio:.0%} (target >= 50%: {'met' if ratio >= 0.5 else 'NOT met'}); "
+            f"poll p99 {polls['p99_ms']:.1f} ms (target < 50 ms: {'met' if polls['p99_ms'] < 50 else 'NOT met'})"
+        )
 
         if args.submits > 0:
-            worker_cmd = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", "gpu,cpu", "--concurrency",
-                          str(args.worker_concurrency),
-                          "--loglevel", "WARNING", "-n", f"bench-{uuid.uuid4().hex[:6]}@%h", "--without-gossip",
-                          "--without-mingle", "--without-heartbeat"]
+            worker_cmd = [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "layercut.worker.app",
+                "worker",
+                "-Q",
+                "gpu,cpu",
+                "--concurrency",
+                str(args.worker_concurrency),
+                "--loglevel",
+                "WARNING",
+                "-n",
+                f"bench-{uuid.uuid4().hex[:6]}@%h",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ]
             print("\nworker:", " ".join(worker_cmd[1:]))
             worker = subprocess.Popen(worker_cmd, env=env, cwd=ROOT, start_new_session=True)
             s2s = submit_to_start(base, key, url, args.submits, args.job_timeout)
             results["submit_to_start"] = s2s
-            print(f"submit-to-start over {s2s['submits']} jobs: p50 {s2s['p50_ms']:.0f} ms, p99 {s2s['p99_ms']:.0f} ms, "
-                  f"max {s2s['max_ms']:.0f} ms (target < 200 ms: {'met' if s2s['p99_ms'] < 200 else 'NOT met'}); "
-                  f"the POST itself p50 {s2s['post_p50_ms']:.0f} ms")
+            print(
+                f"submit-to-start over {s2s['submits']} jobs: p50 {s2s['p50_ms']:.0f} ms, p99 {s2s['p99_ms']:.0f} ms, "
+                f"max {s2s['max_ms']:.0f} ms (target < 200 ms: {'met' if s2s['p99_ms'] < 200 else 'NOT met'}); "
+                f"the POST itself p50 {s2s['post_p50_ms']:.0f} ms"
+            )
     finally:
         signal.alarm(0)
         stop(worker)

@@ -16,8 +16,10 @@ def device_name(device: torch.device) -> str:
 
 def describe(device: torch.device) -> str:
     """One line: torch version, device, threads and cores."""
-    return (f"  torch {torch.__version__} | device {device} ({device_name(device)})"
-            f" | torch threads {torch.get_num_threads()} | CPU cores {os.cpu_count()}")
+    return (
+        f"  torch {torch.__version__} | device {device} ({device_name(device)})"
+        f" | torch threads {torch.get_num_threads()} | CPU cores {os.cpu_count()}"
+    )
 
 
 def record(benchmark: str, device: torch.device, args: argparse.Namespace) -> dict:

@@ -2,7 +2,7 @@
 
 Not a test: it prints both rates and their ratio, measured in the same run.
 
-ours      core.pipeline.training.train_model on the decoded in-memory split (uint8 tensors; batches are
+ours      layercut.stages.training.train_model on the decoded in-memory split (uint8 tensors; batches are
           normalised and augmented — random flip and shift — on the training device; mixed precision and
           channels_last on CUDA), TrainConfig(epochs, batch_size, patience=None, device) otherwise default
           (AdamW with TrainConfig's learning rate and weight decay, cosine schedule).
@@ -33,37 +33,46 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+import environment  # noqa: E402  (bench/environment.py)
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch import nn  # noqa: E402
 
-import environment  # noqa: E402  (bench/environment.py)
-from core.pipeline.architectures import ARCHITECTURES, build_model  # noqa: E402
-from core.pipeline.config import TrainConfig  # noqa: E402
-from core.pipeline.data import Split, dataset_statistics, load_dataset  # noqa: E402
-from core.pipeline.training import train_model  # noqa: E402
+from layercut.contracts.configs import TrainConfig  # noqa: E402
+from layercut.stages.architectures import ARCHITECTURES, build_model  # noqa: E402
+from layercut.stages.data import Split, dataset_statistics, load_dataset  # noqa: E402
+from layercut.stages.training import train_model  # noqa: E402
 
 TARGET_CPU = 1.0
 TARGET_GPU = 2.0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", default="vgg11", choices=ARCHITECTURES, metavar="ARCH",
-                   help="smallcnn, vgg11..vgg19 (and _bn), resnet18..resnet152, efficientnet_b0..b3, mobilenet_v2, mobilenet_v3_small/large")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--arch",
+        default="vgg11",
+        choices=ARCHITECTURES,
+        metavar="ARCH",
+        help="smallcnn, vgg11..vgg19 (and _bn), resnet18..resnet152, efficientnet_b0..b3, mobilenet_v2, mobilenet_v3_small/large",
+    )
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument(
-        "--workers", type=int, default=None,
+        "--workers",
+        type=int,
+        default=None,
         help="baseline DataLoader num_workers (default: 2 on the CPU — PNG decoding of small images is cheap and more "
-             "workers only take cores from training; min(8, CPU cores) on CUDA)",
+        "workers only take cores from training; min(8, CPU cores) on CUDA)",
     )
     p.add_argument("--warmup-batches", type=int, default=3, help="untimed warm-up batches per side (0 to skip)")
-    p.add_argument("--repeats", type=int, default=1, help="timed runs per side, order alternating; the best rate counts")
+    p.add_argument(
+        "--repeats", type=int, default=1, help="timed runs per side, order alternating; the best rate counts"
+    )
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own choice)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the results as JSON")
@@ -95,21 +104,35 @@ def write_image_folder(split: Split, classes: list[str], root: Path) -> None:
         Image.fromarray(image.permute(1, 2, 0).numpy()).save(root / classes[label] / f"{i:05d}.png")
 
 
-def make_loader(root: Path, mean: list[float], std: list[float], batch_size: int, workers: int, device: torch.device,
-                seed: int):
+def make_loader(
+    root: Path, mean: list[float], std: list[float], batch_size: int, workers: int, device: torch.device, seed: int
+):
     from torchvision import datasets, transforms
 
-    transform = transforms.Compose([transforms.RandomHorizontalFlip(), transforms.ToTensor(), transforms.Normalize(mean, std)])
+    transform = transforms.Compose(
+        [transforms.RandomHorizontalFlip(), transforms.ToTensor(), transforms.Normalize(mean, std)]
+    )
     dataset = datasets.ImageFolder(str(root), transform=transform)
     return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=True, num_workers=workers, pin_memory=device.type == "cuda",
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
         generator=torch.Generator().manual_seed(seed),
         drop_last=len(dataset) % batch_size == 1,  # as ours: BatchNorm cannot train on a trailing batch of one
     )
 
 
-def baseline_train(model: nn.Module, loader, device: torch.device, epochs: int, lr: float, weight_decay: float,
-                   max_batches: int | None = None) -> tuple[int, float]:
+def baseline_train(
+    model: nn.Module,
+    loader,
+    device: torch.device,
+    epochs: int,
+    lr: float,
+    weight_decay: float,
+    max_batches: int | None = None,
+) -> tuple[int, float]:
     """The plain loop; returns (training images seen, training seconds summed over epochs)."""
     model.to(device).train()
     criterion = nn.CrossEntropyLoss()
@@ -148,7 +171,7 @@ def baseline_train(model: nn.Module, loader, device: torch.device, epochs: int, 
 def resolved_lr(config: TrainConfig) -> float:
     """The learning rate train_model will use (TrainConfig.lr may be None: the optimizer's default then)."""
     try:
-        from core.pipeline.config import learning_rate
+        from layercut.contracts.configs import learning_rate
     except ImportError:  # older TrainConfig: lr is always a number
         return float(config.lr)
     return float(learning_rate(config))
@@ -170,22 +193,29 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     dataset = load_dataset("textures", image_size=args.image_size)
     mean, std = dataset_statistics(dataset.train)
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, patience=None, device=args.device,
-                         seed=args.seed)
+    config = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, patience=None, device=args.device, seed=args.seed
+    )
     n_train = len(dataset.train)
     lr = resolved_lr(config)
 
     print("layercut train benchmark — train_model vs ImageFolder + DataLoader + plain loop")
     print(environment.describe(device))
-    print(f"  arch {args.arch} | image {args.image_size} px | textures train split: {n_train} images, "
-          f"{dataset.num_classes} classes | epochs {args.epochs} | batch {args.batch_size} | seed {args.seed}")
+    print(
+        f"  arch {args.arch} | image {args.image_size} px | textures train split: {n_train} images, "
+        f"{dataset.num_classes} classes | epochs {args.epochs} | batch {args.batch_size} | seed {args.seed}"
+    )
     print(f"  optimiser AdamW lr {lr:g} wd {config.weight_decay:g}; schedule: ours {config.schedule}, baseline cosine")
     ours_extra = "mixed precision + channels_last" if device.type == "cuda" else "fp32"
     print(f"  ours: in-memory uint8 tensors, flip + shift augmentation on the device, {ours_extra}")
-    print(f"  baseline: PNG ImageFolder, RandomHorizontalFlip + ToTensor + Normalize, DataLoader num_workers "
-          f"{args.workers}, fp32")
-    print(f"  timing: training only (validation excluded), summed over all epochs; warm-up {args.warmup_batches} "
-          "untimed batches per side on a throw-away model")
+    print(
+        f"  baseline: PNG ImageFolder, RandomHorizontalFlip + ToTensor + Normalize, DataLoader num_workers "
+        f"{args.workers}, fp32"
+    )
+    print(
+        f"  timing: training only (validation excluded), summed over all epochs; warm-up {args.warmup_batches} "
+        "untimed batches per side on a throw-away model"
+    )
     print()
 
     with tempfile.TemporaryDirectory(prefix="layercut-bench-") as tmp:
@@ -198,10 +228,23 @@ def main(argv: list[str] | None = None) -> int:
         if args.warmup_batches:
             warm_images = min(n_train, args.warmup_batches * args.batch_size)
             warm_cfg = config.model_copy(update={"epochs": 1})
-            train_model(fresh_model(args.arch, dataset.num_classes, args.seed), subset(dataset.train, warm_images),
-                        subset(dataset.val, min(len(dataset.val), args.batch_size)), mean, std, warm_cfg)
-            baseline_train(fresh_model(args.arch, dataset.num_classes, args.seed), loader, device, 1, lr,
-                           config.weight_decay, max_batches=args.warmup_batches)
+            train_model(
+                fresh_model(args.arch, dataset.num_classes, args.seed),
+                subset(dataset.train, warm_images),
+                subset(dataset.val, min(len(dataset.val), args.batch_size)),
+                mean,
+                std,
+                warm_cfg,
+            )
+            baseline_train(
+                fresh_model(args.arch, dataset.num_classes, args.seed),
+                loader,
+                device,
+                1,
+                lr,
+                config.weight_decay,
+                max_batches=args.warmup_batches,
+            )
 
         # Repeats alternate the order (baseline first, then ours first, ...) so a busy machine hits both alike;
         # every run starts from a freshly seeded model. The best (highest) rate of each side counts.
@@ -209,23 +252,37 @@ def main(argv: list[str] | None = None) -> int:
         ours_runs: list[tuple[int, float]] = []
 
         def run_baseline() -> None:
-            base_runs.append(baseline_train(fresh_model(args.arch, dataset.num_classes, args.seed), loader, device,
-                                            args.epochs, lr, config.weight_decay))
+            base_runs.append(
+                baseline_train(
+                    fresh_model(args.arch, dataset.num_classes, args.seed),
+                    loader,
+                    device,
+                    args.epochs,
+                    lr,
+                    config.weight_decay,
+                )
+            )
 
         def run_ours() -> None:
-            result = train_model(fresh_model(args.arch, dataset.num_classes, args.seed), dataset.train, dataset.val,
-                                 mean, std, config)
+            result = train_model(
+                fresh_model(args.arch, dataset.num_classes, args.seed), dataset.train, dataset.val, mean, std, config
+            )
             # train_model reports the rate; it sees every image each epoch except a trailing batch of one (dropped)
-            seen = len(result.history) * (n_train - (1 if n_train % args.batch_size == 1 and n_train > args.batch_size else 0))
+            seen = len(result.history) * (
+                n_train - (1 if n_train % args.batch_size == 1 and n_train > args.batch_size else 0)
+            )
             ours_runs.append((seen, seen / max(result.images_per_second, 1e-12)))
 
         for r in range(args.repeats):
-            for run in ((run_baseline, run_ours) if r % 2 == 0 else (run_ours, run_baseline)):
+            for run in (run_baseline, run_ours) if r % 2 == 0 else (run_ours, run_baseline):
                 run()
 
     base_rates = [seen / max(sec, 1e-9) for seen, sec in base_runs]
     ours_rates = [seen / max(sec, 1e-9) for seen, sec in ours_runs]
-    b, o = max(range(len(base_rates)), key=base_rates.__getitem__), max(range(len(ours_rates)), key=ours_rates.__getitem__)
+    b, o = (
+        max(range(len(base_rates)), key=base_rates.__getitem__),
+        max(range(len(ours_rates)), key=ours_rates.__getitem__),
+    )
     base_rate, (base_seen, base_seconds) = base_rates[b], base_runs[b]
     ours_rate, (ours_seen, ours_seconds) = ours_rates[o], ours_runs[o]
     ratio = ours_rate / max(base_rate, 1e-12)
@@ -236,8 +293,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'ours':<12}{ours_rate:>12.1f}{ours_seconds:>10.2f}{ours_seen:>8}")
     print(f"{'baseline':<12}{base_rate:>12.1f}{base_seconds:>10.2f}{base_seen:>8}")
     if args.repeats > 1:
-        print(f"  all runs, images/s — ours: {', '.join(f'{x:.1f}' for x in ours_rates)}; "
-              f"baseline: {', '.join(f'{x:.1f}' for x in base_rates)}")
+        print(
+            f"  all runs, images/s — ours: {', '.join(f'{x:.1f}' for x in ours_rates)}; "
+            f"baseline: {', '.join(f'{x:.1f}' for x in base_rates)}"
+        )
     print()
     verdict = "meets" if ratio >= target else "BELOW"
     where = "a GPU" if device.type == "cuda" else "the CPU (no slower)"
@@ -250,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
             "lr": lr,
             "weight_decay": config.weight_decay,
             "timing": "training only, validation excluded, summed over all epochs, after an untimed warm-up; "
-                      "best (highest) rate of the repeats",
+            "best (highest) rate of the repeats",
             "repeats": args.repeats,
             "ours_images_per_second": ours_rate,
             "ours_images_per_second_all": ours_rates,

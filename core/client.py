@@ -1,6 +1,6 @@
 """A small client for layercut's HTTP API, for other services (httpx only; no torch).
 
-    from core.client import LayercutClient
+    from layercut.client import LayercutClient
 
     with LayercutClient("http://127.0.0.1:8000", api_key) as lc:
         data = lc.register_dataset(name="textures", builtin="textures")
@@ -25,8 +25,9 @@ import random
 import re
 import time
 import uuid
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import httpx
 
@@ -103,7 +104,9 @@ def _failed_step(record: Mapping[str, Any]) -> str | None:
     return None
 
 
-def backoff_delays(initial: float = 0.5, factor: float = 2.0, cap: float = 10.0, jitter: float = 0.1) -> Iterable[float]:
+def backoff_delays(
+    initial: float = 0.5, factor: float = 2.0, cap: float = 10.0, jitter: float = 0.1
+) -> Iterable[float]:
     """initial, initial·factor, … capped at ``cap``, each with ±``jitter`` relative noise (never negative)."""
     delay = initial
     while True:
@@ -117,15 +120,30 @@ class LayercutClient:
     ``transport`` and ``sleep`` exist for tests (``httpx.MockTransport``, a fake clock).
     """
 
-    def __init__(self, base_url: str, api_key: str | None, timeout: float = 30.0, *, retries: int = 5,
-                 backoff: float = 0.5, backoff_cap: float = 10.0, transport: httpx.BaseTransport | None = None,
-                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
-                 headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None,
+        timeout: float = 30.0,
+        *,
+        retries: int = 5,
+        backoff: float = 0.5,
+        backoff_cap: float = 10.0,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         all_headers = {"User-Agent": "layercut-client/0.1", **(headers or {})}
         if api_key:
             all_headers["Authorization"] = f"Bearer {api_key}"
-        self._http = httpx.Client(base_url=base_url.rstrip("/"), headers=all_headers, timeout=timeout,
-                                  transport=transport, follow_redirects=True)
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/"),
+            headers=all_headers,
+            timeout=timeout,
+            transport=transport,
+            follow_redirects=True,
+        )
         self.retries, self.backoff, self.backoff_cap = retries, backoff, backoff_cap
         self._sleep, self._clock = sleep, clock
 
@@ -134,7 +152,7 @@ class LayercutClient:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "LayercutClient":
+    def __enter__(self) -> LayercutClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -148,8 +166,16 @@ class LayercutClient:
                 pass
         return default
 
-    def _send(self, method: str, path: str, *, retry: bool = True, stream: bool = False,
-              body: Callable[[], dict[str, Any]] | None = None, **kwargs: Any) -> httpx.Response:
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        retry: bool = True,
+        stream: bool = False,
+        body: Callable[[], dict[str, Any]] | None = None,
+        **kwargs: Any,
+    ) -> httpx.Response:
         """Send a request, retrying connection errors and 429/5xx when ``retry``; raise ApiError on errors.
 
         ``body`` builds fresh keyword arguments per attempt (an upload reopens its file).
@@ -169,7 +195,7 @@ class LayercutClient:
                 continue
             finally:
                 for value in extra.values():  # close files opened for this attempt
-                    for item in (value.values() if isinstance(value, Mapping) else ()):
+                    for item in value.values() if isinstance(value, Mapping) else ():
                         handle = item[1] if isinstance(item, tuple) else item
                         if hasattr(handle, "close"):
                             handle.close()
@@ -194,15 +220,28 @@ class LayercutClient:
         params = {k: v for k, v in params.items() if v is not None}
         return self._send("GET", path, params=params or None).json()
 
-    def _post(self, path: str, payload: Mapping[str, Any] | None = None, idempotency_key: str | None = None,
-              *, creates: bool = True) -> Any:
+    def _post(
+        self,
+        path: str,
+        payload: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+        *,
+        creates: bool = True,
+    ) -> Any:
         headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())} if creates else {}
         return self._send("POST", path, json=dict(payload or {}), headers=headers).json()
 
     # -- datasets ----------------------------------------------------------------------------------
 
-    def register_dataset(self, name: str, *, builtin: str | None = None, folder: str | os.PathLike | None = None,
-                         idempotency_key: str | None = None, **extra: Any) -> dict[str, Any]:
+    def register_dataset(
+        self,
+        name: str,
+        *,
+        builtin: str | None = None,
+        folder: str | os.PathLike | None = None,
+        idempotency_key: str | None = None,
+        **extra: Any,
+    ) -> dict[str, Any]:
         """Register a built-in dataset (``builtin="textures"``) or a server-side folder (under the
         server's LAYERCUT_DATASET_ROOTS). Returns the dataset (id, classes, counts per split)."""
         if (builtin is None) == (folder is None):
@@ -214,8 +253,12 @@ class LayercutClient:
             payload.update(kind="folder", path=str(folder))
         return self._post("/v1/datasets", payload, idempotency_key)
 
-    def upload_dataset(self, path_to_archive: str | os.PathLike, name: str, idempotency_key: str | None = None,
-                       ) -> dict[str, Any]:
+    def upload_dataset(
+        self,
+        path_to_archive: str | os.PathLike,
+        name: str,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
         """Upload a .zip / .tar(.gz) archive with one folder per class (optionally inside train/ val/ test/)."""
         path = Path(path_to_archive)
         if not path.is_file():
@@ -223,7 +266,10 @@ class LayercutClient:
         content_type = "application/zip" if path.suffix.lower() == ".zip" else "application/x-tar"
         key = idempotency_key or str(uuid.uuid4())
         return self._send(
-            "POST", "/v1/datasets/upload", data={"name": name}, headers={"Idempotency-Key": key},
+            "POST",
+            "/v1/datasets/upload",
+            data={"name": name},
+            headers={"Idempotency-Key": key},
             body=lambda: {"files": {"file": (path.name, path.open("rb"), content_type)}},
         ).json()
 
@@ -235,16 +281,18 @@ class LayercutClient:
 
     # -- jobs and pipelines ------------------------------------------------------------------------
 
-    def submit_job(self, params: Mapping[str, Any], callback_url: str | None = None,
-                   idempotency_key: str | None = None) -> dict[str, Any]:
+    def submit_job(
+        self, params: Mapping[str, Any], callback_url: str | None = None, idempotency_key: str | None = None
+    ) -> dict[str, Any]:
         """``params`` is one job kind's parameters, with ``kind`` (train, analyze, truncate, retrain, compare)."""
         payload: dict[str, Any] = {"params": dict(params)}
         if callback_url:
             payload["callback_url"] = callback_url
         return self._post("/v1/jobs", payload, idempotency_key)
 
-    def submit_pipeline(self, spec: Mapping[str, Any], callback_url: str | None = None,
-                        idempotency_key: str | None = None) -> dict[str, Any]:
+    def submit_pipeline(
+        self, spec: Mapping[str, Any], callback_url: str | None = None, idempotency_key: str | None = None
+    ) -> dict[str, Any]:
         """train → analyze → truncate → retrain → compare as linked jobs (``spec`` as POST /v1/pipelines takes it)."""
         payload = dict(spec)
         if callback_url:
@@ -271,9 +319,17 @@ class LayercutClient:
     def cancel_job(self, job_id: str) -> dict[str, Any]:
         return self._post(f"/v1/jobs/{job_id}/cancel", creates=False)
 
-    def wait(self, object_id: str, timeout: float = 3600.0, *, poll: float = 0.5, poll_cap: float = 10.0,
-             kind: str | None = None, raise_on_failure: bool = True,
-             on_update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    def wait(
+        self,
+        object_id: str,
+        timeout: float = 3600.0,
+        *,
+        poll: float = 0.5,
+        poll_cap: float = 10.0,
+        kind: str | None = None,
+        raise_on_failure: bool = True,
+        on_update: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
         """Poll a job or a pipeline (``kind`` "job" | "pipeline"; by default a job, then a pipeline if no
         job has that id) until it ends, with exponential backoff from ``poll`` to ``poll_cap`` seconds.
 
@@ -313,8 +369,9 @@ class LayercutClient:
         """The job's files: id, name, kind, bytes, sha256, content_type, download_url."""
         return _items(self._get(f"/v1/jobs/{job_id}/artifacts"))
 
-    def download_artifact(self, artifact: str | Mapping[str, Any], dest: str | os.PathLike,
-                          sha256: str | None = None) -> Path:
+    def download_artifact(
+        self, artifact: str | Mapping[str, Any], dest: str | os.PathLike, sha256: str | None = None
+    ) -> Path:
         """Stream an artifact to ``dest`` (a file path, or an existing folder: then the artifact's own file
         name) and verify its sha256 before it is moved into place.
 
@@ -367,8 +424,10 @@ class LayercutClient:
                         fh.write(chunk)
                 got = digest.hexdigest()
                 if want is None and require:
-                    raise ChecksumMismatch(f"GET {path}: no sha256 to verify against; pass the artifact record "
-                                           "from list_artifacts() or sha256=")
+                    raise ChecksumMismatch(
+                        f"GET {path}: no sha256 to verify against; pass the artifact record "
+                        "from list_artifacts() or sha256="
+                    )
                 if want is not None and got != want:
                     raise ChecksumMismatch(f"GET {path}: sha256 {got} ≠ the listed {want}; the file was not kept")
                 os.replace(partial, dest)

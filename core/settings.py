@@ -21,7 +21,9 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite file in data_dir")
     broker_url: str | None = Field(None, description="Celery broker (redis://…); unset: jobs run in-process")
     artifact_root: Path | None = Field(None, description="shared artifact volume; default: data_dir/artifacts")
-    dataset_roots: list[Path] = Field(default_factory=list, description="server folders that may be registered as datasets")
+    dataset_roots: list[Path] = Field(
+        default_factory=list, description="server folders that may be registered as datasets"
+    )
 
     upload_max_bytes: int = Field(2 * 1024**3, description="largest accepted upload (compressed)")
     upload_max_unpacked_bytes: int = Field(8 * 1024**3, description="largest total size of an upload's members")
@@ -30,17 +32,24 @@ class Settings(BaseSettings):
     task_soft_time_limit: int = Field(6 * 3600, description="seconds before a job ends as failed with code time_limit")
     task_hard_time_limit: int = Field(6 * 3600 + 300, description="seconds before the worker kills the task")
     worker_max_tasks_per_child: int = Field(
-        200, ge=1, description="jobs a worker process runs before it is replaced (a backstop against slow leaks)")
+        200, ge=1, description="jobs a worker process runs before it is replaced (a backstop against slow leaks)"
+    )
     worker_max_memory_per_child_kib: int = Field(
-        8 * 1024**2, ge=1, description="resident memory (KiB) after which a worker process is replaced after its job")
+        8 * 1024**2, ge=1, description="resident memory (KiB) after which a worker process is replaced after its job"
+    )
     worker_pool_check_seconds: float = Field(
-        0.25, gt=0, description="how often a worker looks for retired pool processes to replace (Celery: 5 s)")
+        0.25, gt=0, description="how often a worker looks for retired pool processes to replace (Celery: 5 s)"
+    )
     heartbeat_seconds: float = Field(10.0, description="how often a running job proves its worker is alive")
-    stale_after_seconds: float = Field(60.0, description="a running job without a heartbeat this long is re-queued or failed")
+    stale_after_seconds: float = Field(
+        60.0, description="a running job without a heartbeat this long is re-queued or failed"
+    )
     max_attempts: int = Field(3, description="runs of one job before a lost worker fails it")
     progress_interval_seconds: float = Field(1.0, description="at most one progress write per job this often")
 
-    read_cache: bool = Field(True, description="API processes cache job states and key lookups, dropped on Postgres NOTIFY")
+    read_cache: bool = Field(
+        True, description="API processes cache job states and key lookups, dropped on Postgres NOTIFY"
+    )
     read_cache_entries: int = Field(10_000, ge=1, description="most entries one API process caches")
     read_cache_seconds: float = Field(30.0, gt=0, description="longest an entry is served, even without a notification")
 

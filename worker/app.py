@@ -12,15 +12,15 @@ import logging
 
 from celery import Celery, signals
 
-from core.jobs.dispatch import broker_transport_options
-from core.jobspec import QUEUES, task_name
-from core.settings import get_settings
+from layercut.contracts.jobs import QUEUES, task_name
+from layercut.jobs.dispatch import broker_transport_options
+from layercut.settings import get_settings
 
 log = logging.getLogger(__name__)
 
 settings = get_settings()
 
-app = Celery("layercut", broker=settings.broker_url, include=["worker.tasks"])
+app = Celery("layercut", broker=settings.broker_url, include=["layercut.worker.tasks"])
 app.conf.update(
     result_backend=None,
     task_ignore_result=True,
@@ -36,8 +36,10 @@ app.conf.update(
     # 1 s before a retiring process exits, then forks): recycle when memory says so, and rarely by count.
     worker_max_tasks_per_child=settings.worker_max_tasks_per_child,
     worker_max_memory_per_child=settings.worker_max_memory_per_child_kib,
-    task_routes={**{task_name(kind): {"queue": queue} for kind, queue in QUEUES.items()},
-                 "layercut.reap": {"queue": "cpu"}},
+    task_routes={
+        **{task_name(kind): {"queue": queue} for kind, queue in QUEUES.items()},
+        "layercut.reap": {"queue": "cpu"},
+    },
     task_default_queue="cpu",
     worker_hijack_root_logger=False,
     beat_schedule={
@@ -63,7 +65,7 @@ _check_pool_often(settings.worker_pool_check_seconds)
 
 
 def _start_reaper() -> None:
-    from core.jobs.reaper import start_reaper_thread
+    from layercut.jobs.reaper import start_reaper_thread
 
     start_reaper_thread(settings)
 
@@ -73,13 +75,13 @@ def _preload_pipeline(**_: object) -> None:
     """Import torch and the stages once in the worker's main process, before the pool forks: a child that
     replaces one retired by worker_max_tasks_per_child then starts in milliseconds instead of seconds.
     Importing torch does not initialise CUDA; that still happens only inside the child running a job."""
-    import core.pipeline.stages  # noqa: F401
+    import layercut.stages.stages  # noqa: F401
 
 
 @signals.worker_process_init.connect
 def _child_started(**_: object) -> None:
     """A prefork child: drop database connections inherited from the parent, start this process's reaper timer."""
-    from core.store.db import get_engine
+    from layercut.store.db import get_engine
 
     get_engine(settings.resolved_database_url).dispose(close=False)
     _start_reaper()

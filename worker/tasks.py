@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 
-from core.jobs.reaper import reap as _reap
-from core.jobspec import QUEUES, task_name
-
-from .app import app, settings
+from layercut.contracts.jobs import QUEUES, task_name
+from layercut.jobs.reaper import reap as _reap
+from layercut.worker.app import app, settings
 
 
 def _run(task, job_id: str) -> str:
-    from core.jobs.runner import execute_job  # torch is imported by the stages, here in the worker process only
+    from layercut.jobs.runner import execute_job  # torch is imported by the stages, here in the worker process only
 
     return execute_job(job_id, settings, worker_name=f"{task.request.hostname}:{os.getpid()}")
 

@@ -8,32 +8,54 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
 from sqlalchemy import select
 
-from api.common import error_responses, not_found, stored_file
-from api.deps import SessionDep, SettingsDep, TenantDep
-from api.routes.jobs import artifact_out, get_tenant_job
-from api.schemas.artifacts import ArtifactOut
-from core.store.models import Artifact
+from layercut.api.common import error_responses, not_found, stored_file
+from layercut.api.deps import SessionDep, SettingsDep, TenantDep
+from layercut.api.routes.jobs import artifact_out, get_tenant_job
+from layercut.api.schemas.artifacts import ArtifactOut
+from layercut.store.models import Artifact
 
 router = APIRouter(tags=["artifacts"])
 
 
-@router.get("/jobs/{job_id}/artifacts", response_model=list[ArtifactOut], responses=error_responses(401, 404),
-            summary="List a job's artifacts")
+@router.get(
+    "/jobs/{job_id}/artifacts",
+    response_model=list[ArtifactOut],
+    responses=error_responses(401, 404),
+    summary="List a job's artifacts",
+)
 def list_artifacts(request: Request, job_id: uuid.UUID, session: SessionDep, tenant: TenantDep) -> list[ArtifactOut]:
     job = get_tenant_job(session, tenant, job_id)
-    rows = session.scalars(select(Artifact).where(Artifact.job_id == job.id, Artifact.tenant == tenant)
-                           .order_by(Artifact.created_at, Artifact.path)).all()
+    rows = session.scalars(
+        select(Artifact)
+        .where(Artifact.job_id == job.id, Artifact.tenant == tenant)
+        .order_by(Artifact.created_at, Artifact.path)
+    ).all()
     return [artifact_out(request, a) for a in rows]
 
 
-@router.get("/artifacts/{artifact_id}", response_class=FileResponse, name="download_artifact",
-            summary="Download an artifact",
-            responses={200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-                                         "application/json": {}, "image/png": {}, "text/html": {}, "text/csv": {},
-                                         "text/markdown": {}},
-                             "description": "the file, with the content type stored for it"},
-                       **error_responses(401, 404)})
-def download_artifact(artifact_id: uuid.UUID, session: SessionDep, tenant: TenantDep, settings: SettingsDep) -> FileResponse:
+@router.get(
+    "/artifacts/{artifact_id}",
+    response_class=FileResponse,
+    name="download_artifact",
+    summary="Download an artifact",
+    responses={
+        200: {
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                "application/json": {},
+                "image/png": {},
+                "text/html": {},
+                "text/csv": {},
+                "text/markdown": {},
+            },
+            "description": "the file, with the content type stored for it",
+        },
+        **error_responses(401, 404),
+    },
+)
+def download_artifact(
+    artifact_id: uuid.UUID, session: SessionDep, tenant: TenantDep, settings: SettingsDep
+) -> FileResponse:
     row = session.scalars(select(Artifact).where(Artifact.id == artifact_id, Artifact.tenant == tenant)).first()
     if row is None:
         raise not_found("artifact", artifact_id)

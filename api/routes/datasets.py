@@ -17,20 +17,33 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.common import (IDEMPOTENCY_HEADER_DOC, check_idempotency_key, error_responses, field_error, idempotency_mismatch,
-                        not_found, page, paginate, request_hash, tenant_root)
-from api.deps import SessionDep, SettingsDep, TenantDep
-from api.schemas.common import Page
-from api.schemas.datasets import BuiltinDatasetCreate, DatasetCreate, DatasetOut, FolderDatasetCreate
-from api.uploads import UploadRejected, dataset_root_in, extract_archive, remove_tree, save_upload
-from core.datasets_scan import DatasetScanError, ScanResult, builtin_scan, scan_dataset
-from core.settings import Settings
-from core.store.models import FINAL_STATUSES, Dataset, Job
+from layercut.api.common import (
+    IDEMPOTENCY_HEADER_DOC,
+    check_idempotency_key,
+    error_responses,
+    field_error,
+    idempotency_mismatch,
+    not_found,
+    page,
+    paginate,
+    request_hash,
+    tenant_root,
+)
+from layercut.api.dataset_scan import DatasetScanError, ScanResult, builtin_scan, scan_dataset
+from layercut.api.deps import SessionDep, SettingsDep, TenantDep
+from layercut.api.schemas.common import Page
+from layercut.api.schemas.datasets import BuiltinDatasetCreate, DatasetCreate, DatasetOut, FolderDatasetCreate
+from layercut.api.uploads import UploadRejected, dataset_root_in, extract_archive, remove_tree, save_upload
+from layercut.settings import Settings
+from layercut.store.models import FINAL_STATUSES, Dataset, Job
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
 CREATE_EXAMPLES = {
-    "folder": {"summary": "a folder under a dataset root", "value": {"kind": "folder", "path": "/data/datasets/flowers"}},
+    "folder": {
+        "summary": "a folder under a dataset root",
+        "value": {"kind": "folder", "path": "/data/datasets/flowers"},
+    },
     "builtin": {"summary": "the offline textures set", "value": {"kind": "builtin", "builtin": "textures"}},
 }
 CREATED = {200: {"model": DatasetOut, "description": "an earlier request with this Idempotency-Key made it"}}
@@ -39,13 +52,22 @@ CREATED = {200: {"model": DatasetOut, "description": "an earlier request with th
 def dataset_out(row: Dataset) -> DatasetOut:
     counts = {s: {c: int(n) for c, n in per.items()} for s, per in (row.counts or {}).items()}
     info = row.info or {}
-    return DatasetOut(id=row.id, name=row.name, kind=row.kind, classes=[str(c) for c in row.classes or []],
-                      counts=counts, total_images=sum(sum(p.values()) for p in counts.values()),
-                      layout=info.get("layout"), warnings=list(info.get("warnings", [])), created_at=row.created_at)
+    return DatasetOut(
+        id=row.id,
+        name=row.name,
+        kind=row.kind,
+        classes=[str(c) for c in row.classes or []],
+        counts=counts,
+        total_images=sum(sum(p.values()) for p in counts.values()),
+        layout=info.get("layout"),
+        warnings=list(info.get("warnings", [])),
+        created_at=row.created_at,
+    )
 
 
-def _insert(session: Session, row: Dataset, key: str | None, digest: str, response: Response,
-            on_conflict=None) -> DatasetOut:
+def _insert(
+    session: Session, row: Dataset, key: str | None, digest: str, response: Response, on_conflict=None
+) -> DatasetOut:
     """Insert and commit; a repeated Idempotency-Key returns the original (same body) or is a 422 (other body)."""
     session.add(row)
     try:
@@ -54,7 +76,9 @@ def _insert(session: Session, row: Dataset, key: str | None, digest: str, respon
         session.rollback()
         if on_conflict:
             on_conflict()
-        existing = session.scalars(select(Dataset).where(Dataset.tenant == row.tenant, Dataset.idempotency_key == key)).first()
+        existing = session.scalars(
+            select(Dataset).where(Dataset.tenant == row.tenant, Dataset.idempotency_key == key)
+        ).first()
         if key is None or existing is None:
             raise
         if existing.request_hash != digest:
@@ -74,8 +98,11 @@ def resolve_registered_folder(settings: Settings, given: str) -> Path:
         except (OSError, RuntimeError):
             continue
     if not roots:
-        raise field_error(loc, "this server has no dataset roots configured (LAYERCUT_DATASET_ROOTS); upload an "
-                          "archive instead", "forbidden")
+        raise field_error(
+            loc,
+            "this server has no dataset roots configured (LAYERCUT_DATASET_ROOTS); upload an archive instead",
+            "forbidden",
+        )
     try:
         if not Path(given).is_absolute():
             raise field_error(loc, "give an absolute path")
@@ -83,8 +110,11 @@ def resolve_registered_folder(settings: Settings, given: str) -> Path:
     except (OSError, RuntimeError, ValueError):
         raise field_error(loc, f"folder {given!r} does not exist", "not_found") from None
     if not any(path.is_relative_to(root) for root in roots):
-        raise field_error(loc, f"{given!r} is outside the dataset roots this server allows "
-                          f"({', '.join(map(str, roots))})", "forbidden")
+        raise field_error(
+            loc,
+            f"{given!r} is outside the dataset roots this server allows ({', '.join(map(str, roots))})",
+            "forbidden",
+        )
     if not path.is_dir():
         raise field_error(loc, f"{given!r} is not a folder")
     return path
@@ -103,8 +133,13 @@ def _info(scan: ScanResult, **extra: Any) -> dict[str, Any]:
     return {"layout": scan.layout, "warnings": scan.warnings, **extra}
 
 
-@router.post("", response_model=DatasetOut, status_code=status.HTTP_201_CREATED,
-             responses={**CREATED, **error_responses(400, 401)}, summary="Register a folder or a builtin dataset")
+@router.post(
+    "",
+    response_model=DatasetOut,
+    status_code=status.HTTP_201_CREATED,
+    responses={**CREATED, **error_responses(400, 401)},
+    summary="Register a folder or a builtin dataset",
+)
 def create_dataset(
     response: Response,
     session: SessionDep,
@@ -121,28 +156,52 @@ def create_dataset(
     if isinstance(body, FolderDatasetCreate):
         folder = resolve_registered_folder(settings, body.path)
         scan = _scan(folder, ("body", "path"))
-        row = Dataset(tenant=tenant, name=body.name or folder.name or "dataset", kind="folder", location=str(folder),
-                      classes=scan.classes, counts=scan.counts, info=_info(scan))
+        row = Dataset(
+            tenant=tenant,
+            name=body.name or folder.name or "dataset",
+            kind="folder",
+            location=str(folder),
+            classes=scan.classes,
+            counts=scan.counts,
+            info=_info(scan),
+        )
     else:
         assert isinstance(body, BuiltinDatasetCreate)
         scan = builtin_scan(body.builtin)
-        row = Dataset(tenant=tenant, name=body.name or body.builtin, kind="builtin", location=body.builtin,
-                      classes=scan.classes, counts=scan.counts, info=_info(scan))
+        row = Dataset(
+            tenant=tenant,
+            name=body.name or body.builtin,
+            kind="builtin",
+            location=body.builtin,
+            classes=scan.classes,
+            counts=scan.counts,
+            info=_info(scan),
+        )
     row.id = uuid.uuid4()
     row.idempotency_key = key
     row.request_hash = digest if key else None
     return _insert(session, row, key, digest, response)
 
 
-@router.post("/upload", response_model=DatasetOut, status_code=status.HTTP_201_CREATED,
-             responses={**CREATED, **error_responses(400, 401, 413, 415)}, summary="Upload a zip or tar archive")
+@router.post(
+    "/upload",
+    response_model=DatasetOut,
+    status_code=status.HTTP_201_CREATED,
+    responses={**CREATED, **error_responses(400, 401, 413, 415)},
+    summary="Upload a zip or tar archive",
+)
 async def upload_dataset(
     response: Response,
     session: SessionDep,
     tenant: TenantDep,
     settings: SettingsDep,
-    file: Annotated[UploadFile, File(description="a .zip, .tar, .tar.gz, .tar.bz2 or .tar.xz of class folders, "
-                                                 "optionally under train/ val/ test/")],
+    file: Annotated[
+        UploadFile,
+        File(
+            description="a .zip, .tar, .tar.gz, .tar.bz2 or .tar.xz of class folders, "
+            "optionally under train/ val/ test/"
+        ),
+    ],
     name: Annotated[str | None, Form(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")] = None,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", description=IDEMPOTENCY_HEADER_DOC)] = None,
 ) -> DatasetOut:
@@ -160,8 +219,9 @@ async def upload_dataset(
     dataset_id = uuid.uuid4()
     dest = base / str(dataset_id)
     try:
-        await asyncio.to_thread(extract_archive, archive, dest, settings.upload_max_members,
-                                settings.upload_max_unpacked_bytes)
+        await asyncio.to_thread(
+            extract_archive, archive, dest, settings.upload_max_members, settings.upload_max_unpacked_bytes
+        )
         folder = dataset_root_in(dest.resolve())
         scan = await asyncio.to_thread(_scan, folder, ("body", "file"))
     except UploadRejected as exc:
@@ -175,10 +235,18 @@ async def upload_dataset(
     finally:
         archive.unlink(missing_ok=True)
     root = settings.resolved_artifact_root
-    row = Dataset(id=dataset_id, tenant=tenant, name=name or Path(file.filename or "upload").name.split(".")[0] or "upload",
-                  kind="upload", location=folder.relative_to(root).as_posix(), classes=scan.classes, counts=scan.counts,
-                  info=_info(scan, archive_sha256=sha, archive_bytes=size), idempotency_key=key,
-                  request_hash=digest if key else None)
+    row = Dataset(
+        id=dataset_id,
+        tenant=tenant,
+        name=name or Path(file.filename or "upload").name.split(".")[0] or "upload",
+        kind="upload",
+        location=folder.relative_to(root).as_posix(),
+        classes=scan.classes,
+        counts=scan.counts,
+        info=_info(scan, archive_sha256=sha, archive_bytes=size),
+        idempotency_key=key,
+        request_hash=digest if key else None,
+    )
     if not row.name or any(ord(c) < 32 for c in row.name):
         row.name = "upload"
     return _insert(session, row, key, digest, response, on_conflict=lambda: remove_tree(dest))
@@ -197,8 +265,9 @@ def list_datasets(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> Page[DatasetOut]:
-    rows, next_cursor = page(list(session.scalars(paginate(select(Dataset).where(Dataset.tenant == tenant),
-                                                           Dataset, cursor, limit))), limit)
+    rows, next_cursor = page(
+        list(session.scalars(paginate(select(Dataset).where(Dataset.tenant == tenant), Dataset, cursor, limit))), limit
+    )
     return Page[DatasetOut](items=[dataset_out(r) for r in rows], next_cursor=next_cursor)
 
 
@@ -219,8 +288,12 @@ def _uses(params: dict, dataset_id: str) -> bool:
     return params.get("dataset_id") == dataset_id or data.get("dataset_id") == dataset_id
 
 
-@router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(401, 404, 409),
-               summary="Delete a dataset")
+@router.delete(
+    "/{dataset_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=error_responses(401, 404, 409),
+    summary="Delete a dataset",
+)
 def delete_dataset(dataset_id: uuid.UUID, session: SessionDep, tenant: TenantDep, settings: SettingsDep) -> Response:
     """409 while a queued or running job uses the dataset. An uploaded dataset's files are removed; a registered
     folder is left as it is."""
@@ -228,8 +301,11 @@ def delete_dataset(dataset_id: uuid.UUID, session: SessionDep, tenant: TenantDep
     active = session.scalars(select(Job).where(Job.tenant == tenant, Job.status.notin_(FINAL_STATUSES))).all()
     users = [j.id for j in active if _uses(j.params or {}, str(dataset_id))]
     if users:
-        raise HTTPException(status.HTTP_409_CONFLICT, f"dataset {dataset_id} is used by unfinished job(s) "
-                            f"{', '.join(map(str, users[:5]))}; cancel them or wait for them to end")
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"dataset {dataset_id} is used by unfinished job(s) "
+            f"{', '.join(map(str, users[:5]))}; cancel them or wait for them to end",
+        )
     session.delete(row)
     session.commit()
     if row.kind == "upload":

@@ -9,9 +9,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import text
 
-from api.deps import SettingsDep
-from core.settings import Settings
-from core.store.db import get_engine
+from layercut.api.deps import SettingsDep
+from layercut.settings import Settings
+from layercut.store.db import get_engine
 
 router = APIRouter(tags=["health"])
 CHECK_TIMEOUT_S = 3.0
@@ -24,8 +24,9 @@ class Health(BaseModel):
 
 class Readiness(BaseModel):
     status: str = Field(description="ok | unavailable", examples=["ok"])
-    checks: dict[str, str] = Field(description="per dependency: ok, skipped, or what failed",
-                                   examples=[{"database": "ok", "broker": "ok"}])
+    checks: dict[str, str] = Field(
+        description="per dependency: ok, skipped, or what failed", examples=[{"database": "ok", "broker": "ok"}]
+    )
 
 
 @router.get("/healthz", response_model=Health, summary="The process is alive")
@@ -59,15 +60,22 @@ def _run(check, settings: Settings) -> str:
         return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
 
 
-@router.get("/readyz", response_model=Readiness, summary="The database (and the broker, when configured) answer",
-            responses={503: {"model": Readiness, "description": "a dependency is unreachable"}})
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    summary="The database (and the broker, when configured) answer",
+    responses={503: {"model": Readiness, "description": "a dependency is unreachable"}},
+)
 def readyz(settings: SettingsDep):
     checks = {"database": _run(_check_database, settings)}
     if settings.broker_url and settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
         checks["broker"] = _run(_check_broker, settings)
     else:
-        checks["broker"] = "skipped (no redis broker configured: jobs run in-process)" if not settings.broker_url \
+        checks["broker"] = (
+            "skipped (no redis broker configured: jobs run in-process)"
+            if not settings.broker_url
             else "skipped (not a redis URL)"
+        )
     ok = all(v == "ok" or v.startswith("skipped") for v in checks.values())
     body = Readiness(status="ok" if ok else "unavailable", checks=checks)
     return body if ok else JSONResponse(body.model_dump(), status_code=503)

@@ -15,18 +15,35 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from api.common import (IDEMPOTENCY_HEADER_DOC, check_idempotency_key, error_responses, field_error, idempotency_mismatch,
-                        not_found, page, paginate, request_hash, as_utc)
-from api.deps import ReadCacheDep, SessionDep, SettingsDep, TenantDep, dispatcher_dep
-from api.schemas.artifacts import ArtifactOut
-from api.schemas.common import Page
-from api.schemas.jobs import JOB_CREATE_EXAMPLES, JobCreate, JobError, JobOut, JobSummary
-from core.jobspec import (AnalyzeParams, CompareParams, ExplainParams, ModelRef, RetrainParams, TrainParams,
-                          TruncateParams)
-from core.settings import Settings
-from core.store.db import get_sessionmaker
-from core.store.jobs import JobRepository
-from core.store.models import FINAL_STATUSES, JOB_KINDS, JOB_STATUSES, Artifact, Dataset, Job, ModelVersion
+from layercut.api.common import (
+    IDEMPOTENCY_HEADER_DOC,
+    as_utc,
+    check_idempotency_key,
+    error_responses,
+    field_error,
+    idempotency_mismatch,
+    not_found,
+    page,
+    paginate,
+    request_hash,
+)
+from layercut.api.deps import ReadCacheDep, SessionDep, SettingsDep, TenantDep, dispatcher_dep
+from layercut.api.schemas.artifacts import ArtifactOut
+from layercut.api.schemas.common import Page
+from layercut.api.schemas.jobs import JOB_CREATE_EXAMPLES, JobCreate, JobError, JobOut, JobSummary
+from layercut.contracts.jobs import (
+    AnalyzeParams,
+    CompareParams,
+    ExplainParams,
+    ModelRef,
+    RetrainParams,
+    TrainParams,
+    TruncateParams,
+)
+from layercut.settings import Settings
+from layercut.store.db import get_sessionmaker
+from layercut.store.jobs import JobRepository
+from layercut.store.models import FINAL_STATUSES, JOB_KINDS, JOB_STATUSES, Artifact, Dataset, Job, ModelVersion
 
 log = logging.getLogger("layercut.api")
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -45,19 +62,42 @@ IsoDateTime = Annotated[datetime, BeforeValidator(_iso_only)]
 
 # --- presentation ----------------------------------------------------------------------------------
 
+
 def artifact_out(request: Request, row: Artifact) -> ArtifactOut:
-    return ArtifactOut(id=row.id, job_id=row.job_id, name=row.path.rsplit("/", 1)[-1], kind=row.kind, bytes=row.bytes,
-                       sha256=row.sha256, content_type=row.content_type, created_at=row.created_at,
-                       download_url=str(request.url_for("download_artifact", artifact_id=str(row.id))))
+    return ArtifactOut(
+        id=row.id,
+        job_id=row.job_id,
+        name=row.path.rsplit("/", 1)[-1],
+        kind=row.kind,
+        bytes=row.bytes,
+        sha256=row.sha256,
+        content_type=row.content_type,
+        created_at=row.created_at,
+        download_url=str(request.url_for("download_artifact", artifact_id=str(row.id))),
+    )
 
 
 def _summary_fields(job: Job) -> dict[str, Any]:
     error = JobError(code=job.error_code, message=job.error_message) if (job.error_code or job.error_message) else None
-    return dict(id=job.id, kind=job.kind, status=job.status, stage=job.stage,
-                percent=round(max(0.0, min(1.0, job.progress or 0.0)) * 100, 2), eta_seconds=job.eta_seconds,
-                message=job.message, error=error, attempts=job.attempts, pipeline_id=job.pipeline_id, step=job.step,
-                depends_on=job.depends_on, cancel_requested=job.cancel_requested, created_at=job.created_at,
-                started_at=job.started_at, finished_at=job.finished_at, updated_at=job.updated_at)
+    return dict(
+        id=job.id,
+        kind=job.kind,
+        status=job.status,
+        stage=job.stage,
+        percent=round(max(0.0, min(1.0, job.progress or 0.0)) * 100, 2),
+        eta_seconds=job.eta_seconds,
+        message=job.message,
+        error=error,
+        attempts=job.attempts,
+        pipeline_id=job.pipeline_id,
+        step=job.step,
+        depends_on=job.depends_on,
+        cancel_requested=job.cancel_requested,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        updated_at=job.updated_at,
+    )
 
 
 def job_summary(job: Job) -> JobSummary:
@@ -66,16 +106,29 @@ def job_summary(job: Job) -> JobSummary:
 
 def job_out(request: Request, session: Session, job: Job) -> JobOut:
     # Artifacts are recorded as a job finishes, so an unfinished job (what polls mostly see) has none.
-    artifacts = [] if job.status not in FINAL_STATUSES else session.scalars(
-        select(Artifact).where(Artifact.job_id == job.id, Artifact.tenant == job.tenant)
-        .order_by(Artifact.created_at, Artifact.path)).all()
+    artifacts = (
+        []
+        if job.status not in FINAL_STATUSES
+        else session.scalars(
+            select(Artifact)
+            .where(Artifact.job_id == job.id, Artifact.tenant == job.tenant)
+            .order_by(Artifact.created_at, Artifact.path)
+        ).all()
+    )
     result = job.result if isinstance(job.result, dict) else None
     metrics = result.get("metrics") if result and isinstance(result.get("metrics"), dict) else None
-    return JobOut(**_summary_fields(job), params=job.params or {}, callback_url=job.callback_url, result=result,
-                  metrics=metrics, artifacts=[artifact_out(request, a) for a in artifacts])
+    return JobOut(
+        **_summary_fields(job),
+        params=job.params or {},
+        callback_url=job.callback_url,
+        result=result,
+        metrics=metrics,
+        artifacts=[artifact_out(request, a) for a in artifacts],
+    )
 
 
 # --- reference checks ------------------------------------------------------------------------------
+
 
 def _tenant_dataset(session: Session, tenant: str, dataset_id: uuid.UUID) -> Dataset | None:
     return session.scalars(select(Dataset).where(Dataset.id == dataset_id, Dataset.tenant == tenant)).first()
@@ -86,10 +139,13 @@ def check_dataset(session: Session, tenant: str, dataset_id: uuid.UUID | None, l
         raise field_error(loc, f"dataset {dataset_id} not found", "not_found")
 
 
-def check_model_ref(session: Session, tenant: str, ref: ModelRef, loc: tuple, pending: dict[uuid.UUID, str] | None = None) -> None:
+def check_model_ref(
+    session: Session, tenant: str, ref: ModelRef, loc: tuple, pending: dict[uuid.UUID, str] | None = None
+) -> None:
     if ref.model_id is not None:
-        found = session.scalars(select(ModelVersion.id).where(ModelVersion.id == ref.model_id,
-                                                              ModelVersion.tenant == tenant)).first()
+        found = session.scalars(
+            select(ModelVersion.id).where(ModelVersion.id == ref.model_id, ModelVersion.tenant == tenant)
+        ).first()
         if found is None:
             raise field_error((*loc, "model_id"), f"model {ref.model_id} not found", "not_found")
         return
@@ -99,8 +155,10 @@ def check_model_ref(session: Session, tenant: str, ref: ModelRef, loc: tuple, pe
     if kind is None:
         raise field_error((*loc, "from_job"), f"job {ref.from_job} not found", "not_found")
     if kind not in MODEL_MAKING_KINDS:
-        raise field_error((*loc, "from_job"), f"job {ref.from_job} is a {kind} job, which makes no model "
-                          f"(use a {', '.join(MODEL_MAKING_KINDS)} job)")
+        raise field_error(
+            (*loc, "from_job"),
+            f"job {ref.from_job} is a {kind} job, which makes no model (use a {', '.join(MODEL_MAKING_KINDS)} job)",
+        )
 
 
 def check_references(session: Session, tenant: str, params: Any, pending: dict[uuid.UUID, str] | None = None) -> None:
@@ -115,14 +173,20 @@ def check_references(session: Session, tenant: str, params: Any, pending: dict[u
         check_model_ref(session, tenant, params.model, (*base, "model"), pending)
         if params.analysis_job is not None:
             kind = (pending or {}).get(params.analysis_job) or session.scalars(
-                select(Job.kind).where(Job.id == params.analysis_job, Job.tenant == tenant)).first()
+                select(Job.kind).where(Job.id == params.analysis_job, Job.tenant == tenant)
+            ).first()
             if kind is None:
                 raise field_error((*base, "analysis_job"), f"job {params.analysis_job} not found", "not_found")
             if kind != "analyze":
-                raise field_error((*base, "analysis_job"), f"job {params.analysis_job} is a {kind} job, not an analyze job")
+                raise field_error(
+                    (*base, "analysis_job"), f"job {params.analysis_job} is a {kind} job, not an analyze job"
+                )
         elif params.truncate.cut == "knee":
-            raise field_error((*base, "analysis_job"), "cut='knee' needs analysis_job: the analyze job whose knee to "
-                              "cut at (or give a cut point index or name in truncate.cut)")
+            raise field_error(
+                (*base, "analysis_job"),
+                "cut='knee' needs analysis_job: the analyze job whose knee to "
+                "cut at (or give a cut point index or name in truncate.cut)",
+            )
     elif isinstance(params, ExplainParams):
         check_model_ref(session, tenant, params.model, (*base, "model"), pending)
         if params.compare_with is not None:
@@ -144,10 +208,17 @@ def dispatch(dispatcher: Any, job_id: uuid.UUID, kind: str) -> None:
 
 # --- routes ----------------------------------------------------------------------------------------
 
-@router.post("", response_model=JobOut, status_code=status.HTTP_201_CREATED,
-             responses={200: {"model": JobOut, "description": "an earlier request with this Idempotency-Key made it"},
-                        **error_responses(400, 401)},
-             summary="Submit a job")
+
+@router.post(
+    "",
+    response_model=JobOut,
+    status_code=status.HTTP_201_CREATED,
+    responses={
+        200: {"model": JobOut, "description": "an earlier request with this Idempotency-Key made it"},
+        **error_responses(400, 401),
+    },
+    summary="Submit a job",
+)
 def create_job(
     request: Request,
     response: Response,
@@ -162,11 +233,20 @@ def create_job(
     """
     key = check_idempotency_key(idempotency_key)
     params_json = body.params.model_dump(mode="json")
-    digest = request_hash({"params": params_json, "callback_url": str(body.callback_url) if body.callback_url else None})
+    digest = request_hash(
+        {"params": params_json, "callback_url": str(body.callback_url) if body.callback_url else None}
+    )
     check_references(session, tenant, body.params)
-    job = Job(id=uuid.uuid4(), tenant=tenant, kind=body.params.kind, status="queued", params=params_json,
-              callback_url=str(body.callback_url) if body.callback_url else None, idempotency_key=key,
-              request_hash=digest if key else None)
+    job = Job(
+        id=uuid.uuid4(),
+        tenant=tenant,
+        kind=body.params.kind,
+        status="queued",
+        params=params_json,
+        callback_url=str(body.callback_url) if body.callback_url else None,
+        idempotency_key=key,
+        request_hash=digest if key else None,
+    )
     session.add(job)
     try:
         session.commit()
@@ -200,8 +280,9 @@ def _job_json(settings: Settings, request: Request, job_id: uuid.UUID) -> tuple[
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=error_responses(401, 404), summary="Get a job")
-async def get_job(request: Request, job_id: uuid.UUID, settings: SettingsDep, cache: ReadCacheDep,
-                  tenant: TenantDep) -> Response:
+async def get_job(
+    request: Request, job_id: uuid.UUID, settings: SettingsDep, cache: ReadCacheDep, tenant: TenantDep
+) -> Response:
     """Status, stage, percent, ETA, message, result and metrics, error, artifacts with download URLs.
 
     Built for polling: the answer is served from the API process's read cache until the job row or its
@@ -246,9 +327,12 @@ def list_jobs(
     return Page[JobSummary](items=[job_summary(j) for j in rows], next_cursor=next_cursor)
 
 
-@router.post("/{job_id}/cancel", response_model=JobOut, responses=error_responses(401, 404, 409), summary="Cancel a job")
-def cancel_job(request: Request, job_id: uuid.UUID, session: SessionDep, tenant: TenantDep,
-               cache: ReadCacheDep) -> JobOut:
+@router.post(
+    "/{job_id}/cancel", response_model=JobOut, responses=error_responses(401, 404, 409), summary="Cancel a job"
+)
+def cancel_job(
+    request: Request, job_id: uuid.UUID, session: SessionDep, tenant: TenantDep, cache: ReadCacheDep
+) -> JobOut:
     """A queued job ends `cancelled` at once; a running one goes to `cancelling` and stops at its next check.
     A finished job is a 409."""
     job = get_tenant_job(session, tenant, job_id)

@@ -14,32 +14,56 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from api.common import (IDEMPOTENCY_HEADER_DOC, check_idempotency_key, error_responses, field_error, idempotency_mismatch,
-                        not_found, page, paginate, request_hash, stored_file, tenant_root)
-from api.deps import SessionDep, SettingsDep, TenantDep
-from api.routes.jobs import check_dataset
-from api.safetensors_io import BadSafetensors, parameter_count, rewrite_with_metadata
-from api.schemas.common import Page
-from api.schemas.models import ImportSpec, ModelOut
-from api.uploads import UploadRejected, save_upload
-from core.store.models import ModelVersion
+from layercut.api.common import (
+    IDEMPOTENCY_HEADER_DOC,
+    check_idempotency_key,
+    error_responses,
+    field_error,
+    idempotency_mismatch,
+    not_found,
+    page,
+    paginate,
+    request_hash,
+    stored_file,
+    tenant_root,
+)
+from layercut.api.deps import SessionDep, SettingsDep, TenantDep
+from layercut.api.routes.jobs import check_dataset
+from layercut.api.safetensors_io import BadSafetensors, parameter_count, rewrite_with_metadata
+from layercut.api.schemas.common import Page
+from layercut.api.schemas.models import ImportSpec, ModelOut
+from layercut.api.uploads import UploadRejected, save_upload
+from layercut.contracts.spec import SPEC_KEY
+from layercut.store.models import ModelVersion
 
 router = APIRouter(prefix="/models", tags=["models"])
 
-SPEC_KEY = "layercut.spec"  # as core.pipeline.checkpoint.SPEC_KEY (that module imports torch)
 IMPORT_NAMESPACE = uuid.UUID("5b0e7c52-3f0e-4f7a-9a55-6c8f0f0d1e21")
 
 
 def model_out(request: Request, row: ModelVersion) -> ModelOut:
-    return ModelOut(id=row.id, architecture=row.architecture, classes=list(row.classes or []), image_size=row.image_size,
-                    params=row.params, trained=row.trained, metrics=row.metrics or {}, cut_point=row.cut_point,
-                    source=row.source, job_id=row.job_id, dataset_id=row.dataset_id, parent_id=row.parent_id,
-                    created_at=row.created_at,
-                    checkpoint_url=str(request.url_for("download_checkpoint", model_id=str(row.id))))
+    return ModelOut(
+        id=row.id,
+        architecture=row.architecture,
+        classes=list(row.classes or []),
+        image_size=row.image_size,
+        params=row.params,
+        trained=row.trained,
+        metrics=row.metrics or {},
+        cut_point=row.cut_point,
+        source=row.source,
+        job_id=row.job_id,
+        dataset_id=row.dataset_id,
+        parent_id=row.parent_id,
+        created_at=row.created_at,
+        checkpoint_url=str(request.url_for("download_checkpoint", model_id=str(row.id))),
+    )
 
 
 def get_tenant_model(session: Session, tenant: str, model_id: uuid.UUID) -> ModelVersion:
-    row = session.scalars(select(ModelVersion).where(ModelVersion.id == model_id, ModelVersion.tenant == tenant)).first()
+    row = session.scalars(
+        select(ModelVersion).where(ModelVersion.id == model_id, ModelVersion.tenant == tenant)
+    ).first()
     if row is None:
         raise not_found("model", model_id)
     return row
@@ -53,8 +77,14 @@ def list_models(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> Page[ModelOut]:
-    rows, next_cursor = page(list(session.scalars(paginate(select(ModelVersion).where(ModelVersion.tenant == tenant),
-                                                           ModelVersion, cursor, limit))), limit)
+    rows, next_cursor = page(
+        list(
+            session.scalars(
+                paginate(select(ModelVersion).where(ModelVersion.tenant == tenant), ModelVersion, cursor, limit)
+            )
+        ),
+        limit,
+    )
     return Page[ModelOut](items=[model_out(request, r) for r in rows], next_cursor=next_cursor)
 
 
@@ -69,19 +99,36 @@ def get_model(request: Request, model_id: uuid.UUID, session: SessionDep, tenant
     return model_out(request, get_tenant_model(session, tenant, model_id))
 
 
-@router.get("/{model_id}/checkpoint", response_class=FileResponse, summary="Download a checkpoint",
-            responses={200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
-                             "description": "the safetensors file (weights, with the spec in its header)"},
-                       **error_responses(401, 404)})
-def download_checkpoint(model_id: uuid.UUID, session: SessionDep, tenant: TenantDep, settings: SettingsDep) -> FileResponse:
+@router.get(
+    "/{model_id}/checkpoint",
+    response_class=FileResponse,
+    summary="Download a checkpoint",
+    responses={
+        200: {
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+            "description": "the safetensors file (weights, with the spec in its header)",
+        },
+        **error_responses(401, 404),
+    },
+)
+def download_checkpoint(
+    model_id: uuid.UUID, session: SessionDep, tenant: TenantDep, settings: SettingsDep
+) -> FileResponse:
     row = get_tenant_model(session, tenant, model_id)
     path = stored_file(settings, row.checkpoint)
     return FileResponse(path, media_type="application/octet-stream", filename=f"{row.id}.safetensors")
 
 
-@router.post("/import", response_model=ModelOut, status_code=status.HTTP_201_CREATED, summary="Import a trained model",
-             responses={200: {"model": ModelOut, "description": "an earlier request with this Idempotency-Key made it"},
-                        **error_responses(400, 401, 413)})
+@router.post(
+    "/import",
+    response_model=ModelOut,
+    status_code=status.HTTP_201_CREATED,
+    summary="Import a trained model",
+    responses={
+        200: {"model": ModelOut, "description": "an earlier request with this Idempotency-Key made it"},
+        **error_responses(400, 401, 413),
+    },
+)
 async def import_model(
     request: Request,
     response: Response,
@@ -89,10 +136,17 @@ async def import_model(
     tenant: TenantDep,
     settings: SettingsDep,
     weights: Annotated[UploadFile, File(description="a safetensors file of the model's state dict")],
-    spec: Annotated[str, Form(description="JSON of the model spec: architecture, classes, image_size, mean, std "
-                                          "(and optionally source_channels, pretrained, cut_point, head_dropout, data)",
-                              examples=['{"architecture": "resnet18", "classes": ["cat", "dog"], "image_size": 64, '
-                                        '"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}'])],
+    spec: Annotated[
+        str,
+        Form(
+            description="JSON of the model spec: architecture, classes, image_size, mean, std "
+            "(and optionally source_channels, pretrained, cut_point, head_dropout, data)",
+            examples=[
+                '{"architecture": "resnet18", "classes": ["cat", "dog"], "image_size": 64, '
+                '"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}'
+            ],
+        ),
+    ],
     dataset_id: Annotated[uuid.UUID | None, Form(description="the registered dataset it was trained on")] = None,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", description=IDEMPOTENCY_HEADER_DOC)] = None,
 ) -> ModelOut:
@@ -115,8 +169,13 @@ async def import_model(
     except UploadRejected as exc:
         raise HTTPException(exc.status_code, str(exc)) from None
     spec_json = parsed.model_dump_json()
-    digest = request_hash({"weights_sha256": sha, "spec": parsed.model_dump(mode="json"),
-                           "dataset_id": str(dataset_id) if dataset_id else None})
+    digest = request_hash(
+        {
+            "weights_sha256": sha,
+            "spec": parsed.model_dump(mode="json"),
+            "dataset_id": str(dataset_id) if dataset_id else None,
+        }
+    )
     model_id = uuid.uuid5(IMPORT_NAMESPACE, f"{tenant}\x00{key}") if key else uuid.uuid4()
     relative = f"{tenant}/models/{model_id}/model-{digest[:32]}.safetensors"
     target = settings.resolved_artifact_root / relative
@@ -126,17 +185,28 @@ async def import_model(
         raise field_error(("body", "weights"), f"not a valid safetensors file: {exc}") from None
     finally:
         upload.unlink(missing_ok=True)
-    row = ModelVersion(id=model_id, tenant=tenant, dataset_id=dataset_id, checkpoint=relative,
-                       architecture=parsed.architecture, classes=parsed.classes, image_size=parsed.image_size,
-                       params=parameter_count(header), trained=True, metrics={},
-                       cut_point=parsed.cut_point.model_dump() if parsed.cut_point else None, source="import")
+    row = ModelVersion(
+        id=model_id,
+        tenant=tenant,
+        dataset_id=dataset_id,
+        checkpoint=relative,
+        architecture=parsed.architecture,
+        classes=parsed.classes,
+        image_size=parsed.image_size,
+        params=parameter_count(header),
+        trained=True,
+        metrics={},
+        cut_point=parsed.cut_point.model_dump() if parsed.cut_point else None,
+        source="import",
+    )
     session.add(row)
     try:
         session.commit()
     except IntegrityError:
         session.rollback()
-        existing = session.scalars(select(ModelVersion).where(ModelVersion.id == model_id,
-                                                              ModelVersion.tenant == tenant)).first()
+        existing = session.scalars(
+            select(ModelVersion).where(ModelVersion.id == model_id, ModelVersion.tenant == tenant)
+        ).first()
         if key is None or existing is None:
             raise
         if existing.checkpoint != relative:  # the request hash is part of the stored file's name

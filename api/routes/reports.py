@@ -2,7 +2,7 @@
 
 Rendered on request from the job rows and the files under ``<artifact_root>/<tenant>/<job id>/`` (folders
 named by the rows, never by the request), so a pipeline still running shows the steps finished so far and
-says which are running or queued. No torch: ``core.report`` is stdlib only.
+says which are running or queued. No torch: ``layercut.report`` is stdlib only.
 """
 
 from __future__ import annotations
@@ -16,19 +16,19 @@ from fastapi.responses import HTMLResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.common import error_responses, tenant_root
-from api.deps import SessionDep, SettingsDep, TenantDep
-from api.routes.jobs import get_tenant_job
-from api.routes.pipelines import derived_status, get_tenant_pipeline
-from core.report import SUBTITLE, StageInput, render_report
-from core.settings import Settings
-from core.store.models import Dataset, Job
+from layercut.api.common import error_responses, tenant_root
+from layercut.api.deps import SessionDep, SettingsDep, TenantDep
+from layercut.api.routes.jobs import get_tenant_job
+from layercut.api.routes.pipelines import derived_status, get_tenant_pipeline
+from layercut.report import SUBTITLE, StageInput, render_report
+from layercut.settings import Settings
+from layercut.store.models import Dataset, Job
 
 router = APIRouter(tags=["reports"])
 
 HTML_200 = {
     "description": "a self-contained HTML page (pictures embedded, inline CSS, no scripts or external references) "
-                   "that works offline and printed",
+    "that works offline and printed",
     "content": {"text/html": {"schema": {"type": "string"}}},
 }
 
@@ -36,9 +36,13 @@ HTML_200 = {
 def _json_errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """``error_responses`` documented as JSON: with ``response_class=HTMLResponse`` FastAPI would file a ``model``
     under text/html, but the errors are JSON bodies (``ErrorOut``, a component every other route registers)."""
-    return {code: {"description": spec["description"],
-                   "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}}
-            for code, spec in error_responses(*codes).items()}
+    return {
+        code: {
+            "description": spec["description"],
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}},
+        }
+        for code, spec in error_responses(*codes).items()
+    }
 
 
 ERRORS = _json_errors(401, 404)
@@ -63,10 +67,18 @@ def stage_input(tenant_folder: Path | None, job: Job) -> StageInput:
             folder = None
     where = f"step {job.step}: job {job.id}" if job.step is not None else f"job {job.id}"
     return StageInput(
-        kind=job.kind, folder=folder, summary=job.result if isinstance(job.result, dict) else None, status=job.status,
-        label=where, params=job.params if isinstance(job.params, dict) else None, step=job.step,
-        percent=round(max(0.0, min(1.0, job.progress or 0.0)) * 100, 2), stage=job.stage, message=job.message,
-        error_code=job.error_code, error_message=job.error_message,
+        kind=job.kind,
+        folder=folder,
+        summary=job.result if isinstance(job.result, dict) else None,
+        status=job.status,
+        label=where,
+        params=job.params if isinstance(job.params, dict) else None,
+        step=job.step,
+        percent=round(max(0.0, min(1.0, job.progress or 0.0)) * 100, 2),
+        stage=job.stage,
+        message=job.message,
+        error_code=job.error_code,
+        error_message=job.error_message,
     )
 
 
@@ -83,8 +95,12 @@ def _dataset_name(session: Session, tenant: str, dataset_id: Any) -> str | None:
     return f"{row.name} ({row.id})" if row is not None else str(ident)
 
 
-@router.get("/jobs/{job_id}/report", response_class=HTMLResponse, summary="HTML report of a job",
-            responses={200: HTML_200, **ERRORS})
+@router.get(
+    "/jobs/{job_id}/report",
+    response_class=HTMLResponse,
+    summary="HTML report of a job",
+    responses={200: HTML_200, **ERRORS},
+)
 def job_report(job_id: uuid.UUID, session: SessionDep, tenant: TenantDep, settings: SettingsDep) -> HTMLResponse:
     """The job's outputs as one self-contained HTML page (e.g. a train job: its data, metrics and pictures). A job
     that has not finished says so; a failed one shows its error."""
@@ -93,21 +109,37 @@ def job_report(job_id: uuid.UUID, session: SessionDep, tenant: TenantDep, settin
     if job.pipeline_id is not None:
         details.append(("Pipeline", f"{job.pipeline_id} (step {job.step})"))
     details += [("Created", _when(job.created_at)), ("Finished", _when(job.finished_at))]
-    page = render_report([stage_input(_tenant_folder(settings, tenant), job)], f"{job.kind} job {job.id}",
-                         subtitle=f"a {job.kind} job of tenant {tenant}", details=details, status=job.status)
+    page = render_report(
+        [stage_input(_tenant_folder(settings, tenant), job)],
+        f"{job.kind} job {job.id}",
+        subtitle=f"a {job.kind} job of tenant {tenant}",
+        details=details,
+        status=job.status,
+    )
     return HTMLResponse(page)
 
 
-@router.get("/pipelines/{pipeline_id}/report", response_class=HTMLResponse, summary="HTML report of a pipeline",
-            responses={200: HTML_200, **ERRORS})
-def pipeline_report(pipeline_id: uuid.UUID, session: SessionDep, tenant: TenantDep,
-                    settings: SettingsDep) -> HTMLResponse:
+@router.get(
+    "/pipelines/{pipeline_id}/report",
+    response_class=HTMLResponse,
+    summary="HTML report of a pipeline",
+    responses={200: HTML_200, **ERRORS},
+)
+def pipeline_report(
+    pipeline_id: uuid.UUID, session: SessionDep, tenant: TenantDep, settings: SettingsDep
+) -> HTMLResponse:
     """The whole pipeline on one self-contained HTML page: the data, the base model and its metrics, the GBP maps
     across depth, the SSIM curve and the knee, what was cut and why, the slim model, the comparison table and the
     explanations. While it runs, the steps finished so far are shown and the others say they are running or queued."""
     row = get_tenant_pipeline(session, tenant, pipeline_id)
-    steps = list(session.scalars(select(Job).where(Job.pipeline_id == row.id, Job.tenant == tenant)
-                                 .order_by(Job.step).execution_options(populate_existing=True)))
+    steps = list(
+        session.scalars(
+            select(Job)
+            .where(Job.pipeline_id == row.id, Job.tenant == tenant)
+            .order_by(Job.step)
+            .execution_options(populate_existing=True)
+        )
+    )
     folder = _tenant_folder(settings, tenant)
     params = row.params if isinstance(row.params, dict) else {}
     dataset_id = (params.get("data") or {}).get("dataset_id") if isinstance(params.get("data"), dict) else None
@@ -122,7 +154,7 @@ def pipeline_report(pipeline_id: uuid.UUID, session: SessionDep, tenant: TenantD
         ("Created", _when(row.created_at)),
         ("Finished", _when(row.finished_at)),
     ]
-    page = render_report([stage_input(folder, j) for j in steps], f"Pipeline {row.id}",
-                         subtitle=SUBTITLE, details=details,
-                         status=status)
+    page = render_report(
+        [stage_input(folder, j) for j in steps], f"Pipeline {row.id}", subtitle=SUBTITLE, details=details, status=status
+    )
     return HTMLResponse(page)

@@ -2,7 +2,7 @@
 
 The page (``api/ui_static/index.html``), its script and style sheet are plain files read with importlib.resources,
 so they are served the same from a source checkout, an editable install and a wheel (the wheel needs them listed
-as package data of ``api.ui_static``). No key is needed to load the page: it asks for one and sends it as
+as package data of ``layercut.api.ui_static``). No key is needed to load the page: it asks for one and sends it as
 ``Authorization: Bearer <key>`` on every /v1 request it makes. ``/ui/config.json`` gives the page the choices
 the pipeline form offers (architectures, builtin datasets, limits), taken from the API's own schemas.
 """
@@ -18,13 +18,13 @@ from typing import Any, get_args
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from fastapi.responses import RedirectResponse
 
-from api.schemas.datasets import BuiltinDatasetCreate
-from core.jobspec import DataParams
-from core.pipeline.config import ARCHITECTURE_NAMES, TrainConfig
+from layercut.api.schemas.datasets import BuiltinDatasetCreate
+from layercut.contracts.configs import ARCHITECTURE_NAMES, TrainConfig
+from layercut.contracts.jobs import DataParams
 
 router = APIRouter(include_in_schema=False)
 
-STATIC_PACKAGE = "api.ui_static"
+STATIC_PACKAGE = "layercut.api.ui_static"
 ASSETS = {
     "app.js": "text/javascript; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
@@ -34,18 +34,26 @@ ASSETS = {
 # The page loads only its own files and talks only to its own origin; no inline script runs. Reports are opened
 # from blob: URLs, which inherit this policy, so the inline CSS and data: pictures of those self-contained pages stay
 # allowed (they have no scripts). The dashboard itself never builds HTML from data (textContent only).
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
-       "img-src 'self' data: blob:; font-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'self'; "
-       "form-action 'self'; frame-ancestors 'none'")
-SECURITY_HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
-                    "X-Frame-Options": "DENY"}
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data: blob:; font-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'self'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
 
 
 def _read(name: str) -> bytes:
     try:
         return files(STATIC_PACKAGE).joinpath(name).read_bytes()
     except (FileNotFoundError, ModuleNotFoundError):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"dashboard file {name} is missing from this installation") from None
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND, f"dashboard file {name} is missing from this installation"
+        ) from None
 
 
 def _send(request: Request, body: bytes, media_type: str) -> Response:
@@ -64,13 +72,15 @@ def _schema_range(model: Any, field: str) -> dict[str, Any]:
 
 @lru_cache
 def _config() -> bytes:
-    return json.dumps({
-        "architectures": list(ARCHITECTURE_NAMES),
-        "default_architecture": "smallcnn",
-        "builtins": list(get_args(BuiltinDatasetCreate.model_fields["builtin"].annotation)),
-        "image_size": _schema_range(DataParams, "image_size"),
-        "epochs": _schema_range(TrainConfig, "epochs"),
-    }).encode()
+    return json.dumps(
+        {
+            "architectures": list(ARCHITECTURE_NAMES),
+            "default_architecture": "smallcnn",
+            "builtins": list(get_args(BuiltinDatasetCreate.model_fields["builtin"].annotation)),
+            "image_size": _schema_range(DataParams, "image_size"),
+            "epochs": _schema_range(TrainConfig, "epochs"),
+        }
+    ).encode()
 
 
 @router.get("/ui")

@@ -7,11 +7,23 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class ArtifactOut(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "id": "0d9c3f8e-2b7a-4c1e-9f1a-3c5b6d7e8f90", "job_id": "6f1c2b8a-5e4d-4c3b-a291-0f8e7d6c5b4a",
-        "name": "metrics.json", "kind": "metrics", "bytes": 1832, "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
-        "content_type": "application/json", "created_at": "2025-01-01T12:00:00Z",
-        "download_url": "http://localhost:8000/v1/artifacts/0d9c3f8e-2b7a-4c1e-9f1a-3c5b6d7e8f90"}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "0d9c3f8e-2b7a-4c1e-9f1a-3c5b6d7e8f90",
+                    "job_id": "6f1c2b8a-5e4d-4c3b-a291-0f8e7d6c5b4a",
+                    "name": "metrics.json",
+                    "kind": "metrics",
+                    "bytes": 1832,
+                    "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+                    "content_type": "application/json",
+                    "created_at": "2025-01-01T12:00:00Z",
+                    "download_url": "http://localhost:8000/v1/artifacts/0d9c3f8e-2b7a-4c1e-9f1a-3c5b6d7e8f90",
+                }
+            ]
+        }
+    )
 
     id: uuid.UUID
     job_id: uuid.UUID

@@ -6,27 +6,44 @@ from typing import Any
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
-from core.jobspec import JobParams
-
-from .artifacts import ArtifactOut
+from layercut.api.schemas.artifacts import ArtifactOut
+from layercut.contracts.jobs import JobParams
 
 _D = "2b9f6a1e-8c3d-4e5f-9a0b-1c2d3e4f5a6b"
 _M = "7c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f"
 _J = "6f1c2b8a-5e4d-4c3b-a291-0f8e7d6c5b4a"
 
 JOB_CREATE_EXAMPLES: dict[str, dict[str, Any]] = {
-    "train": {"summary": "train a base model on a registered dataset", "value": {
-        "params": {"kind": "train", "data": {"dataset_id": _D, "image_size": 64}, "arch": "vgg11",
-                   "train": {"epochs": 5, "batch_size": 32}},
-        "callback_url": "https://example.com/hooks/layercut"}},
-    "analyze": {"summary": "GBP/SSIM analysis of a model version", "value": {
-        "params": {"kind": "analyze", "model": {"model_id": _M}, "analyze": {"probes_per_class": 4}}}},
-    "truncate": {"summary": "cut a model at the knee an analyze job found", "value": {
-        "params": {"kind": "truncate", "model": {"model_id": _M}, "analysis_job": _J, "truncate": {"cut": "knee"}}}},
-    "retrain": {"summary": "retrain the model a truncate job produces", "value": {
-        "params": {"kind": "retrain", "model": {"from_job": _J}, "train": {"epochs": 3}}}},
-    "compare": {"summary": "compare a base and a slim model", "value": {
-        "params": {"kind": "compare", "base": {"model_id": _M}, "slim": {"from_job": _J}}}},
+    "train": {
+        "summary": "train a base model on a registered dataset",
+        "value": {
+            "params": {
+                "kind": "train",
+                "data": {"dataset_id": _D, "image_size": 64},
+                "arch": "vgg11",
+                "train": {"epochs": 5, "batch_size": 32},
+            },
+            "callback_url": "https://example.com/hooks/layercut",
+        },
+    },
+    "analyze": {
+        "summary": "GBP/SSIM analysis of a model version",
+        "value": {"params": {"kind": "analyze", "model": {"model_id": _M}, "analyze": {"probes_per_class": 4}}},
+    },
+    "truncate": {
+        "summary": "cut a model at the knee an analyze job found",
+        "value": {
+            "params": {"kind": "truncate", "model": {"model_id": _M}, "analysis_job": _J, "truncate": {"cut": "knee"}}
+        },
+    },
+    "retrain": {
+        "summary": "retrain the model a truncate job produces",
+        "value": {"params": {"kind": "retrain", "model": {"from_job": _J}, "train": {"epochs": 3}}},
+    },
+    "compare": {
+        "summary": "compare a base and a slim model",
+        "value": {"params": {"kind": "compare", "base": {"model_id": _M}, "slim": {"from_job": _J}}},
+    },
 }
 
 
@@ -44,11 +61,31 @@ class JobError(BaseModel):
 
 
 class JobSummary(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "id": _J, "kind": "train", "status": "running", "stage": "train", "percent": 42.5, "eta_seconds": 63.0,
-        "message": "epoch 3/5", "error": None, "attempts": 1, "pipeline_id": None, "step": None, "depends_on": None,
-        "cancel_requested": False, "created_at": "2025-01-01T12:00:00Z", "started_at": "2025-01-01T12:00:01Z",
-        "finished_at": None, "updated_at": "2025-01-01T12:01:00Z"}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": _J,
+                    "kind": "train",
+                    "status": "running",
+                    "stage": "train",
+                    "percent": 42.5,
+                    "eta_seconds": 63.0,
+                    "message": "epoch 3/5",
+                    "error": None,
+                    "attempts": 1,
+                    "pipeline_id": None,
+                    "step": None,
+                    "depends_on": None,
+                    "cancel_requested": False,
+                    "created_at": "2025-01-01T12:00:00Z",
+                    "started_at": "2025-01-01T12:00:01Z",
+                    "finished_at": None,
+                    "updated_at": "2025-01-01T12:01:00Z",
+                }
+            ]
+        }
+    )
 
     id: uuid.UUID
     kind: str
@@ -70,10 +107,20 @@ class JobSummary(BaseModel):
 
 
 class JobOut(JobSummary):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        **JobSummary.model_config["json_schema_extra"]["examples"][0],
-        "params": JOB_CREATE_EXAMPLES["train"]["value"]["params"], "callback_url": None,
-        "result": None, "metrics": None, "artifacts": []}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    **JobSummary.model_config["json_schema_extra"]["examples"][0],
+                    "params": JOB_CREATE_EXAMPLES["train"]["value"]["params"],
+                    "callback_url": None,
+                    "result": None,
+                    "metrics": None,
+                    "artifacts": [],
+                }
+            ]
+        }
+    )
 
     params: dict[str, Any]
     callback_url: str | None

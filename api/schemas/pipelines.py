@@ -6,20 +6,32 @@ from typing import Literal
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
-from core.jobspec import DataParams
-from core.pipeline.config import (ARCHITECTURE_NAMES, AnalyzeConfig, CompareConfig, ExplainConfig, TrainConfig,
-                                  TruncateConfig)
+from layercut.contracts.configs import (
+    ARCHITECTURE_NAMES,
+    AnalyzeConfig,
+    CompareConfig,
+    ExplainConfig,
+    TrainConfig,
+    TruncateConfig,
+)
+from layercut.contracts.jobs import DataParams
 
 _D = "2b9f6a1e-8c3d-4e5f-9a0b-1c2d3e4f5a6b"
 _M = "7c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f"
 
 PIPELINE_EXAMPLES = {
-    "full": {"summary": "train → analyze → truncate at the knee → retrain → compare → explain", "value": {
-        "data": {"dataset_id": _D, "image_size": 64}, "arch": "vgg11", "train": {"epochs": 5}}},
-    "from_model": {"summary": "slim an imported model (no train step)", "value": {
-        "model_id": _M, "truncate": {"cut": "knee"}, "retrain": {"epochs": 3}}},
-    "analyze_only": {"summary": "train and analyze, then stop", "value": {
-        "data": {"dataset_id": _D}, "arch": "smallcnn", "stop_after": "analyze"}},
+    "full": {
+        "summary": "train → analyze → truncate at the knee → retrain → compare → explain",
+        "value": {"data": {"dataset_id": _D, "image_size": 64}, "arch": "vgg11", "train": {"epochs": 5}},
+    },
+    "from_model": {
+        "summary": "slim an imported model (no train step)",
+        "value": {"model_id": _M, "truncate": {"cut": "knee"}, "retrain": {"epochs": 3}},
+    },
+    "analyze_only": {
+        "summary": "train and analyze, then stop",
+        "value": {"data": {"dataset_id": _D}, "arch": "smallcnn", "stop_after": "analyze"},
+    },
 }
 
 
@@ -41,7 +53,8 @@ class PipelineCreate(BaseModel):
     compare: CompareConfig = Field(default_factory=CompareConfig)
     explain: ExplainConfig = Field(default_factory=ExplainConfig)
     stop_after: Literal["analyze", "compare", "explain"] = Field(
-        "explain", description="the last step: analyze, compare, or explain (base and slim side by side)")
+        "explain", description="the last step: analyze, compare, or explain (base and slim side by side)"
+    )
     callback_url: AnyHttpUrl | None = None
 
 
@@ -58,16 +71,41 @@ class PipelineStep(BaseModel):
 
 
 class PipelineOut(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{
-        "id": "1a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d", "status": "running", "stored_status": "queued",
-        "params": PIPELINE_EXAMPLES["full"]["value"], "callback_url": None,
-        "created_at": "2025-01-01T12:00:00Z", "updated_at": "2025-01-01T12:00:00Z", "finished_at": None,
-        "steps": [{"id": "6f1c2b8a-5e4d-4c3b-a291-0f8e7d6c5b4a", "step": 0, "kind": "train", "status": "running",
-                   "stage": "train", "percent": 40.0, "depends_on": None, "error_code": None, "error_message": None}]}]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "1a2b3c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d",
+                    "status": "running",
+                    "stored_status": "queued",
+                    "params": PIPELINE_EXAMPLES["full"]["value"],
+                    "callback_url": None,
+                    "created_at": "2025-01-01T12:00:00Z",
+                    "updated_at": "2025-01-01T12:00:00Z",
+                    "finished_at": None,
+                    "steps": [
+                        {
+                            "id": "6f1c2b8a-5e4d-4c3b-a291-0f8e7d6c5b4a",
+                            "step": 0,
+                            "kind": "train",
+                            "status": "running",
+                            "stage": "train",
+                            "percent": 40.0,
+                            "depends_on": None,
+                            "error_code": None,
+                            "error_message": None,
+                        }
+                    ],
+                }
+            ]
+        }
+    )
 
     id: uuid.UUID
-    status: str = Field(description="from the steps: failed if one failed, cancelled if one was cancelled, "
-                        "succeeded when all did, running while one runs, else queued")
+    status: str = Field(
+        description="from the steps: failed if one failed, cancelled if one was cancelled, "
+        "succeeded when all did, running while one runs, else queued"
+    )
     stored_status: str = Field(description="the status column the job runner keeps")
     params: dict
     callback_url: str | None

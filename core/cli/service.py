@@ -21,7 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .progress import err_console
+from layercut.cli.progress import err_console
 
 out_console = Console()
 
@@ -43,7 +43,7 @@ def _fail(message: str, code: int = 2) -> None:
 
 def _settings():
     """Fresh settings from the environment (not the process-wide cache: the CLI may change the env)."""
-    from core.settings import Settings
+    from layercut.settings import Settings
 
     return Settings()
 
@@ -71,8 +71,10 @@ def _alembic_config(url: str):
         if ini.is_file() and (scripts / "env.py").is_file():
             break
     else:
-        _fail(f"the Alembic migrations were not found (looked for alembic.ini and migrations/ in {ROOT} and "
-              f"{Path.cwd()}); run layercut from a source checkout or the Docker image's /app")
+        _fail(
+            f"the Alembic migrations were not found (looked for alembic.ini and migrations/ in {ROOT} and "
+            f"{Path.cwd()}); run layercut from a source checkout or the Docker image's /app"
+        )
     config = Config(str(ini))
     config.set_main_option("script_location", str(scripts))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
@@ -143,7 +145,7 @@ def migrate() -> None:
 
 
 def _key_session(settings):
-    from core.store.db import get_sessionmaker
+    from layercut.store.db import get_sessionmaker
 
     try:
         _ensure_embedded_schema(settings)
@@ -172,7 +174,7 @@ def keys_create(
     """Create an API key for a tenant and print its secret — the only time it is shown."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from core.store.keys import create_key
+    from layercut.store.keys import create_key
 
     settings = _settings()
     session = _key_session(settings)
@@ -185,11 +187,25 @@ def keys_create(
     finally:
         session.close()
     if as_json:
-        sys.stdout.write(json.dumps({"key": secret, "tenant": row.tenant, "prefix": row.prefix, "name": row.name,
-                                     "id": str(row.id), "created_at": row.created_at.isoformat()}) + "\n")
+        sys.stdout.write(
+            json.dumps(
+                {
+                    "key": secret,
+                    "tenant": row.tenant,
+                    "prefix": row.prefix,
+                    "name": row.name,
+                    "id": str(row.id),
+                    "created_at": row.created_at.isoformat(),
+                }
+            )
+            + "\n"
+        )
         return
-    err_console.print(f"API key for tenant [bold]{row.tenant}[/] (prefix {row.prefix}); store it now, it is not "
-                      "shown again:", highlight=False, soft_wrap=True)
+    err_console.print(
+        f"API key for tenant [bold]{row.tenant}[/] (prefix {row.prefix}); store it now, it is not shown again:",
+        highlight=False,
+        soft_wrap=True,
+    )
     # The secret alone on stdout, so `KEY=$(layercut keys create --tenant t)` works.
     sys.stdout.write(secret + "\n")
 
@@ -197,14 +213,16 @@ def keys_create(
 @keys_app.command("list")
 def keys_list(
     tenant: Annotated[Optional[str], typer.Option("--tenant", help="only this tenant's keys")] = None,
-    revoked: Annotated[bool, typer.Option("--revoked/--active", help="include revoked keys (default: active only)")] = False,
+    revoked: Annotated[
+        bool, typer.Option("--revoked/--active", help="include revoked keys (default: active only)")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print a JSON list on stdout")] = False,
 ) -> None:
     """List API keys (prefix, tenant, name, created, revoked); secrets are never stored, so never shown."""
     from sqlalchemy import select
     from sqlalchemy.exc import SQLAlchemyError
 
-    from core.store.models import ApiKey
+    from layercut.store.models import ApiKey
 
     settings = _settings()
     session = _key_session(settings)
@@ -220,11 +238,23 @@ def keys_list(
     finally:
         session.close()
     if as_json:
-        sys.stdout.write(json.dumps([
-            {"prefix": r.prefix, "tenant": r.tenant, "name": r.name, "id": str(r.id),
-             "created_at": r.created_at.isoformat(), "revoked_at": r.revoked_at.isoformat() if r.revoked_at else None}
-            for r in rows
-        ], indent=2) + "\n")
+        sys.stdout.write(
+            json.dumps(
+                [
+                    {
+                        "prefix": r.prefix,
+                        "tenant": r.tenant,
+                        "name": r.name,
+                        "id": str(r.id),
+                        "created_at": r.created_at.isoformat(),
+                        "revoked_at": r.revoked_at.isoformat() if r.revoked_at else None,
+                    }
+                    for r in rows
+                ],
+                indent=2,
+            )
+            + "\n"
+        )
         return
     if not rows:
         err_console.print("no keys" + (f" for tenant {tenant}" if tenant else ""), highlight=False)
@@ -233,8 +263,13 @@ def keys_list(
     for column in ("prefix", "tenant", "name", "created", "revoked"):
         table.add_column(column)
     for r in rows:
-        table.add_row(r.prefix, r.tenant, r.name or "", f"{r.created_at:%Y-%m-%d %H:%M}",
-                      f"{r.revoked_at:%Y-%m-%d %H:%M}" if r.revoked_at else "")
+        table.add_row(
+            r.prefix,
+            r.tenant,
+            r.name or "",
+            f"{r.created_at:%Y-%m-%d %H:%M}",
+            f"{r.revoked_at:%Y-%m-%d %H:%M}" if r.revoked_at else "",
+        )
     out_console.print(table)
 
 
@@ -245,7 +280,7 @@ def keys_revoke(
     """Revoke an API key: requests with it are rejected from now on."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from core.store.keys import revoke_key
+    from layercut.store.keys import revoke_key
 
     settings = _settings()
     session = _key_session(settings)
@@ -269,30 +304,46 @@ def describe_mode(settings) -> list[str]:
     db = _safe_url(settings.resolved_database_url)
     lines: list[str] = []
     if not settings.database_url and settings.embedded:
-        lines.append(f"mode: embedded — SQLite database {db}, artifacts in {settings.resolved_artifact_root}, "
-                     "jobs run in this process")
-        lines.append("not given in this mode: no separate workers (a job runs inside the API process), one job at "
-                     "a time (others wait queued), SQLite (one machine, one API process, no concurrent writers), "
-                     "no GPU scheduling; a job running when the process stops is re-run or failed on the next "
-                     "start. For more, set LAYERCUT_DATABASE_URL (Postgres) and LAYERCUT_BROKER_URL (Redis) and "
-                     "run `celery -A worker.app worker -Q gpu,cpu` — or `docker compose up`.")
+        lines.append(
+            f"mode: embedded — SQLite database {db}, artifacts in {settings.resolved_artifact_root}, "
+            "jobs run in this process"
+        )
+        lines.append(
+            "not given in this mode: no separate workers (a job runs inside the API process), one job at "
+            "a time (others wait queued), SQLite (one machine, one API process, no concurrent writers), "
+            "no GPU scheduling; a job running when the process stops is re-run or failed on the next "
+            "start. For more, set LAYERCUT_DATABASE_URL (Postgres) and LAYERCUT_BROKER_URL (Redis) and "
+            "run `celery -A worker.app worker -Q gpu,cpu` — or `docker compose up`."
+        )
     elif settings.embedded:
-        lines.append(f"mode: database {db}, no broker — jobs run in this process, one at a time; "
-                     f"artifacts in {settings.resolved_artifact_root}")
-        lines.append("not given in this mode: no separate workers; set LAYERCUT_BROKER_URL to send jobs to Celery workers")
+        lines.append(
+            f"mode: database {db}, no broker — jobs run in this process, one at a time; "
+            f"artifacts in {settings.resolved_artifact_root}"
+        )
+        lines.append(
+            "not given in this mode: no separate workers; set LAYERCUT_BROKER_URL to send jobs to Celery workers"
+        )
     else:
-        lines.append(f"mode: service — database {db}, broker {_safe_url(settings.broker_url)}, artifacts in "
-                     f"{settings.resolved_artifact_root}; jobs run on Celery workers "
-                     "(`celery -A worker.app worker -Q gpu,cpu`), none run in this process")
+        lines.append(
+            f"mode: service — database {db}, broker {_safe_url(settings.broker_url)}, artifacts in "
+            f"{settings.resolved_artifact_root}; jobs run on Celery workers "
+            "(`celery -A worker.app worker -Q gpu,cpu`), none run in this process"
+        )
     return lines
 
 
 def serve(
-    host: Annotated[str, typer.Option("--host", help="address to listen on (0.0.0.0 for every interface)")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option("--host", help="address to listen on (0.0.0.0 for every interface)")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="TCP port")] = 8000,
-    workers: Annotated[int, typer.Option("--workers", help="API processes (only with a database and a broker configured)")] = 1,
+    workers: Annotated[
+        int, typer.Option("--workers", help="API processes (only with a database and a broker configured)")
+    ] = 1,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level")] = "info",
-    no_migrate: Annotated[bool, typer.Option("--no-migrate", help="embedded mode: do not create/upgrade the SQLite database")] = False,
+    no_migrate: Annotated[
+        bool, typer.Option("--no-migrate", help="embedded mode: do not create/upgrade the SQLite database")
+    ] = False,
 ) -> None:
     """Run the HTTP API. With no LAYERCUT_DATABASE_URL / LAYERCUT_BROKER_URL: embedded (SQLite under ./layercut-data, jobs run in-process)."""
     settings = _settings()
@@ -300,8 +351,10 @@ def serve(
     if workers < 1:
         _fail("--workers must be at least 1")
     if workers > 1 and (embedded_db or settings.embedded):
-        _fail("--workers > 1 needs a database (LAYERCUT_DATABASE_URL) and a broker (LAYERCUT_BROKER_URL): "
-              "in-process jobs and SQLite allow one API process")
+        _fail(
+            "--workers > 1 needs a database (LAYERCUT_DATABASE_URL) and a broker (LAYERCUT_BROKER_URL): "
+            "in-process jobs and SQLite allow one API process"
+        )
     for line in describe_mode(settings):
         err_console.print(line, highlight=False, soft_wrap=True)
 
@@ -315,9 +368,12 @@ def serve(
         else:
             current, head = database_revision(url)
             if current != head:
-                err_console.print(f"[bold yellow]warning:[/] database {_safe_url(url)} is at revision {current or 'none'}, "
-                                  f"the code expects {head}; run `layercut migrate` (or the compose migrate service)",
-                                  highlight=False, soft_wrap=True)
+                err_console.print(
+                    f"[bold yellow]warning:[/] database {_safe_url(url)} is at revision {current or 'none'}, "
+                    f"the code expects {head}; run `layercut migrate` (or the compose migrate service)",
+                    highlight=False,
+                    soft_wrap=True,
+                )
     except typer.Exit:
         raise
     except Exception as exc:  # noqa: BLE001 - one line, not a traceback
@@ -327,5 +383,12 @@ def serve(
 
     settings.resolved_artifact_root.mkdir(parents=True, exist_ok=True)
     err_console.print(f"serving http://{host}:{port} (docs at /docs, health at /healthz)", highlight=False)
-    uvicorn.run("api.main:app", host=host, port=port, workers=workers, log_level=log_level,
-                proxy_headers=True, forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"))
+    uvicorn.run(
+        "layercut.api.main:app",
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level,
+        proxy_headers=True,
+        forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
+    )

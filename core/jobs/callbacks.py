@@ -20,9 +20,9 @@ from typing import Any
 
 from sqlalchemy import select
 
-from core.settings import Settings
-from core.store.db import get_sessionmaker
-from core.store.models import Job, Pipeline
+from layercut.settings import Settings
+from layercut.store.db import get_sessionmaker
+from layercut.store.models import Job, Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,15 @@ def sign(secret: str, object_id: str, timestamp: str, body: bytes | str) -> str:
     return f"sha256={digest}"
 
 
-def verify_signature(secret: str, body: bytes | str, timestamp: str, signature: str, object_id: str | None = None,
-                     tolerance_seconds: float | None = 300, now: float | None = None) -> bool:
+def verify_signature(
+    secret: str,
+    body: bytes | str,
+    timestamp: str,
+    signature: str,
+    object_id: str | None = None,
+    tolerance_seconds: float | None = 300,
+    now: float | None = None,
+) -> bool:
     """Check a received callback: signature matches and the timestamp is recent (replay protection).
 
     ``object_id`` defaults to the ``id`` field of the JSON body.
@@ -58,8 +65,14 @@ def verify_signature(secret: str, body: bytes | str, timestamp: str, signature: 
     return hmac.compare_digest(sign(secret, object_id, timestamp, body), signature or "")
 
 
-def deliver(url: str, payload: dict[str, Any], secret: str, attempts: int = 5, timeout: float = 10.0,
-            backoff: float = BACKOFF_SECONDS) -> bool:
+def deliver(
+    url: str,
+    payload: dict[str, Any],
+    secret: str,
+    attempts: int = 5,
+    timeout: float = 10.0,
+    backoff: float = BACKOFF_SECONDS,
+) -> bool:
     """POST ``payload`` signed, retrying on errors and non-2xx answers; True once a 2xx came back."""
     import httpx
 
@@ -67,9 +80,12 @@ def deliver(url: str, payload: dict[str, Any], secret: str, attempts: int = 5, t
     delay = backoff
     for attempt in range(1, max(attempts, 1) + 1):
         timestamp = str(int(time.time()))
-        headers = {"Content-Type": "application/json", TIMESTAMP_HEADER: timestamp,
-                   SIGNATURE_HEADER: sign(secret, str(payload["id"]), timestamp, body),
-                   "User-Agent": "layercut-callback"}
+        headers = {
+            "Content-Type": "application/json",
+            TIMESTAMP_HEADER: timestamp,
+            SIGNATURE_HEADER: sign(secret, str(payload["id"]), timestamp, body),
+            "User-Agent": "layercut-callback",
+        }
         try:
             response = httpx.post(url, content=body.encode(), headers=headers, timeout=timeout)
             if 200 <= response.status_code < 300:
@@ -87,8 +103,9 @@ def deliver(url: str, payload: dict[str, Any], secret: str, attempts: int = 5, t
 
 def send(settings: Settings, url: str, payload: dict[str, Any]) -> Future:
     """Deliver in the background (so a slow receiver never holds a worker); the Future says if it arrived."""
-    return _executor.submit(deliver, url, payload, settings.callback_secret, settings.callback_attempts,
-                            settings.callback_timeout_seconds)
+    return _executor.submit(
+        deliver, url, payload, settings.callback_secret, settings.callback_attempts, settings.callback_timeout_seconds
+    )
 
 
 def _iso(value) -> str | None:
@@ -96,9 +113,14 @@ def _iso(value) -> str | None:
 
 
 def job_payload(job: Job) -> dict[str, Any]:
-    payload: dict[str, Any] = {"id": str(job.id), "type": "job", "kind": job.kind, "status": job.status,
-                               "finished_at": _iso(job.finished_at),
-                               "pipeline_id": str(job.pipeline_id) if job.pipeline_id else None}
+    payload: dict[str, Any] = {
+        "id": str(job.id),
+        "type": "job",
+        "kind": job.kind,
+        "status": job.status,
+        "finished_at": _iso(job.finished_at),
+        "pipeline_id": str(job.pipeline_id) if job.pipeline_id else None,
+    }
     if job.status == "succeeded":
         payload["result"] = job.result
     elif job.error_code:
@@ -123,7 +145,10 @@ def pipeline_finished(settings: Settings, pipeline_id: uuid.UUID) -> Future | No
             return None
         jobs = session.scalars(select(Job).where(Job.pipeline_id == pipeline_id).order_by(Job.step)).all()
         payload: dict[str, Any] = {
-            "id": str(pipeline.id), "type": "pipeline", "kind": "pipeline", "status": pipeline.status,
+            "id": str(pipeline.id),
+            "type": "pipeline",
+            "kind": "pipeline",
+            "status": pipeline.status,
             "finished_at": _iso(pipeline.finished_at),
             "jobs": [{"id": str(j.id), "kind": j.kind, "step": j.step, "status": j.status} for j in jobs],
         }
@@ -131,5 +156,7 @@ def pipeline_finished(settings: Settings, pipeline_id: uuid.UUID) -> Future | No
         if failed is not None:
             payload["error"] = {"code": failed.error_code, "message": failed.error_message, "job_id": str(failed.id)}
         if pipeline.status == "succeeded" and jobs:
-            payload["result"] = {"model_ids": [j.result.get("model_id") for j in jobs if j.result and j.result.get("model_id")]}
+            payload["result"] = {
+                "model_ids": [j.result.get("model_id") for j in jobs if j.result and j.result.get("model_id")]
+            }
         return send(settings, pipeline.callback_url, payload)

@@ -15,10 +15,10 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, runtime_checkable
 
-from core.jobspec import QUEUES, task_name
-from core.settings import Settings
-from core.store.db import get_sessionmaker
-from core.store.jobs import JobRepository
+from layercut.contracts.jobs import QUEUES, task_name
+from layercut.settings import Settings
+from layercut.store.db import get_sessionmaker
+from layercut.store.jobs import JobRepository
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +78,14 @@ class CeleryDispatcher:
         if kind not in QUEUES:
             raise DispatchError(f"unknown job kind {kind!r}")
         try:
-            self.app.send_task(task_name(kind), args=[str(job_id)], queue=QUEUES[kind], task_id=str(job_id),
-                               retry=True, retry_policy=SEND_RETRY_POLICY)
+            self.app.send_task(
+                task_name(kind),
+                args=[str(job_id)],
+                queue=QUEUES[kind],
+                task_id=str(job_id),
+                retry=True,
+                retry_policy=SEND_RETRY_POLICY,
+            )
         except Exception as exc:  # kombu/redis raise many types; all mean "not sent"
             log.warning("could not send job %s (%s) to the broker: %s", job_id, kind, exc)
             raise DispatchError(f"could not send job {job_id} to the broker: {type(exc).__name__}: {exc}") from exc
@@ -108,7 +114,7 @@ class CeleryDispatcher:
 
 
 class InProcessDispatcher:
-    """Embedded mode: runs ``core.jobs.runner.execute_job`` in one background thread (jobs run one at a time)."""
+    """Embedded mode: runs ``layercut.jobs.runner.execute_job`` in one background thread (jobs run one at a time)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -132,7 +138,7 @@ class InProcessDispatcher:
         _mark_dispatched(self.settings, job_id)
 
     def _run(self, job_id: uuid.UUID) -> None:
-        from core.jobs.runner import execute_job
+        from layercut.jobs.runner import execute_job
 
         with self._lock:
             self._waiting.discard(job_id)
@@ -161,7 +167,7 @@ def get_dispatcher(settings: Settings) -> Dispatcher:
         if dispatcher is None:
             if settings.embedded:
                 dispatcher = InProcessDispatcher(settings)
-                from core.jobs.reaper import start_reaper_thread
+                from layercut.jobs.reaper import start_reaper_thread
 
                 start_reaper_thread(settings)
             else:

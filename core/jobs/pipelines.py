@@ -22,18 +22,19 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from core.settings import Settings
-from core.store.db import get_sessionmaker
-from core.store.jobs import JobRepository
-from core.store.models import FINAL_STATUSES, Job, Pipeline, utcnow
+from layercut.settings import Settings
+from layercut.store.db import get_sessionmaker
+from layercut.store.jobs import JobRepository
+from layercut.store.models import FINAL_STATUSES, Job, Pipeline, utcnow
 
 log = logging.getLogger(__name__)
 
 PIPELINE_FINAL = ("succeeded", "failed", "cancelled")
 
 
-def create_pipeline_jobs(session: Session, tenant: str, pipeline: Pipeline,
-                         steps: list[tuple[str, dict[str, Any]]]) -> list[Job]:
+def create_pipeline_jobs(
+    session: Session, tenant: str, pipeline: Pipeline, steps: list[tuple[str, dict[str, Any]]]
+) -> list[Job]:
     """Add one queued Job per ``(kind, params)`` step, chained by depends_on; params may hold ``"$step:N"`` strings.
 
     A string ``"$step:N"`` anywhere in a step's params is replaced by the id of step N (so a step can say
@@ -55,9 +56,17 @@ def create_pipeline_jobs(session: Session, tenant: str, pipeline: Pipeline,
 
     jobs = []
     for index, (kind, params) in enumerate(steps):
-        job = Job(id=ids[index], tenant=tenant, kind=kind, status="queued", params=substitute(params),
-                  pipeline_id=pipeline.id, step=index, depends_on=ids[index - 1] if index else None,
-                  callback_url=None)
+        job = Job(
+            id=ids[index],
+            tenant=tenant,
+            kind=kind,
+            status="queued",
+            params=substitute(params),
+            pipeline_id=pipeline.id,
+            step=index,
+            depends_on=ids[index - 1] if index else None,
+            callback_url=None,
+        )
         session.add(job)
         jobs.append(job)
     session.flush()
@@ -68,8 +77,12 @@ def mark_running(session: Session, job: Job) -> None:
     """The pipeline of a job that was just claimed is running (if it was still queued)."""
     if job.pipeline_id is None:
         return
-    session.execute(update(Pipeline).where(Pipeline.id == job.pipeline_id, Pipeline.status == "queued")
-                    .values(status="running", updated_at=utcnow()).execution_options(synchronize_session=False))
+    session.execute(
+        update(Pipeline)
+        .where(Pipeline.id == job.pipeline_id, Pipeline.status == "queued")
+        .values(status="running", updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
     session.commit()
 
 
@@ -83,7 +96,7 @@ def ready(session: Session, job: Job) -> bool:
 
 def job_finished(settings: Settings, job_id: uuid.UUID) -> str | None:
     """Advance the pipeline of a finished job; returns the pipeline's status if it just ended, else None."""
-    from core.jobs.dispatch import DispatchError, get_dispatcher
+    from layercut.jobs.dispatch import DispatchError, get_dispatcher
 
     with get_sessionmaker(settings.resolved_database_url)() as session:
         job = session.get(Job, job_id, populate_existing=True)
@@ -101,8 +114,11 @@ def job_finished(settings: Settings, job_id: uuid.UUID) -> str | None:
             if statuses and all(s == "succeeded" for s in statuses):
                 return _end(session, settings, job.pipeline_id, "succeeded")
             return None
-        pending = session.scalars(select(Job.id).where(Job.pipeline_id == job.pipeline_id,
-                                                       Job.status.notin_(FINAL_STATUSES), Job.id != job.id)).all()
+        pending = session.scalars(
+            select(Job.id).where(
+                Job.pipeline_id == job.pipeline_id, Job.status.notin_(FINAL_STATUSES), Job.id != job.id
+            )
+        ).all()
         for other in pending:
             if not repo.cancel(other, ("queued",)):
                 repo.request_cancel(other)  # a step already running (not expected in a chain): ask it to stop
@@ -112,14 +128,19 @@ def job_finished(settings: Settings, job_id: uuid.UUID) -> str | None:
 def _end(session: Session, settings: Settings, pipeline_id: uuid.UUID, status: str) -> str | None:
     """Set the pipeline's final status once (compare-and-set) and send its callback."""
     now = utcnow()
-    changed = session.execute(
-        update(Pipeline).where(Pipeline.id == pipeline_id, Pipeline.status.notin_(PIPELINE_FINAL))
-        .values(status=status, finished_at=now, updated_at=now).execution_options(synchronize_session=False)
-    ).rowcount == 1
+    changed = (
+        session.execute(
+            update(Pipeline)
+            .where(Pipeline.id == pipeline_id, Pipeline.status.notin_(PIPELINE_FINAL))
+            .values(status=status, finished_at=now, updated_at=now)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        == 1
+    )
     session.commit()
     if not changed:
         return None
-    from core.jobs import callbacks
+    from layercut.jobs import callbacks
 
     try:
         callbacks.pipeline_finished(settings, pipeline_id)

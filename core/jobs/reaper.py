@@ -17,18 +17,18 @@ import threading
 import uuid
 from datetime import timedelta
 
-from core.settings import Settings
-from core.store.db import get_sessionmaker
-from core.store.jobs import JobRepository
+from layercut.settings import Settings
+from layercut.store.db import get_sessionmaker
+from layercut.store.jobs import JobRepository
 
 log = logging.getLogger(__name__)
 
 
 def reap(settings: Settings) -> dict[str, list[str]]:
     """One pass: reap stale running jobs, re-send lost or unsent queued ones; returns what it did (job ids)."""
-    from core.jobs import pipelines
-    from core.jobs.dispatch import DispatchError, InspectableDispatcher, get_dispatcher
-    from core.jobs.runner import finished
+    from layercut.jobs import pipelines
+    from layercut.jobs.dispatch import DispatchError, InspectableDispatcher, get_dispatcher
+    from layercut.jobs.runner import finished
 
     stale_after = timedelta(seconds=settings.stale_after_seconds)
     with get_sessionmaker(settings.resolved_database_url)() as session:
@@ -51,8 +51,13 @@ def reap(settings: Settings) -> dict[str, list[str]]:
                 not_sent.append(str(job.id))
     for job_id in outcome["failed"] + outcome["cancelled"]:
         finished(settings, job_id)
-    result = {"requeued": [str(i) for i in outcome["requeued"]], "failed": [str(i) for i in outcome["failed"]],
-              "cancelled": [str(i) for i in outcome["cancelled"]], "dispatched": sent, "not_dispatched": not_sent}
+    result = {
+        "requeued": [str(i) for i in outcome["requeued"]],
+        "failed": [str(i) for i in outcome["failed"]],
+        "cancelled": [str(i) for i in outcome["cancelled"]],
+        "dispatched": sent,
+        "not_dispatched": not_sent,
+    }
     if any(result.values()):
         log.info("reaper: %s", {k: len(v) for k, v in result.items()})
     return result

@@ -26,13 +26,21 @@ from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from core.jobspec import (AnalyzeParams, CompareParams, ExplainParams, JobParams, ModelRef, RetrainParams, TrainParams,
-                          TruncateParams)
-from core.pipeline.errors import Cancelled, LayercutError, MissingResourceError
-from core.settings import Settings, get_settings
-from core.store.db import get_sessionmaker
-from core.store.jobs import JobRepository
-from core.store.models import FINAL_STATUSES, Artifact, Dataset, Job, ModelVersion
+from layercut.contracts.errors import Cancelled, LayercutError, MissingResourceError
+from layercut.contracts.jobs import (
+    AnalyzeParams,
+    CompareParams,
+    ExplainParams,
+    JobParams,
+    ModelRef,
+    RetrainParams,
+    TrainParams,
+    TruncateParams,
+)
+from layercut.settings import Settings, get_settings
+from layercut.store.db import get_sessionmaker
+from layercut.store.jobs import JobRepository
+from layercut.store.models import FINAL_STATUSES, Artifact, Dataset, Job, ModelVersion
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +70,7 @@ class Heartbeat:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{job_id}", daemon=True)
 
-    def __enter__(self) -> "Heartbeat":
+    def __enter__(self) -> Heartbeat:
         self._thread.start()
         return self
 
@@ -115,8 +123,12 @@ class JobProgress:
                 select(Job.status, Job.worker, Job.attempts, Job.cancel_requested).where(Job.id == self.job_id)
             ).one_or_none()
             self.repo.session.commit()
-            if row is None or row.status not in ("running", "cancelling") or row.worker != self.worker \
-                    or row.attempts != self.attempts:
+            if (
+                row is None
+                or row.status not in ("running", "cancelling")
+                or row.worker != self.worker
+                or row.attempts != self.attempts
+            ):
                 raise LostClaim(f"job {self.job_id} is no longer ours ({row.status if row else 'deleted'})")
             self._cancel = bool(row.cancel_requested)
         return self._cancel
@@ -153,8 +165,10 @@ class Resolver:
         if producer is None or producer.tenant != self.job.tenant:
             raise MissingResourceError(f"job {job_id} (the {what}) does not exist")
         if producer.status != "succeeded":
-            raise DependencyFailed(f"job {job_id} (the {what}) ended {producer.status}"
-                                   + (f": {producer.error_code}: {producer.error_message}" if producer.error_code else ""))
+            raise DependencyFailed(
+                f"job {job_id} (the {what}) ended {producer.status}"
+                + (f": {producer.error_code}: {producer.error_message}" if producer.error_code else "")
+            )
         return producer
 
     def model(self, ref: ModelRef) -> ModelVersion:
@@ -164,8 +178,9 @@ class Resolver:
                 raise MissingResourceError(f"model {ref.model_id} does not exist")
             return model
         producer = self.producing_job(ref.from_job, "job producing the model")
-        model = self.session.scalars(select(ModelVersion).where(ModelVersion.job_id == producer.id)
-                                     .order_by(ModelVersion.created_at.desc())).first()
+        model = self.session.scalars(
+            select(ModelVersion).where(ModelVersion.job_id == producer.id).order_by(ModelVersion.created_at.desc())
+        ).first()
         if model is None:
             raise DependencyFailed(f"job {producer.id} ({producer.kind}) produced no model")
         return model
@@ -178,8 +193,8 @@ class Resolver:
 
     def data_config(self, dataset_id: uuid.UUID | None, model: ModelVersion):
         """The DataConfig for reading data with an existing model: its training split settings, on the given dataset."""
-        from core.pipeline.checkpoint import read_spec
-        from core.pipeline.config import DataConfig
+        from layercut.contracts.configs import DataConfig
+        from layercut.stages.checkpoint import read_spec
 
         dataset_id = dataset_id or model.dataset_id
         if dataset_id is None:
@@ -200,8 +215,8 @@ class Resolver:
         analysis_job = params.analysis_job
         if analysis_job is None and self.job.pipeline_id is not None:
             analysis_job = self.session.scalars(
-                select(Job.id).where(Job.pipeline_id == self.job.pipeline_id, Job.kind == "analyze")
-                .order_by(Job.step)).first()
+                select(Job.id).where(Job.pipeline_id == self.job.pipeline_id, Job.kind == "analyze").order_by(Job.step)
+            ).first()
         if analysis_job is None:
             raise LayercutError("truncate with cut='knee' needs analysis_job (an analyze job of this model)")
         producer = self.producing_job(analysis_job, "analysis")
@@ -229,18 +244,20 @@ class Produced:
 
 def _run_stage(params: Any, resolver: Resolver, out: Path, reporter) -> tuple[dict, Produced | None]:
     """Dispatch on the params' kind to the core stage; returns its summary and the model it made, if any."""
-    from core.pipeline import stages
-    from core.pipeline.config import DataConfig
+    from layercut.contracts.configs import DataConfig
+    from layercut.stages import stages
 
     loading, working = reporter.scaled(0.0, 0.1), reporter.scaled(0.1, 1.0)
     if isinstance(params, TrainParams):
         dataset_row = resolver.dataset(params.data.dataset_id)
         data = DataConfig(source=resolver.source(dataset_row), **params.data.model_dump(exclude={"dataset_id"}))
         dataset = stages.load_data(data, loading)
-        summary = stages.train_stage(dataset, data, params.arch, params.train, out, pretrained=params.pretrained,
-                                     reporter=working)
-        return summary, Produced(out / CHECKPOINT_NAME, True, dataset_row.id, None, summary["params"],
-                                       _model_metrics(summary))
+        summary = stages.train_stage(
+            dataset, data, params.arch, params.train, out, pretrained=params.pretrained, reporter=working
+        )
+        return summary, Produced(
+            out / CHECKPOINT_NAME, True, dataset_row.id, None, summary["params"], _model_metrics(summary)
+        )
     if isinstance(params, AnalyzeParams):
         model = resolver.model(params.model)
         dataset = stages.load_data(resolver.data_config(params.dataset_id, model), loading)
@@ -253,29 +270,45 @@ def _run_stage(params: Any, resolver: Resolver, out: Path, reporter) -> tuple[di
         stages.write_json(out / "truncate.json", summary)
         reporter.update("truncate", 1.0, f"cut at {summary['cut_point']['name']}")
         metrics = {k: summary[k] for k in ("base_params", "slim_params", "params_kept")}
-        return summary, Produced(out / CHECKPOINT_NAME, False, model.dataset_id, model.id, summary["slim_params"], metrics)
+        return summary, Produced(
+            out / CHECKPOINT_NAME, False, model.dataset_id, model.id, summary["slim_params"], metrics
+        )
     if isinstance(params, RetrainParams):
         model = resolver.model(params.model)
         data = resolver.data_config(params.dataset_id, model)
         dataset = stages.load_data(data, loading)
-        summary = stages.retrain_stage(resolver.checkpoint(model), dataset, params.train, out,
-                                       from_scratch=params.from_scratch, reporter=working)
+        summary = stages.retrain_stage(
+            resolver.checkpoint(model), dataset, params.train, out, from_scratch=params.from_scratch, reporter=working
+        )
         dataset_id = params.dataset_id or model.dataset_id
-        return summary, Produced(out / CHECKPOINT_NAME, True, dataset_id, model.parent_id or model.id,
-                                 summary["params"], _model_metrics(summary))
+        return summary, Produced(
+            out / CHECKPOINT_NAME,
+            True,
+            dataset_id,
+            model.parent_id or model.id,
+            summary["params"],
+            _model_metrics(summary),
+        )
     if isinstance(params, CompareParams):
         base, slim = resolver.model(params.base), resolver.model(params.slim)
         dataset = stages.load_data(resolver.data_config(params.dataset_id, base), loading)
-        return stages.compare_stage(resolver.checkpoint(base), resolver.checkpoint(slim), dataset, params.compare,
-                                    out, reporter=working), None
+        return stages.compare_stage(
+            resolver.checkpoint(base), resolver.checkpoint(slim), dataset, params.compare, out, reporter=working
+        ), None
     if isinstance(params, ExplainParams):
         model = resolver.model(params.model)
         other = resolver.model(params.compare_with) if params.compare_with is not None else None
         dataset = stages.load_data(resolver.data_config(params.dataset_id, model), loading)
-        from core.pipeline.explain import explain_stage
+        from layercut.stages.explain import explain_stage
 
-        return explain_stage(resolver.checkpoint(model), dataset, params.explain, out, reporter=working,
-                             compare_checkpoint=resolver.checkpoint(other) if other is not None else None), None
+        return explain_stage(
+            resolver.checkpoint(model),
+            dataset,
+            params.explain,
+            out,
+            reporter=working,
+            compare_checkpoint=resolver.checkpoint(other) if other is not None else None,
+        ), None
     raise LayercutError(f"unknown job kind {getattr(params, 'kind', None)!r}")
 
 
@@ -287,8 +320,13 @@ def _model_metrics(summary: dict) -> dict:
 # --------------------------------------------------------------------------------------------------
 # recording outputs
 
-ARTIFACT_KINDS = {"metrics.json": "metrics", "analysis.json": "analysis", "compare.json": "report",
-                  "truncate.json": "report", "gbp_maps.npz": "maps"}
+ARTIFACT_KINDS = {
+    "metrics.json": "metrics",
+    "analysis.json": "analysis",
+    "compare.json": "report",
+    "truncate.json": "report",
+    "gbp_maps.npz": "maps",
+}
 mimetypes.add_type("application/octet-stream", ".safetensors")
 mimetypes.add_type("application/octet-stream", ".npz")
 
@@ -320,22 +358,36 @@ def record_outputs(session: Session, job: Job, out: Path, root: Path, produced: 
     session.execute(delete(Artifact).where(Artifact.job_id == job.id))
     session.execute(delete(ModelVersion).where(ModelVersion.job_id == job.id))
     for path in sorted(p for p in out.rglob("*") if p.is_file() and not p.name.endswith(".tmp")):
-        session.add(Artifact(
-            tenant=job.tenant, job_id=job.id, path=path.relative_to(root).as_posix(), kind=artifact_kind(path),
-            bytes=path.stat().st_size, sha256=file_sha256(path),
-            content_type=mimetypes.guess_type(path.name)[0] or "application/octet-stream",
-        ))
+        session.add(
+            Artifact(
+                tenant=job.tenant,
+                job_id=job.id,
+                path=path.relative_to(root).as_posix(),
+                kind=artifact_kind(path),
+                bytes=path.stat().st_size,
+                sha256=file_sha256(path),
+                content_type=mimetypes.guess_type(path.name)[0] or "application/octet-stream",
+            )
+        )
     model_id = None
     if produced is not None:
-        from core.pipeline.checkpoint import read_spec
+        from layercut.stages.checkpoint import read_spec
 
         spec = read_spec(produced.path)
         model = ModelVersion(
-            tenant=job.tenant, job_id=job.id, dataset_id=produced.dataset_id, parent_id=produced.parent_id,
-            checkpoint=produced.path.relative_to(root).as_posix(), architecture=spec.architecture,
-            classes=list(spec.classes), image_size=spec.image_size, params=int(produced.params),
-            trained=produced.trained, metrics=_jsonable(produced.metrics, root),
-            cut_point=spec.cut_point.model_dump() if spec.cut_point else None, source="job",
+            tenant=job.tenant,
+            job_id=job.id,
+            dataset_id=produced.dataset_id,
+            parent_id=produced.parent_id,
+            checkpoint=produced.path.relative_to(root).as_posix(),
+            architecture=spec.architecture,
+            classes=list(spec.classes),
+            image_size=spec.image_size,
+            params=int(produced.params),
+            trained=produced.trained,
+            metrics=_jsonable(produced.metrics, root),
+            cut_point=spec.cut_point.model_dump() if spec.cut_point else None,
+            source="job",
         )
         session.add(model)
         session.flush()
@@ -362,7 +414,7 @@ def _jsonable(value: Any, root: Path) -> Any:
         value = str(value)
     if isinstance(value, str):
         prefix = str(root) + os.sep
-        return value[len(prefix):] if value.startswith(prefix) else value
+        return value[len(prefix) :] if value.startswith(prefix) else value
     if value is None or isinstance(value, (bool, int)):
         return value
     return str(value)
@@ -401,7 +453,7 @@ def execute_job(job_id: uuid.UUID | str, settings: Settings | None = None, worke
             log.info("job %s not claimed (status %s)", job_id, current.status if current else None)
             return current.status if current else "missing"
         job = repo.get(job_id)
-        from core.jobs import pipelines
+        from layercut.jobs import pipelines
 
         pipelines.mark_running(session, job)
         with Heartbeat(settings.resolved_database_url, job_id, settings.heartbeat_seconds):
@@ -413,7 +465,7 @@ def execute_job(job_id: uuid.UUID | str, settings: Settings | None = None, worke
 
 def _run_claimed(session: Session, repo: JobRepository, job: Job, settings: Settings, worker: str) -> str:
     """Run a claimed job to a final status, mapping every error to failed/cancelled (never left running)."""
-    from core.pipeline.progress import Reporter
+    from layercut.stages.progress import Reporter
 
     root = settings.resolved_artifact_root
     out = root / job.tenant / str(job.id)
@@ -489,7 +541,7 @@ def _settle_lost_race(repo: JobRepository, job_id: uuid.UUID) -> str:
 
 def finished(settings: Settings, job_id: uuid.UUID) -> None:
     """After a job reached a final status: advance its pipeline and send its callback (errors only logged)."""
-    from core.jobs import callbacks, pipelines
+    from layercut.jobs import callbacks, pipelines
 
     try:
         pipelines.job_finished(settings, job_id)
@@ -499,5 +551,3 @@ def finished(settings: Settings, job_id: uuid.UUID) -> None:
         callbacks.job_finished(settings, job_id)
     except Exception:
         log.exception("sending the callback of job %s failed", job_id)
-
-

@@ -4,8 +4,17 @@
 from ``StageInput`` descriptions (the API builds them from job rows). Torch-free: the API imports this.
 """
 
-from .build import KEY_FILES, STAGE_KINDS, SUBTITLE, StageInput, render_report
-from .run_folder import REPORT_NAME, render_run_report, run_stages, write_run_report
+from layercut.report.build import KEY_FILES, STAGE_KINDS, SUBTITLE, StageInput, render_report
+from layercut.report.run_folder import REPORT_NAME, render_run_report, run_stages, write_run_report
 
-__all__ = ["KEY_FILES", "REPORT_NAME", "STAGE_KINDS", "SUBTITLE", "StageInput", "render_report", "render_run_report",
-           "run_stages", "write_run_report"]
+__all__ = [
+    "KEY_FILES",
+    "REPORT_NAME",
+    "STAGE_KINDS",
+    "SUBTITLE",
+    "StageInput",
+    "render_report",
+    "render_run_report",
+    "run_stages",
+    "write_run_report",
+]

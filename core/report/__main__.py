@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .run_folder import write_run_report
+from layercut.report.run_folder import write_run_report
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m core.report",
-                                     description="Write RUN_DIR/report.html, a self-contained HTML report of a "
-                                                 "`layercut run` output folder (stages not run yet are marked so).")
+    parser = argparse.ArgumentParser(
+        prog="python -m core.report",
+        description="Write RUN_DIR/report.html, a self-contained HTML report of a "
+        "`layercut run` output folder (stages not run yet are marked so).",
+    )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="the --out folder of `layercut run`")
     args = parser.parse_args(argv)
     try:

@@ -13,23 +13,58 @@ Torch-free and stdlib-only (the API imports this).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
-from .markup import (HTML, as_list, as_mapping, badge, chips, dec, facts, figure, figures, get, human, inside, integer,
-                     is_number, ms, note, para, pct, png_files, read_json, table, tag, text)
-from .style import CSS
+from layercut.report.markup import (
+    HTML,
+    as_list,
+    as_mapping,
+    badge,
+    chips,
+    dec,
+    facts,
+    figure,
+    figures,
+    get,
+    human,
+    inside,
+    integer,
+    is_number,
+    ms,
+    note,
+    para,
+    pct,
+    png_files,
+    read_json,
+    table,
+    tag,
+    text,
+)
+from layercut.report.style import CSS
 
 log = logging.getLogger("layercut.report")
 
 STAGE_KINDS = ("train", "analyze", "truncate", "retrain", "compare", "explain")
-KEY_FILES = {"train": "metrics.json", "retrain": "metrics.json", "analyze": "analysis.json",
-             "truncate": "truncate.json", "compare": "compare.json", "explain": "explain.json"}
-STAGE_TITLES = {"train": "train the base model", "analyze": "analyze (GBP + SSIM)",
-                "truncate": "truncate at the cut point", "retrain": "retrain the slim model",
-                "compare": "compare base and slim", "explain": "explain base and slim"}
+KEY_FILES = {
+    "train": "metrics.json",
+    "retrain": "metrics.json",
+    "analyze": "analysis.json",
+    "truncate": "truncate.json",
+    "compare": "compare.json",
+    "explain": "explain.json",
+}
+STAGE_TITLES = {
+    "train": "train the base model",
+    "analyze": "analyze (GBP + SSIM)",
+    "truncate": "truncate at the cut point",
+    "retrain": "retrain the slim model",
+    "compare": "compare base and slim",
+    "explain": "explain base and slim",
+}
 ACTIVE_STATUSES = ("queued", "running", "cancelling")
 MAX_TABLE_ROWS = 200
 SUBTITLE = "base model → analysis → cut → slim model → comparison → explanations"
@@ -41,10 +76,16 @@ MODEL_FIGURES = [
     ("confused_pairs.png", "The most-confused class pairs, with example images"),
 ]
 CLASS_COUNTS = ("class_counts.png", "Images per class in each split")
-GBP_FIGURES = [("gbp_grid.png", "Guided-backprop maps of probe images at every cut point, from shallow to deep "
-                                "(the knee is marked)")]
-SSIM_FIGURES = [("ssim_curve.png", "SSIM between depths, with the knee"),
-                ("similarity_matrix.png", "SSIM of the GBP maps between every pair of cut points")]
+GBP_FIGURES = [
+    (
+        "gbp_grid.png",
+        "Guided-backprop maps of probe images at every cut point, from shallow to deep (the knee is marked)",
+    )
+]
+SSIM_FIGURES = [
+    ("ssim_curve.png", "SSIM between depths, with the knee"),
+    ("similarity_matrix.png", "SSIM of the GBP maps between every pair of cut points"),
+]
 COMPARE_FIGURES = [("compare.png", "Base vs slim: accuracy, parameters, MACs and latency")]
 
 
@@ -135,9 +176,15 @@ class _Section:
     body: HTML
 
 
-def render_report(stages: Sequence[StageInput], title: str, *, subtitle: str | None = None,
-                  details: Iterable[tuple[str, Any]] = (), status: str | None = None,
-                  generated_at: datetime | None = None) -> str:
+def render_report(
+    stages: Sequence[StageInput],
+    title: str,
+    *,
+    subtitle: str | None = None,
+    details: Iterable[tuple[str, Any]] = (),
+    status: str | None = None,
+    generated_at: datetime | None = None,
+) -> str:
     """The HTML page for ``stages`` (one per kind; the first of a kind wins).
 
     Sections appear for the stages given: data and base model (train), GBP maps and SSIM/knee (analyze),
@@ -172,8 +219,9 @@ def render_report(stages: Sequence[StageInput], title: str, *, subtitle: str | N
             body = make(stage) if stage.ready else _pending(stage)
         except Exception as exc:  # a malformed summary must not take the whole report down
             log.exception("report section %s could not be drawn", ident)
-            body = note(f"This section could not be drawn from the stage's outputs ({type(exc).__name__}: {exc}).",
-                        "note warn")
+            body = note(
+                f"This section could not be drawn from the stage's outputs ({type(exc).__name__}: {exc}).", "note warn"
+            )
         sections.append(_Section(ident, heading, stage, body))
 
     try:
@@ -190,25 +238,35 @@ def _page(title: str, subtitle: str | None, status: str | None, sections: list[_
     blocks = []
     for number, section in enumerate(sections, start=1):
         state = _section_state(section.stage)
-        toc_items.append(tag("li", HTML(tag("a", section.title, href=f"#{section.ident}")
-                                        + (" " + badge(state) if state else ""))))
-        heading = tag("h2", HTML(f'<span class="num">{number}</span> {text(section.title)}'
-                                 + (" " + badge(state) if state else "")))
+        toc_items.append(
+            tag("li", HTML(tag("a", section.title, href=f"#{section.ident}") + (" " + badge(state) if state else "")))
+        )
+        heading = tag(
+            "h2",
+            HTML(f'<span class="num">{number}</span> {text(section.title)}' + (" " + badge(state) if state else "")),
+        )
         where = _where(section.stage)
         blocks.append(tag("section", HTML(heading + where + section.body), id=section.ident))
     version = _version()
     heading = tag("h1", HTML(text(title) + (" " + badge(status) if status else "")))
-    header = HTML(tag("p", "layercut report", cls="kicker") + heading
-                  + (tag("p", subtitle, cls="subtitle") if subtitle else ""))
-    nav = tag("nav", HTML(tag("h2", "Contents") + tag("ol", HTML("".join(toc_items)))), cls="toc",
-              aria_label="Contents")
-    footer = tag("footer", f"Made by layercut {version} on {when.astimezone(timezone.utc):%Y-%m-%d %H:%M} UTC. "
-                           "Self-contained: every picture is embedded in this file.")
-    return ("<!DOCTYPE html>\n"
-            '<html lang="en"><head><meta charset="utf-8">'
-            '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{text(title)}</title><style>{CSS}</style></head>"
-            f"<body><main>{tag('header', header)}{nav}{''.join(blocks)}{footer}</main></body></html>\n")
+    header = HTML(
+        tag("p", "layercut report", cls="kicker") + heading + (tag("p", subtitle, cls="subtitle") if subtitle else "")
+    )
+    nav = tag(
+        "nav", HTML(tag("h2", "Contents") + tag("ol", HTML("".join(toc_items)))), cls="toc", aria_label="Contents"
+    )
+    footer = tag(
+        "footer",
+        f"Made by layercut {version} on {when.astimezone(timezone.utc):%Y-%m-%d %H:%M} UTC. "
+        "Self-contained: every picture is embedded in this file.",
+    )
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{text(title)}</title><style>{CSS}</style></head>"
+        f"<body><main>{tag('header', header)}{nav}{''.join(blocks)}{footer}</main></body></html>\n"
+    )
 
 
 def _version() -> str:
@@ -242,11 +300,15 @@ def _pending(stage: _Stage) -> HTML:
     s = stage.input
     what = f"the {s.kind} step"
     if s.status is None:
-        return note(f"Not run yet: {_expected(s)} is not there (the run is still going, or it stopped before this "
-                    "stage).", "note pending")
+        return note(
+            f"Not run yet: {_expected(s)} is not there (the run is still going, or it stopped before this stage).",
+            "note pending",
+        )
     if s.status == "queued":
-        return note(f"Not run yet: {what} is queued" + (" (it starts when the step before it succeeds)."
-                                                          if s.step else "."), "note pending")
+        return note(
+            f"Not run yet: {what} is queued" + (" (it starts when the step before it succeeds)." if s.step else "."),
+            "note pending",
+        )
     if s.status in ("running", "cancelling"):
         detail = []
         if is_number(s.percent):
@@ -263,8 +325,11 @@ def _pending(stage: _Stage) -> HTML:
     if s.status == "cancelled":
         return note(f"Not run: {what} was cancelled.", "note pending")
     if s.status == "succeeded":
-        return note(f"{what.capitalize()} succeeded, but its outputs ({KEY_FILES.get(s.kind, 'files')}) are missing "
-                    "from the artifact volume.", "note warn")
+        return note(
+            f"{what.capitalize()} succeeded, but its outputs ({KEY_FILES.get(s.kind, 'files')}) are missing "
+            "from the artifact volume.",
+            "note warn",
+        )
     return note(f"Not run yet: {what} is {s.status}.", "note pending")
 
 
@@ -284,9 +349,12 @@ def _overview_body(ordered: list[_Stage], by_kind: dict[str, _Stage], extra: Ite
     if arch is None:
         arch = next((get(x, "base", "architecture") for x in summaries if get(x, "base", "architecture")), None)
     data = _data_info(by_kind)
-    derived = [("Architecture", arch), ("Dataset", get(data, "name") or get(data, "source")),
-               ("Classes", len(get(data, "classes")) if isinstance(get(data, "classes"), list) else None),
-               ("Image size", f"{get(data, 'image_size')} px" if get(data, "image_size") else None)]
+    derived = [
+        ("Architecture", arch),
+        ("Dataset", get(data, "name") or get(data, "source")),
+        ("Classes", len(get(data, "classes")) if isinstance(get(data, "classes"), list) else None),
+        ("Image size", f"{get(data, 'image_size')} px" if get(data, "image_size") else None),
+    ]
     pairs += [(k, v) for k, v in derived if k not in known]
     parts.append(facts(pairs))
     parts.append(tag("h3", "Stages"))
@@ -315,8 +383,10 @@ def _overview_body(ordered: list[_Stage], by_kind: dict[str, _Stage], extra: Ite
 def _stage_brief(s: _Stage) -> str:
     x = s.summary or {}
     if s.kind in ("train", "retrain"):
-        return (f"test accuracy {pct(x.get('accuracy'))}, macro-F1 {dec(x.get('macro_f1'))}, "
-                f"{human(x.get('params'))} parameters")
+        return (
+            f"test accuracy {pct(x.get('accuracy'))}, macro-F1 {dec(x.get('macro_f1'))}, "
+            f"{human(x.get('params'))} parameters"
+        )
     if s.kind == "analyze":
         cut = as_mapping(x.get("cut_point"))
         return f"{len(as_list(x.get('cut_points')))} cut points; knee at {cut.get('name', '—')}"
@@ -336,8 +406,9 @@ def _headline_cards(by_kind: dict[str, _Stage]) -> HTML:
         s = by_kind.get(kind)
         return s.summary if s is not None and s.ready else None
 
-    compare, train, retrain, truncate, analyze = (ready(k) for k in
-                                                  ("compare", "train", "retrain", "truncate", "analyze"))
+    compare, train, retrain, truncate, analyze = (
+        ready(k) for k in ("compare", "train", "retrain", "truncate", "analyze")
+    )
     cards: list[tuple[str, str, str | None]] = []
     base_acc = get(compare, "base", "accuracy", default=get(train, "accuracy"))
     slim_acc = get(compare, "slim", "accuracy", default=get(retrain, "accuracy"))
@@ -354,21 +425,36 @@ def _headline_cards(by_kind: dict[str, _Stage]) -> HTML:
     base_params = get(compare, "base", "params", default=get(truncate, "base_params", default=get(train, "params")))
     slim_params = get(compare, "slim", "params", default=get(truncate, "slim_params", default=get(retrain, "params")))
     if is_number(base_params) and is_number(slim_params) and base_params:
-        cards.append(("Parameters kept", pct(slim_params / base_params),
-                      f"{human(slim_params)} of {human(base_params)}"))
+        cards.append(
+            ("Parameters kept", pct(slim_params / base_params), f"{human(slim_params)} of {human(base_params)}")
+        )
     latency = get(compare, "comparison", "latency")
     if isinstance(latency, Mapping) and latency:
         key = "cpu_b1" if "cpu_b1" in latency else next(iter(latency))
         entry = as_mapping(latency[key])
         speed = entry.get("speedup")
         if is_number(speed) and speed > 0:
-            cards.append((f"{_latency_label(key, entry)} latency", _speed(speed),
-                          f"{ms(entry.get('base_ms'))} → {ms(entry.get('slim_ms'))}"))
+            cards.append(
+                (
+                    f"{_latency_label(key, entry)} latency",
+                    _speed(speed),
+                    f"{ms(entry.get('base_ms'))} → {ms(entry.get('slim_ms'))}",
+                )
+            )
     if not cards:
         return HTML("")
-    items = "".join(tag("div", HTML(tag("div", label, cls="label") + tag("div", value, cls="value")
-                                    + (tag("div", sub, cls="sub") if sub else "")), cls="card")
-                    for label, value, sub in cards)
+    items = "".join(
+        tag(
+            "div",
+            HTML(
+                tag("div", label, cls="label")
+                + tag("div", value, cls="value")
+                + (tag("div", sub, cls="sub") if sub else "")
+            ),
+            cls="card",
+        )
+        for label, value, sub in cards
+    )
     return tag("div", HTML(items), cls="cards")
 
 
@@ -407,17 +493,25 @@ def _data_body(stage: _Stage) -> HTML:
             split_text += f" — {split['note']}"
     skipped = as_mapping(data.get("skipped"))
     image_size = data.get("image_size")
-    parts.append(facts([
-        ("Dataset", data.get("name")),
-        ("Source", data.get("source")),
-        ("Kind", data.get("kind")),
-        ("Classes", HTML(f"{len(classes)} " + chips(classes[:MAX_TABLE_ROWS]) + _more(len(classes)))
-         if classes else None),
-        ("Image size", f"{image_size} × {image_size} px" if image_size else None),
-        ("Channels in the source", data.get("source_channels")),
-        ("Split", split_text),
-        ("Unreadable files skipped", skipped.get("count") if skipped else None),
-    ]))
+    parts.append(
+        facts(
+            [
+                ("Dataset", data.get("name")),
+                ("Source", data.get("source")),
+                ("Kind", data.get("kind")),
+                (
+                    "Classes",
+                    HTML(f"{len(classes)} " + chips(classes[:MAX_TABLE_ROWS]) + _more(len(classes)))
+                    if classes
+                    else None,
+                ),
+                ("Image size", f"{image_size} × {image_size} px" if image_size else None),
+                ("Channels in the source", data.get("source_channels")),
+                ("Split", split_text),
+                ("Unreadable files skipped", skipped.get("count") if skipped else None),
+            ]
+        )
+    )
     sizes = as_mapping(data.get("sizes"))
     per_class = as_mapping(data.get("per_class"))
     split_names = [k for k in ("train", "val", "test") if k in sizes or k in per_class] or list(sizes)
@@ -427,24 +521,48 @@ def _data_body(stage: _Stage) -> HTML:
             counts = [get(per_class, sp, name) for sp in split_names]
             total = sum(c for c in counts if is_number(c))
             rows.append([name, *(integer(c) for c in counts), integer(total)])
-        totals = [sizes.get(sp) if is_number(sizes.get(sp)) else
-                  sum(v for v in as_mapping(per_class.get(sp)).values() if is_number(v)) for sp in split_names]
-        rows.append([HTML("<strong>all classes</strong>"), *(integer(t) for t in totals),
-                     integer(sum(t for t in totals if is_number(t)))])
+        totals = [
+            sizes.get(sp)
+            if is_number(sizes.get(sp))
+            else sum(v for v in as_mapping(per_class.get(sp)).values() if is_number(v))
+            for sp in split_names
+        ]
+        rows.append(
+            [
+                HTML("<strong>all classes</strong>"),
+                *(integer(t) for t in totals),
+                integer(sum(t for t in totals if is_number(t))),
+            ]
+        )
         caption = "Images per class and split" + (
-            f" (first {MAX_TABLE_ROWS} classes)" if len(classes) > MAX_TABLE_ROWS else "")
-        parts.append(table(["Class", *split_names, "total"], rows, numeric=range(1, len(split_names) + 2),
-                           caption=caption, row_classes=[None] * (len(rows) - 1) + ["total"]))
+            f" (first {MAX_TABLE_ROWS} classes)" if len(classes) > MAX_TABLE_ROWS else ""
+        )
+        parts.append(
+            table(
+                ["Class", *split_names, "total"],
+                rows,
+                numeric=range(1, len(split_names) + 2),
+                caption=caption,
+                row_classes=[None] * (len(rows) - 1) + ["total"],
+            )
+        )
     elif sizes:
-        parts.append(table(["Split", "Images"], [[k, integer(v)] for k, v in sizes.items()], numeric=[1],
-                           caption="Images per split"))
+        parts.append(
+            table(
+                ["Split", "Images"],
+                [[k, integer(v)] for k, v in sizes.items()],
+                numeric=[1],
+                caption="Images per split",
+            )
+        )
     warnings = [w for w in as_list(data.get("warnings")) if w]
     if warnings:
         parts.append(tag("h3", "Warnings") + tag("ul", HTML("".join(tag("li", w) for w in warnings[:50]))))
     files = as_list(skipped.get("files"))
     if files:
-        shown = "".join(tag("li", f if not isinstance(f, Mapping) else " — ".join(str(v) for v in f.values()))
-                        for f in files[:20])
+        shown = "".join(
+            tag("li", f if not isinstance(f, Mapping) else " — ".join(str(v) for v in f.values())) for f in files[:20]
+        )
         more = tag("li", f"… and {len(files) - 20} more") if len(files) > 20 else ""
         parts.append(tag("h3", "Skipped files") + tag("ul", HTML(shown + more)))
     figs = stage.take([CLASS_COUNTS])
@@ -469,9 +587,15 @@ def _training_settings(config: Mapping) -> str | None:
     if config.get("optimizer"):
         bits.append(str(config["optimizer"]))
     bits.append(f"lr {config['lr']}" if config.get("lr") is not None else "lr (the optimizer's default)")
-    for key, label in (("batch_size", "batch"), ("epochs", "max epochs"), ("schedule", "{} schedule"),
-                       ("weight_decay", "weight decay"), ("label_smoothing", "label smoothing"),
-                       ("patience", "patience"), ("seed", "seed")):
+    for key, label in (
+        ("batch_size", "batch"),
+        ("epochs", "max epochs"),
+        ("schedule", "{} schedule"),
+        ("weight_decay", "weight decay"),
+        ("label_smoothing", "label smoothing"),
+        ("patience", "patience"),
+        ("seed", "seed"),
+    ):
         if config.get(key) is not None:
             bits.append(label.format(config[key]) if "{}" in label else f"{label} {config[key]}")
     if "augment" in config:
@@ -491,28 +615,44 @@ def _model_body(stage: _Stage, role: str) -> HTML:
     how = None
     if role == "slim":
         how = "from scratch (weights re-initialised)" if x.get("from_scratch") else "fine-tuned from the kept weights"
-    parts.append(facts([
-        ("Architecture", x.get("architecture")),
-        ("Cut after", f"{cut.get('name')} (cut point {cut.get('index')})" if cut else None),
-        ("Trained", how),
-        ("Pretrained weights", ("yes" if x.get("pretrained") else "no") if "pretrained" in x else None),
-        ("Parameters", f"{integer(x.get('params'))} ({human(x.get('params'))})"
-         if is_number(x.get("params")) else None),
-        ("Epochs run", epoch_text),
-        ("Best validation accuracy", pct(x.get("best_val_accuracy"))
-         if is_number(x.get("best_val_accuracy")) else None),
-        ("Training throughput", f"{x['images_per_second']:.0f} images/s on {x.get('device', '?')}"
-         if is_number(x.get("images_per_second")) else x.get("device")),
-        ("Settings", _training_settings(as_mapping(x.get("config")))),
-    ]))
+    parts.append(
+        facts(
+            [
+                ("Architecture", x.get("architecture")),
+                ("Cut after", f"{cut.get('name')} (cut point {cut.get('index')})" if cut else None),
+                ("Trained", how),
+                ("Pretrained weights", ("yes" if x.get("pretrained") else "no") if "pretrained" in x else None),
+                (
+                    "Parameters",
+                    f"{integer(x.get('params'))} ({human(x.get('params'))})" if is_number(x.get("params")) else None,
+                ),
+                ("Epochs run", epoch_text),
+                (
+                    "Best validation accuracy",
+                    pct(x.get("best_val_accuracy")) if is_number(x.get("best_val_accuracy")) else None,
+                ),
+                (
+                    "Training throughput",
+                    f"{x['images_per_second']:.0f} images/s on {x.get('device', '?')}"
+                    if is_number(x.get("images_per_second"))
+                    else x.get("device"),
+                ),
+                ("Settings", _training_settings(as_mapping(x.get("config")))),
+            ]
+        )
+    )
     val, test = as_mapping(x.get("val")), as_mapping(x.get("test"))
     if not test:
         test = {"accuracy": x.get("accuracy"), "macro_f1": x.get("macro_f1")}
     rows = []
-    for key, label, fmt in (("accuracy", "Accuracy", pct), ("macro_f1", "Macro-F1", dec),
-                            ("macro_precision", "Macro precision", dec), ("macro_recall", "Macro recall", dec),
-                            ("weighted_f1", "Weighted F1", dec),
-                            ("roc_auc_macro", "ROC AUC (macro, one-vs-rest)", dec)):
+    for key, label, fmt in (
+        ("accuracy", "Accuracy", pct),
+        ("macro_f1", "Macro-F1", dec),
+        ("macro_precision", "Macro precision", dec),
+        ("macro_recall", "Macro recall", dec),
+        ("weighted_f1", "Weighted F1", dec),
+        ("roc_auc_macro", "ROC AUC (macro, one-vs-rest)", dec),
+    ):
         if key in test or key in val:
             rows.append([label, fmt(val.get(key)) if val else "—", fmt(test.get(key))])
     parts.append(table(["Metric", "validation", "test"], rows, numeric=[1, 2], caption="Metrics", cls="metrics"))
@@ -522,18 +662,38 @@ def _model_body(stage: _Stage, role: str) -> HTML:
         rows = []
         for name, value in list(per_class.items())[:MAX_TABLE_ROWS]:
             v = as_mapping(value)
-            rows.append([name, dec(v.get("precision")), dec(v.get("recall")), dec(v.get("f1")),
-                         integer(v.get("support")), dec(auc.get(name))])
+            rows.append(
+                [
+                    name,
+                    dec(v.get("precision")),
+                    dec(v.get("recall")),
+                    dec(v.get("f1")),
+                    integer(v.get("support")),
+                    dec(auc.get(name)),
+                ]
+            )
         caption = f"Per-class metrics on the test split ({len(per_class)} classes" + (
-            f", first {MAX_TABLE_ROWS} shown)" if len(per_class) > MAX_TABLE_ROWS else ")")
-        parts.append(table(["Class", "precision", "recall", "F1", "support", "ROC AUC"], rows, numeric=range(1, 6),
-                           caption=caption))
+            f", first {MAX_TABLE_ROWS} shown)" if len(per_class) > MAX_TABLE_ROWS else ")"
+        )
+        parts.append(
+            table(
+                ["Class", "precision", "recall", "F1", "support", "ROC AUC"], rows, numeric=range(1, 6), caption=caption
+            )
+        )
     confused = [c for c in as_list(test.get("most_confused")) if isinstance(c, Mapping)]
     if confused:
-        rows = [[c.get("true"), c.get("predicted"), integer(c.get("count")), pct(c.get("share_of_true"))]
-                for c in confused[:10]]
-        parts.append(table(["True class", "predicted as", "images", "share of the true class"], rows, numeric=[2, 3],
-                           caption="Most-confused pairs (test split)"))
+        rows = [
+            [c.get("true"), c.get("predicted"), integer(c.get("count")), pct(c.get("share_of_true"))]
+            for c in confused[:10]
+        ]
+        parts.append(
+            table(
+                ["True class", "predicted as", "images", "share of the true class"],
+                rows,
+                numeric=[2, 3],
+                caption="Most-confused pairs (test split)",
+            )
+        )
     elif per_class:
         parts.append(para("No class was confused with another on the test split.", "muted"))
     known = MODEL_FIGURES + ([CLASS_COUNTS] if role == "slim" else [])
@@ -560,30 +720,44 @@ def _cut_point_table(analysis: Mapping) -> HTML:
         name = HTML(text(p.get("name")) + (' <span class="knee-mark">knee</span>' if index == knee else ""))
         rows.append([index, name, p.get("module", "—"), shape, dec(get(cut_curve, index)), dec(get(adjacent, index))])
         classes.append("knee" if index == knee else None)
-    caption = ("Cut points, shallow to deep. Cut curve k: mean SSIM over pairs i ≤ k < j; adjacent k: SSIM(k, k+1)"
-               + (f" (first {MAX_TABLE_ROWS} of {len(points)})" if len(points) > MAX_TABLE_ROWS else ""))
-    return table(["#", "Cut point", "Module", "Output (C × H × W)", "cut curve", "adjacent"], rows, numeric=[0, 4, 5],
-                 row_classes=classes, caption=caption)
+    caption = "Cut points, shallow to deep. Cut curve k: mean SSIM over pairs i ≤ k < j; adjacent k: SSIM(k, k+1)" + (
+        f" (first {MAX_TABLE_ROWS} of {len(points)})" if len(points) > MAX_TABLE_ROWS else ""
+    )
+    return table(
+        ["#", "Cut point", "Module", "Output (C × H × W)", "cut curve", "adjacent"],
+        rows,
+        numeric=[0, 4, 5],
+        row_classes=classes,
+        caption=caption,
+    )
 
 
 def _gbp_body(stage: _Stage) -> HTML:
     a = stage.summary or {}
     probes, gbp, image = as_mapping(a.get("probes")), as_mapping(a.get("gbp")), as_mapping(a.get("map_image"))
     parts: list[str] = []
-    intro = ("Each map is the gradient of the sum of all activations at a cut point with respect to the input image, "
-             "where every ReLU below it passes only positive gradient where its input was positive "
-             "(guided backpropagation). Maps that stop changing with depth mean the deeper layers add little.")
+    intro = (
+        "Each map is the gradient of the sum of all activations at a cut point with respect to the input image, "
+        "where every ReLU below it passes only positive gradient where its input was positive "
+        "(guided backpropagation). Maps that stop changing with depth mean the deeper layers add little."
+    )
     parts.append(para(intro))
     probe_text = None
     if probes:
-        probe_text = (f"{probes.get('count', '—')} images of the {probes.get('split', '—')} split "
-                      f"({probes.get('per_class', '—')} per class, seed {probes.get('seed', '—')})")
-    parts.append(facts([
-        ("Probe images", probe_text),
-        ("Gradient rule", gbp.get("rule")),
-        ("Map image", image.get("normalisation")),
-        ("Cut points", len(as_list(a.get("cut_points"))) or None),
-    ]))
+        probe_text = (
+            f"{probes.get('count', '—')} images of the {probes.get('split', '—')} split "
+            f"({probes.get('per_class', '—')} per class, seed {probes.get('seed', '—')})"
+        )
+    parts.append(
+        facts(
+            [
+                ("Probe images", probe_text),
+                ("Gradient rule", gbp.get("rule")),
+                ("Map image", image.get("normalisation")),
+                ("Cut points", len(as_list(a.get("cut_points"))) or None),
+            ]
+        )
+    )
     parts.append(figures(stage.take(GBP_FIGURES)))
     parts.append(_cut_point_table(a))
     return HTML("".join(parts))
@@ -593,8 +767,10 @@ def _knee_text(knee: Mapping) -> HTML:
     if not knee:
         return HTML("")
     if knee.get("found"):
-        return text(f"found by kneed.KneeLocator (S={knee.get('S')}, curve='{knee.get('curve')}', "
-                    f"direction='{knee.get('direction')}')")
+        return text(
+            f"found by kneed.KneeLocator (S={knee.get('S')}, curve='{knee.get('curve')}', "
+            f"direction='{knee.get('direction')}')"
+        )
     rule = f" (rule {knee['rule']})" if knee.get("rule") else ""
     return text(f"no knee found — {knee.get('reason') or 'no reason recorded'}{rule}")
 
@@ -603,31 +779,50 @@ def _ssim_body(stage: _Stage) -> HTML:
     a = stage.summary or {}
     knee, ssim, cut = as_mapping(a.get("knee")), as_mapping(a.get("ssim")), as_mapping(a.get("cut_point"))
     mode = knee.get("curve_mode") or get(a, "config", "curve")
-    mode_text = {"cut": "cut curve: mean SSIM over the pairs of maps on either side of each depth "
-                        "(the paper's SSIM cut curve)",
-                 "adjacent": "adjacent curve: SSIM between the maps of neighbouring cut points"}.get(mode, mode)
+    mode_text = {
+        "cut": "cut curve: mean SSIM over the pairs of maps on either side of each depth (the paper's SSIM cut curve)",
+        "adjacent": "adjacent curve: SSIM between the maps of neighbouring cut points",
+    }.get(mode, mode)
     seconds = as_mapping(a.get("seconds"))
     ssim_text = None
     if ssim:
-        ssim_text = (f"data range {ssim.get('data_range')}, {ssim.get('win_size')}×{ssim.get('win_size')} "
-                     f"{'Gaussian' if ssim.get('gaussian_weights') else 'uniform'} window, K1 {ssim.get('k1')}, "
-                     f"K2 {ssim.get('k2')}, {ssim.get('covariance')} covariance, "
-                     f"border of {ssim.get('border_cropped')} cropped, mean over {ssim.get('channels')} channel(s)")
+        ssim_text = (
+            f"data range {ssim.get('data_range')}, {ssim.get('win_size')}×{ssim.get('win_size')} "
+            f"{'Gaussian' if ssim.get('gaussian_weights') else 'uniform'} window, K1 {ssim.get('k1')}, "
+            f"K2 {ssim.get('k2')}, {ssim.get('covariance')} covariance, "
+            f"border of {ssim.get('border_cropped')} cropped, mean over {ssim.get('channels')} channel(s)"
+        )
     timing = None
     if seconds:
         timing = " · ".join(f"{k} {v:.1f} s" for k, v in seconds.items() if is_number(v))
         timing += f" on {a['device']}" if a.get("device") else ""
-    parts = [facts([
-        ("Curve", mode_text),
-        ("Knee", HTML(text(f"{cut.get('name')} (cut point {cut.get('index')})") if cut else text(knee.get("index")))),
-        ("How", _knee_text(knee)),
-        ("Curve value at the knee", dec(cut.get("curve_value")) if is_number(cut.get("curve_value")) else None),
-        ("SSIM", ssim_text),
-        ("Time", timing),
-    ])]
+    parts = [
+        facts(
+            [
+                ("Curve", mode_text),
+                (
+                    "Knee",
+                    HTML(text(f"{cut.get('name')} (cut point {cut.get('index')})") if cut else text(knee.get("index"))),
+                ),
+                ("How", _knee_text(knee)),
+                ("Curve value at the knee", dec(cut.get("curve_value")) if is_number(cut.get("curve_value")) else None),
+                ("SSIM", ssim_text),
+                ("Time", timing),
+            ]
+        )
+    ]
     if knee and not knee.get("found"):
-        parts.append(note(HTML(text("kneed found no knee on this curve; the cut point was chosen by the documented "
-                                    "fallback rule above.")), "note warn"))
+        parts.append(
+            note(
+                HTML(
+                    text(
+                        "kneed found no knee on this curve; the cut point was chosen by the documented "
+                        "fallback rule above."
+                    )
+                ),
+                "note warn",
+            )
+        )
     parts.append(figures(stage.take(SSIM_FIGURES) + stage.rest()))
     return HTML("".join(parts))
 
@@ -666,22 +861,36 @@ def _cut_body(stage: _Stage, analyze: _Stage | None) -> HTML:
         params_text = f"{integer(base_p)} → {integer(slim_p)} ({pct(kept)} kept, {human(base_p - slim_p)} removed)"
     dropout = t.get("head_dropout", get(stage.input.params, "truncate", "dropout"))
     classes = get(a, "classes") or t.get("classes")
-    head = "global average pooling, dropout" + (f" p={dropout}" if is_number(dropout) else "") + ", one linear layer" \
-           + (f" to {len(classes)} classes" if isinstance(classes, list) else " to the classes")
-    parts = [facts([
-        ("Cut after", f"{cut.get('name', '—')} — cut point {index}"
-         + (f" of 0–{total - 1}" if is_number(total) else "")),
-        ("Why", why),
-        ("Parameters", params_text),
-        ("New head", head + " (untrained until the retrain step)"),
-    ])]
+    head = (
+        "global average pooling, dropout"
+        + (f" p={dropout}" if is_number(dropout) else "")
+        + ", one linear layer"
+        + (f" to {len(classes)} classes" if isinstance(classes, list) else " to the classes")
+    )
+    parts = [
+        facts(
+            [
+                (
+                    "Cut after",
+                    f"{cut.get('name', '—')} — cut point {index}" + (f" of 0–{total - 1}" if is_number(total) else ""),
+                ),
+                ("Why", why),
+                ("Parameters", params_text),
+                ("New head", head + " (untrained until the retrain step)"),
+            ]
+        )
+    ]
     if points and isinstance(index, int):
         kept_names = [p.get("name") for p in points if isinstance(p.get("index"), int) and p["index"] <= index]
         dropped = [p.get("name") for p in points if isinstance(p.get("index"), int) and p["index"] > index]
-        parts.append(facts([
-            ("Cut points kept", HTML(chips(kept_names[:MAX_TABLE_ROWS])) if kept_names else None),
-            ("Cut points dropped", HTML(chips(dropped[:MAX_TABLE_ROWS])) if dropped else "none"),
-        ]))
+        parts.append(
+            facts(
+                [
+                    ("Cut points kept", HTML(chips(kept_names[:MAX_TABLE_ROWS])) if kept_names else None),
+                    ("Cut points dropped", HTML(chips(dropped[:MAX_TABLE_ROWS])) if dropped else "none"),
+                ]
+            )
+        )
     parts.append(figures(stage.take([]) + stage.rest()))
     return HTML("".join(parts))
 
@@ -706,8 +915,9 @@ def _compare_body(stage: _Stage) -> HTML:
 
     rows = []
     b, s = pair("accuracy")
-    rows.append(["Test accuracy", pct(b), pct(s),
-                 f"{(s - b) * 100:+.1f} pts" if is_number(b) and is_number(s) else "—"])
+    rows.append(
+        ["Test accuracy", pct(b), pct(s), f"{(s - b) * 100:+.1f} pts" if is_number(b) and is_number(s) else "—"]
+    )
     b, s = pair("macro_f1")
     rows.append(["Macro-F1", dec(b), dec(s), f"{s - b:+.3f}" if is_number(b) and is_number(s) else "—"])
     b, s = pair("params")
@@ -722,16 +932,25 @@ def _compare_body(stage: _Stage) -> HTML:
         entry = as_mapping(latency.get(key))
         b_ms = entry.get("base_ms", get(base, "latency", key, "median_ms"))
         s_ms = entry.get("slim_ms", get(slim, "latency", key, "median_ms"))
-        speed = entry.get("speedup") if is_number(entry.get("speedup")) else (
-            b_ms / s_ms if is_number(b_ms) and is_number(s_ms) and s_ms else None)
+        speed = (
+            entry.get("speedup")
+            if is_number(entry.get("speedup"))
+            else (b_ms / s_ms if is_number(b_ms) and is_number(s_ms) and s_ms else None)
+        )
         spread_b = _spread(get(base, "latency", key))
         spread_s = _spread(get(slim, "latency", key))
-        rows.append([f"Latency, {_latency_label(key, entry or as_mapping(get(base, 'latency', key)))}",
-                     HTML(text(ms(b_ms)) + spread_b), HTML(text(ms(s_ms)) + spread_s),
-                     _speed(speed) if is_number(speed) and speed > 0 else "—"])
+        rows.append(
+            [
+                f"Latency, {_latency_label(key, entry or as_mapping(get(base, 'latency', key)))}",
+                HTML(text(ms(b_ms)) + spread_b),
+                HTML(text(ms(s_ms)) + spread_s),
+                _speed(speed) if is_number(speed) and speed > 0 else "—",
+            ]
+        )
     cut = as_mapping(slim.get("cut_point"))
     caption = "Base vs slim on the same test split" + (
-        f" (slim cut after {cut.get('name')})" if cut.get("name") else "")
+        f" (slim cut after {cut.get('name')})" if cut.get("name") else ""
+    )
     parts = [table(["", "base", "slim", "change"], rows, numeric=[1, 2, 3], caption=caption, cls="compare")]
     notes = []
     if get(c, "comparison", "latency_statistic"):
@@ -778,29 +997,49 @@ def _explain_body(stage: _Stage) -> HTML:
         target_text = f"class {target}: {e['classes'][int(target)]}"
     images = [i for i in as_list(e.get("images")) if isinstance(i, Mapping)]
     agreement = e.get("agreement")
-    parts.append(facts([
-        ("Methods", HTML(chips(as_list(e.get("methods")))) if as_list(e.get("methods")) else None),
-        ("Explained class", target_text),
-        ("Images", f"{len(images)} images of the {e.get('split', 'test')} split" if images else None),
-        ("Agreement", f"the models predict the same class on {pct(agreement, 0)} of these images"
-         if is_number(agreement) else None),
-        ("Time", f"{e['seconds']:.1f} s on {e.get('device', '?')}" if is_number(e.get("seconds")) else None),
-    ]))
+    parts.append(
+        facts(
+            [
+                ("Methods", HTML(chips(as_list(e.get("methods")))) if as_list(e.get("methods")) else None),
+                ("Explained class", target_text),
+                ("Images", f"{len(images)} images of the {e.get('split', 'test')} split" if images else None),
+                (
+                    "Agreement",
+                    f"the models predict the same class on {pct(agreement, 0)} of these images"
+                    if is_number(agreement)
+                    else None,
+                ),
+                ("Time", f"{e['seconds']:.1f} s on {e.get('device', '?')}" if is_number(e.get("seconds")) else None),
+            ]
+        )
+    )
     if models:
         rows = []
         for key, m in models.items():
             field_ = as_mapping(m.get("receptive_field"))
             size, stride = as_list(field_.get("size")), as_list(field_.get("stride"))
-            rf = f"{size[0]}×{size[1]} px, stride {stride[0]}" if len(size) == 2 and stride else (
-                field_.get("error") or "—")
+            rf = (
+                f"{size[0]}×{size[1]} px, stride {stride[0]}"
+                if len(size) == 2 and stride
+                else (field_.get("error") or "—")
+            )
             rows.append([key, m.get("label", "—"), m.get("layer", "—"), pct(m.get("accuracy_on_these_images"), 0), rf])
-        parts.append(table(["Model", "label", "explained layer", "accuracy on these images", "receptive field"], rows,
-                           numeric=[3], caption="The models explained"))
+        parts.append(
+            table(
+                ["Model", "label", "explained layer", "accuracy on these images", "receptive field"],
+                rows,
+                numeric=[3],
+                caption="The models explained",
+            )
+        )
         parts.append(_prediction_table(images, models))
 
     listed = e.get("figures")
-    items: list[tuple[str, Any]] = list(listed.items()) if isinstance(listed, Mapping) else (
-        [(None, v) for v in listed] if isinstance(listed, list) else [])
+    items: list[tuple[str, Any]] = (
+        list(listed.items())
+        if isinstance(listed, Mapping)
+        else ([(None, v) for v in listed] if isinstance(listed, list) else [])
+    )
     paths: dict[str, Path] = {}
     captions: dict[str, str] = {}
     problems: list[HTML] = []
@@ -810,8 +1049,9 @@ def _explain_body(stage: _Stage) -> HTML:
             continue
         path = folder / file if folder is not None else None
         if path is None or path.suffix.lower() != ".png" or not inside(path, folder):
-            problems.append(note(f"{name or file}: {file} is listed in explain.json but is not a PNG in the folder",
-                                 "note warn"))
+            problems.append(
+                note(f"{name or file}: {file} is listed in explain.json but is not a PNG in the folder", "note warn")
+            )
             continue
         key = str(name) if name is not None else path.stem
         paths[key] = path
@@ -829,8 +1069,10 @@ def _explain_body(stage: _Stage) -> HTML:
         return figure(path, captions.get(key, default_caption), folder, label=ident)
 
     shown_any = False
-    pair = show("base_vs_slim", "The same test images, base vs slim: Grad-CAM for each model's own prediction, "
-                                "with both predictions")
+    pair = show(
+        "base_vs_slim",
+        "The same test images, base vs slim: Grad-CAM for each model's own prediction, with both predictions",
+    )
     if pair is not None:
         parts.append(tag("h3", "Base vs slim, side by side") + figures([pair], "figs single"))
         shown_any = True
@@ -840,9 +1082,11 @@ def _explain_body(stage: _Stage) -> HTML:
         for key in keys:
             m = models.get(key, {})
             who = f"{key.capitalize()} model" + (f" ({m['label']})" if m.get("label") else "")
-            fmt = {"layer": m.get("layer", "the explained layer"),
-                   "feature_layer": get(m, "feature_maps", "layer") or m.get("layer", "the layer"),
-                   "field_layer": get(m, "receptive_field", "layer") or m.get("layer", "the layer")}
+            fmt = {
+                "layer": m.get("layer", "the explained layer"),
+                "feature_layer": get(m, "feature_maps", "layer") or m.get("layer", "the layer"),
+                "field_layer": get(m, "receptive_field", "layer") or m.get("layer", "the layer"),
+            }
             item = show(f"{prefix}_{key}", f"{who}: {caption.format(**fmt)}")
             if item is not None:
                 group.append(item)
@@ -878,6 +1122,12 @@ def _prediction_table(images: list[Mapping], models: dict[str, Mapping]) -> HTML
         rows.append(cells)
         classes.append("miss" if wrong else None)
     caption = "Predictions on the explained images" + (
-        f" (first {MAX_PREDICTION_ROWS} of {len(images)})" if len(images) > MAX_PREDICTION_ROWS else "")
-    return table(["Test image", "true class", *(f"{k} prediction" for k in keys)], rows, numeric=[0],
-                 row_classes=classes, caption=caption)
+        f" (first {MAX_PREDICTION_ROWS} of {len(images)})" if len(images) > MAX_PREDICTION_ROWS else ""
+    )
+    return table(
+        ["Test image", "true class", *(f"{k} prediction" for k in keys)],
+        rows,
+        numeric=[0],
+        row_classes=classes,
+        caption=caption,
+    )

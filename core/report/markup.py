@@ -12,8 +12,9 @@ import html
 import json
 import math
 import struct
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_IMAGE_BYTES = 12 * 1024 * 1024  # a picture larger than this is named, not embedded
@@ -39,13 +40,15 @@ def join(parts: Iterable[Any], sep: str = "") -> HTML:
 
 def tag(name: str, content: Any = "", cls: str | None = None, **attrs: Any) -> HTML:
     """``<name class=… attr=…>content</name>``; attribute values and text content are escaped."""
-    pairs = ([("class", cls)] if cls else []) + [(k.rstrip("_").replace("_", "-"), v) for k, v in attrs.items()
-                                                  if v is not None and v is not False]
-    attributes = "".join(f' {k}' if v is True else f' {k}="{html.escape(str(v), quote=True)}"' for k, v in pairs)
+    pairs = ([("class", cls)] if cls else []) + [
+        (k.rstrip("_").replace("_", "-"), v) for k, v in attrs.items() if v is not None and v is not False
+    ]
+    attributes = "".join(f" {k}" if v is True else f' {k}="{html.escape(str(v), quote=True)}"' for k, v in pairs)
     return HTML(f"<{name}{attributes}>{text(content)}</{name}>")
 
 
 # --- numbers -------------------------------------------------------------------------------------
+
 
 def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
@@ -81,19 +84,29 @@ def ms(value: Any) -> str:
 
 # --- blocks --------------------------------------------------------------------------------------
 
-def table(headers: Sequence[Any], rows: Iterable[Sequence[Any]], numeric: Iterable[int] = (), cls: str | None = None,
-          row_classes: Sequence[str | None] | None = None, caption: Any = None) -> HTML:
+
+def table(
+    headers: Sequence[Any],
+    rows: Iterable[Sequence[Any]],
+    numeric: Iterable[int] = (),
+    cls: str | None = None,
+    row_classes: Sequence[str | None] | None = None,
+    caption: Any = None,
+) -> HTML:
     """A table; columns whose index is in ``numeric`` are right-aligned (tabular figures)."""
     numeric = set(numeric)
     head = "".join(tag("th", h, cls="num" if i in numeric else None, scope="col") for i, h in enumerate(headers))
     body = []
     for r, row in enumerate(rows):
-        cells = "".join(tag("th" if i == 0 else "td", c, cls="num" if i in numeric else None,
-                            scope="row" if i == 0 else None) for i, c in enumerate(row))
+        cells = "".join(
+            tag("th" if i == 0 else "td", c, cls="num" if i in numeric else None, scope="row" if i == 0 else None)
+            for i, c in enumerate(row)
+        )
         row_cls = row_classes[r] if row_classes and r < len(row_classes) else None
         body.append(tag("tr", HTML(cells), cls=row_cls))
-    inner = HTML((tag("caption", caption) if caption else "")
-                 + f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody>")
+    inner = HTML(
+        (tag("caption", caption) if caption else "") + f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody>"
+    )
     return tag("div", tag("table", inner, cls=cls), cls="table-wrap")
 
 
@@ -122,6 +135,7 @@ def badge(status: str | None) -> HTML:
 
 
 # --- files ---------------------------------------------------------------------------------------
+
 
 def read_json(path: Path | None) -> dict | None:
     """A JSON object from a file, or None when it is missing, too large or not a JSON object."""
@@ -183,8 +197,10 @@ def figure(path: Path, caption: Any, folder: Path, label: str | None = None) -> 
     wide = width / height >= 1.8
     uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
     alt = caption if isinstance(caption, str) else name
-    img = HTML(f'<img src="{uri}" alt="{html.escape(alt, quote=True)}" width="{width}" height="{height}" '
-               f'data-file="{html.escape(name, quote=True)}">')
+    img = HTML(
+        f'<img src="{uri}" alt="{html.escape(alt, quote=True)}" width="{width}" height="{height}" '
+        f'data-file="{html.escape(name, quote=True)}">'
+    )
     cap = tag("figcaption", HTML(f"{text(caption)} {tag('span', name, cls='file')}"))
     return tag("figure", HTML(img + cap), cls="wide" if wide else None)
 

@@ -12,11 +12,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .build import SUBTITLE, StageInput, render_report
-from .markup import as_list, get, is_number, read_json
+from layercut.contracts.spec import SPEC_KEY
+from layercut.report.build import SUBTITLE, StageInput, render_report
+from layercut.report.markup import as_list, get, is_number, read_json
 
 REPORT_NAME = "report.html"
-SPEC_KEY = "layercut.spec"  # core.pipeline.checkpoint.SPEC_KEY (not imported: that module needs torch)
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 
@@ -59,8 +59,9 @@ def truncate_summary(run_dir: Path, run: dict | None = None) -> dict | None:
         "chosen_by": cut.get("chosen_by"),
         "base_params": base_params,
         "slim_params": slim_params,
-        "cut_points_total": cut.get("of") or len(as_list(get(read_json(run_dir / "analysis" / "analysis.json"),
-                                                               "cut_points"))) or None,
+        "cut_points_total": cut.get("of")
+        or len(as_list(get(read_json(run_dir / "analysis" / "analysis.json"), "cut_points")))
+        or None,
     }
     if is_number(base_params) and is_number(slim_params) and base_params:
         summary["params_kept"] = slim_params / base_params
@@ -92,8 +93,7 @@ def render_run_report(run_dir: str | Path) -> str:
     dataset = get(base, "data", "name") or get(run, "data", "source") or get(base, "data", "source")
     title = " on ".join(str(x) for x in (arch, dataset) if x) or root.name
     details = [("Run folder", str(root.resolve()))]
-    return render_report(run_stages(root), title, subtitle=SUBTITLE,
-                         details=details)
+    return render_report(run_stages(root), title, subtitle=SUBTITLE, details=details)
 
 
 def write_run_report(run_dir: str | Path) -> Path:

@@ -10,13 +10,14 @@ changes nothing and returns False, so two workers (or a redelivered message) can
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import Any, Iterable
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from .models import FINAL_STATUSES, Job, utcnow
+from layercut.store.models import FINAL_STATUSES, Job, utcnow
 
 TRANSITIONS: dict[str, tuple[str, ...]] = {
     "running": ("queued",),
@@ -34,8 +35,9 @@ class JobRepository:
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    def _cas(self, job_id: uuid.UUID, to: str, allowed_from: Iterable[str], attempt: int | None = None,
-             **values: Any) -> bool:
+    def _cas(
+        self, job_id: uuid.UUID, to: str, allowed_from: Iterable[str], attempt: int | None = None, **values: Any
+    ) -> bool:
         """Move the job to ``to`` if it is in one of ``allowed_from`` (and, given ``attempt``, still on that attempt)."""
         allowed = tuple(allowed_from)
         for origin in allowed:
@@ -63,23 +65,40 @@ class JobRepository:
         statement = (
             update(Job)
             .where(Job.id == job_id, Job.status == "queued", Job.cancel_requested.is_(False))
-            .values(status="running", worker=worker, started_at=now, heartbeat_at=now, updated_at=now,
-                    attempts=Job.attempts + 1, progress=0.0, stage=None, error_code=None, error_message=None)
+            .values(
+                status="running",
+                worker=worker,
+                started_at=now,
+                heartbeat_at=now,
+                updated_at=now,
+                attempts=Job.attempts + 1,
+                progress=0.0,
+                stage=None,
+                error_code=None,
+                error_message=None,
+            )
             .execution_options(synchronize_session=False)
         )
         changed = self.session.execute(statement).rowcount == 1
         self.session.commit()
         return changed
 
-    def report_progress(self, job_id: uuid.UUID, stage: str, progress: float, eta_seconds: float | None,
-                        message: str | None) -> bool:
+    def report_progress(
+        self, job_id: uuid.UUID, stage: str, progress: float, eta_seconds: float | None, message: str | None
+    ) -> bool:
         """Write progress (and a heartbeat); returns True when cancellation was requested."""
         now = utcnow()
         self.session.execute(
             update(Job)
             .where(Job.id == job_id, Job.status.in_(("running", "cancelling")))
-            .values(stage=stage, progress=progress, eta_seconds=eta_seconds, message=message, heartbeat_at=now,
-                    updated_at=now)
+            .values(
+                stage=stage,
+                progress=progress,
+                eta_seconds=eta_seconds,
+                message=message,
+                heartbeat_at=now,
+                updated_at=now,
+            )
             .execution_options(synchronize_session=False)
         )
         self.session.commit()
@@ -87,8 +106,10 @@ class JobRepository:
 
     def heartbeat(self, job_id: uuid.UUID) -> None:
         self.session.execute(
-            update(Job).where(Job.id == job_id, Job.status.in_(("running", "cancelling")))
-            .values(heartbeat_at=utcnow()).execution_options(synchronize_session=False)
+            update(Job)
+            .where(Job.id == job_id, Job.status.in_(("running", "cancelling")))
+            .values(heartbeat_at=utcnow())
+            .execution_options(synchronize_session=False)
         )
         self.session.commit()
 
@@ -102,8 +123,10 @@ class JobRepository:
         """
         now = utcnow()
         self.session.execute(
-            update(Job).where(Job.id == job_id, Job.status.notin_(FINAL_STATUSES))
-            .values(cancel_requested=True, updated_at=now).execution_options(synchronize_session=False)
+            update(Job)
+            .where(Job.id == job_id, Job.status.notin_(FINAL_STATUSES))
+            .values(cancel_requested=True, updated_at=now)
+            .execution_options(synchronize_session=False)
         )
         self.session.commit()
         if not self._cas(job_id, "cancelled", ("queued",), finished_at=now):
@@ -112,29 +135,52 @@ class JobRepository:
         return status
 
     def succeed(self, job_id: uuid.UUID, result: dict[str, Any], attempt: int | None = None) -> bool:
-        return self._cas(job_id, "succeeded", ("running",), attempt, result=result, progress=1.0, eta_seconds=0.0,
-                         finished_at=utcnow())
+        return self._cas(
+            job_id,
+            "succeeded",
+            ("running",),
+            attempt,
+            result=result,
+            progress=1.0,
+            eta_seconds=0.0,
+            finished_at=utcnow(),
+        )
 
-    def fail(self, job_id: uuid.UUID, code: str, message: str, from_states: Iterable[str] = ("running", "cancelling"),
-             attempt: int | None = None) -> bool:
-        return self._cas(job_id, "failed", from_states, attempt, error_code=code, error_message=message,
-                         finished_at=utcnow())
+    def fail(
+        self,
+        job_id: uuid.UUID,
+        code: str,
+        message: str,
+        from_states: Iterable[str] = ("running", "cancelling"),
+        attempt: int | None = None,
+    ) -> bool:
+        return self._cas(
+            job_id, "failed", from_states, attempt, error_code=code, error_message=message, finished_at=utcnow()
+        )
 
-    def cancel(self, job_id: uuid.UUID, from_states: Iterable[str] = ("running", "cancelling"),
-               attempt: int | None = None) -> bool:
+    def cancel(
+        self, job_id: uuid.UUID, from_states: Iterable[str] = ("running", "cancelling"), attempt: int | None = None
+    ) -> bool:
         return self._cas(job_id, "cancelled", from_states, attempt, finished_at=utcnow())
 
     def mark_dispatched(self, job_id: uuid.UUID) -> None:
-        self.session.execute(update(Job).where(Job.id == job_id).values(dispatched_at=utcnow())
-                             .execution_options(synchronize_session=False))
+        self.session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(dispatched_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
         self.session.commit()
 
-    def reap_stale(self, stale_after: timedelta, max_attempts: int, now: datetime | None = None) -> dict[str, list[uuid.UUID]]:
+    def reap_stale(
+        self, stale_after: timedelta, max_attempts: int, now: datetime | None = None
+    ) -> dict[str, list[uuid.UUID]]:
         """Running jobs whose heartbeat stopped: re-queue them, or fail them once out of attempts."""
         now = now or utcnow()
         stale = self.session.execute(
-            select(Job.id, Job.attempts, Job.status, Job.cancel_requested)
-            .where(Job.status.in_(("running", "cancelling")), Job.heartbeat_at < now - stale_after)
+            select(Job.id, Job.attempts, Job.status, Job.cancel_requested).where(
+                Job.status.in_(("running", "cancelling")), Job.heartbeat_at < now - stale_after
+            )
         ).all()
         outcome: dict[str, list[uuid.UUID]] = {"requeued": [], "failed": [], "cancelled": []}
         for job_id, attempts, status, cancel_requested in stale:
@@ -142,18 +188,35 @@ class JobRepository:
                 if self.cancel(job_id, (status,)):
                     outcome["cancelled"].append(job_id)
             elif attempts < max_attempts:
-                if self._cas(job_id, "queued", (status,), worker=None, dispatched_at=None, heartbeat_at=None,
-                             message=f"re-queued: its worker stopped answering (attempt {attempts} of {max_attempts})"):
+                if self._cas(
+                    job_id,
+                    "queued",
+                    (status,),
+                    worker=None,
+                    dispatched_at=None,
+                    heartbeat_at=None,
+                    message=f"re-queued: its worker stopped answering (attempt {attempts} of {max_attempts})",
+                ):
                     outcome["requeued"].append(job_id)
-            elif self.fail(job_id, "worker_lost", f"the worker running this job stopped answering {attempts} "
-                                                  f"time(s); giving up after {max_attempts} attempts", (status,)):
+            elif self.fail(
+                job_id,
+                "worker_lost",
+                f"the worker running this job stopped answering {attempts} "
+                f"time(s); giving up after {max_attempts} attempts",
+                (status,),
+            ):
                 outcome["failed"].append(job_id)
         return outcome
 
     def undispatched(self, older_than: timedelta, now: datetime | None = None) -> list[Job]:
         """Queued jobs never handed to the broker (their send failed, or they were re-queued)."""
         now = now or utcnow()
-        return list(self.session.scalars(
-            select(Job).where(Job.status == "queued", Job.cancel_requested.is_(False),
-                              (Job.dispatched_at.is_(None)) | (Job.dispatched_at < now - older_than))
-        ))
+        return list(
+            self.session.scalars(
+                select(Job).where(
+                    Job.status == "queued",
+                    Job.cancel_requested.is_(False),
+                    (Job.dispatched_at.is_(None)) | (Job.dispatched_at < now - older_than),
+                )
+            )
+        )

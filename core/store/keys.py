@@ -8,7 +8,7 @@ import secrets
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from .models import ApiKey, utcnow
+from layercut.store.models import ApiKey, utcnow
 
 KEY_PREFIX = "lc_"
 

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from apienv import Env, make_env  # noqa: E402
+from layercut.testing.api_env import Env, make_env
 
 
 @pytest.fixture

@@ -7,15 +7,15 @@ import sys
 import uuid
 from pathlib import Path
 
-from api.main import create_app
-from core.settings import Settings
+from layercut.api.main import create_app
+from layercut.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 OPEN_PATHS = {"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 
 
 def test_api_imports_without_torch():
-    code = "import api.main, sys; assert 'torch' not in sys.modules, 'api imported torch'"
+    code = "import layercut.api.main, sys; assert 'torch' not in sys.modules, 'api imported torch'"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
 
 
@@ -35,8 +35,11 @@ def test_readyz_with_redis(env, redis_url):
 def test_readyz_reports_what_failed(postgres_url, tmp_path):
     from fastapi.testclient import TestClient
 
-    settings = Settings(database_url="postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=1",
-                        broker_url="redis://127.0.0.1:1/0", artifact_root=tmp_path)
+    settings = Settings(
+        database_url="postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=1",
+        broker_url="redis://127.0.0.1:1/0",
+        artifact_root=tmp_path,
+    )
     with TestClient(create_app(settings)) as client:
         ready = client.get("/readyz")
     assert ready.status_code == 503
@@ -45,9 +48,15 @@ def test_readyz_reports_what_failed(postgres_url, tmp_path):
 
 
 def _concrete(path: str) -> str:
-    return path.replace("{", "").replace("}", "").replace("job_id", str(uuid.uuid4())).replace(
-        "dataset_id", str(uuid.uuid4())).replace("pipeline_id", str(uuid.uuid4())).replace(
-        "model_id", str(uuid.uuid4())).replace("artifact_id", str(uuid.uuid4()))
+    return (
+        path.replace("{", "")
+        .replace("}", "")
+        .replace("job_id", str(uuid.uuid4()))
+        .replace("dataset_id", str(uuid.uuid4()))
+        .replace("pipeline_id", str(uuid.uuid4()))
+        .replace("model_id", str(uuid.uuid4()))
+        .replace("artifact_id", str(uuid.uuid4()))
+    )
 
 
 def test_every_v1_route_needs_a_valid_key(env):
@@ -63,7 +72,7 @@ def test_every_v1_route_needs_a_valid_key(env):
 
 
 def test_revoked_key_is_refused(env):
-    from core.store.keys import revoke_key
+    from layercut.store.keys import revoke_key
 
     with env.session() as s:
         assert revoke_key(s, env.key[:10])

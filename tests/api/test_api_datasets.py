@@ -53,7 +53,7 @@ def test_folder_outside_the_roots_is_rejected(env, case):
 
 
 def test_no_roots_configured_refuses_folders(postgres_url, tmp_path):
-    from apienv import make_env
+    from layercut.testing.api_env import make_env
 
     e = make_env(postgres_url, tmp_path)
     e.settings.dataset_roots = []
@@ -98,8 +98,9 @@ def test_list_get_delete_and_isolation(env):
 
 def test_delete_refused_while_a_job_uses_it(env):
     dataset_id = env.dataset()
-    job = env.client.post("/v1/jobs", json={"params": {"kind": "train", "data": {"dataset_id": dataset_id}}},
-                          headers=env.headers).json()
+    job = env.client.post(
+        "/v1/jobs", json={"params": {"kind": "train", "data": {"dataset_id": dataset_id}}}, headers=env.headers
+    ).json()
     response = env.client.delete(f"/v1/datasets/{dataset_id}", headers=env.headers)
     assert response.status_code == 409 and job["id"] in response.json()["detail"]
     env.client.post(f"/v1/jobs/{job['id']}/cancel", headers=env.headers)
@@ -115,6 +116,9 @@ def test_idempotent_registration(env):
     assert first.json()["id"] == again.json()["id"]
     assert _detail(other)["loc"] == ["header", "Idempotency-Key"]
     # the same key is free for another tenant
-    theirs = env.client.post("/v1/datasets", json={"kind": "builtin", "builtin": "digits"},
-                             headers={**env.other_headers, "Idempotency-Key": "ds-1"})
+    theirs = env.client.post(
+        "/v1/datasets",
+        json={"kind": "builtin", "builtin": "digits"},
+        headers={**env.other_headers, "Idempotency-Key": "ds-1"},
+    )
     assert theirs.status_code == 201

@@ -10,12 +10,19 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import func, select
 
-from core.store.models import Job
+from layercut.store.models import Job
 
 
 def train(dataset_id: str, **extra) -> dict:
-    return {"params": {"kind": "train", "data": {"dataset_id": dataset_id, "image_size": 32}, "arch": "smallcnn",
-                       "train": {"epochs": 1}, **extra}}
+    return {
+        "params": {
+            "kind": "train",
+            "data": {"dataset_id": dataset_id, "image_size": 32},
+            "arch": "smallcnn",
+            "train": {"epochs": 1},
+            **extra,
+        }
+    }
 
 
 def loc(response) -> list:
@@ -24,8 +31,9 @@ def loc(response) -> list:
 
 def test_submit_commits_then_dispatches(env):
     dataset_id = env.dataset()
-    response = env.client.post("/v1/jobs", json={**train(dataset_id), "callback_url": "https://example.com/hook"},
-                               headers=env.headers)
+    response = env.client.post(
+        "/v1/jobs", json={**train(dataset_id), "callback_url": "https://example.com/hook"}, headers=env.headers
+    )
     assert response.status_code == 201, response.text
     job = response.json()
     assert job["status"] == "queued" and job["kind"] == "train" and job["percent"] == 0
@@ -45,50 +53,78 @@ def test_a_failed_send_still_answers_201_and_leaves_the_job_queued(env):
 def test_every_kind_is_accepted(env):
     dataset_id, model_id = env.dataset(), env.model()
     trained = env.client.post("/v1/jobs", json=train(dataset_id), headers=env.headers).json()["id"]
-    analyzed = env.client.post("/v1/jobs", json={"params": {"kind": "analyze", "model": {"from_job": trained}}},
-                               headers=env.headers).json()["id"]
+    analyzed = env.client.post(
+        "/v1/jobs", json={"params": {"kind": "analyze", "model": {"from_job": trained}}}, headers=env.headers
+    ).json()["id"]
     bodies = [
         {"kind": "truncate", "model": {"model_id": model_id}, "analysis_job": analyzed},
         {"kind": "truncate", "model": {"model_id": model_id}, "truncate": {"cut": "3"}},
         {"kind": "retrain", "model": {"model_id": model_id}, "dataset_id": dataset_id},
         {"kind": "compare", "base": {"model_id": model_id}, "slim": {"from_job": trained}},
         {"kind": "explain", "model": {"model_id": model_id}},
-        {"kind": "explain", "model": {"from_job": trained}, "compare_with": {"model_id": model_id},
-         "explain": {"methods": ["gradcam", "saliency"], "images": 4, "target": 1}},
+        {
+            "kind": "explain",
+            "model": {"from_job": trained},
+            "compare_with": {"model_id": model_id},
+            "explain": {"methods": ["gradcam", "saliency"], "images": 4, "target": 1},
+        },
     ]
     for params in bodies:
         response = env.client.post("/v1/jobs", json={"params": params}, headers=env.headers)
         assert response.status_code == 201, (params, response.text)
 
 
-@pytest.mark.parametrize("params, field", [
-    ({"kind": "train", "data": {"dataset_id": "DS"}, "arch": "alexnet9000"}, ["body", "params", "train", "arch"]),
-    ({"kind": "train", "data": {"dataset_id": "DS", "image_size": 8}}, ["body", "params", "train", "data", "image_size"]),
-    ({"kind": "train", "data": {"dataset_id": "DS"}, "train": {"epochs": 0}}, ["body", "params", "train", "train", "epochs"]),
-    ({"kind": "train"}, ["body", "params", "train", "data"]),
-    ({"kind": "slim"}, ["body", "params"]),
-    ({"kind": "train", "data": {"dataset_id": str(uuid.UUID(int=7))}}, ["body", "params", "data", "dataset_id"]),
-    ({"kind": "train", "data": {"dataset_id": "FOREIGN"}}, ["body", "params", "data", "dataset_id"]),
-    ({"kind": "analyze", "model": {"model_id": "FOREIGN_MODEL"}}, ["body", "params", "model", "model_id"]),
-    ({"kind": "analyze", "model": {"from_job": str(uuid.UUID(int=9))}}, ["body", "params", "model", "from_job"]),
-    ({"kind": "analyze", "model": {}}, ["body", "params", "analyze", "model"]),
-    ({"kind": "compare", "base": {"model_id": "MODEL"}, "slim": {"model_id": "FOREIGN_MODEL"}},
-     ["body", "params", "slim", "model_id"]),
-    ({"kind": "truncate", "model": {"model_id": "MODEL"}}, ["body", "params", "analysis_job"]),
-    ({"kind": "explain", "model": {"model_id": "MODEL"}, "compare_with": {"model_id": "FOREIGN_MODEL"}},
-     ["body", "params", "compare_with", "model_id"]),
-    ({"kind": "explain", "model": {"model_id": "MODEL"}, "explain": {"methods": ["xray"]}},
-     ["body", "params", "explain", "explain", "methods", 0]),
-    ({"kind": "retrain", "model": {"model_id": "MODEL"}, "dataset_id": "FOREIGN"}, ["body", "params", "dataset_id"]),
-])
+@pytest.mark.parametrize(
+    "params, field",
+    [
+        ({"kind": "train", "data": {"dataset_id": "DS"}, "arch": "alexnet9000"}, ["body", "params", "train", "arch"]),
+        (
+            {"kind": "train", "data": {"dataset_id": "DS", "image_size": 8}},
+            ["body", "params", "train", "data", "image_size"],
+        ),
+        (
+            {"kind": "train", "data": {"dataset_id": "DS"}, "train": {"epochs": 0}},
+            ["body", "params", "train", "train", "epochs"],
+        ),
+        ({"kind": "train"}, ["body", "params", "train", "data"]),
+        ({"kind": "slim"}, ["body", "params"]),
+        ({"kind": "train", "data": {"dataset_id": str(uuid.UUID(int=7))}}, ["body", "params", "data", "dataset_id"]),
+        ({"kind": "train", "data": {"dataset_id": "FOREIGN"}}, ["body", "params", "data", "dataset_id"]),
+        ({"kind": "analyze", "model": {"model_id": "FOREIGN_MODEL"}}, ["body", "params", "model", "model_id"]),
+        ({"kind": "analyze", "model": {"from_job": str(uuid.UUID(int=9))}}, ["body", "params", "model", "from_job"]),
+        ({"kind": "analyze", "model": {}}, ["body", "params", "analyze", "model"]),
+        (
+            {"kind": "compare", "base": {"model_id": "MODEL"}, "slim": {"model_id": "FOREIGN_MODEL"}},
+            ["body", "params", "slim", "model_id"],
+        ),
+        ({"kind": "truncate", "model": {"model_id": "MODEL"}}, ["body", "params", "analysis_job"]),
+        (
+            {"kind": "explain", "model": {"model_id": "MODEL"}, "compare_with": {"model_id": "FOREIGN_MODEL"}},
+            ["body", "params", "compare_with", "model_id"],
+        ),
+        (
+            {"kind": "explain", "model": {"model_id": "MODEL"}, "explain": {"methods": ["xray"]}},
+            ["body", "params", "explain", "explain", "methods", 0],
+        ),
+        (
+            {"kind": "retrain", "model": {"model_id": "MODEL"}, "dataset_id": "FOREIGN"},
+            ["body", "params", "dataset_id"],
+        ),
+    ],
+)
 def test_malformed_bodies_name_the_field(env, params, field):
     mine, foreign = env.dataset(), env.dataset(env.other_headers)
     model, foreign_model = env.model(), env.model(env.other_tenant)
-    text = str(params).replace("FOREIGN_MODEL", foreign_model).replace("FOREIGN", foreign).replace("MODEL", model) \
+    text = (
+        str(params)
+        .replace("FOREIGN_MODEL", foreign_model)
+        .replace("FOREIGN", foreign)
+        .replace("MODEL", model)
         .replace("'DS'", repr(mine))
+    )
     response = env.client.post("/v1/jobs", json={"params": eval(text)}, headers=env.headers)  # noqa: S307 - test data
     assert response.status_code == 422, response.text
-    assert loc(response)[:len(field)] == field, response.json()
+    assert loc(response)[: len(field)] == field, response.json()
     assert env.dispatcher.sent == []
 
 
@@ -110,14 +146,19 @@ def test_get_shows_progress_error_metrics_and_artifacts(env):
         job = s.get(Job, uuid.UUID(failed))
         job.error_code, job.error_message = "bad_data", "class 'x' has no images"
         s.commit()
-    assert env.client.get(f"/v1/jobs/{failed}", headers=env.headers).json()["error"] == \
-        {"code": "bad_data", "message": "class 'x' has no images"}
+    assert env.client.get(f"/v1/jobs/{failed}", headers=env.headers).json()["error"] == {
+        "code": "bad_data",
+        "message": "class 'x' has no images",
+    }
 
 
 def test_tenant_isolation(env):
     job_id = env.client.post("/v1/jobs", json=train(env.dataset()), headers=env.headers).json()["id"]
-    for method, path in (("GET", f"/v1/jobs/{job_id}"), ("POST", f"/v1/jobs/{job_id}/cancel"),
-                         ("GET", f"/v1/jobs/{job_id}/artifacts")):
+    for method, path in (
+        ("GET", f"/v1/jobs/{job_id}"),
+        ("POST", f"/v1/jobs/{job_id}/cancel"),
+        ("GET", f"/v1/jobs/{job_id}/artifacts"),
+    ):
         assert env.client.request(method, path, headers=env.other_headers).status_code == 404
     assert env.client.get("/v1/jobs", headers=env.other_headers).json() == {"items": [], "next_cursor": None}
     assert env.client.get(f"/v1/jobs/{uuid.uuid4()}", headers=env.headers).status_code == 404
@@ -141,12 +182,12 @@ def test_cursor_pagination_walks_every_job_once_with_filters(env):
     assert seen == list(reversed(made)) and pages == 3
     everything = env.client.get("/v1/jobs", params={"limit": 200}, headers=env.headers).json()["items"]
     assert {j["id"] for j in everything} == set(made) | {done}
-    assert [j["id"] for j in env.client.get("/v1/jobs", params={"status": "succeeded"}, headers=env.headers)
-            .json()["items"]] == [done]
+    assert [
+        j["id"] for j in env.client.get("/v1/jobs", params={"status": "succeeded"}, headers=env.headers).json()["items"]
+    ] == [done]
     future = (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat()
     assert env.client.get("/v1/jobs", params={"created_after": future}, headers=env.headers).json()["items"] == []
-    assert len(env.client.get("/v1/jobs", params={"created_before": future}, headers=env.headers)
-               .json()["items"]) == 8
+    assert len(env.client.get("/v1/jobs", params={"created_before": future}, headers=env.headers).json()["items"]) == 8
     assert env.client.get("/v1/jobs", params={"limit": 201}, headers=env.headers).status_code == 422
     bad = env.client.get("/v1/jobs", params={"cursor": "garbage!"}, headers=env.headers)
     assert bad.status_code == 422 and loc(bad) == ["query", "cursor"]
@@ -199,6 +240,10 @@ def test_concurrent_duplicates_make_one_row(env):
     assert sorted(r.status_code for r in results) == [200] * 7 + [201]
     assert len({r.json()["id"] for r in results}) == 1
     with env.session() as s:
-        assert s.scalar(select(func.count()).select_from(Job).where(Job.tenant == env.tenant,
-                                                                     Job.idempotency_key == "race")) == 1
+        assert (
+            s.scalar(
+                select(func.count()).select_from(Job).where(Job.tenant == env.tenant, Job.idempotency_key == "race")
+            )
+            == 1
+        )
     assert len(env.dispatcher.sent) == 1

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import uuid
 
-from core.store.models import Job
+from layercut.store.models import Job
 
 
 def test_full_pipeline_makes_linked_jobs_and_dispatches_only_the_first(env):
     dataset_id = env.dataset()
-    response = env.client.post("/v1/pipelines", json={"data": {"dataset_id": dataset_id}, "arch": "smallcnn"},
-                               headers=env.headers)
+    response = env.client.post(
+        "/v1/pipelines", json={"data": {"dataset_id": dataset_id}, "arch": "smallcnn"}, headers=env.headers
+    )
     assert response.status_code == 201, response.text
     body = response.json()
     steps = body["steps"]
@@ -36,14 +37,16 @@ def test_full_pipeline_makes_linked_jobs_and_dispatches_only_the_first(env):
 
 def test_from_model_skips_train_and_stop_after_analyze(env):
     model_id = env.model()
-    body = env.client.post("/v1/pipelines", json={"model_id": model_id, "truncate": {"cut": "block3"}},
-                           headers=env.headers).json()
+    body = env.client.post(
+        "/v1/pipelines", json={"model_id": model_id, "truncate": {"cut": "block3"}}, headers=env.headers
+    ).json()
     assert [s["kind"] for s in body["steps"]] == ["analyze", "truncate", "retrain", "compare", "explain"]
     with env.session() as s:
         truncate = s.get(Job, uuid.UUID(body["steps"][1]["id"])).params
     assert truncate["model"]["model_id"] == model_id and truncate["analysis_job"] is None
-    short = env.client.post("/v1/pipelines", json={"data": {"dataset_id": env.dataset()}, "stop_after": "analyze"},
-                            headers=env.headers).json()
+    short = env.client.post(
+        "/v1/pipelines", json={"data": {"dataset_id": env.dataset()}, "stop_after": "analyze"}, headers=env.headers
+    ).json()
     assert [s["kind"] for s in short["steps"]] == ["train", "analyze"]
 
 
@@ -63,12 +66,15 @@ def test_pipeline_validation_names_the_field(env):
 
 def test_get_list_cancel_and_isolation(env):
     dataset_id = env.dataset()
-    made = [env.client.post("/v1/pipelines", json={"data": {"dataset_id": dataset_id}}, headers=env.headers).json()["id"]
-            for _ in range(3)]
+    made = [
+        env.client.post("/v1/pipelines", json={"data": {"dataset_id": dataset_id}}, headers=env.headers).json()["id"]
+        for _ in range(3)
+    ]
     seen, cursor = [], None
     while True:
-        page = env.client.get("/v1/pipelines", params={"limit": 2, **({"cursor": cursor} if cursor else {})},
-                              headers=env.headers).json()
+        page = env.client.get(
+            "/v1/pipelines", params={"limit": 2, **({"cursor": cursor} if cursor else {})}, headers=env.headers
+        ).json()
         seen += [p["id"] for p in page["items"]]
         cursor = page["next_cursor"]
         if not cursor:

@@ -10,12 +10,12 @@ from contextlib import contextmanager
 import psycopg
 from sqlalchemy import event
 
-from api.read_cache import ReadCache, read_cache_for
-from apienv import Env
-from core.store.db import get_engine
-from core.store.jobs import JobRepository
-from core.store.keys import revoke_key
-from core.store.models import Job
+from layercut.api.read_cache import ReadCache, read_cache_for
+from layercut.store.db import get_engine
+from layercut.store.jobs import JobRepository
+from layercut.store.keys import revoke_key
+from layercut.store.models import Job
+from layercut.testing.api_env import Env
 
 BOUND_S = 10.0
 
@@ -73,12 +73,16 @@ def test_a_repeated_poll_touches_no_database_and_a_change_shows_once_notified(en
 
     with env.session() as s:  # a worker's progress write, on its own connection
         JobRepository(s).report_progress(job_id, "train", 0.75, 3.0, "epoch 3/4")
-    _eventually(lambda: env.client.get(f"/v1/jobs/{job_id}", headers=env.headers).json()["percent"] == 75.0,
-                "the poll still shows the old progress after the change was committed")
+    _eventually(
+        lambda: env.client.get(f"/v1/jobs/{job_id}", headers=env.headers).json()["percent"] == 75.0,
+        "the poll still shows the old progress after the change was committed",
+    )
     with env.session() as s:
         assert JobRepository(s).succeed(job_id, {"metrics": {"accuracy": 1.0}}, attempt=1)
-    _eventually(lambda: env.client.get(f"/v1/jobs/{job_id}", headers=env.headers).json()["status"] == "succeeded",
-                "the poll did not see the job finish")
+    _eventually(
+        lambda: env.client.get(f"/v1/jobs/{job_id}", headers=env.headers).json()["status"] == "succeeded",
+        "the poll did not see the job finish",
+    )
 
 
 def test_a_cached_job_is_still_a_404_for_another_tenant(env: Env) -> None:
@@ -102,8 +106,9 @@ def test_a_revoked_key_is_refused_once_notified(env: Env) -> None:
     assert env.client.get("/v1/jobs", headers=env.headers).status_code == 200  # the key is now cached
     with env.session() as s:
         assert revoke_key(s, env.key[:10])
-    _eventually(lambda: env.client.get("/v1/jobs", headers=env.headers).status_code == 401,
-                "a revoked key was still accepted")
+    _eventually(
+        lambda: env.client.get("/v1/jobs", headers=env.headers).status_code == 401, "a revoked key was still accepted"
+    )
 
 
 def test_when_the_listener_is_cut_off_reads_go_to_the_database_until_it_is_back(env: Env) -> None:
@@ -111,11 +116,15 @@ def test_when_the_listener_is_cut_off_reads_go_to_the_database_until_it_is_back(
     job_id = _running_job(env)
     env.client.get(f"/v1/jobs/{job_id}", headers=env.headers)
     with psycopg.connect(env.url.replace("postgresql+psycopg", "postgresql"), autocommit=True) as admin:
-        killed = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                               "WHERE datname = current_database() AND query LIKE 'LISTEN%'").fetchall()
+        killed = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+        ).fetchall()
         assert killed, "no listener connection found"
-        _eventually(lambda: not cache.live or cache.get(("job", str(job_id), "http://testserver/")) is None,
-                    "the cache kept serving after its listener died")
+        _eventually(
+            lambda: not cache.live or cache.get(("job", str(job_id), "http://testserver/")) is None,
+            "the cache kept serving after its listener died",
+        )
         admin.execute("UPDATE jobs SET progress = 0.5 WHERE id = %s", (job_id,))
     assert env.client.get(f"/v1/jobs/{job_id}", headers=env.headers).json()["percent"] == 50.0
     _eventually(lambda: cache.live, "the listener did not reconnect")

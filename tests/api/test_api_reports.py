@@ -10,7 +10,7 @@ import struct
 import uuid
 import zlib
 
-from core.store.models import Job, Pipeline
+from layercut.store.models import Job, Pipeline
 
 EVIL = "<img src=x onerror=alert(1)>"
 CLASSES = [EVIL, "cats&dogs"]
@@ -18,74 +18,150 @@ CLASSES = [EVIL, "cats&dogs"]
 
 def png(width: int = 48, height: int = 24, rgb: tuple[int, int, int] = (200, 40, 40)) -> bytes:
     """A real (tiny) PNG."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     raw = b"".join(b"\x00" + bytes(rgb) * width for _ in range(height))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
 
 
 def report_of(accuracy: float) -> dict:
-    return {"accuracy": accuracy, "macro_f1": accuracy - 0.1, "confusion_matrix": [[5, 1], [2, 4]],
-            "per_class": {c: {"precision": 0.8, "recall": 0.7, "f1": 0.75, "support": 6} for c in CLASSES},
-            "most_confused": [{"true": CLASSES[1], "predicted": CLASSES[0], "count": 2, "share_of_true": 0.33}]}
+    return {
+        "accuracy": accuracy,
+        "macro_f1": accuracy - 0.1,
+        "confusion_matrix": [[5, 1], [2, 4]],
+        "per_class": {c: {"precision": 0.8, "recall": 0.7, "f1": 0.75, "support": 6} for c in CLASSES},
+        "most_confused": [{"true": CLASSES[1], "predicted": CLASSES[0], "count": 2, "share_of_true": 0.33}],
+    }
 
 
 def model_summary(stage: str, accuracy: float, params: int, cut: dict | None = None) -> dict:
-    return {"stage": stage, "architecture": "smallcnn", "cut_point": cut, "classes": CLASSES, "params": params,
-            "accuracy": accuracy, "macro_f1": accuracy - 0.1, "best_epoch": 1, "epochs_run": 1, "device": "cpu",
-            "val": report_of(accuracy), "test": report_of(accuracy),
-            "data": {"name": "pets", "source": "pets", "kind": "folder", "classes": CLASSES, "image_size": 32,
-                     "sizes": {"train": 20, "val": 6, "test": 6},
-                     "per_class": {s: {c: n // 2 for c in CLASSES}
-                                   for s, n in (("train", 20), ("val", 6), ("test", 6))}}}
+    return {
+        "stage": stage,
+        "architecture": "smallcnn",
+        "cut_point": cut,
+        "classes": CLASSES,
+        "params": params,
+        "accuracy": accuracy,
+        "macro_f1": accuracy - 0.1,
+        "best_epoch": 1,
+        "epochs_run": 1,
+        "device": "cpu",
+        "val": report_of(accuracy),
+        "test": report_of(accuracy),
+        "data": {
+            "name": "pets",
+            "source": "pets",
+            "kind": "folder",
+            "classes": CLASSES,
+            "image_size": 32,
+            "sizes": {"train": 20, "val": 6, "test": 6},
+            "per_class": {s: {c: n // 2 for c in CLASSES} for s, n in (("train", 20), ("val", 6), ("test", 6))},
+        },
+    }
 
 
 ANALYSIS = {
-    "stage": "analyze", "architecture": "smallcnn", "classes": CLASSES,
-    "cut_points": [{"index": i, "name": f"features.{4 * i + 2}", "module": "ReLU", "channels": 16, "height": 8,
-                    "width": 8} for i in range(4)],
+    "stage": "analyze",
+    "architecture": "smallcnn",
+    "classes": CLASSES,
+    "cut_points": [
+        {"index": i, "name": f"features.{4 * i + 2}", "module": "ReLU", "channels": 16, "height": 8, "width": 8}
+        for i in range(4)
+    ],
     "curves": {"cut": [0.4, 0.55, 0.6], "adjacent": [0.5, 0.7, 0.75]},
     "knee": {"curve_mode": "cut", "index": 1, "found": True, "S": 1.0, "curve": "concave", "direction": "increasing"},
-    "knee_found": True, "cut_point": {"index": 1, "name": "features.6", "curve_value": 0.55},
+    "knee_found": True,
+    "cut_point": {"index": 1, "name": "features.6", "curve_value": 0.55},
 }
-TRUNCATE = {"stage": "truncate", "cut_point": {"index": 1, "name": "features.6"}, "chosen_by": "knee",
-            "base_params": 60883, "slim_params": 23891, "params_kept": 23891 / 60883, "cut_points_total": 4}
+TRUNCATE = {
+    "stage": "truncate",
+    "cut_point": {"index": 1, "name": "features.6"},
+    "chosen_by": "knee",
+    "base_params": 60883,
+    "slim_params": 23891,
+    "params_kept": 23891 / 60883,
+    "cut_points_total": 4,
+}
 COMPARE = {
     "stage": "compare",
-    "base": {"accuracy": 0.8, "macro_f1": 0.7, "params": 60883, "macs": 3391680, "checkpoint_bytes": 247676,
-             "latency": {"cpu_b1": {"median_ms": 0.4, "p10_ms": 0.3, "p90_ms": 0.5}}},
-    "slim": {"accuracy": 0.75, "macro_f1": 0.65, "params": 23891, "macs": 2801856, "checkpoint_bytes": 98796,
-             "cut_point": {"index": 1, "name": "features.6"},
-             "latency": {"cpu_b1": {"median_ms": 0.2, "p10_ms": 0.1, "p90_ms": 0.3}}},
-    "comparison": {"latency": {"cpu_b1": {"batch_size": 1, "base_ms": 0.4, "slim_ms": 0.2, "speedup": 2.0}},
-                   "latency_statistic": "median milliseconds per forward pass"},
+    "base": {
+        "accuracy": 0.8,
+        "macro_f1": 0.7,
+        "params": 60883,
+        "macs": 3391680,
+        "checkpoint_bytes": 247676,
+        "latency": {"cpu_b1": {"median_ms": 0.4, "p10_ms": 0.3, "p90_ms": 0.5}},
+    },
+    "slim": {
+        "accuracy": 0.75,
+        "macro_f1": 0.65,
+        "params": 23891,
+        "macs": 2801856,
+        "checkpoint_bytes": 98796,
+        "cut_point": {"index": 1, "name": "features.6"},
+        "latency": {"cpu_b1": {"median_ms": 0.2, "p10_ms": 0.1, "p90_ms": 0.3}},
+    },
+    "comparison": {
+        "latency": {"cpu_b1": {"batch_size": 1, "base_ms": 0.4, "slim_ms": 0.2, "speedup": 2.0}},
+        "latency_statistic": "median milliseconds per forward pass",
+    },
 }
 EXPLAIN = {
-    "stage": "explain", "methods": ["gradcam", "guided_backprop"], "target": "predicted", "classes": CLASSES,
-    "split": "test", "images": [{"index": 3, "true_label": 0, "true_class": CLASSES[0]}], "agreement": 1.0,
-    "models": {key: {"label": label, "layer": layer, "accuracy_on_these_images": 1.0,
-                     "predictions": [{"class": 0, "class_name": CLASSES[0], "probability": 0.9, "correct": True}]}
-               for key, label, layer in (("base", "smallcnn", "features.14"), ("slim", "smallcnn cut", "features.6"))},
+    "stage": "explain",
+    "methods": ["gradcam", "guided_backprop"],
+    "target": "predicted",
+    "classes": CLASSES,
+    "split": "test",
+    "images": [{"index": 3, "true_label": 0, "true_class": CLASSES[0]}],
+    "agreement": 1.0,
+    "models": {
+        key: {
+            "label": label,
+            "layer": layer,
+            "accuracy_on_these_images": 1.0,
+            "predictions": [{"class": 0, "class_name": CLASSES[0], "probability": 0.9, "correct": True}],
+        }
+        for key, label, layer in (("base", "smallcnn", "features.14"), ("slim", "smallcnn cut", "features.6"))
+    },
     "figures": {"cams_base": "cams_base.png", "cams_slim": "cams_slim.png", "base_vs_slim": "base_vs_slim.png"},
 }
 OUTPUTS = {
-    "train": (model_summary("train", 0.8, 60883), "metrics.json",
-              ["training_curves.png", "confusion_matrix.png", "roc_curves.png", "class_counts.png"]),
+    "train": (
+        model_summary("train", 0.8, 60883),
+        "metrics.json",
+        ["training_curves.png", "confusion_matrix.png", "roc_curves.png", "class_counts.png"],
+    ),
     "analyze": (ANALYSIS, "analysis.json", ["gbp_grid.png", "ssim_curve.png", "similarity_matrix.png"]),
     "truncate": (TRUNCATE, "truncate.json", []),
-    "retrain": (model_summary("retrain", 0.75, 23891, {"index": 1, "name": "features.6"}), "metrics.json",
-                ["training_curves.png", "confusion_matrix.png"]),
+    "retrain": (
+        model_summary("retrain", 0.75, 23891, {"index": 1, "name": "features.6"}),
+        "metrics.json",
+        ["training_curves.png", "confusion_matrix.png"],
+    ),
     "compare": (COMPARE, "compare.json", ["compare.png"]),
     "explain": (EXPLAIN, "explain.json", ["cams_base.png", "cams_slim.png", "base_vs_slim.png"]),
 }
 KINDS = ["train", "analyze", "truncate", "retrain", "compare"]
 
 
-def add_job(env, kind: str, status: str, tenant: str | None = None, pipeline_id: uuid.UUID | None = None,
-            step: int | None = None, depends_on: uuid.UUID | None = None, write_files: bool = True,
-            **fields) -> uuid.UUID:
+def add_job(
+    env,
+    kind: str,
+    status: str,
+    tenant: str | None = None,
+    pipeline_id: uuid.UUID | None = None,
+    step: int | None = None,
+    depends_on: uuid.UUID | None = None,
+    write_files: bool = True,
+    **fields,
+) -> uuid.UUID:
     """A job row as a worker leaves it, with its files in <artifact_root>/<tenant>/<job id>/ when it succeeded."""
     tenant = tenant or env.tenant
     job_id = uuid.uuid4()
@@ -98,9 +174,21 @@ def add_job(env, kind: str, status: str, tenant: str | None = None, pipeline_id:
         for i, name in enumerate(pictures):
             (folder / name).write_bytes(png(40 + i, 20 + i))
     with env.session() as s:
-        s.add(Job(id=job_id, tenant=tenant, kind=kind, status=status, params={}, pipeline_id=pipeline_id, step=step,
-                  depends_on=depends_on, progress=1.0 if done else fields.pop("progress", 0.0),
-                  result={**summary, "model_id": str(uuid.uuid4())} if done else None, **fields))
+        s.add(
+            Job(
+                id=job_id,
+                tenant=tenant,
+                kind=kind,
+                status=status,
+                params={},
+                pipeline_id=pipeline_id,
+                step=step,
+                depends_on=depends_on,
+                progress=1.0 if done else fields.pop("progress", 0.0),
+                result={**summary, "model_id": str(uuid.uuid4())} if done else None,
+                **fields,
+            )
+        )
         s.commit()
     return job_id
 
@@ -113,8 +201,9 @@ def add_pipeline(env, statuses: list[str], tenant: str | None = None, **kwargs) 
         s.commit()
     ids: list[uuid.UUID] = []
     for step, (kind, status) in enumerate(zip(KINDS, statuses)):
-        ids.append(add_job(env, kind, status, tenant, pipeline_id, step, ids[-1] if ids else None,
-                           **kwargs.get(kind, {})))
+        ids.append(
+            add_job(env, kind, status, tenant, pipeline_id, step, ids[-1] if ids else None, **kwargs.get(kind, {}))
+        )
     return pipeline_id, ids
 
 
@@ -149,8 +238,16 @@ def test_finished_pipeline_report(env):
     assert response.headers["content-type"].startswith("text/html")
     page = response.text
     assert_self_contained(page)
-    assert re.findall(r'<section id="([a-z]+)"', page) == ["overview", "data", "base", "gbp", "ssim", "cut", "slim",
-                                                            "compare"]
+    assert re.findall(r'<section id="([a-z]+)"', page) == [
+        "overview",
+        "data",
+        "base",
+        "gbp",
+        "ssim",
+        "cut",
+        "slim",
+        "compare",
+    ]
     assert all(png_bytes.startswith(b"\x89PNG") for png_bytes in images(page))
     assert len(images(page)) == sum(len(OUTPUTS[k][2]) for k in KINDS)
     assert 'data-file="class_counts.png"' in section(page, "data")
@@ -163,15 +260,18 @@ def test_finished_pipeline_report(env):
 
 
 def test_running_pipeline_shows_done_steps_and_says_which_are_running_or_queued(env):
-    pipeline_id, ids = add_pipeline(env, ["succeeded", "succeeded", "running", "queued", "queued"],
-                                    truncate={"progress": 0.5, "stage": "truncate", "message": "cutting <the> model"})
+    pipeline_id, ids = add_pipeline(
+        env,
+        ["succeeded", "succeeded", "running", "queued", "queued"],
+        truncate={"progress": 0.5, "stage": "truncate", "message": "cutting <the> model"},
+    )
     page = env.client.get(f"/v1/pipelines/{pipeline_id}/report", headers=env.headers).text
     assert_self_contained(page)
     assert 'data-file="training_curves.png"' in section(page, "base")
     assert 'data-file="gbp_grid.png"' in section(page, "gbp")
     cut = section(page, "cut")
     assert "Not run yet: the truncate step is running (50% · truncate · cutting &lt;the&gt; model)." in cut
-    assert 'badge-running' in cut
+    assert "badge-running" in cut
     for ident in ("slim", "compare"):
         body = section(page, ident)
         assert "Not run yet: the" in body and "is queued" in body and "badge-queued" in body and "<img" not in body
@@ -181,8 +281,11 @@ def test_running_pipeline_shows_done_steps_and_says_which_are_running_or_queued(
 
 
 def test_failed_step_shows_its_error(env):
-    pipeline_id, _ = add_pipeline(env, ["succeeded", "failed", "cancelled", "cancelled", "cancelled"],
-                                  analyze={"error_code": "internal_error", "error_message": "boom <&>"})
+    pipeline_id, _ = add_pipeline(
+        env,
+        ["succeeded", "failed", "cancelled", "cancelled", "cancelled"],
+        analyze={"error_code": "internal_error", "error_message": "boom <&>"},
+    )
     page = env.client.get(f"/v1/pipelines/{pipeline_id}/report", headers=env.headers).text
     assert "The analyze step failed — internal_error: boom &lt;&amp;&gt;" in section(page, "gbp")
     assert "was cancelled" in section(page, "compare")

@@ -11,15 +11,15 @@ import uuid
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
-
-from api.deps import dispatcher_dep
-from api.main import create_app
-from apienv import RecordingDispatcher
-from core.settings import Settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
-from core.store.db import get_sessionmaker
-from core.store.keys import hash_key
-from core.store.models import ApiKey
+
+from layercut.api.deps import dispatcher_dep
+from layercut.api.main import create_app
+from layercut.settings import Settings
+from layercut.store.db import get_sessionmaker
+from layercut.store.keys import hash_key
+from layercut.store.models import ApiKey
+from layercut.testing.api_env import RecordingDispatcher
 
 SETTINGS = Settings(upload_max_bytes=100_000, upload_max_unpacked_bytes=100_000, upload_max_members=100)
 APP = create_app(SETTINGS, run_embedded_jobs=False)  # dispatch is faked: no executor, no reaper

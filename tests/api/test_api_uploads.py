@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from apienv import make_env
+from layercut.testing.api_env import make_env
 
 PNG = b"\x89PNG\r\n\x1a\nfake"
 
@@ -48,8 +48,14 @@ def special(name: str, kind: bytes, linkname: str = "") -> tarfile.TarInfo:
     return info
 
 
-GOOD = [("data/train/cat/1.png", PNG), ("data/train/cat/2.png", PNG), ("data/train/dog/1.png", PNG),
-        ("data/val/cat/1.png", PNG), ("data/val/dog/1.png", PNG), ("data/.hidden", b"x")]
+GOOD = [
+    ("data/train/cat/1.png", PNG),
+    ("data/train/cat/2.png", PNG),
+    ("data/train/dog/1.png", PNG),
+    ("data/val/cat/1.png", PNG),
+    ("data/val/dog/1.png", PNG),
+    ("data/.hidden", b"x"),
+]
 
 
 def files_under(root: Path) -> set[str]:
@@ -92,26 +98,54 @@ ATTACKS = {
     "zip_symlink": lambda tmp: ("a.zip", zip_bytes(GOOD, symlink=("data/train/cat/link.png", "/etc/passwd")), 422),
     "tar_slip": lambda tmp: ("a.tgz", tar_bytes(GOOD + [("../evil.png", PNG)]), 422),
     "tar_absolute": lambda tmp: ("a.tgz", tar_bytes(GOOD + [(str(tmp / "evil-abs.png"), PNG)]), 422),
-    "tar_symlink": lambda tmp: ("a.tgz", tar_bytes(GOOD + [special("data/train/cat/x.png", tarfile.SYMTYPE, "/etc/passwd")]), 422),
-    "tar_symlink_then_write": lambda tmp: ("a.tgz", tar_bytes(
-        [special("data/escape", tarfile.SYMTYPE, str(tmp)), ("data/escape/evil.png", PNG)] + GOOD), 422),
-    "tar_hardlink": lambda tmp: ("a.tgz", tar_bytes(GOOD + [special("data/train/cat/h.png", tarfile.LNKTYPE, "/etc/passwd")]), 422),
+    "tar_symlink": lambda tmp: (
+        "a.tgz",
+        tar_bytes(GOOD + [special("data/train/cat/x.png", tarfile.SYMTYPE, "/etc/passwd")]),
+        422,
+    ),
+    "tar_symlink_then_write": lambda tmp: (
+        "a.tgz",
+        tar_bytes([special("data/escape", tarfile.SYMTYPE, str(tmp)), ("data/escape/evil.png", PNG)] + GOOD),
+        422,
+    ),
+    "tar_hardlink": lambda tmp: (
+        "a.tgz",
+        tar_bytes(GOOD + [special("data/train/cat/h.png", tarfile.LNKTYPE, "/etc/passwd")]),
+        422,
+    ),
     "tar_chardev": lambda tmp: ("a.tgz", tar_bytes(GOOD + [special("data/null", tarfile.CHRTYPE)]), 422),
     "tar_blockdev": lambda tmp: ("a.tgz", tar_bytes(GOOD + [special("data/sda", tarfile.BLKTYPE)]), 422),
     "tar_fifo": lambda tmp: ("a.tgz", tar_bytes(GOOD + [special("data/pipe", tarfile.FIFOTYPE)]), 422),
     "not_an_archive": lambda tmp: ("a.zip", b"hello, I am not an archive", 415),
-    "too_many_members": lambda tmp: ("a.zip", zip_bytes(GOOD + [(f"data/train/dog/{i}.png", PNG) for i in range(30)]), 413),
-    "too_many_unpacked_bytes": lambda tmp: ("a.zip", zip_bytes(GOOD + [("data/train/dog/big.png", b"0" * 50_000)]), 413),
-    "tar_too_many_unpacked_bytes": lambda tmp: ("a.tgz", tar_bytes(GOOD + [("data/train/dog/big.png", b"0" * 50_000)]), 413),
-    "too_large_upload": lambda tmp: ("a.zip", zip_bytes(GOOD + [("data/train/dog/r.png", bytes(range(256)) * 400)]), 413),
+    "too_many_members": lambda tmp: (
+        "a.zip",
+        zip_bytes(GOOD + [(f"data/train/dog/{i}.png", PNG) for i in range(30)]),
+        413,
+    ),
+    "too_many_unpacked_bytes": lambda tmp: (
+        "a.zip",
+        zip_bytes(GOOD + [("data/train/dog/big.png", b"0" * 50_000)]),
+        413,
+    ),
+    "tar_too_many_unpacked_bytes": lambda tmp: (
+        "a.tgz",
+        tar_bytes(GOOD + [("data/train/dog/big.png", b"0" * 50_000)]),
+        413,
+    ),
+    "too_large_upload": lambda tmp: (
+        "a.zip",
+        zip_bytes(GOOD + [("data/train/dog/r.png", bytes(range(256)) * 400)]),
+        413,
+    ),
     "single_class": lambda tmp: ("a.zip", zip_bytes([("d/cat/1.png", PNG), ("d/cat/2.png", PNG)]), 422),
 }
 
 
 @pytest.mark.parametrize("attack", sorted(ATTACKS))
 def test_upload_attacks_are_refused_with_nothing_written(postgres_url, tmp_path, attack):
-    env = make_env(postgres_url, tmp_path, upload_max_members=20, upload_max_unpacked_bytes=20_000,
-                   upload_max_bytes=60_000)
+    env = make_env(
+        postgres_url, tmp_path, upload_max_members=20, upload_max_unpacked_bytes=20_000, upload_max_bytes=60_000
+    )
     filename, data, expected = ATTACKS[attack](tmp_path)
     before = files_under(tmp_path)
     response = upload(env, data, filename)

@@ -17,8 +17,13 @@ TINY = ["--arch", "smallcnn", "--image-size", "32", "--epochs", "1", "--quiet"]
 
 
 def layercut(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "core.cli.main", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "layercut.cli.main", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
+    )
 
 
 def assert_clean_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
@@ -52,12 +57,27 @@ def test_run_json_has_every_field(tiny_run) -> None:
 
 def test_run_writes_checkpoints_analysis_and_pictures(tiny_run) -> None:
     out, summary = tiny_run
-    for name in ("run.json", "base/model.safetensors", "base/metrics.json", "base/training_curves.png",
-                 "base/confusion_matrix.png", "base/roc_curves.png", "analysis/analysis.json", "analysis/gbp_maps.npz",
-                 "analysis/ssim_curve.png", "analysis/similarity_matrix.png", "analysis/gbp_grid.png",
-                 "slim/initial.safetensors", "slim/model.safetensors", "slim/metrics.json", "compare/compare.json",
-                 "compare/compare.png", "explain/explain.json", "explain/explain_maps.npz",
-                 *summary["explain"]["figures"].values()):
+    for name in (
+        "run.json",
+        "base/model.safetensors",
+        "base/metrics.json",
+        "base/training_curves.png",
+        "base/confusion_matrix.png",
+        "base/roc_curves.png",
+        "analysis/analysis.json",
+        "analysis/gbp_maps.npz",
+        "analysis/ssim_curve.png",
+        "analysis/similarity_matrix.png",
+        "analysis/gbp_grid.png",
+        "slim/initial.safetensors",
+        "slim/model.safetensors",
+        "slim/metrics.json",
+        "compare/compare.json",
+        "compare/compare.png",
+        "explain/explain.json",
+        "explain/explain_maps.npz",
+        *summary["explain"]["figures"].values(),
+    ):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     assert summary["explain"]["layers"] == {"base": "features.14", "slim": summary["cut_point"]["name"]}
     assert "explain/base_vs_slim.png" in summary["explain"]["figures"].values()
@@ -80,7 +100,15 @@ def test_run_writes_checkpoints_analysis_and_pictures(tiny_run) -> None:
         assert maps["maps"].shape == (probes, n_points, 3, 32, 32) and maps["maps"].dtype == np.float32
         assert maps["probe_images"].shape == (probes, 3, 32, 32)
     metrics = json.loads((out / "base/metrics.json").read_text())
-    for key in ("accuracy", "macro_f1", "weighted_f1", "confusion_matrix", "per_class", "roc_auc_macro", "most_confused"):
+    for key in (
+        "accuracy",
+        "macro_f1",
+        "weighted_f1",
+        "confusion_matrix",
+        "per_class",
+        "roc_auc_macro",
+        "most_confused",
+    ):
         assert key in metrics["test"], key
     assert len(metrics["history"]) == 1
 
@@ -97,25 +125,63 @@ def test_knee_command_repicks_from_an_analysis(tiny_run) -> None:
 def test_stages_one_by_one(tmp_path: Path) -> None:
     base, analysis, slim = tmp_path / "base", tmp_path / "analysis", tmp_path / "slim"
     assert layercut("train", "--data", "textures", *TINY, "--out", base).returncode == 0
-    result = layercut("analyze", "--checkpoint", base / "model.safetensors", "--out", analysis, "--max-probes", "6",
-                      "--curve", "adjacent", "--quiet", "--json")
+    result = layercut(
+        "analyze",
+        "--checkpoint",
+        base / "model.safetensors",
+        "--out",
+        analysis,
+        "--max-probes",
+        "6",
+        "--curve",
+        "adjacent",
+        "--quiet",
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["probes"]["count"] == 6
-    result = layercut("truncate", "--checkpoint", base / "model.safetensors", "--cut", "features.6",
-                      "--out", slim / "initial.safetensors", "--json")
+    result = layercut(
+        "truncate",
+        "--checkpoint",
+        base / "model.safetensors",
+        "--cut",
+        "features.6",
+        "--out",
+        slim / "initial.safetensors",
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["cut_point"] == {"index": 1, "name": "features.6"}
-    result = layercut("retrain", "--checkpoint", slim / "initial.safetensors", "--out", slim, "--epochs", "1", "--quiet")
+    result = layercut(
+        "retrain", "--checkpoint", slim / "initial.safetensors", "--out", slim, "--epochs", "1", "--quiet"
+    )
     assert result.returncode == 0, result.stderr
-    result = layercut("compare", "--base", base / "model.safetensors", "--slim", slim / "model.safetensors",
-                      "--out", tmp_path / "compare", "--repeats", "2", "--quiet", "--json")
+    result = layercut(
+        "compare",
+        "--base",
+        base / "model.safetensors",
+        "--slim",
+        slim / "model.safetensors",
+        "--out",
+        tmp_path / "compare",
+        "--repeats",
+        "2",
+        "--quiet",
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["slim"]["cut_point"]["name"] == "features.6"
     # a slim model cannot be truncated again, and --cut knee needs the analysis
-    assert_clean_error(layercut("truncate", "--checkpoint", slim / "model.safetensors", "--cut", "0", "--out",
-                                tmp_path / "x.safetensors"), "already a slim model")
-    assert_clean_error(layercut("truncate", "--checkpoint", base / "model.safetensors", "--out",
-                                tmp_path / "x.safetensors"), "--analysis")
+    assert_clean_error(
+        layercut(
+            "truncate", "--checkpoint", slim / "model.safetensors", "--cut", "0", "--out", tmp_path / "x.safetensors"
+        ),
+        "already a slim model",
+    )
+    assert_clean_error(
+        layercut("truncate", "--checkpoint", base / "model.safetensors", "--out", tmp_path / "x.safetensors"),
+        "--analysis",
+    )
 
 
 def test_layers_lists_resnet152s_51_cut_points() -> None:
@@ -175,8 +241,9 @@ def test_bad_data_gives_clear_messages(tmp_path: Path) -> None:
 
     mixed = _class_folder(tmp_path / "mixed", {"cats": 8, "dogs": 8})
     _write_png(mixed / "cats" / "big.png", size=50)
-    assert_clean_error(layercut("train", "--data", mixed, *TINY, "--out", tmp_path / "o4"), "big.png",
-                       "--allow-mixed-sizes")
+    assert_clean_error(
+        layercut("train", "--data", mixed, *TINY, "--out", tmp_path / "o4"), "big.png", "--allow-mixed-sizes"
+    )
 
     assert_clean_error(layercut("run", "--data", tmp_path / "nowhere", *TINY, "--out", tmp_path / "o5"), "nowhere")
 
@@ -185,11 +252,17 @@ def test_bad_options_give_clear_messages(tmp_path: Path) -> None:
     assert_clean_error(layercut("train", "--arch", "resnet9000", "--out", tmp_path), "unknown architecture", "resnet18")
     assert_clean_error(layercut("train", "--optimizer", "adagrad", "--out", tmp_path), "--optimizer")
     assert_clean_error(layercut("train", "--image-size", "16", "--out", tmp_path), "--image-size")
-    assert_clean_error(layercut("analyze", "--checkpoint", tmp_path / "none.safetensors", "--out", tmp_path),
-                       "does not exist")
+    assert_clean_error(
+        layercut("analyze", "--checkpoint", tmp_path / "none.safetensors", "--out", tmp_path), "does not exist"
+    )
     assert_clean_error(layercut("curve", "--maps", tmp_path / "no-maps"), "no-maps")
-    assert_clean_error(layercut("train", "--pretrained", "--arch", "resnet18", "--out", tmp_path,
-                                "--data", "textures", "--image-size", "32"), "pretrained weights", "TORCH_HOME")
+    assert_clean_error(
+        layercut(
+            "train", "--pretrained", "--arch", "resnet18", "--out", tmp_path, "--data", "textures", "--image-size", "32"
+        ),
+        "pretrained weights",
+        "TORCH_HOME",
+    )
 
 
 def test_every_command_has_help() -> None:

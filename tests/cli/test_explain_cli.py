@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from core import notebook as lc
-from core.cli.main import main
+import layercut as lc
+from layercut.cli.main import main
 
 
 @pytest.fixture(scope="module")
@@ -27,10 +27,31 @@ def test_explain_base_beside_slim(models, tmp_path):
     base, slim = models
     out = tmp_path / "explain"
     result = subprocess.run(
-        [sys.executable, "-m", "core.cli.main", "explain", "--model", base, "--compare-with", slim, "--out", out,
-         "--images", "3", "--methods", "gradcam,layercam,guided_gradcam", "--target", "predicted", "--edges",
-         "--feature-maps", "2", "--json"],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "layercut.cli.main",
+            "explain",
+            "--model",
+            base,
+            "--compare-with",
+            slim,
+            "--out",
+            out,
+            "--images",
+            "3",
+            "--methods",
+            "gradcam,layercam,guided_gradcam",
+            "--target",
+            "predicted",
+            "--edges",
+            "--feature-maps",
+            "2",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
@@ -53,21 +74,40 @@ def _main(monkeypatch, capsys, *args) -> tuple[int, str]:
 
 def test_class_names_and_human_output(models, tmp_path, monkeypatch, capsys):
     base, _ = models
-    code, text = _main(monkeypatch, capsys, "explain", "--model", base, "--out", tmp_path, "--images", "2",
-                       "--methods", "gradcam", "--feature-maps", "0", "--target", "grass", "--quiet")
+    code, text = _main(
+        monkeypatch,
+        capsys,
+        "explain",
+        "--model",
+        base,
+        "--out",
+        tmp_path,
+        "--images",
+        "2",
+        "--methods",
+        "gradcam",
+        "--feature-maps",
+        "0",
+        "--target",
+        "grass",
+        "--quiet",
+    )
     assert code == 0, text
     assert "base: smallcnn at features.14" in text and "explain.json" in text
     payload = json.loads((tmp_path / "explain.json").read_text())
     assert payload["target"] == 1 and payload["models"]["base"]["targets"] == [[1], [1]]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--layer", "layer4"], "no layer named 'layer4'"),
-    (["--methods", "gradcam,fullgrad"], "--methods: unknown method(s) fullgrad"),
-    (["--target", "7"], "--target 7 is not a class index"),
-    (["--target", "cats"], "--target must be predicted, all, a class index or a class name (brick, grass, gravel)"),
-    (["--images", "0"], "--images"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--layer", "layer4"], "no layer named 'layer4'"),
+        (["--methods", "gradcam,fullgrad"], "--methods: unknown method(s) fullgrad"),
+        (["--target", "7"], "--target 7 is not a class index"),
+        (["--target", "cats"], "--target must be predicted, all, a class index or a class name (brick, grass, gravel)"),
+        (["--images", "0"], "--images"),
+    ],
+)
 def test_bad_input_gives_one_clean_message(models, tmp_path, monkeypatch, capsys, args, message):
     base, _ = models
     code, text = _main(monkeypatch, capsys, "explain", "--model", base, "--out", tmp_path, "--quiet", *args)
@@ -78,8 +118,18 @@ def test_missing_checkpoints(models, tmp_path, monkeypatch, capsys):
     base, _ = models
     code, text = _main(monkeypatch, capsys, "explain", "--model", tmp_path / "none.safetensors", "--out", tmp_path)
     assert code == 2 and "does not exist" in text
-    code, text = _main(monkeypatch, capsys, "explain", "--model", base, "--compare-with", tmp_path / "gone.safetensors",
-                       "--out", tmp_path, "--quiet")
+    code, text = _main(
+        monkeypatch,
+        capsys,
+        "explain",
+        "--model",
+        base,
+        "--compare-with",
+        tmp_path / "gone.safetensors",
+        "--out",
+        tmp_path,
+        "--quiet",
+    )
     assert code == 2 and "gone.safetensors does not exist" in text
 
 

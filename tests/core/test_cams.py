@@ -8,12 +8,19 @@ import warnings
 
 import numpy as np
 import pytest
+import pytorch_grad_cam as pgc  # the reference (dev extra), never skipped
 import torch
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from pytorch_grad_cam.utils.svd_on_activations import (
+    get_2d_projection,
+    get_2d_projection_with_sign_correction,
+)
 from torch import nn
 from torchvision import models as tvm
 
-from core.pipeline.architectures import build_model
-from core.pipeline.cams import (
+from layercut.contracts.errors import Cancelled, LayercutError
+from layercut.stages.architectures import build_model
+from layercut.stages.cams import (
     CAM_METHODS,
     compute_cams,
     default_layer,
@@ -24,26 +31,21 @@ from core.pipeline.cams import (
     to_input_size,
     upsample,
 )
-from core.pipeline.cutpoints import resolve_cut_point
-from core.pipeline.errors import Cancelled, LayercutError
-from core.pipeline.progress import Reporter
-from core.pipeline.truncation import truncate
+from layercut.stages.cutpoints import resolve_cut_point
+from layercut.stages.progress import Reporter
+from layercut.stages.truncation import truncate
+from layercut.testing.nets import module_state as _state
+from layercut.testing.nets import odd_state_model as _odd_state_model
+from layercut.testing.nets import random_images as _images
+from layercut.testing.nets import seeded as _seeded
 
-import pytorch_grad_cam as pgc  # noqa: E402 - the reference (dev extra), never skipped
-from seeded_nets import module_state as _state, odd_state_model as _odd_state_model  # noqa: E402
-from seeded_nets import random_images as _images, seeded as _seeded  # noqa: E402
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
-from pytorch_grad_cam.utils.svd_on_activations import (  # noqa: E402
-    get_2d_projection,
-    get_2d_projection_with_sign_correction,
-)
-
-REFERENCE = {"gradcam": pgc.GradCAM, "gradcam++": pgc.GradCAMPlusPlus, "layercam": pgc.LayerCAM,
-             "eigencam": pgc.EigenCAM, "scorecam": pgc.ScoreCAM}
-
-
-
-
+REFERENCE = {
+    "gradcam": pgc.GradCAM,
+    "gradcam++": pgc.GradCAMPlusPlus,
+    "layercam": pgc.LayerCAM,
+    "eigencam": pgc.EigenCAM,
+    "scorecam": pgc.ScoreCAM,
+}
 
 
 def _close(actual: torch.Tensor | np.ndarray, expected: torch.Tensor | np.ndarray, rel: float = 1e-5) -> None:
@@ -167,7 +169,9 @@ def test_eigencam_equals_pytorch_grad_cam_where_its_svd_sign_agrees():
     _close(ours.maps["eigencam"][:, 0], np.maximum(get_2d_projection_with_sign_correction(ours.activations.numpy()), 0))
     raw, final = _reference("eigencam", model, model.features[10], images, None)
     corrected = get_2d_projection_with_sign_correction(ours.activations.numpy())
-    agrees = [i for i in range(8) if np.allclose(get_2d_projection(ours.activations.numpy())[i], corrected[i], atol=1e-5)]
+    agrees = [
+        i for i in range(8) if np.allclose(get_2d_projection(ours.activations.numpy())[i], corrected[i], atol=1e-5)
+    ]
     assert 0 < len(agrees) < 8  # numpy's SVD picks either sign: the reason for the sign correction
     _close(ours.maps["eigencam"][agrees, 0], raw[agrees])
     _close(to_input_size(ours.maps["eigencam"][agrees, 0], 32), final[agrees])
@@ -266,12 +270,21 @@ def _not_inplace(model: nn.Module) -> nn.Module:
 
 def test_inplace_relus_capture_the_right_tensor():
     """A VGG-style net (conv → ReLU(inplace=True)) against its twin with out-of-place ReLUs."""
-    model = _seeded(nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-        nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(inplace=True),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 3),
-    ))
+    model = _seeded(
+        nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 16, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(16, 3),
+        )
+    )
     assert all(m.inplace for m in model.modules() if isinstance(m, nn.ReLU))
     twin = _not_inplace(model)
     images = _images(3, 3, 32)
@@ -292,16 +305,12 @@ def test_inplace_relus_capture_the_right_tensor():
 # --- restoration ----------------------------------------------------------------------------------
 
 
-
-
 def _assert_restored(model: nn.Module, state: tuple[list[bool], list[bool]]) -> None:
     for m in model.modules():
         assert "forward" not in m.__dict__, m
         assert not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks), m
     assert _state(model) == state
     assert all(p.grad is None for p in model.parameters())
-
-
 
 
 class _Explode(torch.autograd.Function):
@@ -330,7 +339,9 @@ def test_restores_model_after_success_and_runs_in_eval_mode():
     eval_result = compute_cams(model.eval(), images, CAM_METHODS)
     model.train()
     model.features[1].eval()
-    result = compute_cams(model, images, CAM_METHODS, batch_size=1, reporter=Reporter(callback=lambda *a: updates.append(a)))
+    result = compute_cams(
+        model, images, CAM_METHODS, batch_size=1, reporter=Reporter(callback=lambda *a: updates.append(a))
+    )
     model.features[6]._forward_pre_hooks.clear()
     _assert_restored(model, before)
     assert set(modes) == {False}  # BN and dropout ran in eval mode
@@ -346,8 +357,13 @@ def test_restores_model_after_cancel_and_errors():
     before = _state(model)
     counter = itertools.count()
     with pytest.raises(Cancelled):  # cancelled inside Score-CAM's chunks
-        compute_cams(model, _images(2, 3, 32), CAM_METHODS, score_batch_size=8,
-                     reporter=Reporter(should_cancel=lambda: next(counter) >= 3))
+        compute_cams(
+            model,
+            _images(2, 3, 32),
+            CAM_METHODS,
+            score_batch_size=8,
+            reporter=Reporter(should_cancel=lambda: next(counter) >= 3),
+        )
     _assert_restored(model, before)
     with pytest.raises(RuntimeError):  # error in the forward: 4 channels into a 3-channel conv
         compute_cams(model, _images(2, 4, 32), CAM_METHODS)

@@ -11,15 +11,15 @@ import torch
 from matplotlib import image as mpimg
 from PIL import Image
 
-from core.pipeline.curves import (
+from layercut.contracts.errors import LayercutError
+from layercut.stages.curves import (
     CURVE_MODES,
     adjacent_curve,
     curve_from_matrix,
     cut_curve,
     read_map_folder,
 )
-from core.pipeline.errors import LayercutError
-from core.pipeline.ssim import similarity_matrix
+from layercut.stages.ssim import similarity_matrix
 
 # A small explicit similarity matrix (symmetric, unit diagonal) for hand-computed curves.
 MATRIX = np.array(

@@ -4,21 +4,37 @@ import pytest
 import torch
 from torch import nn
 
-from core.pipeline.architectures import ARCHITECTURES, build_model
-from core.pipeline.cutpoints import cut_points, describe_cut_points, feature_sequence, forward_features, resolve_cut_point
-from core.pipeline.errors import LayercutError
+from layercut.contracts.errors import LayercutError
+from layercut.stages.architectures import ARCHITECTURES, build_model
+from layercut.stages.cutpoints import (
+    cut_points,
+    describe_cut_points,
+    feature_sequence,
+    forward_features,
+    resolve_cut_point,
+)
 
 
 @pytest.mark.parametrize(
     ("arch", "expected"),
     [
         ("smallcnn", 4),
-        ("vgg11", 8), ("vgg11_bn", 8), ("vgg13", 10), ("vgg16", 13), ("vgg16_bn", 13), ("vgg19", 16),
+        ("vgg11", 8),
+        ("vgg11_bn", 8),
+        ("vgg13", 10),
+        ("vgg16", 13),
+        ("vgg16_bn", 13),
+        ("vgg19", 16),
         # ResNet: the stem's ReLU + one per residual block: 1 + sum(blocks per stage)
-        ("resnet18", 1 + 2 + 2 + 2 + 2), ("resnet34", 1 + 3 + 4 + 6 + 3), ("resnet50", 1 + 3 + 4 + 6 + 3),
-        ("resnet101", 1 + 3 + 4 + 23 + 3), ("resnet152", 1 + 3 + 8 + 36 + 3),
+        ("resnet18", 1 + 2 + 2 + 2 + 2),
+        ("resnet34", 1 + 3 + 4 + 6 + 3),
+        ("resnet50", 1 + 3 + 4 + 6 + 3),
+        ("resnet101", 1 + 3 + 4 + 23 + 3),
+        ("resnet152", 1 + 3 + 8 + 36 + 3),
         # EfficientNet / MobileNet: stem + every block + the final 1x1 conv block
-        ("efficientnet_b0", 1 + 16 + 1), ("mobilenet_v2", 1 + 17 + 1), ("mobilenet_v3_small", 1 + 11 + 1),
+        ("efficientnet_b0", 1 + 16 + 1),
+        ("mobilenet_v2", 1 + 17 + 1),
+        ("mobilenet_v3_small", 1 + 11 + 1),
     ],
 )
 def test_cut_point_counts(arch: str, expected: int) -> None:
@@ -47,7 +63,9 @@ def test_feature_sequence_composes_to_the_models_features() -> None:
             for _, module in feature_sequence(model):
                 y = module(y)
             if arch.startswith("resnet"):
-                reference = model.layer4(model.layer3(model.layer2(model.layer1(model.maxpool(model.relu(model.bn1(model.conv1(x))))))))
+                reference = model.layer4(
+                    model.layer3(model.layer2(model.layer1(model.maxpool(model.relu(model.bn1(model.conv1(x)))))))
+                )
             else:
                 reference = model.features(x)
         torch.testing.assert_close(y, reference)
@@ -64,8 +82,16 @@ def test_forward_features_returns_every_cut_point_and_stops_early() -> None:
 
 def test_custom_sequential_cnn_cuts_at_every_activation() -> None:
     model = nn.Sequential(
-        nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.SiLU(), nn.Conv2d(4, 4, 3), nn.GELU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2), nn.ReLU(),
+        nn.Conv2d(3, 4, 3),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3),
+        nn.SiLU(),
+        nn.Conv2d(4, 4, 3),
+        nn.GELU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 2),
+        nn.ReLU(),
     )
     assert [p.name for p in cut_points(model)] == ["1", "3", "5"]  # the ReLU after the Linear is not a feature layer
 

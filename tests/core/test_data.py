@@ -13,8 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from core.pipeline import textures
-from core.pipeline.data import (
+from layercut.contracts.errors import Cancelled, DataError, LayercutError, MissingResourceError
+from layercut.stages import textures
+from layercut.stages.data import (
     SPLITS,
     Dataset,
     augment_batch,
@@ -22,8 +23,7 @@ from core.pipeline.data import (
     load_dataset,
     stratified_sample,
 )
-from core.pipeline.errors import Cancelled, DataError, LayercutError, MissingResourceError
-from core.pipeline.progress import Reporter
+from layercut.stages.progress import Reporter
 
 S = 32
 
@@ -37,8 +37,9 @@ def save_image(path: Path, size: int = S, seed: int = 0, mode: str = "RGB") -> P
     return path
 
 
-def make_class_folders(root: Path, classes=("cat", "dog", "fox"), per_class: int = 10, mode: str = "RGB",
-                       ext: str = "png") -> Path:
+def make_class_folders(
+    root: Path, classes=("cat", "dog", "fox"), per_class: int = 10, mode: str = "RGB", ext: str = "png"
+) -> Path:
     for c, name in enumerate(classes):
         for i in range(per_class):
             save_image(root / name / f"{i:03d}.{ext}", seed=100 * c + i, mode=mode)

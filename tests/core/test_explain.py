@@ -7,18 +7,19 @@ import json
 import warnings
 from pathlib import Path
 
+import captum.attr as captum_attr  # the reference (dev extra), never skipped
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from core import notebook as lc
-from core.pipeline.cams import compute_cams
-from core.pipeline.checkpoint import load_checkpoint
-from core.pipeline.config import EXPLAIN_METHODS, ExplainConfig
-from core.pipeline.errors import Cancelled, LayercutError
-from core.pipeline.explain import (
+import layercut as lc
+from layercut.contracts.configs import EXPLAIN_METHODS, ExplainConfig
+from layercut.contracts.errors import Cancelled, LayercutError
+from layercut.stages.cams import compute_cams
+from layercut.stages.checkpoint import load_checkpoint
+from layercut.stages.explain import (
     edge_masks,
     explain_stage,
     guided_backprop,
@@ -27,16 +28,11 @@ from core.pipeline.explain import (
     saliency,
     top_channels,
 )
-from core.pipeline.gbp import GBP_RULES
-from core.pipeline.progress import Reporter
-from core.pipeline.training import normalise
-
-import captum.attr as captum_attr  # noqa: E402 - the reference (dev extra), never skipped
-from seeded_nets import random_images as _images, seeded as _seeded  # noqa: E402
-
-
-
-
+from layercut.stages.gbp import GBP_RULES
+from layercut.stages.progress import Reporter
+from layercut.stages.training import normalise
+from layercut.testing.nets import random_images as _images
+from layercut.testing.nets import seeded as _seeded
 
 
 def _close(actual: torch.Tensor, expected: torch.Tensor, rel: float = 1e-5) -> None:
@@ -49,12 +45,23 @@ def _close(actual: torch.Tensor, expected: torch.Tensor, rel: float = 1e-5) -> N
 
 def _relu_net() -> nn.Sequential:
     """A VGG-style ReLU net (out-of-place ReLUs, which captum's hooks need) with BN and max-pools."""
-    return _seeded(nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4),
-    ), seed=2)
+    return _seeded(
+        nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(16, 4),
+        ),
+        seed=2,
+    )
 
 
 # --- equality with captum ---------------------------------------------------------------------------
@@ -78,8 +85,9 @@ def test_guided_backprop_guided_gradcam_and_saliency_equal_captum():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         gbp_ref = captum_attr.GuidedBackprop(model).attribute(images, target=targets[:, 0])
-        ggc_ref = captum_attr.GuidedGradCam(model, model[8]).attribute(images, target=targets[:, 0],
-                                                                       interpolate_mode="bilinear")
+        ggc_ref = captum_attr.GuidedGradCam(model, model[8]).attribute(
+            images, target=targets[:, 0], interpolate_mode="bilinear"
+        )
         sal_ref = captum_attr.Saliency(model).attribute(images, target=targets[:, 0], abs=True)
     for rule in GBP_RULES:  # on a ReLU net every rule is guided backprop
         guided, used = guided_backprop(model, images, targets, rule=rule, batch_size=3)
@@ -94,10 +102,20 @@ def test_guided_backprop_guided_gradcam_and_saliency_equal_captum():
 
 def test_guided_backprop_on_silu_net():
     """captum only overrides nn.ReLU: the 'ungated' rule (SiLU's own derivative) equals it; 'relu' gates SiLU."""
-    model = _seeded(nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.SiLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(8, 8, 3, padding=1), nn.SiLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3),
-    ), seed=5)
+    model = _seeded(
+        nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(8, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(8, 8, 3, padding=1),
+            nn.SiLU(inplace=True),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(8, 3),
+        ),
+        seed=5,
+    )
     images = _images(3, 3, 16)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -126,7 +144,9 @@ def test_input_gradients_restore_the_model_after_an_error():
     state = ([m.training for m in model.modules()], [p.requires_grad for p in model.parameters()])
     counter = itertools.count()
     with pytest.raises(Cancelled):
-        guided_backprop(model, _images(4, 3, 32), batch_size=1, reporter=Reporter(should_cancel=lambda: next(counter) >= 2))
+        guided_backprop(
+            model, _images(4, 3, 32), batch_size=1, reporter=Reporter(should_cancel=lambda: next(counter) >= 2)
+        )
     with pytest.raises(RuntimeError):
         saliency(model, _images(2, 4, 32))
     for m in model.modules():
@@ -197,12 +217,31 @@ def test_base_vs_slim_on_a_tiny_run(tiny_models, tmp_path):
     base, slim, data = tiny_models
     updates = []
     out = tmp_path / "explain"
-    result = explain_stage(base, data, ExplainConfig(images=4, edges=True, feature_maps=4, methods=list(EXPLAIN_METHODS)), out,
-                           reporter=Reporter(callback=lambda *a: updates.append(a)), compare_checkpoint=slim)
+    result = explain_stage(
+        base,
+        data,
+        ExplainConfig(images=4, edges=True, feature_maps=4, methods=list(EXPLAIN_METHODS)),
+        out,
+        reporter=Reporter(callback=lambda *a: updates.append(a)),
+        compare_checkpoint=slim,
+    )
     on_disk = json.loads((out / "explain.json").read_text())
     assert on_disk["figures"] == result["figures"]
-    for key in ("stage", "methods", "target", "classes", "split", "images", "models", "agreement", "figures", "maps",
-                "device", "seconds", "config"):
+    for key in (
+        "stage",
+        "methods",
+        "target",
+        "classes",
+        "split",
+        "images",
+        "models",
+        "agreement",
+        "figures",
+        "maps",
+        "device",
+        "seconds",
+        "config",
+    ):
         assert key in on_disk, key
     assert on_disk["methods"] == list(EXPLAIN_METHODS) and on_disk["target"] == "predicted"
     assert len(on_disk["images"]) == 4 and {i["true_class"] for i in on_disk["images"]} == set(data.classes)
@@ -216,8 +255,11 @@ def test_base_vs_slim_on_a_tiny_run(tiny_models, tmp_path):
     indices = [i["index"] for i in on_disk["images"]]
     for entry, path in ((base_entry, base), (slim_entry, slim)):
         model, spec = load_checkpoint(path)
-        inputs = normalise(data.test.images[indices], torch.tensor(spec.mean).view(1, -1, 1, 1),
-                           torch.tensor(spec.std).view(1, -1, 1, 1))
+        inputs = normalise(
+            data.test.images[indices],
+            torch.tensor(spec.mean).view(1, -1, 1, 1),
+            torch.tensor(spec.std).view(1, -1, 1, 1),
+        )
         with torch.no_grad():
             probs = torch.softmax(model(inputs), dim=1)
         assert [p["class"] for p in entry["predictions"]] == probs.argmax(1).tolist()
@@ -227,11 +269,13 @@ def test_base_vs_slim_on_a_tiny_run(tiny_models, tmp_path):
         field = entry["receptive_field"]
         assert field["layer"] == entry["layer"] and len(field["units"]) == 4
         assert len(entry["feature_maps"]["channels"]) == 4 and len(entry["feature_maps"]["channels"][0]) == 4
-    assert on_disk["agreement"] == np.mean([b["class"] == s["class"] for b, s in
-                                            zip(base_entry["predictions"], slim_entry["predictions"])])
+    assert on_disk["agreement"] == np.mean(
+        [b["class"] == s["class"] for b, s in zip(base_entry["predictions"], slim_entry["predictions"])]
+    )
 
-    expected = {f"{kind}_{key}" for kind in ("cams", "gradients", "feature_maps", "receptive_field")
-                for key in ("base", "slim")} | {"base_vs_slim"}
+    expected = {
+        f"{kind}_{key}" for kind in ("cams", "gradients", "feature_maps", "receptive_field") for key in ("base", "slim")
+    } | {"base_vs_slim"}
     assert set(on_disk["figures"]) == expected
     for name, file in on_disk["figures"].items():
         assert file == f"{name}.png"
@@ -250,11 +294,21 @@ def test_base_vs_slim_on_a_tiny_run(tiny_models, tmp_path):
 
 def test_every_class_and_a_chosen_layer(tiny_models, tmp_path):
     base, _, data = tiny_models
-    config = ExplainConfig(images=3, methods=["gradcam", "eigencam"], target="all", layer="features.10",
-                           feature_layer="features.6", feature_maps=0)
+    config = ExplainConfig(
+        images=3,
+        methods=["gradcam", "eigencam"],
+        target="all",
+        layer="features.10",
+        feature_layer="features.6",
+        feature_maps=0,
+    )
     result = lc.explain(base, data, tmp_path, **config.model_dump())
     entry = result["models"]["base"]
-    assert entry["layer"] == "features.10" and entry["feature_maps"] == {"layer": "features.6", "channels": [], "means": []}
+    assert entry["layer"] == "features.10" and entry["feature_maps"] == {
+        "layer": "features.6",
+        "channels": [],
+        "means": [],
+    }
     assert entry["targets"] == [[0, 1, 2]] * 3 and entry["receptive_field"]["layer"] == "features.6"
     assert set(result["figures"]) == {"cams_base", "class_cams_base", "receptive_field_base"}
     for file in result["figures"].values():
@@ -269,15 +323,26 @@ def test_stage_errors_and_cancellation(tiny_models, tmp_path):
     with pytest.raises(LayercutError, match="no layer named 'layer4'"):
         explain_stage(base, data, ExplainConfig(layer="layer4", images=2), tmp_path)
     with pytest.raises(LayercutError, match="no layer named 'features.14'"):  # the slim model ends at features.6
-        explain_stage(base, data, ExplainConfig(layer="features.14", images=2, methods=["gradcam"]), tmp_path,
-                      compare_checkpoint=slim)
+        explain_stage(
+            base,
+            data,
+            ExplainConfig(layer="features.14", images=2, methods=["gradcam"]),
+            tmp_path,
+            compare_checkpoint=slim,
+        )
     other = lc.load_data("digits", image_size=32)
     with pytest.raises(LayercutError, match="trained on classes"):
         explain_stage(base, other, ExplainConfig(images=2), tmp_path)
     counter = itertools.count()
     with pytest.raises(Cancelled):
-        explain_stage(base, data, ExplainConfig(images=4), tmp_path / "cancelled",
-                      reporter=Reporter(should_cancel=lambda: next(counter) >= 3), compare_checkpoint=slim)
+        explain_stage(
+            base,
+            data,
+            ExplainConfig(images=4),
+            tmp_path / "cancelled",
+            reporter=Reporter(should_cancel=lambda: next(counter) >= 3),
+            compare_checkpoint=slim,
+        )
 
 
 def test_the_default_methods_leave_out_only_the_costly_score_cam():

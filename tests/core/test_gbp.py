@@ -7,26 +7,23 @@ import itertools
 import math
 import warnings
 
+import captum.attr as captum_attr  # the reference (dev extra), never skipped
 import numpy as np
 import pytest
 import torch
 from torch import nn
 from torchvision import models as tvm
 
-from core.pipeline.architectures import build_model
-from core.pipeline.cutpoints import ACTIVATIONS, cut_points, feature_sequence, forward_features, resolve_cut_point
-from core.pipeline.errors import Cancelled, LayercutError
-from core.pipeline.gbp import GBP_RULES, guided_activations, guided_backprop_maps, map_images
-from core.pipeline.progress import Reporter
-from core.pipeline.truncation import truncate
-
-import captum.attr as captum_attr  # noqa: E402 - the reference (dev extra), never skipped
-from seeded_nets import module_state as _state, odd_state_model as _odd_state_model  # noqa: E402
-from seeded_nets import random_images as _images, seeded as _seeded  # noqa: E402
-
-
-
-
+from layercut.contracts.errors import Cancelled, LayercutError
+from layercut.stages.architectures import build_model
+from layercut.stages.cutpoints import ACTIVATIONS, cut_points, feature_sequence, forward_features, resolve_cut_point
+from layercut.stages.gbp import GBP_RULES, guided_activations, guided_backprop_maps, map_images
+from layercut.stages.progress import Reporter
+from layercut.stages.truncation import truncate
+from layercut.testing.nets import module_state as _state
+from layercut.testing.nets import odd_state_model as _odd_state_model
+from layercut.testing.nets import random_images as _images
+from layercut.testing.nets import seeded as _seeded
 
 
 def _captum_maps(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -281,15 +278,11 @@ def test_works_on_slim_net():
 # --- patching and restoration --------------------------------------------------------------------
 
 
-
-
 def _assert_restored(model: nn.Module, state: tuple[list[bool], list[bool]]) -> None:
     for m in model.modules():
         assert "forward" not in m.__dict__, m
         assert not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks)
     assert _state(model) == state
-
-
 
 
 def test_restores_model_after_success():
@@ -388,12 +381,14 @@ def test_map_images_equal_authors_deprocess():
     raw = _images(3, 3, 8).view(3, 1, 3, 8, 8).repeat(1, 2, 1, 1, 1) * torch.tensor([1.0, 40.0]).view(1, 2, 1, 1, 1)
     raw[0, 1, 0, 0, 0] = 1e3  # an outlier, so that clipping matters
     out = map_images(raw).numpy()
-    for n, l in itertools.product(range(3), range(2)):
-        in64 = raw[n, l].numpy().astype(np.float64)
-        np.testing.assert_allclose(out[n, l], _authors_deprocess(in64), rtol=0, atol=1e-6)
-        np.testing.assert_allclose(out[n, l], _authors_deprocess(raw[n, l].numpy()), rtol=0, atol=1e-5)
+    for n, layer in itertools.product(range(3), range(2)):
+        in64 = raw[n, layer].numpy().astype(np.float64)
+        np.testing.assert_allclose(out[n, layer], _authors_deprocess(in64), rtol=0, atol=1e-6)
+        np.testing.assert_allclose(out[n, layer], _authors_deprocess(raw[n, layer].numpy()), rtol=0, atol=1e-5)
     gray = map_images(raw, grayscale=True).numpy()
-    np.testing.assert_allclose(gray[1, 1, 0], _authors_deprocess(raw[1, 1].numpy().astype(np.float64).mean(0)), atol=1e-6)
+    np.testing.assert_allclose(
+        gray[1, 1, 0], _authors_deprocess(raw[1, 1].numpy().astype(np.float64).mean(0)), atol=1e-6
+    )
 
 
 # --- GPU (runs only where CUDA is available) -----------------------------------------------------

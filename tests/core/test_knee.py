@@ -9,14 +9,27 @@ import kneed
 import numpy as np
 import pytest
 
-from core.pipeline.errors import LayercutError
-from core.pipeline.knee import KneeResult, find_knee, rise_fraction_index
+from layercut.contracts.errors import LayercutError
+from layercut.stages.knee import KneeResult, find_knee, rise_fraction_index
 
 X = np.arange(12, dtype=np.float64)
 # The paper authors' SSIM-cut curve (fixtures/paper_ssim_cut/ssim_cut_expected.csv), written out.
 PAPER_CUT = np.array(
-    [0.408512, 0.474048, 0.5297, 0.514759, 0.572826, 0.610474, 0.618291,
-     0.644553, 0.679047, 0.703123, 0.715669, 0.725765, 0.751708]
+    [
+        0.408512,
+        0.474048,
+        0.5297,
+        0.514759,
+        0.572826,
+        0.610474,
+        0.618291,
+        0.644553,
+        0.679047,
+        0.703123,
+        0.715669,
+        0.725765,
+        0.751708,
+    ]
 )
 
 
@@ -109,7 +122,7 @@ class _NoKnee:
     """Stands in for kneed.KneeLocator: finds nothing and warns the way upstream kneed does."""
 
     def __init__(self, *args, **kwargs) -> None:
-        warnings.warn("No knee/elbow found", UserWarning)
+        warnings.warn("No knee/elbow found", UserWarning, stacklevel=2)
         self.knee = None
 
 
@@ -151,8 +164,14 @@ def test_result_is_frozen_and_serialisable() -> None:
     result = find_knee(np.sqrt(X))
     assert isinstance(result, KneeResult)
     assert result.to_dict() == {
-        "index": 3, "found": True, "rule": "kneed", "reason": None,
-        "S": 1.0, "curve": "concave", "direction": "increasing", "fallback_fraction": 0.9,
+        "index": 3,
+        "found": True,
+        "rule": "kneed",
+        "reason": None,
+        "S": 1.0,
+        "curve": "concave",
+        "direction": "increasing",
+        "fallback_fraction": 0.9,
     }
     with pytest.raises(dataclasses.FrozenInstanceError):
         result.index = 4  # type: ignore[misc]

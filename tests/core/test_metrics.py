@@ -15,7 +15,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from core.pipeline.metrics import classification_report, roc_curves, to_probabilities
+from layercut.stages.metrics import classification_report, roc_curves, to_probabilities
 
 CLASSES4 = ["cat", "dog", "owl", "fox"]
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from core.pipeline import plots
-from core.pipeline.metrics import confused_pairs
-from core.pipeline.profiling import compare_models
+from layercut.stages import plots
+from layercut.stages.metrics import confused_pairs
+from layercut.stages.profiling import compare_models
 
 
 def _check_png(path: Path, min_side: int = 300, max_side: int = 4000) -> np.ndarray:
@@ -37,8 +37,14 @@ def test_backend_is_agg() -> None:
 
 def _history(epochs: int = 6) -> list[dict]:
     return [
-        {"epoch": e, "train_loss": 2.0 / e, "val_loss": 2.2 / e + 0.05 * max(0, e - 4), "train_accuracy": 1 - 0.6 / e,
-         "val_accuracy": 0.9 - 0.5 / e - 0.02 * max(0, e - 4), "lr": 0.1 * 0.8 ** e}
+        {
+            "epoch": e,
+            "train_loss": 2.0 / e,
+            "val_loss": 2.2 / e + 0.05 * max(0, e - 4),
+            "train_accuracy": 1 - 0.6 / e,
+            "val_accuracy": 0.9 - 0.5 / e - 0.02 * max(0, e - 4),
+            "lr": 0.1 * 0.8**e,
+        }
         for e in range(1, epochs + 1)
     ]
 
@@ -50,8 +56,9 @@ def test_training_curves(tmp_path: Path) -> None:
 
 
 def test_training_curves_without_validation_or_lr(tmp_path: Path) -> None:
-    history = [{"epoch": e, "train_loss": 1 / e, "val_loss": None, "train_accuracy": 0.5, "val_accuracy": None}
-               for e in (1, 2)]
+    history = [
+        {"epoch": e, "train_loss": 1 / e, "val_loss": None, "train_accuracy": 0.5, "val_accuracy": None} for e in (1, 2)
+    ]
     _check_png(plots.plot_training_curves(history, tmp_path / "c.png", "no validation"))
 
 
@@ -113,10 +120,22 @@ def _lat(ms: float, batch: int) -> dict:
 
 
 def test_comparison(tmp_path: Path) -> None:
-    base = {"accuracy": 0.91, "macro_f1": 0.9, "params": 11_000_000, "macs": 1_800_000_000,
-            "checkpoint_bytes": 45_000_000, "latency": {"cpu_b1": _lat(30.0, 1), "cpu_b32": _lat(600.0, 32)}}
-    slim = {"accuracy": 0.89, "macro_f1": 0.88, "params": 700_000, "macs": 900_000_000,
-            "checkpoint_bytes": 2_800_000, "latency": {"cpu_b1": _lat(20.0, 1), "cpu_b32": _lat(300.0, 32)}}
+    base = {
+        "accuracy": 0.91,
+        "macro_f1": 0.9,
+        "params": 11_000_000,
+        "macs": 1_800_000_000,
+        "checkpoint_bytes": 45_000_000,
+        "latency": {"cpu_b1": _lat(30.0, 1), "cpu_b32": _lat(600.0, 32)},
+    }
+    slim = {
+        "accuracy": 0.89,
+        "macro_f1": 0.88,
+        "params": 700_000,
+        "macs": 900_000_000,
+        "checkpoint_bytes": 2_800_000,
+        "latency": {"cpu_b1": _lat(20.0, 1), "cpu_b32": _lat(300.0, 32)},
+    }
     _check_png(plots.plot_comparison(compare_models(base, slim), tmp_path / "cmp.png", "base vs slim"))
     base["latency"], slim["latency"] = {}, {}
     _check_png(plots.plot_comparison(compare_models(base, slim), tmp_path / "cmp2.png", "no latency"))
@@ -192,16 +211,28 @@ def test_confused_pairs_picture(tmp_path: Path) -> None:
     images = torch.from_numpy((rng.random((12, 3, 32, 32)) * 255).astype(np.uint8))
     confidence = rng.random(12)
     pairs = confused_pairs(labels, preds, 3, confidences=confidence)
-    _check_png(plots.plot_confused_pairs(pairs, images, ["cat", "dog", "owl"], tmp_path / "pairs.png",
-                                         "most confused", confidences=confidence, total=12))
+    _check_png(
+        plots.plot_confused_pairs(
+            pairs,
+            images,
+            ["cat", "dog", "owl"],
+            tmp_path / "pairs.png",
+            "most confused",
+            confidences=confidence,
+            total=12,
+        )
+    )
     gray = rng.random((12, 1, 32, 32))  # floats in [0, 1], one channel
     _check_png(plots.plot_confused_pairs(pairs[:1], gray, ["cat", "dog", "owl"], tmp_path / "one.png", "one pair"))
 
 
 def test_confused_pairs_picture_without_mistakes_says_so(tmp_path: Path) -> None:
-    image = _check_png(plots.plot_confused_pairs([], np.zeros((3, 3, 32, 32), np.uint8), ["a", "b"],
-                                                 tmp_path / "none.png", "most confused", total=3),
-                       min_side=200)
+    image = _check_png(
+        plots.plot_confused_pairs(
+            [], np.zeros((3, 3, 32, 32), np.uint8), ["a", "b"], tmp_path / "none.png", "most confused", total=3
+        ),
+        min_side=200,
+    )
     assert image.shape[0] < image.shape[1]  # one small banner, not an empty grid
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from core.pipeline.profiling import (
+from layercut.stages.profiling import (
     checkpoint_bytes,
     compare_models,
     count_macs,
@@ -43,7 +43,9 @@ def test_count_macs_by_hand() -> None:
 
 
 def test_count_macs_restores_mode_and_grad() -> None:
-    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Dropout(0.5), nn.Flatten(), nn.Linear(256, 2))
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Dropout(0.5), nn.Flatten(), nn.Linear(256, 2)
+    )
     net.train()
     net[1].eval()  # a mixed state must come back exactly
     stats = net[1].running_mean.clone()
@@ -89,7 +91,11 @@ def test_checkpoint_bytes(tmp_path: Path) -> None:
 
 def _summary(accuracy: float, f1: float, params: int, macs: int, size: int, lat1: float, lat32: float) -> dict:
     return {
-        "accuracy": accuracy, "macro_f1": f1, "params": params, "macs": macs, "checkpoint_bytes": size,
+        "accuracy": accuracy,
+        "macro_f1": f1,
+        "params": params,
+        "macs": macs,
+        "checkpoint_bytes": size,
         "latency": {1: {"median_ms": lat1, "device": "cpu"}, "32": {"median_ms": lat32, "device": "cpu"}},
     }
 
@@ -129,10 +135,16 @@ def test_compare_models_with_device_labelled_keys_as_stages_use() -> None:
 
     base = _summary(0.9, 0.9, 100, 1000, 50, 1.0, 1.0)
     slim = _summary(0.9, 0.9, 50, 500, 25, 1.0, 1.0)
-    base["latency"] = {"gpu_b1": lat(2.0, 1, "NVIDIA H100", "cuda"), "cpu_b32": lat(90.0, 32, "cpu", "cpu"),
-                       "cpu_b1": lat(6.0, 1, "cpu", "cpu")}
-    slim["latency"] = {"gpu_b1": lat(1.0, 1, "NVIDIA H100", "cuda"), "cpu_b32": lat(30.0, 32, "cpu", "cpu"),
-                       "cpu_b1": lat(3.0, 1, "cpu", "cpu")}
+    base["latency"] = {
+        "gpu_b1": lat(2.0, 1, "NVIDIA H100", "cuda"),
+        "cpu_b32": lat(90.0, 32, "cpu", "cpu"),
+        "cpu_b1": lat(6.0, 1, "cpu", "cpu"),
+    }
+    slim["latency"] = {
+        "gpu_b1": lat(1.0, 1, "NVIDIA H100", "cuda"),
+        "cpu_b32": lat(30.0, 32, "cpu", "cpu"),
+        "cpu_b1": lat(3.0, 1, "cpu", "cpu"),
+    }
     cmp = compare_models(base, slim)
     assert list(cmp["latency"]) == ["cpu_b1", "cpu_b32", "gpu_b1"]  # CPU first, then by batch
     assert [cmp["latency"][k]["speedup"] for k in cmp["latency"]] == pytest.approx([2.0, 3.0, 2.0])

@@ -10,11 +10,11 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import models as tvm
 
-from core.pipeline.architectures import build_model
-from core.pipeline.cutpoints import resolve_cut_point
-from core.pipeline.errors import LayercutError
-from core.pipeline.receptive_field import AxisField, PixelBox, most_active_unit, receptive_field
-from core.pipeline.truncation import truncate
+from layercut.contracts.errors import LayercutError
+from layercut.stages.architectures import build_model
+from layercut.stages.cutpoints import resolve_cut_point
+from layercut.stages.receptive_field import AxisField, PixelBox, most_active_unit, receptive_field
+from layercut.stages.truncation import truncate
 
 
 class WindowSum(nn.Module):
@@ -31,8 +31,9 @@ class WindowSum(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
-        cols = F.unfold(x.reshape(n * c, 1, h, w), self.kernel, dilation=self.dilation, padding=self.padding,
-                        stride=self.stride)
+        cols = F.unfold(
+            x.reshape(n * c, 1, h, w), self.kernel, dilation=self.dilation, padding=self.padding, stride=self.stride
+        )
         k, d, p, s = self.kernel, self.dilation, self.padding, self.stride
         oh, ow = (h + 2 * p - d * (k - 1) - 1) // s + 1, (w + 2 * p - d * (k - 1) - 1) // s + 1
         return cols.sum(1).reshape(n, c, oh, ow)
@@ -55,20 +56,21 @@ def _dense_twin(model: nn.Module) -> nn.Module:
                 m.reset_parameters()
                 m.running_mean.zero_()
                 m.running_var.fill_(1.0)
-    for name, m in list(twin.named_modules()):
+    for m in list(twin.modules()):
         for child_name, child in list(m.named_children()):
             if isinstance(child, nn.MaxPool2d):
                 setattr(m, child_name, WindowSum(child))
     return twin
 
 
-def _support_boxes(model: nn.Module, module: nn.Module, units: list[tuple[int, int]],
-                   size: int) -> list[tuple[PixelBox, torch.Tensor]]:
+def _support_boxes(
+    model: nn.Module, module: nn.Module, units: list[tuple[int, int]], size: int
+) -> list[tuple[PixelBox, torch.Tensor]]:
     """For each unit: the bounding box of the input pixels where d (unit summed over channels) / d input is
     non-zero, and that gradient (one forward pass for all units)."""
     captured = []
     handle = module.register_forward_hook(lambda m, i, o: captured.append(o))
-    x = (torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(1), dtype=torch.float64) + 0.5)
+    x = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(1), dtype=torch.float64) + 0.5
     x.requires_grad_()
     try:
         model(x)
@@ -106,8 +108,14 @@ def test_hand_computed_fields_of_a_tiny_net():
     # conv k3 d2 s2 p0:      (−1 − 0, 2, 3 + 2·2·1)        = (−1, 2, 7)
     # max-pool k3 s2 p1:     (−1 − 1·2, 4, 7 + 2·2)        = (−3, 4, 11)
     # conv k5 s1 p2:         (−3 − 2·4, 4, 11 + 4·4)       = (−11, 4, 27)
-    expected = {"0": (-1, 1, 3), "1": (-1, 1, 3), "2": (-1, 2, 7), "4": (-3, 4, 11), "5": (-11, 4, 27),
-                "7": (-11, 4, 27)}
+    expected = {
+        "0": (-1, 1, 3),
+        "1": (-1, 1, 3),
+        "2": (-1, 2, 7),
+        "4": (-3, 4, 11),
+        "5": (-11, 4, 27),
+        "7": (-11, 4, 27),
+    }
     for layer, (start, jump, size) in expected.items():
         field = receptive_field(model, layer, 29)
         assert field.y == field.x == AxisField(start, jump, size), layer

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.report import StageInput, render_report, write_run_report
+from layercut.report import StageInput, render_report, write_run_report
 
 ROOT = Path(__file__).resolve().parents[2]
 EVIL_CLASS = "<img src=x onerror=alert(1)>"  # a folder name can hold no '/', so no closing tags
@@ -64,8 +64,8 @@ def _section(page: str, ident: str) -> str:
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> Path:
     """A real `run_pipeline` at 32 px, smallcnn, 1 epoch, on a folder dataset with hostile class and folder names."""
-    from core.pipeline.config import AnalyzeConfig, CompareConfig, DataConfig, TrainConfig
-    from core.pipeline.run import run_pipeline
+    from layercut.contracts.configs import AnalyzeConfig, CompareConfig, DataConfig, TrainConfig
+    from layercut.local import run_pipeline
 
     tmp = tmp_path_factory.mktemp("report")
     data = tmp / EVIL_DATASET
@@ -79,13 +79,18 @@ def tiny_run(tmp_path_factory) -> Path:
     out = tmp / "run"
     extra = {}
     if "explain" in inspect.signature(run_pipeline).parameters:  # the pipeline explains base and slim too
-        from core.pipeline.config import ExplainConfig
+        from layercut.contracts.configs import ExplainConfig
 
         extra["explain"] = ExplainConfig(images=2, device="cpu")
-    run_pipeline(DataConfig(source=str(data), image_size=32), "smallcnn", out,
-                 train=TrainConfig(epochs=1, batch_size=16, device="cpu"),
-                 analyze=AnalyzeConfig(probes_per_class=2, device="cpu"),
-                 compare=CompareConfig(device="cpu", latency_repeats=2, latency_warmup=0, latency_batches=[1]), **extra)
+    run_pipeline(
+        DataConfig(source=str(data), image_size=32),
+        "smallcnn",
+        out,
+        train=TrainConfig(epochs=1, batch_size=16, device="cpu"),
+        analyze=AnalyzeConfig(probes_per_class=2, device="cpu"),
+        compare=CompareConfig(device="cpu", latency_repeats=2, latency_warmup=0, latency_batches=[1]),
+        **extra,
+    )
     assert (out / "run.json").is_file()
     return out
 
@@ -145,8 +150,14 @@ def test_every_section_present_and_filled(report, tiny_run) -> None:
         assert "no knee found" in cut
     # the comparison table
     compare = _section(page, "compare")
-    for row in ("Test accuracy", "Macro-F1", "Parameters", "MACs per image", "Checkpoint size",
-                "Latency, CPU, batch 1"):
+    for row in (
+        "Test accuracy",
+        "Macro-F1",
+        "Parameters",
+        "MACs per image",
+        "Checkpoint size",
+        "Latency, CPU, batch 1",
+    ):
         assert row in compare
     assert f"{run['base']['params']:,}" in compare and f"{run['slim']['params']:,}" in compare
     assert 'data-file="compare.png"' in compare
@@ -217,10 +228,19 @@ def test_unknown_pictures_and_explanations_are_shown(tiny_run, tmp_path) -> None
     shutil.copy(run / "slim" / "roc_curves.png", explain / "guided_backprop.png")
     shutil.copy(run / "slim" / "training_curves.png", explain / "extra.png")
     (explain / "notes.txt").write_text("not a picture")
-    (explain / "explain.json").write_text(json.dumps({
-        "methods": ["gradcam", EVIL_CLASS],
-        "figures": {"Grad-CAM, base vs slim": "cam_base_vs_slim.png", "guided backprop": "guided_backprop.png",
-                    "escape attempt": "../base/roc_curves.png", "missing": "nope.png"}}))
+    (explain / "explain.json").write_text(
+        json.dumps(
+            {
+                "methods": ["gradcam", EVIL_CLASS],
+                "figures": {
+                    "Grad-CAM, base vs slim": "cam_base_vs_slim.png",
+                    "guided backprop": "guided_backprop.png",
+                    "escape attempt": "../base/roc_curves.png",
+                    "missing": "nope.png",
+                },
+            }
+        )
+    )
     page = write_run_report(run).read_text(encoding="utf-8")
     base = _section(page, "base")
     assert 'data-file="new_plot_someone_added.png"' in base and "New plot someone added" in base
@@ -235,16 +255,21 @@ def test_unknown_pictures_and_explanations_are_shown(tiny_run, tmp_path) -> None
 
 def test_real_explanations_side_by_side(tiny_run, tmp_path) -> None:
     """The explain stage's own output (base and slim on the same images) renders as pairs, with both predictions."""
-    explain = pytest.importorskip("core.pipeline.explain")
-    from core.pipeline.config import DataConfig, ExplainConfig
-    from core.pipeline.stages import load_data
+    explain = pytest.importorskip("layercut.stages.explain")
+    from layercut.contracts.configs import DataConfig, ExplainConfig
+    from layercut.stages.stages import load_data
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     if not (run / "explain" / "explain.json").is_file():  # run_pipeline without the explain stage
         dataset = load_data(DataConfig(source=str(tiny_run.parent / EVIL_DATASET), image_size=32))
-        explain.explain_stage(run / "base" / "model.safetensors", dataset, ExplainConfig(images=2, device="cpu"),
-                              run / "explain", compare_checkpoint=run / "slim" / "model.safetensors")
+        explain.explain_stage(
+            run / "base" / "model.safetensors",
+            dataset,
+            ExplainConfig(images=2, device="cpu"),
+            run / "explain",
+            compare_checkpoint=run / "slim" / "model.safetensors",
+        )
     listed = json.loads((run / "explain" / "explain.json").read_text())["figures"]
     page = write_run_report(run).read_text(encoding="utf-8")
     body = _section(page, "explain")
@@ -263,8 +288,14 @@ def test_render_report_from_job_like_stages(tiny_run, tmp_path) -> None:
     stages = [
         StageInput("train", tiny_run / "base", status="succeeded", label="step 0: job a"),
         StageInput("analyze", tiny_run / "analysis", status="succeeded", step=1),
-        StageInput("truncate", tmp_path / "nothing", status="failed", step=2, error_code="bad_<cut>",
-                   error_message="boom & <bust>"),
+        StageInput(
+            "truncate",
+            tmp_path / "nothing",
+            status="failed",
+            step=2,
+            error_code="bad_<cut>",
+            error_message="boom & <bust>",
+        ),
         StageInput("retrain", None, status="running", step=3, percent=42.0, stage="retrain", message="epoch 1/3"),
         StageInput("compare", None, status="queued", step=4),
     ]
@@ -281,13 +312,21 @@ def test_render_report_from_job_like_stages(tiny_run, tmp_path) -> None:
 def test_module_entry_point_is_torch_free(tiny_run, tmp_path) -> None:
     run = tmp_path / "run"
     shutil.copytree(tiny_run / "base", run / "base")
-    code = ("import sys, runpy; sys.argv = ['core.report', sys.argv[1]]; "
-            "import core.report.__main__ as m; rc = m.main([sys.argv[1]]); "
-            "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)")
-    result = subprocess.run([sys.executable, "-c", code, str(run)], cwd=ROOT, capture_output=True, text=True,
-                            timeout=120)
+    code = (
+        "import sys, runpy; sys.argv = ['layercut.report', sys.argv[1]]; "
+        "import core.report.__main__ as m; rc = m.main([sys.argv[1]]); "
+        "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(rc)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(run)], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(run / "report.html") and (run / "report.html").is_file()
-    missing = subprocess.run([sys.executable, "-m", "core.report", str(tmp_path / "absent")], cwd=ROOT,
-                             capture_output=True, text=True, timeout=120)
+    missing = subprocess.run(
+        [sys.executable, "-m", "layercut.report", str(tmp_path / "absent")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert missing.returncode == 2 and "not a folder" in missing.stderr

@@ -9,9 +9,9 @@ from scipy.ndimage import uniform_filter
 from skimage import data
 from skimage.metrics import structural_similarity
 
-from core.pipeline.errors import Cancelled, LayercutError
-from core.pipeline.progress import Reporter
-from core.pipeline.ssim import _box, similarity_matrix, ssim
+from layercut.contracts.errors import Cancelled, LayercutError
+from layercut.stages.progress import Reporter
+from layercut.stages.ssim import box_mean, similarity_matrix, ssim
 
 TOL = 1e-6
 
@@ -108,7 +108,7 @@ def test_valid_average_pool_is_the_cropped_uniform_filter() -> None:
     for win in (3, 7, 9):
         pad = (win - 1) // 2
         ref = np.stack([uniform_filter(plane, size=win)[pad:-pad, pad:-pad] for plane in x])
-        ours = _box(torch.from_numpy(x), win).numpy()
+        ours = box_mean(torch.from_numpy(x), win).numpy()
         assert ours.shape == ref.shape
         assert np.abs(ours - ref).max() < 1e-14
 
@@ -167,9 +167,7 @@ def test_progress_is_reported_and_cancellation_stops(small_maps: np.ndarray) -> 
     assert fractions[0] == 0.0 and fractions[-1] == 1.0 and fractions == sorted(fractions)
     assert len(updates) > 3 and "SSIM" in updates[-1][2]
     with pytest.raises(Cancelled):
-        similarity_matrix(
-            torch.from_numpy(small_maps), data_range=1.0, reporter=Reporter(should_cancel=lambda: True)
-        )
+        similarity_matrix(torch.from_numpy(small_maps), data_range=1.0, reporter=Reporter(should_cancel=lambda: True))
 
 
 def test_single_cut_point_gives_unit_matrix() -> None:

@@ -2,11 +2,11 @@
 
 import torch
 
-from core.pipeline.architectures import build_model
-from core.pipeline.config import TrainConfig
-from core.pipeline.data import Split
-from core.pipeline.progress import Reporter
-from core.pipeline.training import predict, train_model
+from layercut.contracts.configs import TrainConfig
+from layercut.stages.architectures import build_model
+from layercut.stages.data import Split
+from layercut.stages.progress import Reporter
+from layercut.stages.training import predict, train_model
 
 
 def _separable_split(n: int, seed: int) -> Split:
@@ -24,8 +24,15 @@ def test_training_learns_and_reports_progress() -> None:
     train, val = _separable_split(64, 0), _separable_split(32, 1)
     updates = []
     model = build_model("smallcnn", 2)
-    result = train_model(model, train, val, MEAN, STD, TrainConfig(epochs=3, batch_size=16, patience=None, device="cpu"),
-                         Reporter(callback=lambda stage, f, msg: updates.append((stage, f))))
+    result = train_model(
+        model,
+        train,
+        val,
+        MEAN,
+        STD,
+        TrainConfig(epochs=3, batch_size=16, patience=None, device="cpu"),
+        Reporter(callback=lambda stage, f, msg: updates.append((stage, f))),
+    )
     assert len(result.history) == 3
     assert result.best_val_accuracy >= 0.9
     assert updates[-1] == ("train", 1.0)
@@ -55,7 +62,9 @@ def test_training_is_reproducible_for_a_seed() -> None:
     for _ in range(2):
         torch.manual_seed(0)
         model = build_model("smallcnn", 2)
-        torch.rand(int(torch.randint(1, 100, (1,))))  # disturb the global RNG: train_model reseeds, so this must not matter
+        torch.rand(
+            int(torch.randint(1, 100, (1,)))
+        )  # disturb the global RNG: train_model reseeds, so this must not matter
         result = train_model(model, train, val, MEAN, STD, TrainConfig(epochs=1, batch_size=16, seed=7, device="cpu"))
         losses.append(result.history[0]["train_loss"])
     assert losses[0] == losses[1]

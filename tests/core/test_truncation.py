@@ -7,16 +7,19 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from core.pipeline.architectures import build_model
-from core.pipeline.checkpoint import CutPointRef, ModelSpec, load_checkpoint, read_spec, save_checkpoint
-from core.pipeline.cutpoints import cut_points, forward_features, resolve_cut_point
-from core.pipeline.errors import LayercutError
-from core.pipeline.profiling import count_parameters
-from core.pipeline.truncation import SlimNet, truncate
+from layercut.contracts.errors import LayercutError
+from layercut.contracts.spec import CutPointRef, ModelSpec
+from layercut.stages.architectures import build_model
+from layercut.stages.checkpoint import load_checkpoint, read_spec, save_checkpoint
+from layercut.stages.cutpoints import cut_points, forward_features, resolve_cut_point
+from layercut.stages.profiling import count_parameters
+from layercut.stages.truncation import SlimNet, truncate
 
 
-@pytest.mark.parametrize(("arch", "cut"), [("smallcnn", "features.6"), ("vgg11", "features.9"),
-                                           ("resnet18", "layer2.1"), ("mobilenet_v2", "features.7")])
+@pytest.mark.parametrize(
+    ("arch", "cut"),
+    [("smallcnn", "features.6"), ("vgg11", "features.9"), ("resnet18", "layer2.1"), ("mobilenet_v2", "features.7")],
+)
 def test_activations_at_the_cut_are_identical_and_params_shrink(arch: str, cut: str) -> None:
     torch.manual_seed(0)
     base = build_model(arch, 3).eval()
@@ -64,8 +67,11 @@ def test_slim_checkpoint_round_trips_without_pickle(tmp_path) -> None:
     base = build_model("resnet18", 3).eval()
     point = resolve_cut_point(base, "layer3.0")
     slim = truncate(base, point, num_classes=3, dropout=0.1, image_size=32).eval()
-    path = save_checkpoint(slim, _spec(cut_point=CutPointRef(index=point.index, name=point.name), head_dropout=0.1),
-                           tmp_path / "slim.safetensors")
+    path = save_checkpoint(
+        slim,
+        _spec(cut_point=CutPointRef(index=point.index, name=point.name), head_dropout=0.1),
+        tmp_path / "slim.safetensors",
+    )
 
     loaded, spec = load_checkpoint(path)
     x = torch.randn(2, 3, 32, 32)

@@ -1,4 +1,4 @@
-"""core.client against httpx.MockTransport: retries, idempotency keys, wait() backoff, verified downloads."""
+"""layercut.client against httpx.MockTransport: retries, idempotency keys, wait() backoff, verified downloads."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 import httpx
 import pytest
 
-from core.client import ApiError, ChecksumMismatch, JobFailed, LayercutClient, NotFound, WaitTimeout
+from layercut.client import ApiError, ChecksumMismatch, JobFailed, LayercutClient, NotFound, WaitTimeout
 
 
 class FakeClock:
@@ -27,15 +27,25 @@ class FakeClock:
 
 def make_client(handler, clock: FakeClock | None = None, **kwargs) -> LayercutClient:
     clock = clock or FakeClock()
-    return LayercutClient("http://layercut.test", "lc_secret", transport=httpx.MockTransport(handler),
-                          sleep=clock.sleep, clock=clock, **kwargs)
+    return LayercutClient(
+        "http://layercut.test",
+        "lc_secret",
+        transport=httpx.MockTransport(handler),
+        sleep=clock.sleep,
+        clock=clock,
+        **kwargs,
+    )
 
 
 def test_no_torch_import():
     import subprocess
 
-    out = subprocess.run([sys.executable, "-c", "import sys, core.client; print('torch' in sys.modules)"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys, layercut.client; print('torch' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.strip() == "False"
 
 
@@ -116,7 +126,9 @@ def test_4xx_is_not_retried_and_names_the_field():
 
     def handler(request):
         calls.append(1)
-        return httpx.Response(422, json={"detail": [{"loc": ["body", "params", "arch"], "msg": "unknown architecture"}]})
+        return httpx.Response(
+            422, json={"detail": [{"loc": ["body", "params", "arch"], "msg": "unknown architecture"}]}
+        )
 
     with pytest.raises(ApiError, match="params.arch: unknown architecture") as info:
         make_client(handler).submit_job({"kind": "train", "arch": "nope"})
@@ -182,8 +194,17 @@ def test_pipeline_failure_names_the_failed_step():
     def handler(request):
         if request.url.path.startswith("/v1/jobs/"):
             return httpx.Response(404, json={"detail": "not found"})
-        return httpx.Response(200, json={"id": "p1", "status": "failed", "jobs": [
-            {"id": "a", "kind": "train", "status": "succeeded"}, {"id": "b", "kind": "analyze", "status": "failed"}]})
+        return httpx.Response(
+            200,
+            json={
+                "id": "p1",
+                "status": "failed",
+                "jobs": [
+                    {"id": "a", "kind": "train", "status": "succeeded"},
+                    {"id": "b", "kind": "analyze", "status": "failed"},
+                ],
+            },
+        )
 
     with pytest.raises(JobFailed, match="step analyze b"):
         make_client(handler).wait("p1")
@@ -200,13 +221,20 @@ PAYLOAD = b"weights" * 100_000
 def artifact_handler(listed_sha: str, body: bytes = PAYLOAD):
     def handler(request):
         if request.url.path == "/v1/jobs/j1/artifacts":
-            return httpx.Response(200, json=[
-                {"id": "a1", "name": "model.safetensors", "sha256": listed_sha, "bytes": len(body)}])
+            return httpx.Response(
+                200, json=[{"id": "a1", "name": "model.safetensors", "sha256": listed_sha, "bytes": len(body)}]
+            )
         if request.url.path == "/v1/artifacts/a1":
-            return httpx.Response(200, content=body, headers={
-                "Content-Disposition": 'attachment; filename="model.safetensors"',
-                "Content-Type": "application/octet-stream"})
+            return httpx.Response(
+                200,
+                content=body,
+                headers={
+                    "Content-Disposition": 'attachment; filename="model.safetensors"',
+                    "Content-Type": "application/octet-stream",
+                },
+            )
         return httpx.Response(404, json={"detail": "no"})
+
     return handler
 
 
@@ -259,9 +287,14 @@ def test_checkpoint_header_checksum_and_hostile_filename(tmp_path):
 
     def handler(request):
         assert request.url.path == "/v1/models/m1/checkpoint"
-        return httpx.Response(200, content=body, headers={
-            "Content-Disposition": 'attachment; filename="../../etc/evil"',
-            "X-Layercut-Sha256": hashlib.sha256(b"y").hexdigest()})
+        return httpx.Response(
+            200,
+            content=body,
+            headers={
+                "Content-Disposition": 'attachment; filename="../../etc/evil"',
+                "X-Layercut-Sha256": hashlib.sha256(b"y").hexdigest(),
+            },
+        )
 
     with pytest.raises(ChecksumMismatch):
         make_client(handler).download_checkpoint("m1", tmp_path)
@@ -270,7 +303,9 @@ def test_checkpoint_header_checksum_and_hostile_filename(tmp_path):
 
 def test_checkpoint_without_checksum_is_saved_under_its_own_name_only(tmp_path):
     def handler(request):
-        return httpx.Response(200, content=b"x", headers={"Content-Disposition": 'attachment; filename="../../etc/evil"'})
+        return httpx.Response(
+            200, content=b"x", headers={"Content-Disposition": 'attachment; filename="../../etc/evil"'}
+        )
 
     assert make_client(handler).download_checkpoint("m1", tmp_path) == tmp_path / "evil"
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import fnmatch
+import importlib.util
 import json
 import re
 import shlex
@@ -33,7 +34,7 @@ def command(service: str) -> list[str]:
 def dockerfile_instruction(name: str) -> list[str]:
     lines = [line for line in DOCKERFILE.splitlines() if line.startswith(name + " ")]
     assert lines, f"the Dockerfile has no {name}"
-    return json.loads(lines[-1][len(name) + 1:])  # exec form
+    return json.loads(lines[-1][len(name) + 1 :])  # exec form
 
 
 def env(service: str) -> dict[str, str]:
@@ -49,8 +50,9 @@ def resolve(value: str) -> str:
 
 
 def module_defines(module: str, name: str) -> bool:
-    path = ROOT / (module.replace(".", "/") + ".py")
-    assert path.is_file(), f"{module} ({path.relative_to(ROOT)}) does not exist"
+    spec = importlib.util.find_spec(module)
+    assert spec is not None and spec.origin, f"{module} does not exist"
+    path = Path(spec.origin)
     tree = ast.parse(path.read_text())
     for node in tree.body:
         targets = []
@@ -103,13 +105,13 @@ def test_one_image_for_migrate_api_and_worker():
 def test_api_port_and_command():
     assert any(str(p).endswith(":8000") for p in SERVICES["api"]["ports"])
     cmd = command("api")
-    assert cmd[0] == "uvicorn" and "api.main:app" in cmd
+    assert cmd[0] == "uvicorn" and "layercut.api.main:app" in cmd
     assert cmd[cmd.index("--port") + 1] == "8000" and cmd[cmd.index("--host") + 1] == "0.0.0.0"
 
 
 def test_worker_command_and_gpu_reservation():
     cmd = command("worker")
-    assert cmd[:4] == ["celery", "-A", "worker.app", "worker"]
+    assert cmd[:4] == ["celery", "-A", "layercut.worker.app", "worker"]
     queues = set(cmd[cmd.index("-Q") + 1].split(","))
     assert queues == {"gpu", "cpu"}
     assert cmd[cmd.index("--concurrency") + 1] == "1"
@@ -128,8 +130,13 @@ def test_artifact_volume_is_shared_by_api_and_worker():
 
 def test_environment_is_consistent():
     api, worker, migrate = env("api"), env("worker"), env("migrate")
-    for key in ("LAYERCUT_DATABASE_URL", "LAYERCUT_BROKER_URL", "LAYERCUT_ARTIFACT_ROOT", "LAYERCUT_CALLBACK_SECRET",
-                "LAYERCUT_DATASET_ROOTS"):
+    for key in (
+        "LAYERCUT_DATABASE_URL",
+        "LAYERCUT_BROKER_URL",
+        "LAYERCUT_ARTIFACT_ROOT",
+        "LAYERCUT_CALLBACK_SECRET",
+        "LAYERCUT_DATASET_ROOTS",
+    ):
         assert api[key] == worker[key], key
     assert migrate["LAYERCUT_DATABASE_URL"] == api["LAYERCUT_DATABASE_URL"]
 
@@ -144,14 +151,14 @@ def test_environment_is_consistent():
     assert broker.scheme == "redis" and broker.hostname == "redis" and broker.hostname in SERVICES
 
     # every LAYERCUT_* name is a real setting
-    from core.settings import Settings
+    from layercut.settings import Settings
 
     known = {f"LAYERCUT_{name.upper()}" for name in Settings.model_fields}
     for service in ("api", "worker", "migrate"):
         unknown = {k for k in env(service) if k.startswith("LAYERCUT_")} - known
         assert not unknown, f"{service}: {unknown} are not settings"
     # and they parse
-    values = {k[len("LAYERCUT_"):].lower(): resolve(v) for k, v in api.items()}
+    values = {k[len("LAYERCUT_") :].lower(): resolve(v) for k, v in api.items()}
     settings = Settings(**{k: json.loads(v) if v.startswith("[") else v for k, v in values.items()})
     assert not settings.embedded and str(settings.resolved_artifact_root) == "/artifacts"
 
@@ -162,28 +169,37 @@ def test_dockerfile_base_user_and_default_command():
     assert users and users[-1] not in ("root", "0")
     assert "chown" in DOCKERFILE and "/artifacts" in DOCKERFILE  # the volume is writable by that user
     cmd = dockerfile_instruction("CMD")
-    assert cmd[0] == "uvicorn" and "api.main:app" in cmd
+    assert cmd[0] == "uvicorn" and "layercut.api.main:app" in cmd
 
 
 def test_commands_reference_modules_that_exist():
-    """`api.main:app` and `worker.app` (a Celery app named `app`) exist in this checkout."""
+    """`layercut.api.main:app` and `layercut.worker.app` (a Celery app named `app`) exist in this checkout."""
     referenced = set()
     for service in ("api", "worker", "migrate"):
         referenced.update(command(service))
     referenced.update(dockerfile_instruction("CMD"))
-    assert "api.main:app" in referenced and "worker.app" in referenced
-    assert module_defines("api.main", "app"), "api/main.py defines no top-level `app`"
-    assert module_defines("worker.app", "app"), "worker/app.py defines no top-level `app` (the Celery app)"
+    assert "layercut.api.main:app" in referenced and "layercut.worker.app" in referenced
+    assert module_defines("layercut.api.main", "app"), "api/main.py defines no top-level `app`"
+    assert module_defines("layercut.worker.app", "app"), "worker/app.py defines no top-level `app` (the Celery app)"
 
 
 def test_dockerignore_keeps_what_the_image_needs():
-    patterns = [p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines() if p.strip() and not p.startswith("#")]
+    patterns = [
+        p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines() if p.strip() and not p.startswith("#")
+    ]
 
     def ignored(path: str) -> bool:
         return any(fnmatch.fnmatch(path, p) or fnmatch.fnmatch(path.split("/")[0], p) for p in patterns)
 
-    for needed in ("pyproject.toml", "README.md", "alembic.ini", "migrations/env.py", "api/__init__.py",
-                   "worker/__init__.py", "core/settings.py"):
+    for needed in (
+        "pyproject.toml",
+        "README.md",
+        "alembic.ini",
+        "migrations/env.py",
+        "api/__init__.py",
+        "worker/__init__.py",
+        "core/settings.py",
+    ):
         assert not ignored(needed), needed
     for excluded in (".venv", ".git", "layercut-data"):
         assert ignored(excluded), excluded

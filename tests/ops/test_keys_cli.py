@@ -7,9 +7,9 @@ import json
 from sqlalchemy import create_engine, inspect, pool
 from sqlalchemy.orm import Session
 
-from core.store.keys import tenant_for_key
-from core.store.models import Base
-from ops_helpers import clean_env, layercut
+from layercut.store.keys import tenant_for_key
+from layercut.store.models import Base
+from layercut.testing.commands import clean_env, layercut
 
 
 def _session(url: str) -> Session:
@@ -22,7 +22,9 @@ def test_keys_round_trip_on_a_fresh_embedded_database(tmp_path):
     db = tmp_path / "data" / "layercut.db"
     assert not db.exists()
 
-    created = json.loads(layercut("keys", "create", "--tenant", "acme", "--name", "ci", "--json", env=env, cwd=tmp_path).stdout)
+    created = json.loads(
+        layercut("keys", "create", "--tenant", "acme", "--name", "ci", "--json", env=env, cwd=tmp_path).stdout
+    )
     assert db.is_file() and created["tenant"] == "acme" and created["key"].startswith(created["prefix"])
     plain = layercut("keys", "create", "--tenant", "other", env=env, cwd=tmp_path)
     other_key = plain.stdout.strip()  # the secret alone on stdout, the explanation on stderr
@@ -45,7 +47,9 @@ def test_keys_round_trip_on_a_fresh_embedded_database(tmp_path):
         assert tenant_for_key(session, created["key"]) is None
         assert tenant_for_key(session, other_key) == "other"
     assert json.loads(layercut("keys", "list", "--tenant", "acme", "--json", env=env, cwd=tmp_path).stdout) == []
-    with_revoked = json.loads(layercut("keys", "list", "--tenant", "acme", "--revoked", "--json", env=env, cwd=tmp_path).stdout)
+    with_revoked = json.loads(
+        layercut("keys", "list", "--tenant", "acme", "--revoked", "--json", env=env, cwd=tmp_path).stdout
+    )
     assert with_revoked[0]["revoked_at"] is not None
 
     again = layercut("keys", "revoke", "--prefix", created["prefix"], env=env, cwd=tmp_path, check=False)
@@ -67,7 +71,7 @@ def test_keys_on_a_configured_postgres(tmp_path, postgres_url):
 
 
 def test_unmigrated_postgres_is_a_clear_error(tmp_path):
-    import services
+    from layercut.testing import services
 
     url = services.create_database()
     try:
@@ -78,7 +82,10 @@ def test_unmigrated_postgres_is_a_clear_error(tmp_path):
         engine = create_engine(url, poolclass=pool.NullPool)
         assert set(Base.metadata.tables) <= set(inspect(engine).get_table_names())
         engine.dispose()
-        assert "already at revision" in layercut("migrate", env=clean_env(tmp_path, LAYERCUT_DATABASE_URL=url), cwd=tmp_path).stdout
+        assert (
+            "already at revision"
+            in layercut("migrate", env=clean_env(tmp_path, LAYERCUT_DATABASE_URL=url), cwd=tmp_path).stdout
+        )
     finally:
         services.drop_database(url)
 

@@ -1,4 +1,4 @@
-"""`layercut serve` in its embedded default, end to end through core.client.
+"""`layercut serve` in its embedded default, end to end through layercut.client.
 
 A subprocess on a free port with a fresh LAYERCUT_DATA_DIR and no database or broker configured: it
 migrates its SQLite file, serves, and runs jobs in-process. A key made with `layercut keys create`
@@ -13,8 +13,8 @@ import json
 import httpx
 import pytest
 
-from core.client import ApiError, JobFailed, LayercutClient
-from ops_helpers import layercut, serving_embedded
+from layercut.client import ApiError, JobFailed, LayercutClient
+from layercut.testing.commands import layercut, serving_embedded
 
 
 @pytest.fixture
@@ -42,8 +42,12 @@ def test_embedded_end_to_end_train_and_verified_download(embedded_server):
         again = lc.register_dataset(name="textures", builtin="textures", idempotency_key="same")
         assert lc.register_dataset(name="textures", builtin="textures", idempotency_key="same")["id"] == again["id"]
 
-        params = {"kind": "train", "data": {"dataset_id": dataset["id"], "image_size": 32}, "arch": "smallcnn",
-                  "train": {"epochs": 1, "batch_size": 32, "device": "cpu"}}
+        params = {
+            "kind": "train",
+            "data": {"dataset_id": dataset["id"], "image_size": 32},
+            "arch": "smallcnn",
+            "train": {"epochs": 1, "batch_size": 32, "device": "cpu"},
+        }
         job = lc.submit_job(params, idempotency_key="train-1")
         assert lc.submit_job(params, idempotency_key="train-1")["id"] == job["id"]  # a retried POST is the same job
         with pytest.raises(ApiError) as info:

@@ -10,7 +10,7 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
-from core.store.models import Base
+from layercut.store.models import Base
 
 ROOT = Path(__file__).resolve().parents[2]
 

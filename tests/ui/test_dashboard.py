@@ -15,15 +15,14 @@ import hashlib
 import html
 import json
 import re
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ops"))
-from ops_helpers import ROOT, layercut, serving_embedded  # noqa: E402
+from layercut.testing import SOURCE_ROOT as ROOT
+from layercut.testing.commands import layercut, serving_embedded
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -32,6 +31,7 @@ PIPELINE_TIMEOUT = 120
 
 
 # --- fixtures ------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
@@ -50,8 +50,11 @@ def new_key(server, tenant: str = "ui") -> str:
 def browser(tmp_path_factory):
     missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).is_file()]
     if missing:
-        pytest.fail(f"the dashboard test needs Debian's Chromium and ChromeDriver ({', '.join(missing)} missing): "
-                    "run `make browser` (apt-get install chromium chromium-driver)", pytrace=False)
+        pytest.fail(
+            f"the dashboard test needs Debian's Chromium and ChromeDriver ({', '.join(missing)} missing): "
+            "run `make browser` (apt-get install chromium chromium-driver)",
+            pytrace=False,
+        )
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -59,12 +62,23 @@ def browser(tmp_path_factory):
     downloads = tmp_path_factory.mktemp("downloads")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
-                 "--disable-quic", "--window-size=1440,1000", f"--user-data-dir={profile}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-quic",
+        "--window-size=1440,1000",
+        f"--user-data-dir={profile}",
+    ):
         options.add_argument(flag)
-    options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
-                                              "download.prompt_for_download": False})
+    options.add_experimental_option(
+        "prefs", {"download.default_directory": str(downloads), "download.prompt_for_download": False}
+    )
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     # An explicit driver path: selenium-manager never looks for one on the network.
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
@@ -78,6 +92,7 @@ def browser(tmp_path_factory):
 
 # --- page helpers --------------------------------------------------------------------------------------
 
+
 def wait_for(driver, condition, timeout: float = 15, message: str = ""):
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -90,6 +105,7 @@ def visible(driver, css: str):
     def check(d):
         found = [e for e in d.find_elements(By.CSS_SELECTOR, css) if e.is_displayed()]
         return found[0] if found else False
+
     return check
 
 
@@ -142,6 +158,7 @@ def screenshot(driver, name: str) -> Path:
 
 # --- tests ---------------------------------------------------------------------------------------------
 
+
 def test_wrong_key_is_refused_with_the_401_message(server, browser):
     base, _, _ = server
     fresh_page(browser, base)
@@ -150,7 +167,12 @@ def test_wrong_key_is_refused_with_the_401_message(server, browser):
     assert "unknown or revoked key" in error.text.lower()
     assert browser.find_element("id", "login-view").is_displayed()
     assert not browser.find_element("id", "app-view").is_displayed()
-    assert browser.execute_script("return sessionStorage.getItem('layercut.apiKey') || localStorage.getItem('layercut.apiKey')") is None
+    assert (
+        browser.execute_script(
+            "return sessionStorage.getItem('layercut.apiKey') || localStorage.getItem('layercut.apiKey')"
+        )
+        is None
+    )
     screenshot(browser, "dashboard-401.png")
     assert not severe_console_errors(browser)
 
@@ -174,7 +196,9 @@ def test_pipeline_started_from_the_form_runs_live_and_succeeds(server, browser):
     assert browser.find_element(By.ID, "pipeline-submit").get_attribute("disabled") is not None
     Select(browser.find_element(By.ID, "builtin")).select_by_value("textures")
     browser.find_element(By.ID, "register-submit").click()
-    wait_for(browser, lambda d: d.find_element(By.ID, "dataset").get_attribute("value"), message="the registered dataset")
+    wait_for(
+        browser, lambda d: d.find_element(By.ID, "dataset").get_attribute("value"), message="the registered dataset"
+    )
     datasets = httpx.get(f"{base}/v1/datasets", headers=auth, timeout=10).json()["items"]
     assert [d["name"] for d in datasets] == ["textures"]
     assert browser.find_element(By.ID, "dataset").get_attribute("value") == datasets[0]["id"]
@@ -185,8 +209,11 @@ def test_pipeline_started_from_the_form_runs_live_and_succeeds(server, browser):
     set_value(browser.find_element(By.ID, "image-size"), "16")
     set_value(browser.find_element(By.ID, "epochs"), "1")
     browser.find_element(By.ID, "pipeline-submit").click()
-    field_error = wait_for(browser, visible(browser, '.field[data-field="data.image_size"] .field-error'),
-                           message="no 422 message next to the image size")
+    field_error = wait_for(
+        browser,
+        visible(browser, '.field[data-field="data.image_size"] .field-error'),
+        message="no 422 message next to the image size",
+    )
     assert "data.image_size" in field_error.text and "greater than or equal to 32" in field_error.text
     assert "data.image_size" in browser.find_element(By.ID, "pipeline-errors").text
     assert httpx.get(f"{base}/v1/pipelines", headers=auth, timeout=10).json()["items"] == []
@@ -231,7 +258,9 @@ def test_pipeline_started_from_the_form_runs_live_and_succeeds(server, browser):
                 break
         time.sleep(0.15)
     log_tail = (tmp_path / "serve.log").read_text()[-3000:]
-    assert snapshot and snapshot["status"] == "succeeded", f"pipeline did not succeed within {PIPELINE_TIMEOUT} s: {snapshot}\n{log_tail}"
+    assert snapshot and snapshot["status"] == "succeeded", (
+        f"pipeline did not succeed within {PIPELINE_TIMEOUT} s: {snapshot}\n{log_tail}"
+    )
     kinds = ["train", "analyze", "truncate", "retrain", "compare", "explain"]
     assert [s[0] for s in snapshot["steps"]] == kinds
     assert all(s[1] == "succeeded" for s in snapshot["steps"]), snapshot["steps"]
@@ -239,14 +268,22 @@ def test_pipeline_started_from_the_form_runs_live_and_succeeds(server, browser):
     assert "running" in seen_status, seen_status
     assert ("train", "running") in seen_steps, seen_steps
     assert seen_percent, "a running job's percent was shown"
-    assert len(snapshot["jobs"]) == 6 and all(j[0] == "succeeded" and j[1] == "100%" for j in snapshot["jobs"]), snapshot["jobs"]
+    assert len(snapshot["jobs"]) == 6 and all(j[0] == "succeeded" and j[1] == "100%" for j in snapshot["jobs"]), (
+        snapshot["jobs"]
+    )
     truth = httpx.get(f"{base}/v1/pipelines/{pipeline['id']}", headers=auth, timeout=10).json()
     assert truth["status"] == "succeeded" and all(s["status"] == "succeeded" for s in truth["steps"])
 
     # The report link is there; it is fetched with the key and shown from a blob: URL in a new tab.
     card = browser.find_element(By.CSS_SELECTOR, card_css)
-    report = wait_for(browser, lambda d: card.find_element(By.CSS_SELECTOR, ".report-btn").is_displayed()
-                      and card.find_element(By.CSS_SELECTOR, ".report-btn"), message="no report button")
+    report = wait_for(
+        browser,
+        lambda d: (
+            card.find_element(By.CSS_SELECTOR, ".report-btn").is_displayed()
+            and card.find_element(By.CSS_SELECTOR, ".report-btn")
+        ),
+        message="no report button",
+    )
     served = httpx.get(f"{base}/v1/pipelines/{pipeline['id']}/report", headers=auth, timeout=30)
     assert served.status_code == 200 and served.headers["content-type"].startswith("text/html"), served.text[:500]
     title = re.search(r"<title>(.*?)</title>", served.text, re.S)
@@ -261,7 +298,8 @@ def test_pipeline_started_from_the_form_runs_live_and_succeeds(server, browser):
         assert browser.title == html.unescape(title.group(1).strip())
     # The blob: page inherits the dashboard's CSP: the report's inline CSS and embedded pictures must still work.
     assert browser.execute_script(
-        "return [...document.querySelectorAll('style')].every(s => s.sheet && s.sheet.cssRules.length > 0)")
+        "return [...document.querySelectorAll('style')].every(s => s.sheet && s.sheet.cssRules.length > 0)"
+    )
     assert browser.execute_script("return [...document.images].every(i => i.complete && i.naturalWidth > 0)")
     blocked = [m for m in severe_console_errors(browser) if "Content Security Policy" in m]
     assert not blocked, f"the dashboard's CSP (inherited by the blob: page) blocked part of the report: {blocked}"
@@ -311,7 +349,12 @@ def test_a_key_revoked_mid_session_asks_again_and_sign_out_forgets_the_key(serve
     wait_for(browser, visible(browser, "#app-view"), message="the remembered key was not used")
     browser.find_element(By.ID, "sign-out").click()
     wait_for(browser, visible(browser, "#login-view"))
-    assert browser.execute_script("return localStorage.getItem('layercut.apiKey') || sessionStorage.getItem('layercut.apiKey')") is None
+    assert (
+        browser.execute_script(
+            "return localStorage.getItem('layercut.apiKey') || sessionStorage.getItem('layercut.apiKey')"
+        )
+        is None
+    )
 
     sign_in(browser, key)
     wait_for(browser, visible(browser, "#app-view"))

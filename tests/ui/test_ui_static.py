@@ -11,9 +11,9 @@ from urllib.parse import urljoin, urlsplit
 import pytest
 from fastapi.testclient import TestClient
 
-from api.main import create_app
-from core.pipeline.config import ARCHITECTURE_NAMES
-from core.settings import Settings
+from layercut.api.main import create_app
+from layercut.contracts.configs import ARCHITECTURE_NAMES
+from layercut.settings import Settings
 
 EXTERNAL = re.compile(r"""(?:https?:)?//[a-z0-9.-]+\.[a-z]{2,}|@import|\burl\(\s*['"]?(?:https?:|//)""", re.I)
 
@@ -58,8 +58,11 @@ def test_ui_serves_the_page_and_its_assets_with_their_content_types(client):
     assert "default-src 'self'" in csp and "connect-src 'self'" in csp and "frame-ancestors 'none'" in csp
     assert "script-src 'self';" in csp, "no inline scripts may run on the dashboard"
 
-    expected = {"ui/app.js": "text/javascript; charset=utf-8", "ui/app.css": "text/css; charset=utf-8",
-                "ui/favicon.svg": "image/svg+xml"}
+    expected = {
+        "ui/app.js": "text/javascript; charset=utf-8",
+        "ui/app.css": "text/css; charset=utf-8",
+        "ui/favicon.svg": "image/svg+xml",
+    }
     parser = _Refs()
     parser.feed(page.text)
     referenced = {ref for _, ref in parser.refs}
@@ -70,7 +73,7 @@ def test_ui_serves_the_page_and_its_assets_with_their_content_types(client):
         assert asset.status_code == 200, ref
         assert asset.headers["content-type"] == content_type, ref
         assert asset.headers["x-content-type-options"] == "nosniff"
-        assert asset.content == files("api.ui_static").joinpath(ref.rsplit("/", 1)[-1]).read_bytes()
+        assert asset.content == files("layercut.api.ui_static").joinpath(ref.rsplit("/", 1)[-1]).read_bytes()
     assert '<script type="module" src="ui/app.js">' in page.text
 
 
@@ -106,7 +109,10 @@ def test_ui_needs_no_key_is_cacheable_and_refuses_other_paths(client):
     again = client.get("/ui", headers={"If-None-Match": page.headers["etag"]})
     assert again.status_code == 304 and not again.content
     slash = client.get("/ui/", follow_redirects=False)
-    assert slash.status_code == 308 and urljoin("http://testserver/ui/", slash.headers["location"]) == "http://testserver/ui"
+    assert (
+        slash.status_code == 308
+        and urljoin("http://testserver/ui/", slash.headers["location"]) == "http://testserver/ui"
+    )
     for path in ("/ui/nope.js", "/ui/__init__.py", "/ui/..%2f..%2fpyproject.toml", "/ui/index.html/x"):
         assert client.get(path).status_code == 404, path
     assert not any(p.startswith("/ui") for p in client.get("/openapi.json").json()["paths"])

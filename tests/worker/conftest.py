@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
-import services
+from layercut.testing import services
 
 
 @pytest.fixture(scope="session")
@@ -27,14 +28,22 @@ def worker_env(postgres_url: str, redis_url: str, tmp_path_factory) -> Callable[
 
     def make(broker_db: int, artifact_root: Path, **overrides: Any) -> dict[str, str]:
         broker = f"{redis_url.rstrip('/')}/{broker_db}"
-        env = {**os.environ, "LAYERCUT_DATABASE_URL": postgres_url, "LAYERCUT_BROKER_URL": broker,
-               "LAYERCUT_ARTIFACT_ROOT": str(artifact_root), "LAYERCUT_HEARTBEAT_SECONDS": "1",
-               "LAYERCUT_STALE_AFTER_SECONDS": "5", "LAYERCUT_PROGRESS_INTERVAL_SECONDS": "0.5",
-               "LAYERCUT_MAX_ATTEMPTS": "3", "LAYERCUT_CALLBACK_ATTEMPTS": "2", "CUDA_VISIBLE_DEVICES": "",
-               "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ,
+            "LAYERCUT_DATABASE_URL": postgres_url,
+            "LAYERCUT_BROKER_URL": broker,
+            "LAYERCUT_ARTIFACT_ROOT": str(artifact_root),
+            "LAYERCUT_HEARTBEAT_SECONDS": "1",
+            "LAYERCUT_STALE_AFTER_SECONDS": "5",
+            "LAYERCUT_PROGRESS_INTERVAL_SECONDS": "0.5",
+            "LAYERCUT_MAX_ATTEMPTS": "3",
+            "LAYERCUT_CALLBACK_ATTEMPTS": "2",
+            "CUDA_VISIBLE_DEVICES": "",
+            "OMP_NUM_THREADS": "1",
+            "MPLBACKEND": "Agg",
+            "PYTHONUNBUFFERED": "1",
+        }
         env.update({f"LAYERCUT_{k.upper()}": str(v) for k, v in overrides.items()})
         return env
 
     return make
-
-

@@ -10,14 +10,26 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from core.jobs.dispatch import CeleryDispatcher, DispatchError
-from core.jobs.pipelines import create_pipeline_jobs
-from core.jobs.runner import execute_job, file_sha256
-from core.store.models import Artifact, Job, ModelVersion, Pipeline
-
-import services
-from worker_helpers import (TINY_ANALYZE, TINY_COMPARE, TINY_TRAIN, Worker, add_dataset, add_job, flush_broker, job_row,
-                      session_for, settings_from, status_of, train_params, wait_for)
+from layercut.jobs.dispatch import CeleryDispatcher, DispatchError
+from layercut.jobs.pipelines import create_pipeline_jobs
+from layercut.jobs.runner import execute_job, file_sha256
+from layercut.store.models import Artifact, Job, ModelVersion, Pipeline
+from layercut.testing import services
+from layercut.testing.workers import (
+    TINY_ANALYZE,
+    TINY_COMPARE,
+    TINY_TRAIN,
+    Worker,
+    add_dataset,
+    add_job,
+    flush_broker,
+    job_row,
+    session_for,
+    settings_from,
+    status_of,
+    train_params,
+    wait_for,
+)
 
 BROKER_DB = 5
 
@@ -58,13 +70,34 @@ def test_pipeline_of_linked_jobs_runs_to_success(worker, settings, dispatcher, p
     steps = [
         ("train", train_params(dataset_id)),
         ("analyze", {"kind": "analyze", "model": {"from_job": "$step:0"}, "analyze": TINY_ANALYZE}),
-        ("truncate", {"kind": "truncate", "model": {"from_job": "$step:0"}, "truncate": {"cut": "knee"},
-                      "analysis_job": "$step:1"}),
+        (
+            "truncate",
+            {
+                "kind": "truncate",
+                "model": {"from_job": "$step:0"},
+                "truncate": {"cut": "knee"},
+                "analysis_job": "$step:1",
+            },
+        ),
         ("retrain", {"kind": "retrain", "model": {"from_job": "$step:2"}, "train": TINY_TRAIN}),
-        ("compare", {"kind": "compare", "base": {"from_job": "$step:0"}, "slim": {"from_job": "$step:3"},
-                     "compare": TINY_COMPARE}),
-        ("explain", {"kind": "explain", "model": {"from_job": "$step:0"}, "compare_with": {"from_job": "$step:3"},
-                     "explain": {"images": 2, "feature_maps": 2}}),
+        (
+            "compare",
+            {
+                "kind": "compare",
+                "base": {"from_job": "$step:0"},
+                "slim": {"from_job": "$step:3"},
+                "compare": TINY_COMPARE,
+            },
+        ),
+        (
+            "explain",
+            {
+                "kind": "explain",
+                "model": {"from_job": "$step:0"},
+                "compare_with": {"from_job": "$step:3"},
+                "explain": {"images": 2, "feature_maps": 2},
+            },
+        ),
     ]
     with session_for(postgres_url) as session:
         pipeline = Pipeline(tenant=tenant, params={})
@@ -102,7 +135,11 @@ def test_pipeline_of_linked_jobs_runs_to_success(worker, settings, dispatcher, p
         assert set(models) == {train.id, truncate.id, retrain.id}
         base, cut, slim = models[train.id], models[truncate.id], models[retrain.id]
         assert base.trained and base.parent_id is None and base.dataset_id == dataset_id and base.cut_point is None
-        assert not cut.trained and cut.parent_id == base.id and cut.cut_point["name"] == truncate.result["cut_point"]["name"]
+        assert (
+            not cut.trained
+            and cut.parent_id == base.id
+            and cut.cut_point["name"] == truncate.result["cut_point"]["name"]
+        )
         assert slim.trained and slim.parent_id == base.id and slim.cut_point == cut.cut_point
         assert slim.params < base.params and slim.dataset_id == dataset_id
         assert train.result["model_id"] == str(base.id) and retrain.result["model_id"] == str(slim.id)
@@ -128,8 +165,8 @@ def test_pipeline_of_linked_jobs_runs_to_success(worker, settings, dispatcher, p
     # The pipeline's report, as the API serves it, shows every step's outputs, explanations included.
     from fastapi.testclient import TestClient
 
-    from api.main import create_app
-    from core.store.keys import create_key
+    from layercut.api.main import create_app
+    from layercut.store.keys import create_key
 
     with session_for(postgres_url) as session:
         _, key = create_key(session, tenant)
@@ -152,7 +189,7 @@ def test_redelivered_message_does_nothing(worker, settings, postgres_url):
 
 
 def test_cancel_a_running_job(worker, dispatcher, postgres_url):
-    from core.store.jobs import JobRepository
+    from layercut.store.jobs import JobRepository
 
     tenant = "t-cancel"
     job_id = add_job(postgres_url, tenant, train_params(add_dataset(postgres_url, tenant), epochs=200))
@@ -200,7 +237,11 @@ def test_redis_restart_loses_no_queued_job(worker, settings, dispatcher, postgre
     # the others come back through the reaper re-sending from Postgres. Either way none may be lost:
 
     everything = [blocker, *queued, late]
-    wait_for(lambda: all(status_of(postgres_url, j) in ("succeeded", "failed", "cancelled") for j in everything),
-             150, 0.5, "every job to end after the Redis restart")
+    wait_for(
+        lambda: all(status_of(postgres_url, j) in ("succeeded", "failed", "cancelled") for j in everything),
+        150,
+        0.5,
+        "every job to end after the Redis restart",
+    )
     statuses = {j: (job_row(postgres_url, j).status, job_row(postgres_url, j).error_message) for j in everything}
     assert all(s == "succeeded" for s, _ in statuses.values()), (statuses, worker.tail())

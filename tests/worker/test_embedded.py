@@ -12,14 +12,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from core.jobs import callbacks
-from core.jobs.dispatch import InProcessDispatcher, get_dispatcher
-from core.jobs.pipelines import create_pipeline_jobs
-from core.settings import Settings
-from core.store.models import Artifact, ModelVersion, Pipeline
-
-import services
-from worker_helpers import TINY_ANALYZE, add_dataset, add_job, job_row, session_for, train_params, wait_for
+from layercut.jobs import callbacks
+from layercut.jobs.dispatch import InProcessDispatcher, get_dispatcher
+from layercut.jobs.pipelines import create_pipeline_jobs
+from layercut.settings import Settings
+from layercut.store.models import Artifact, ModelVersion, Pipeline
+from layercut.testing import services
+from layercut.testing.workers import TINY_ANALYZE, add_dataset, add_job, job_row, session_for, train_params, wait_for
 
 SECRET = "test-secret"
 
@@ -57,8 +56,15 @@ class Receiver:
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory) -> Settings:
     data_dir = tmp_path_factory.mktemp("embedded")
-    settings = Settings(data_dir=data_dir, database_url=None, broker_url=None, callback_secret=SECRET,
-                        callback_attempts=3, heartbeat_seconds=1, progress_interval_seconds=0.2)
+    settings = Settings(
+        data_dir=data_dir,
+        database_url=None,
+        broker_url=None,
+        callback_secret=SECRET,
+        callback_attempts=3,
+        heartbeat_seconds=1,
+        progress_interval_seconds=0.2,
+    )
     services.migrate(settings.resolved_database_url)  # alembic on SQLite, as `layercut serve` does
     return settings
 
@@ -72,8 +78,12 @@ def receiver():
 
 def _wait_final(settings: Settings, job_id, timeout: float = 90):
     url = settings.resolved_database_url
-    return wait_for(lambda: (r := job_row(url, job_id)).status in ("succeeded", "failed", "cancelled") and r,
-                    timeout, 0.2, "the job to end")
+    return wait_for(
+        lambda: (r := job_row(url, job_id)).status in ("succeeded", "failed", "cancelled") and r,
+        timeout,
+        0.2,
+        "the job to end",
+    )
 
 
 def test_embedded_job_succeeds_with_a_signed_retried_callback(settings, receiver):
@@ -96,12 +106,21 @@ def test_embedded_job_succeeds_with_a_signed_retried_callback(settings, receiver
     (h1, b1, t1), (h2, b2, t2) = receiver.requests[:2]
     assert t2 - t1 >= callbacks.BACKOFF_SECONDS * 0.9  # backoff between attempts
     for headers, body, _ in receiver.requests[:2]:
-        assert callbacks.verify_signature(SECRET, body, headers["X-Layercut-Timestamp"], headers["X-Layercut-Signature"])
-        assert not callbacks.verify_signature("wrong", body, headers["X-Layercut-Timestamp"], headers["X-Layercut-Signature"])
-        assert not callbacks.verify_signature(SECRET, body.replace(b"succeeded", b"failed"),
-                                              headers["X-Layercut-Timestamp"], headers["X-Layercut-Signature"])
-        assert not callbacks.verify_signature(SECRET, body, str(int(headers["X-Layercut-Timestamp"]) - 3600),
-                                              headers["X-Layercut-Signature"])
+        assert callbacks.verify_signature(
+            SECRET, body, headers["X-Layercut-Timestamp"], headers["X-Layercut-Signature"]
+        )
+        assert not callbacks.verify_signature(
+            "wrong", body, headers["X-Layercut-Timestamp"], headers["X-Layercut-Signature"]
+        )
+        assert not callbacks.verify_signature(
+            SECRET,
+            body.replace(b"succeeded", b"failed"),
+            headers["X-Layercut-Timestamp"],
+            headers["X-Layercut-Signature"],
+        )
+        assert not callbacks.verify_signature(
+            SECRET, body, str(int(headers["X-Layercut-Timestamp"]) - 3600), headers["X-Layercut-Signature"]
+        )
     payload = json.loads(b2)
     assert payload["id"] == str(job_id) and payload["type"] == "job" and payload["kind"] == "train"
     assert payload["status"] == "succeeded" and payload["result"]["model_id"] == row.result["model_id"]
@@ -131,10 +150,15 @@ def test_embedded_pipeline_stops_at_a_failed_step(settings, receiver):
         pipeline = Pipeline(tenant=tenant, params={}, callback_url=receiver.url)
         session.add(pipeline)
         session.flush()
-        jobs = create_pipeline_jobs(session, tenant, pipeline, [
-            ("train", train_params(dataset_id)),
-            ("analyze", {"kind": "analyze", "model": {"from_job": "$step:0"}, "analyze": TINY_ANALYZE}),
-        ])
+        jobs = create_pipeline_jobs(
+            session,
+            tenant,
+            pipeline,
+            [
+                ("train", train_params(dataset_id)),
+                ("analyze", {"kind": "analyze", "model": {"from_job": "$step:0"}, "analyze": TINY_ANALYZE}),
+            ],
+        )
         session.commit()
         ids, pipeline_id = [j.id for j in jobs], pipeline.id
     get_dispatcher(settings).dispatch(ids[0], "train")
@@ -143,13 +167,18 @@ def test_embedded_pipeline_stops_at_a_failed_step(settings, receiver):
     with session_for(url) as session:
         pipeline = session.get(Pipeline, pipeline_id)
         assert pipeline.status == "failed" and pipeline.finished_at is not None
-    wait_for(lambda: any(json.loads(b)["id"] == str(pipeline_id) for _, b, _ in receiver.requests[1:]), 20,
-             what="the pipeline callback")
+    wait_for(
+        lambda: any(json.loads(b)["id"] == str(pipeline_id) for _, b, _ in receiver.requests[1:]),
+        20,
+        what="the pipeline callback",
+    )
     payload = next(json.loads(b) for _, b, _ in receiver.requests if json.loads(b)["id"] == str(pipeline_id))
     assert payload["type"] == "pipeline" and payload["status"] == "failed"
     assert payload["error"]["code"] == "bad_data" and [j["status"] for j in payload["jobs"]] == ["failed", "cancelled"]
 
 
 def test_deliver_gives_up_without_raising():
-    assert callbacks.deliver("http://127.0.0.1:9/unreachable", {"id": "x"}, SECRET, attempts=2, timeout=0.5,
-                             backoff=0.05) is False
+    assert (
+        callbacks.deliver("http://127.0.0.1:9/unreachable", {"id": "x"}, SECRET, attempts=2, timeout=0.5, backoff=0.05)
+        is False
+    )

@@ -8,12 +8,11 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
-from core.jobs.runner import execute_job
-from core.settings import Settings
-from core.store.jobs import JobRepository
-from core.store.models import Job, utcnow
-
-from worker_helpers import add_dataset, add_job, session_for, train_params
+from layercut.jobs.runner import execute_job
+from layercut.settings import Settings
+from layercut.store.jobs import JobRepository
+from layercut.store.models import Job, utcnow
+from layercut.testing.workers import add_dataset, add_job, session_for, train_params
 
 TENANT = "t-states"
 

@@ -9,9 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from core.jobs.dispatch import CeleryDispatcher
-
-from worker_helpers import Worker, add_dataset, add_job, flush_broker, job_row, settings_from, train_params, wait_for
+from layercut.jobs.dispatch import CeleryDispatcher
+from layercut.testing.workers import (
+    Worker,
+    add_dataset,
+    add_job,
+    flush_broker,
+    job_row,
+    settings_from,
+    train_params,
+    wait_for,
+)
 
 BROKER_DB = 6
 
@@ -46,8 +54,12 @@ def test_killed_worker_job_is_requeued_and_succeeds(worker_env, artifact_root, p
     killed_at = time.monotonic()
     second = Worker(env, tmp_path / "second.log", "t-kill-second").wait_ready()
     try:
-        row = wait_for(lambda: (r := job_row(postgres_url, job_id)).status in ("succeeded", "failed", "cancelled") and r,
-                       120, 0.5, "the re-queued job to end")
+        row = wait_for(
+            lambda: (r := job_row(postgres_url, job_id)).status in ("succeeded", "failed", "cancelled") and r,
+            120,
+            0.5,
+            "the re-queued job to end",
+        )
         print(f"re-run to {row.status} {time.monotonic() - killed_at:.1f}s after the kill")
         assert row.status == "succeeded", (row.error_code, row.error_message, second.tail())
         assert row.attempts == 2 and row.worker.startswith("t-kill-second@") and row.progress == 1.0
@@ -61,8 +73,12 @@ def test_killed_worker_out_of_attempts_fails_worker_lost(worker_env, artifact_ro
     killed_at = time.monotonic()
     second = Worker(env, tmp_path / "second.log", "t-lost-second").wait_ready()
     try:
-        row = wait_for(lambda: (r := job_row(postgres_url, job_id)).status != "running" and r, 30, 0.3,
-                       "the reaper to give up on the job")
+        row = wait_for(
+            lambda: (r := job_row(postgres_url, job_id)).status != "running" and r,
+            30,
+            0.3,
+            "the reaper to give up on the job",
+        )
         print(f"failed {time.monotonic() - killed_at:.1f}s after the kill")
         assert row.status == "failed" and row.error_code == "worker_lost", (row.status, second.tail())
         assert "stopped answering" in row.error_message and row.finished_at is not None and row.attempts == 1
@@ -77,8 +93,12 @@ def test_soft_time_limit_fails_the_job_with_time_limit(worker_env, artifact_root
     worker = Worker(env, tmp_path / "limit.log", "t-limit").wait_ready()
     try:
         CeleryDispatcher(settings_from(env)).dispatch(job_id, "train")
-        row = wait_for(lambda: (r := job_row(postgres_url, job_id)).status not in ("queued", "running") and r, 60,
-                       0.3, "the time limit to end the job")
+        row = wait_for(
+            lambda: (r := job_row(postgres_url, job_id)).status not in ("queued", "running") and r,
+            60,
+            0.3,
+            "the time limit to end the job",
+        )
         assert row.status == "failed" and row.error_code == "time_limit", (row.status, row.error_message, worker.tail())
         assert row.finished_at is not None
     finally:

@@ -1,0 +1,156 @@
+"""Typed settings of each stage (pydantic, no torch), shared by the command line and the service."""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ARCHITECTURE_NAMES = (
+    "smallcnn",
+    "vgg11",
+    "vgg11_bn",
+    "vgg13",
+    "vgg13_bn",
+    "vgg16",
+    "vgg16_bn",
+    "vgg19",
+    "vgg19_bn",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "efficientnet_b0",
+    "efficientnet_b1",
+    "efficientnet_b2",
+    "efficientnet_b3",
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+)
+"""The supported architectures (kept here, free of torch, so the API can validate names)."""
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Config):
+    """Where the images come from and how they are split."""
+
+    source: str = Field("textures", description="textures, digits, a torchvision dataset name, or a folder path")
+    image_size: int = Field(64, ge=32, le=1024)
+    seed: int = 0
+    val_fraction: float = Field(0.15, gt=0, lt=0.5)
+    test_fraction: float = Field(0.15, gt=0, lt=0.5)
+    classes: list[str] | None = Field(None, description="class names, needed for a flat folder of {label}_{id} files")
+    skip_unreadable: bool = False
+    allow_mixed_sizes: bool = False
+    data_root: str | None = None
+
+
+class TrainConfig(_Config):
+    """Optimisation settings for training a base model or retraining a slim one."""
+
+    epochs: int = Field(5, ge=1, le=1000)
+    batch_size: int = Field(32, ge=2, le=4096)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float | None = Field(None, gt=0, description="initial learning rate; default 3e-4 for adam, 0.01 for sgd")
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    schedule: Literal["cosine", "step", "none"] = "cosine"
+    step_size: int = Field(10, ge=1, description="epochs between learning-rate drops (step schedule)")
+    gamma: float = Field(0.1, gt=0, le=1, description="learning-rate factor at each drop (step schedule)")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    augment: bool = True
+    patience: int | None = Field(
+        5, ge=1, description="stop after this many epochs without a better validation accuracy"
+    )
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = Field(True, description="mixed precision (CUDA only)")
+    channels_last: bool = Field(True, description="channels_last memory format (CUDA only)")
+
+
+DEFAULT_LEARNING_RATES = {"adam": 3e-4, "sgd": 1e-2}
+
+
+def learning_rate(config: TrainConfig) -> float:
+    """The configured learning rate, or the optimizer's default (AdamW 3e-4 suits plain VGGs too)."""
+    return config.lr if config.lr is not None else DEFAULT_LEARNING_RATES[config.optimizer]
+
+
+class AnalyzeConfig(_Config):
+    """How probe images are chosen, how GBP maps are made and compared, and how the knee is picked."""
+
+    probes_per_class: int = Field(4, ge=1)
+    max_probes: int = Field(64, ge=1)
+    probe_seed: int = 0
+    gbp_rule: Literal["relu", "derivative", "ungated"] = "relu"
+    grayscale: bool = Field(False, description="compare grayscale maps instead of colour")
+    ssim_data_range: float = Field(1.0, gt=0)
+    curve: Literal["cut", "adjacent"] = "cut"
+    knee_sensitivity: float = Field(1.0, gt=0, description="kneed's S")
+    knee_curve: Literal["concave", "convex"] = "concave"
+    knee_direction: Literal["increasing", "decreasing"] = "increasing"
+    batch_size: int = Field(16, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    grid_rows: int = Field(4, ge=1, le=16, description="probe images shown in the GBP grid")
+
+
+class TruncateConfig(_Config):
+    cut: str = Field("knee", description="'knee' (from an analysis), a cut point index, or a cut point name")
+    dropout: float = Field(0.2, ge=0, lt=1)
+
+
+class CompareConfig(_Config):
+    latency_batches: list[int] = Field(default_factory=lambda: [1, 32])
+    latency_repeats: int = Field(10, ge=1)
+    latency_warmup: int = Field(3, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+ExplainMethod = Literal[
+    "gradcam",
+    "gradcam++",
+    "layercam",
+    "eigencam",
+    "scorecam",
+    "guided_backprop",
+    "guided_gradcam",
+    "saliency",
+]
+"""The explanation methods of the explain stage (CAMs first, then the input-gradient maps)."""
+
+EXPLAIN_METHODS: tuple[ExplainMethod, ...] = get_args(ExplainMethod)
+
+DEFAULT_EXPLAIN_METHODS: tuple[ExplainMethod, ...] = tuple(m for m in EXPLAIN_METHODS if m != "scorecam")
+"""Every method but Score-CAM, which costs one forward pass per channel and image (ask for it by name)."""
+
+
+class ExplainConfig(_Config):
+    """Which test images are explained, by which methods, at which layer and for which class."""
+
+    methods: list[ExplainMethod] = Field(
+        default_factory=lambda: list(DEFAULT_EXPLAIN_METHODS),
+        min_length=1,
+        description="default: every method but scorecam (one forward per channel)",
+    )
+    layer: str | None = Field(
+        None, description="module name of the explained layer, e.g. features.7 or layer4 (default: the last cut point)"
+    )
+    feature_layer: str | None = Field(
+        None, description="layer whose feature maps and receptive field are shown (default: --layer)"
+    )
+    target: Literal["predicted", "all"] | int = Field(
+        "predicted", description="the class explained: each model's predicted class, a class index, or every class"
+    )
+    images: int = Field(8, ge=1, le=256, description="test images explained (a seeded sample spread over the classes)")
+    feature_maps: int = Field(8, ge=0, le=64, description="most active channels shown per image (0: none)")
+    edges: bool = Field(False, description="draw Canny edges of the input over the overlays")
+    batch_size: int = Field(16, ge=1)
+    scorecam_batch_size: int = Field(64, ge=1, description="masked images per forward pass in Score-CAM")
+    gbp_rule: Literal["relu", "derivative", "ungated"] = "relu"
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -1,0 +1,53 @@
+"""The names of the files each stage writes, and the folders of a run (``layercut run --out DIR``): declared once.
+
+A job of the service writes the files of its stage into ``ARTIFACT_ROOT/<tenant>/<job id>/``; a run on one
+machine writes each stage into its own folder of the run (``RUN_FOLDERS``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+CHECKPOINT = "model.safetensors"
+"""The trained (or, for truncate, the untrained slim) model: weights with the spec in the header."""
+INITIAL_CHECKPOINT = "initial.safetensors"
+"""In a run folder, the slim model as cut, before retraining (beside the retrained ``model.safetensors``)."""
+METRICS_JSON = "metrics.json"
+ANALYSIS_JSON = "analysis.json"
+GBP_MAPS_NPZ = "gbp_maps.npz"
+TRUNCATE_JSON = "truncate.json"
+COMPARE_JSON = "compare.json"
+EXPLAIN_JSON = "explain.json"
+RUN_JSON = "run.json"
+REPORT_HTML = "report.html"
+
+RESULT_JSON: dict[str, str] = {
+    "train": METRICS_JSON,
+    "retrain": METRICS_JSON,
+    "analyze": ANALYSIS_JSON,
+    "truncate": TRUNCATE_JSON,
+    "compare": COMPARE_JSON,
+    "explain": EXPLAIN_JSON,
+}
+"""The JSON file in which each stage records its result."""
+
+ArtifactKind = Literal["checkpoint", "metrics", "analysis", "maps", "image", "report", "other"]
+
+ARTIFACT_KINDS: dict[str, ArtifactKind] = {
+    METRICS_JSON: "metrics",
+    ANALYSIS_JSON: "analysis",
+    COMPARE_JSON: "report",
+    TRUNCATE_JSON: "report",
+    GBP_MAPS_NPZ: "maps",
+}
+"""Artifact kinds by file name (others go by extension)."""
+
+RUN_FOLDERS: dict[str, str] = {
+    "train": "base",
+    "analyze": "analysis",
+    "truncate": "slim",
+    "retrain": "slim",
+    "compare": "compare",
+    "explain": "explain",
+}
+"""The folder of each stage inside a run folder (truncate and retrain share ``slim/``)."""

@@ -1,0 +1,92 @@
+"""The pipeline's plan, written once: which stages run, in which order, and which earlier step feeds each input.
+
+``layercut run`` and ``layercut.run`` execute it in this process; the API turns it into linked jobs when a
+pipeline is created, and the job engine advances those jobs in its order. Both read the same steps::
+
+    train → analyze → truncate → retrain → compare → explain
+
+- A pipeline that starts from a model (``model_id`` in the service) has no train step: every input that would
+  come from ``train`` comes from ``GIVEN``, the model it was given.
+- ``stop_after="analyze"`` ends after the analysis, ``"compare"`` leaves out the explanations.
+- A cut at the knee reads the analysis (``truncate``'s ``analysis`` input); a cut the user names does not.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from layercut.contracts.kinds import StageKind
+
+GIVEN = "given"
+"""The source of an input that is the model the pipeline was started from (instead of a train step)."""
+
+InputRole = Literal["model", "analysis", "base", "slim", "compare_with"]
+"""What an input is to its step: the model it works on, the analysis to cut at, the two models compared,
+the second model explained beside the first."""
+
+StopAfter = Literal["analyze", "compare", "explain"]
+STOP_AFTER: tuple[StopAfter, ...] = get_args(StopAfter)
+
+
+class PlanStep(BaseModel):
+    """One stage of a pipeline and, per input, the kind of the earlier step that produces it (or ``GIVEN``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    kind: StageKind
+    inputs: dict[InputRole, str] = {}
+
+    def source(self, role: InputRole) -> str | None:
+        """The step (kind, or ``GIVEN``) that feeds ``role``; None when this step has no such input."""
+        return self.inputs.get(role)
+
+
+class PipelinePlan(BaseModel):
+    """The steps of one pipeline in the order they run; each step waits for the one before it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    steps: tuple[PlanStep, ...]
+
+    @model_validator(mode="after")
+    def _inputs_come_from_earlier_steps(self) -> PipelinePlan:
+        seen: set[str] = {GIVEN}
+        for step in self.steps:
+            late = {source for source in step.inputs.values() if source not in seen}
+            if late:
+                raise ValueError(f"step {step.kind} reads {sorted(late)} before it has run")
+            if step.kind in seen:
+                raise ValueError(f"step {step.kind} appears twice")
+            seen.add(step.kind)
+        return self
+
+    @property
+    def kinds(self) -> tuple[StageKind, ...]:
+        return tuple(step.kind for step in self.steps)
+
+    def index(self, kind: str) -> int:
+        """The position of the step of ``kind``."""
+        return self.kinds.index(kind)  # type: ignore[arg-type]
+
+    def step(self, kind: str) -> PlanStep | None:
+        return next((step for step in self.steps if step.kind == kind), None)
+
+
+def pipeline_plan(*, train: bool = True, stop_after: StopAfter = "explain", cut_at_knee: bool = True) -> PipelinePlan:
+    """The slimming pipeline: train (unless started from a given model), analyze, then — unless it stops after
+    the analysis — truncate, retrain the slim model, compare it with the base and explain both side by side."""
+    base = "train" if train else GIVEN
+    steps: list[PlanStep] = [PlanStep(kind="train")] if train else []
+    steps.append(PlanStep(kind="analyze", inputs={"model": base}))
+    if stop_after != "analyze":
+        truncate_inputs: dict[InputRole, str] = {"model": base}
+        if cut_at_knee:
+            truncate_inputs["analysis"] = "analyze"
+        steps += [
+            PlanStep(kind="truncate", inputs=truncate_inputs),
+            PlanStep(kind="retrain", inputs={"model": "truncate"}),
+            PlanStep(kind="compare", inputs={"base": base, "slim": "retrain"}),
+        ]
+        if stop_after == "explain":
+            steps.append(PlanStep(kind="explain", inputs={"model": base, "compare_with": "retrain"}))
+    return PipelinePlan(steps=tuple(steps))

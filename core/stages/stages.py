@@ -1,0 +1,481 @@
+"""The pipeline's stages as plain functions: each reads its inputs, writes files into ``out_dir`` and
+returns a JSON-serialisable summary. The command line and the service workers both call these.
+
+Each stage takes a ``Reporter`` for progress and cancellation (DESIGN.md §2).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from layercut.contracts.configs import AnalyzeConfig, CompareConfig, DataConfig, TrainConfig, TruncateConfig
+from layercut.contracts.errors import LayercutError
+from layercut.contracts.spec import CutPointRef, ModelSpec
+from layercut.stages import plots
+from layercut.stages.architectures import IMAGENET_MEAN, IMAGENET_STD, build_model, check_architecture
+from layercut.stages.checkpoint import load_checkpoint, save_checkpoint
+from layercut.stages.curves import adjacent_curve, cut_curve
+from layercut.stages.cutpoints import cut_points, describe_cut_points, resolve_cut_point
+from layercut.stages.data import SPLITS, Dataset, dataset_statistics, load_dataset, stratified_sample
+from layercut.stages.devices import resolve_device
+from layercut.stages.gbp import guided_backprop_maps, map_images
+from layercut.stages.knee import find_knee
+from layercut.stages.metrics import PAIR_EXAMPLES, classification_report, confused_pairs, roc_curves, to_probabilities
+from layercut.stages.profiling import checkpoint_bytes, compare_models, count_macs, count_parameters, measure_latency
+from layercut.stages.progress import SILENT, Reporter
+from layercut.stages.ssim import similarity_matrix
+from layercut.stages.training import normalise, predict, reinitialise, seed_everything, train_model
+from layercut.stages.truncation import truncate
+
+CHECKPOINT_NAME = "model.safetensors"
+CONFUSED_PAIRS = 6  # rows of confused_pairs.png
+
+
+def write_json(path: Path, payload: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, default=_json_default))
+    return path
+
+
+def _json_default(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def load_data(config: DataConfig, reporter: Reporter = SILENT) -> Dataset:
+    """Decode the dataset a ``DataConfig`` names (once; stages then share the tensors)."""
+    return load_dataset(
+        config.source,
+        image_size=config.image_size,
+        seed=config.seed,
+        val_fraction=config.val_fraction,
+        test_fraction=config.test_fraction,
+        classes=config.classes,
+        skip_unreadable=config.skip_unreadable,
+        allow_mixed_sizes=config.allow_mixed_sizes,
+        data_root=config.data_root,
+        reporter=reporter,
+    )
+
+
+def check_dataset_fits(spec: ModelSpec, dataset: Dataset) -> None:
+    if list(dataset.classes) != list(spec.classes):
+        raise LayercutError(
+            f"the model was trained on classes {spec.classes} but the data has {dataset.classes}; "
+            "use the same dataset (and class list) the model was trained on"
+        )
+    if dataset.image_size != spec.image_size:
+        raise LayercutError(
+            f"the model expects {spec.image_size} px images but the data was loaded at {dataset.image_size} px"
+        )
+
+
+def evaluate(model: nn.Module, spec: ModelSpec, dataset: Dataset, device: torch.device) -> dict:
+    """Classification reports on the validation and test splits."""
+    return _evaluate_with_logits(model, spec, dataset, device)[0]
+
+
+def _evaluate_with_logits(
+    model: nn.Module, spec: ModelSpec, dataset: Dataset, device: torch.device
+) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The reports of ``evaluate`` and the logits behind them, so the pictures need no second forward pass."""
+    reports, logits = {}, {}
+    for name, split in (("val", dataset.val), ("test", dataset.test)):
+        logits[name] = predict(model, split, spec.mean, spec.std, device)
+        reports[name] = classification_report(logits[name], split.labels, dataset.classes)
+    return reports, logits
+
+
+def _fit_and_record(
+    model: nn.Module,
+    spec: ModelSpec,
+    dataset: Dataset,
+    config: TrainConfig,
+    out_dir: Path,
+    reporter: Reporter,
+    stage: str,
+    extra: dict,
+) -> dict:
+    """Train, save the best checkpoint, evaluate and draw the pictures; shared by train and retrain."""
+    result = train_model(model, dataset.train, dataset.val, spec.mean, spec.std, config, reporter, stage=stage)
+    device = torch.device(result.device)
+    checkpoint = save_checkpoint(model.cpu(), spec, out_dir / CHECKPOINT_NAME)
+    model.to(device)
+    reports, logits = _evaluate_with_logits(model, spec, dataset, device)
+    probs = to_probabilities(logits["test"])  # the same probabilities the test report was computed from
+    summary = {
+        "stage": stage,
+        "checkpoint": str(checkpoint),
+        "architecture": spec.architecture,
+        "cut_point": spec.cut_point.model_dump() if spec.cut_point else None,
+        "classes": dataset.classes,
+        "params": count_parameters(model),
+        "accuracy": reports["test"]["accuracy"],
+        "macro_f1": reports["test"]["macro_f1"],
+        "best_epoch": result.best_epoch,
+        "best_val_accuracy": result.best_val_accuracy,
+        "stopped_early": result.stopped_early,
+        "epochs_run": len(result.history),
+        "images_per_second": result.images_per_second,
+        "device": result.device,
+        "history": result.history,
+        "val": reports["val"],
+        "test": reports["test"],
+        "data": dataset.info,
+        "config": config.model_dump(),
+        **extra,
+    }
+    title = f"{spec.architecture}{' (slim, cut at ' + spec.cut_point.name + ')' if spec.cut_point else ''}"
+    plots.plot_training_curves(result.history, out_dir / "training_curves.png", f"{stage}: {title}")
+    plots.plot_confusion_matrix(
+        reports["test"]["confusion_matrix"],
+        dataset.classes,
+        out_dir / "confusion_matrix.png",
+        f"{title}: test confusion matrix (accuracy {reports['test']['accuracy']:.1%})",
+    )
+    plots.plot_roc_curves(
+        roc_curves(probs, dataset.test.labels, dataset.classes),
+        out_dir / "roc_curves.png",
+        f"{title}: one-vs-rest ROC on the test split",
+    )
+    _confused_pairs_picture(probs, dataset, out_dir / "confused_pairs.png", f"{title}: most confused test pairs")
+    write_json(out_dir / "metrics.json", summary)
+    return summary
+
+
+def _confused_pairs_picture(probs: torch.Tensor, dataset: Dataset, path: Path, title: str) -> Path:
+    """The most frequent test mistakes with their most confident example images (or a note that there are none)."""
+    confidence, predicted = probs.max(dim=1)
+    pairs = confused_pairs(
+        dataset.test.labels,
+        predicted,
+        len(dataset.classes),
+        top=CONFUSED_PAIRS,
+        examples=PAIR_EXAMPLES,
+        confidences=confidence,
+    )
+    return plots.plot_confused_pairs(
+        pairs,
+        dataset.test.images,
+        dataset.classes,
+        path,
+        title,
+        confidences=confidence.numpy(),
+        total=len(dataset.test),
+    )
+
+
+def _class_counts_picture(dataset: Dataset, path: Path) -> Path:
+    """Images per class in each split, from the dataset's description (counted from the labels if it lacks them)."""
+    per_split = dataset.info.get("per_class") or {}
+    if not all(split in per_split for split in SPLITS):
+        per_split = {
+            split: dict(
+                zip(
+                    dataset.classes,
+                    torch.bincount(dataset.split(split).labels, minlength=len(dataset.classes)).tolist(),
+                )
+            )
+            for split in SPLITS
+        }
+    sizes = ", ".join(f"{split} {len(dataset.split(split))}" for split in SPLITS)
+    return plots.plot_class_counts(
+        {split: per_split[split] for split in SPLITS}, path, f"{dataset.name}: images per class and split ({sizes})"
+    )
+
+
+def train_stage(
+    dataset: Dataset,
+    data_config: DataConfig,
+    arch: str,
+    config: TrainConfig,
+    out_dir: str | Path,
+    pretrained: bool = False,
+    reporter: Reporter = SILENT,
+) -> dict:
+    """Train a base model of ``arch`` on ``dataset``; writes model.safetensors, metrics.json and pictures."""
+    check_architecture(arch)
+    out_dir = Path(out_dir)
+    seed_everything(config.seed)  # the initial weights are part of what the seed fixes
+    model = build_model(arch, len(dataset.classes), pretrained=pretrained)
+    mean, std = (list(IMAGENET_MEAN), list(IMAGENET_STD)) if pretrained else dataset_statistics(dataset.train)
+    spec = ModelSpec(
+        architecture=arch,
+        classes=list(dataset.classes),
+        image_size=dataset.image_size,
+        source_channels=dataset.source_channels,
+        mean=list(mean),
+        std=list(std),
+        pretrained=pretrained,
+        data=data_config.model_dump(),
+    )
+    _class_counts_picture(dataset, out_dir / "class_counts.png")
+    return _fit_and_record(model, spec, dataset, config, out_dir, reporter, "train", {"pretrained": pretrained})
+
+
+def retrain_stage(
+    checkpoint_path: str | Path,
+    dataset: Dataset,
+    config: TrainConfig,
+    out_dir: str | Path,
+    from_scratch: bool = False,
+    reporter: Reporter = SILENT,
+) -> dict:
+    """Fine-tune a slim model from its kept weights (or from scratch); same outputs as ``train_stage``."""
+    model, spec = load_checkpoint(checkpoint_path)
+    check_dataset_fits(spec, dataset)
+    if from_scratch:
+        seed_everything(config.seed)
+        reinitialise(model)
+    extra = {"from_scratch": from_scratch, "initial_checkpoint": str(checkpoint_path)}
+    return _fit_and_record(model, spec, dataset, config, Path(out_dir), reporter, "retrain", extra)
+
+
+def analyze_stage(
+    checkpoint_path: str | Path,
+    dataset: Dataset,
+    config: AnalyzeConfig,
+    out_dir: str | Path,
+    reporter: Reporter = SILENT,
+) -> dict:
+    """GBP maps of every cut point for probe images, their SSIM matrix, both curves and the knee."""
+    out_dir = Path(out_dir)
+    started = time.perf_counter()
+    device = resolve_device(config.device)
+    model, spec = load_checkpoint(checkpoint_path, device)
+    check_dataset_fits(spec, dataset)
+    points = cut_points(model)
+    if len(points) < 3:
+        raise LayercutError(f"{spec.architecture} has {len(points)} cut points; the analysis needs at least 3")
+    infos = describe_cut_points(model.cpu(), spec.image_size)
+    model.to(device)
+
+    probe_idx = stratified_sample(dataset.val.labels, config.probes_per_class, config.max_probes, config.probe_seed)
+    probe_uint8 = dataset.val.images[probe_idx]
+    probe_labels = dataset.val.labels[probe_idx]
+    mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std).view(1, -1, 1, 1)
+    probes = normalise(probe_uint8, mean, std)
+
+    t0 = time.perf_counter()
+    raw = guided_backprop_maps(
+        model, probes.to(device), rule=config.gbp_rule, batch_size=config.batch_size, reporter=reporter.scaled(0.0, 0.7)
+    )
+    t_gbp = time.perf_counter() - t0
+    images = map_images(raw, grayscale=config.grayscale)
+    t0 = time.perf_counter()
+    matrix = similarity_matrix(images.to(device), data_range=config.ssim_data_range, reporter=reporter.scaled(0.7, 1.0))
+    t_ssim = time.perf_counter() - t0
+    curves = {"cut": cut_curve(matrix), "adjacent": adjacent_curve(matrix)}
+    knee = find_knee(
+        curves[config.curve], S=config.knee_sensitivity, curve=config.knee_curve, direction=config.knee_direction
+    )
+    chosen = points[knee.index]
+    names = [p.name for p in points]
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(
+        out_dir / "gbp_maps.npz",
+        maps=raw.numpy().astype(np.float32),
+        probe_images=probes.numpy().astype(np.float32),
+        probe_labels=probe_labels.numpy(),
+        probe_indices=probe_idx.numpy(),
+        cut_point_names=np.array(names),
+    )
+    analysis = {
+        "stage": "analyze",
+        "checkpoint": str(checkpoint_path),
+        "architecture": spec.architecture,
+        "image_size": spec.image_size,
+        "classes": spec.classes,
+        "cut_points": [vars(info) for info in infos],
+        "probes": {
+            "split": "val",
+            "count": int(len(probe_idx)),
+            "per_class": config.probes_per_class,
+            "max": config.max_probes,
+            "seed": config.probe_seed,
+            "indices": probe_idx.tolist(),
+            "labels": probe_labels.tolist(),
+        },
+        "gbp": {
+            "definition": "gradient of the sum of all activations at the cut point w.r.t. the normalised input image",
+            "rule": config.gbp_rule,
+            "batch_size": config.batch_size,
+        },
+        "map_image": {
+            "normalisation": "(g - mean) / (std + 1e-7) * 0.25 + 0.5, clipped to [0, 1], per map",
+            "grayscale": config.grayscale,
+        },
+        "ssim": {
+            "implementation": "batched torch float64, equal to skimage.metrics.structural_similarity",
+            "data_range": config.ssim_data_range,
+            "win_size": 7,
+            "k1": 0.01,
+            "k2": 0.03,
+            "gaussian_weights": False,
+            "covariance": "sample",
+            "border_cropped": 3,
+            "channels": 1 if config.grayscale else int(images.shape[2]),
+        },
+        "similarity_matrix": matrix.tolist(),
+        "curves": {k: v.tolist() for k, v in curves.items()},
+        "knee": {"curve_mode": config.curve, **knee.to_dict()},
+        "knee_found": knee.found,
+        "cut_point": {**vars(infos[chosen.index]), "curve_value": float(curves[config.curve][knee.index])},
+        "device": str(device),
+        "seconds": {"gbp": t_gbp, "ssim": t_ssim, "total": time.perf_counter() - started},
+        "config": config.model_dump(),
+    }
+    write_json(out_dir / "analysis.json", analysis)
+    _analysis_pictures(analysis, images, probe_uint8.float() / 255.0, spec, out_dir, config)
+    return analysis
+
+
+def _analysis_pictures(
+    analysis: dict, images: torch.Tensor, probes: torch.Tensor, spec: ModelSpec, out_dir: Path, config: AnalyzeConfig
+) -> None:
+    """The SSIM curve with its knee, the similarity heat map and the GBP grid (probes given in [0, 1])."""
+    names = [p["name"] for p in analysis["cut_points"]]
+    knee = analysis["knee"]
+    model_name = spec.architecture
+    plots.plot_ssim_curve(
+        analysis["curves"],
+        knee["index"],
+        knee["found"],
+        names,
+        config.curve,
+        out_dir / "ssim_curve.png",
+        f"{model_name}: SSIM between depths ({config.curve} curve), knee at {analysis['cut_point']['name']}",
+    )
+    plots.plot_similarity_matrix(
+        np.array(analysis["similarity_matrix"]),
+        names,
+        out_dir / "similarity_matrix.png",
+        f"{model_name}: SSIM of GBP maps between cut points",
+    )
+    rows = min(config.grid_rows, images.shape[0])
+    plots.plot_gbp_grid(
+        images[:rows].numpy(),
+        probes[:rows].numpy(),
+        names,
+        out_dir / "gbp_grid.png",
+        f"{model_name}: guided backprop maps across depth",
+        knee["index"],
+    )
+
+
+def truncate_stage(
+    checkpoint_path: str | Path,
+    config: TruncateConfig,
+    out_path: str | Path,
+    analysis_path: str | Path | None = None,
+) -> dict:
+    """Cut a base model at the knee of an analysis (or a named cut point) and attach a new, untrained head."""
+    model, spec = load_checkpoint(checkpoint_path)
+    if spec.is_slim:
+        raise LayercutError(
+            f"{checkpoint_path} is already a slim model (cut at {spec.cut_point.name}); truncate its base model"
+        )
+    if config.cut == "knee":
+        if analysis_path is None:
+            raise LayercutError("--cut knee needs the analysis.json of this model (--analysis); or name a cut point")
+        analysis = json.loads(Path(analysis_path).read_text())
+        if analysis.get("architecture") != spec.architecture:
+            raise LayercutError(
+                f"{analysis_path} analysed a {analysis.get('architecture')}, not this {spec.architecture}"
+            )
+        which: int | str = analysis["cut_point"]["name"]
+    else:
+        which = config.cut
+    point = resolve_cut_point(model, which)
+    slim = truncate(model, point, spec.num_classes, dropout=config.dropout, image_size=spec.image_size)
+    slim_spec = spec.model_copy(
+        update={"cut_point": CutPointRef(index=point.index, name=point.name), "head_dropout": config.dropout}
+    )
+    save_checkpoint(slim, slim_spec, out_path)
+    base_params, slim_params = count_parameters(model), count_parameters(slim)
+    return {
+        "stage": "truncate",
+        "checkpoint": str(out_path),
+        "cut_point": {"index": point.index, "name": point.name},
+        "chosen_by": "knee" if config.cut == "knee" else "user",
+        "base_params": base_params,
+        "slim_params": slim_params,
+        "params_kept": slim_params / base_params,
+        "cut_points_total": len(cut_points(model)),
+    }
+
+
+def _profile(path: Path, dataset: Dataset, config: CompareConfig, reporter: Reporter, label: str) -> dict:
+    device = resolve_device(config.device)
+    model, spec = load_checkpoint(path, device)
+    check_dataset_fits(spec, dataset)
+    report = classification_report(
+        predict(model, dataset.test, spec.mean, spec.std, device), dataset.test.labels, dataset.classes
+    )
+    model.cpu()
+    shape = (1, 3, spec.image_size, spec.image_size)
+    targets = [("cpu", "cpu")] + ([("gpu", str(device))] if device.type == "cuda" else [])
+    runs = [(name, target, batch) for name, target in targets for batch in config.latency_batches]
+    latency = {}
+    for step, (name, target, batch) in enumerate(runs):
+        reporter.update("compare", step / len(runs), f"timing {label} on {name} at batch {batch}")
+        latency[f"{name}_b{batch}"] = measure_latency(
+            model, (batch, *shape[1:]), device=target, warmup=config.latency_warmup, repeats=config.latency_repeats
+        )
+    return {
+        "checkpoint": str(path),
+        "architecture": spec.architecture,
+        "cut_point": spec.cut_point.model_dump() if spec.cut_point else None,
+        "accuracy": report["accuracy"],
+        "macro_f1": report["macro_f1"],
+        "params": count_parameters(model),
+        "macs": count_macs(model, shape),
+        "checkpoint_bytes": checkpoint_bytes(path),
+        "latency": latency,
+        "test": report,
+    }
+
+
+def compare_stage(
+    base_checkpoint: str | Path,
+    slim_checkpoint: str | Path,
+    dataset: Dataset,
+    config: CompareConfig,
+    out_dir: str | Path,
+    reporter: Reporter = SILENT,
+) -> dict:
+    """Accuracy, F1, size and speed of two trained models on the same test split; compare.json and a chart."""
+    out_dir = Path(out_dir)
+    base = _profile(Path(base_checkpoint), dataset, config, reporter.scaled(0.0, 0.5), "base")
+    reporter.update("compare", 0.5, "base model measured")
+    slim = _profile(Path(slim_checkpoint), dataset, config, reporter.scaled(0.5, 1.0), "slim")
+    comparison = compare_models(base, slim)
+    result = {
+        "stage": "compare",
+        "base": base,
+        "slim": slim,
+        "comparison": comparison,
+        "threads": torch.get_num_threads(),
+        "test_images": int(len(dataset.test.labels)),
+    }
+    write_json(out_dir / "compare.json", result)
+    plots.plot_comparison(
+        comparison,
+        out_dir / "compare.png",
+        f"base {base['architecture']} vs slim (cut at {slim['cut_point']['name'] if slim['cut_point'] else '-'})",
+    )
+    reporter.update("compare", 1.0, "done")
+    return result

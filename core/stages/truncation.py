@@ -1,0 +1,69 @@
+"""Truncation: keep the layers up to a cut point with their trained weights and attach a new head.
+
+The slim model is a real, smaller ``nn.Module`` (DESIGN.md §1): the kept feature layers followed by
+global average pooling, dropout and one linear layer to the classes.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from layercut.stages.cutpoints import CutPoint, cut_points, feature_sequence, forward_features
+
+DEFAULT_DROPOUT = 0.2
+
+
+class SlimNet(nn.Module):
+    """The kept feature layers of a base model plus a new classification head."""
+
+    def __init__(
+        self,
+        layers: list[tuple[str, nn.Module]],
+        cut_point_names: list[str],
+        channels: int,
+        num_classes: int,
+        dropout: float = DEFAULT_DROPOUT,
+    ) -> None:
+        super().__init__()
+        # nn.Sequential child names may not contain dots; keep the base model's names beside it.
+        self.body = nn.Sequential(OrderedDict((name.replace(".", "_"), m) for name, m in layers))
+        self.layer_names = [name for name, _ in layers]
+        self.cut_point_names = list(cut_point_names)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(torch.flatten(self.pool(self.body(x)), 1)))
+
+
+def cut_channels(model: nn.Module, point: CutPoint, in_channels: int = 3, image_size: int = 64) -> int:
+    """Number of channels at ``point``, found by running a small dummy input."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = forward_features(model, torch.zeros(1, in_channels, image_size, image_size), keep={point.index})
+    finally:
+        model.train(was_training)
+    return int(out[point.index].shape[1])
+
+
+def truncate(
+    model: nn.Module,
+    point: CutPoint,
+    num_classes: int,
+    dropout: float = DEFAULT_DROPOUT,
+    image_size: int = 64,
+) -> SlimNet:
+    """A ``SlimNet`` that shares nothing with ``model`` but holds copies of its weights up to ``point``."""
+    import copy
+
+    sequence = feature_sequence(model)[: point.position + 1]
+    kept = [(name, copy.deepcopy(module)) for name, module in sequence]
+    names = [p.name for p in cut_points(model) if p.position <= point.position]
+    channels = cut_channels(model, point, image_size=max(image_size, 32))
+    return SlimNet(kept, names, channels, num_classes, dropout)

@@ -1,0 +1,165 @@
+"""The API tests' environment: an app on the session's Postgres, fresh folders, two tenants, a recording dispatcher."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from layercut.api.deps import dispatcher_dep, settings_dep
+from layercut.api.main import create_app
+from layercut.settings import Settings
+from layercut.store.db import get_sessionmaker
+from layercut.store.keys import create_key
+from layercut.store.models import Artifact, Job, ModelVersion
+
+
+class RecordingDispatcher:
+    """Stands in for core.jobs.dispatch's dispatcher: records (job id, kind); can be told to fail."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[uuid.UUID, str]] = []
+        self.fail = False
+
+    def dispatch(self, job_id: uuid.UUID, kind: str) -> None:
+        if self.fail:
+            raise RuntimeError("broker down")
+        self.sent.append((job_id, kind))
+
+
+@dataclass
+class Env:
+    settings: Settings
+    app: Any
+    client: TestClient
+    dispatcher: RecordingDispatcher
+    url: str
+    tmp: Path
+    tenant: str
+    other_tenant: str
+    key: str
+    other_key: str
+    headers: dict[str, str] = field(default_factory=dict)
+    other_headers: dict[str, str] = field(default_factory=dict)
+
+    def session(self):
+        return get_sessionmaker(self.url)()
+
+    # --- builders --------------------------------------------------------------------------------
+    def image_folder(self, name: str = "ds", classes=("cat", "dog"), per_class: int = 3, split: bool = False) -> Path:
+        root = self.tmp / "roots" / name
+        for split_name in ("train", "val") if split else ("",):
+            for c in classes:
+                folder = root / split_name / c if split_name else root / c
+                folder.mkdir(parents=True, exist_ok=True)
+                for i in range(per_class):
+                    (folder / f"{i}.png").write_bytes(b"\x89PNG fake")
+        return root
+
+    def dataset(self, headers: dict | None = None) -> str:
+        response = self.client.post(
+            "/v1/datasets", json={"kind": "builtin", "builtin": "textures"}, headers=headers or self.headers
+        )
+        assert response.status_code == 201, response.text
+        return response.json()["id"]
+
+    def model(self, tenant: str | None = None, content: bytes = b"weights") -> str:
+        tenant = tenant or self.tenant
+        model_id = uuid.uuid4()
+        relative = f"{tenant}/models/{model_id}/model.safetensors"
+        path = self.settings.resolved_artifact_root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+        with self.session() as s:
+            s.add(
+                ModelVersion(
+                    id=model_id,
+                    tenant=tenant,
+                    checkpoint=relative,
+                    architecture="smallcnn",
+                    classes=["a", "b"],
+                    image_size=32,
+                    params=10,
+                    trained=True,
+                    metrics={},
+                    source="job",
+                )
+            )
+            s.commit()
+        return str(model_id)
+
+    def finished_job(
+        self,
+        tenant: str | None = None,
+        status: str = "succeeded",
+        kind: str = "train",
+        artifacts: dict[str, tuple[bytes, str]] | None = None,
+    ) -> str:
+        tenant = tenant or self.tenant
+        job_id = uuid.uuid4()
+        with self.session() as s:
+            s.add(
+                Job(
+                    id=job_id,
+                    tenant=tenant,
+                    kind=kind,
+                    status=status,
+                    params={},
+                    progress=1.0,
+                    result={"metrics": {"accuracy": 0.9}},
+                )
+            )
+            s.flush()
+            for name, (data, content_type) in (artifacts or {}).items():
+                relative = f"{tenant}/{job_id}/{name}"
+                path = self.settings.resolved_artifact_root / relative
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+                s.add(
+                    Artifact(
+                        tenant=tenant,
+                        job_id=job_id,
+                        path=relative,
+                        kind="other",
+                        bytes=len(data),
+                        sha256=hashlib.sha256(data).hexdigest(),
+                        content_type=content_type,
+                    )
+                )
+            s.commit()
+        return str(job_id)
+
+
+def make_env(postgres_url: str, tmp_path: Path, **overrides: Any) -> Env:
+    (tmp_path / "roots").mkdir(parents=True, exist_ok=True)
+    settings = Settings(
+        database_url=postgres_url, artifact_root=tmp_path / "artifacts", dataset_roots=[tmp_path / "roots"], **overrides
+    )
+    app = create_app(settings, run_embedded_jobs=False)  # dispatch is faked: no executor, no reaper
+    app.dependency_overrides[settings_dep] = lambda: settings
+    dispatcher = RecordingDispatcher()
+    app.dependency_overrides[dispatcher_dep] = lambda: dispatcher
+    suffix = uuid.uuid4().hex[:8]
+    tenant, other = f"acme-{suffix}", f"globex-{suffix}"
+    with get_sessionmaker(postgres_url)() as s:
+        _, key = create_key(s, tenant)
+        _, other_key = create_key(s, other)
+    client = TestClient(app)
+    return Env(
+        settings=settings,
+        app=app,
+        client=client,
+        dispatcher=dispatcher,
+        url=postgres_url,
+        tmp=tmp_path,
+        tenant=tenant,
+        other_tenant=other,
+        key=key,
+        other_key=other_key,
+        headers={"Authorization": f"Bearer {key}"},
+        other_headers={"Authorization": f"Bearer {other_key}"},
+    )
