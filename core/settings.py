@@ -24,6 +24,11 @@ class Settings(BaseSettings):
     dataset_roots: list[Path] = Field(
         default_factory=list, description="server folders that may be registered as datasets"
     )
+    data_root: Path | None = Field(
+        None, description="where torchvision datasets (cifar10, mnist, …) are stored; default: data_dir/datasets"
+    )
+    no_download: bool = Field(False, description="never try to download a torchvision dataset that is not in data_root")
+    debug: bool = Field(False, description="the command line prints the traceback of an error, not only its message")
 
     upload_max_bytes: int = Field(2 * 1024**3, description="largest accepted upload (compressed)")
     upload_max_unpacked_bytes: int = Field(8 * 1024**3, description="largest total size of an upload's members")
@@ -66,6 +71,11 @@ class Settings(BaseSettings):
     @property
     def resolved_artifact_root(self) -> Path:
         return (self.artifact_root or self.data_dir / "artifacts").resolve()
+
+    @property
+    def resolved_data_root(self) -> Path:
+        """The folder of torchvision datasets: ``data_root``, or ``datasets`` under ``data_dir``."""
+        return (self.data_root or self.data_dir / "datasets").expanduser()
 
     @property
     def embedded(self) -> bool:

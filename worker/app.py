@@ -12,7 +12,7 @@ import logging
 
 from celery import Celery, signals
 
-from layercut.contracts.jobs import QUEUES, task_name
+from layercut.contracts.kinds import QUEUES, REAP_TASK, task_name
 from layercut.jobs.dispatch import broker_transport_options
 from layercut.settings import get_settings
 
@@ -38,12 +38,12 @@ app.conf.update(
     worker_max_memory_per_child=settings.worker_max_memory_per_child_kib,
     task_routes={
         **{task_name(kind): {"queue": queue} for kind, queue in QUEUES.items()},
-        "layercut.reap": {"queue": "cpu"},
+        REAP_TASK: {"queue": "cpu"},
     },
     task_default_queue="cpu",
     worker_hijack_root_logger=False,
     beat_schedule={
-        "reap": {"task": "layercut.reap", "schedule": 15.0, "options": {"queue": "cpu", "expires": 14}},
+        "reap": {"task": REAP_TASK, "schedule": 15.0, "options": {"queue": "cpu", "expires": 14}},
     },
 )
 

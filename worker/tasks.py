@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from layercut.contracts.jobs import QUEUES, task_name
+from layercut.contracts.kinds import QUEUES, REAP_TASK, STAGE_KINDS, task_name
 from layercut.jobs.reaper import reap as _reap
 from layercut.worker.app import app, settings
 
@@ -51,10 +51,10 @@ def explain(self, job_id: str) -> str:
     return _run(self, job_id)
 
 
-@app.task(name="layercut.reap", acks_late=False)
+@app.task(name=REAP_TASK, acks_late=False)
 def reap() -> dict:
     """Re-queue jobs whose worker died and re-send jobs lost by the broker."""
     return _reap(settings)
 
 
-assert set(QUEUES) == {"train", "analyze", "truncate", "retrain", "compare", "explain"}
+assert set(QUEUES) == set(STAGE_KINDS) and all(task_name(kind) in app.tasks for kind in STAGE_KINDS)

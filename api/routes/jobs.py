@@ -40,6 +40,7 @@ from layercut.contracts.jobs import (
     TrainParams,
     TruncateParams,
 )
+from layercut.contracts.kinds import MODEL_MAKING_KINDS
 from layercut.settings import Settings
 from layercut.store.db import get_sessionmaker
 from layercut.store.jobs import JobRepository
@@ -47,8 +48,6 @@ from layercut.store.models import FINAL_STATUSES, JOB_KINDS, JOB_STATUSES, Artif
 
 log = logging.getLogger("layercut.api")
 router = APIRouter(prefix="/jobs", tags=["jobs"])
-
-MODEL_MAKING_KINDS = ("train", "truncate", "retrain")
 
 
 def _iso_only(value: Any) -> Any:

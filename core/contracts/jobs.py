@@ -101,17 +101,3 @@ JobParams = Annotated[
     Union[TrainParams, AnalyzeParams, TruncateParams, RetrainParams, CompareParams, ExplainParams],
     Field(discriminator="kind"),
 ]
-
-QUEUES: dict[str, str] = {
-    "train": "gpu",
-    "analyze": "gpu",
-    "retrain": "gpu",
-    "compare": "gpu",
-    "explain": "gpu",
-    "truncate": "cpu",
-}
-
-
-def task_name(kind: str) -> str:
-    """The Celery task that runs a job of ``kind`` (the API sends by name, never importing the worker)."""
-    return f"layercut.{kind}"
