@@ -19,12 +19,11 @@ from layercut.contracts.errors import LayercutError
 from layercut.contracts.spec import SPEC_KEY, ModelSpec
 from layercut.stages.architectures import build_model
 from layercut.stages.cutpoints import resolve_cut_point
+from layercut.stages.truncation import DEFAULT_DROPOUT, truncate
 
 
 def build_from_spec(spec: ModelSpec) -> nn.Module:
     """Rebuild the (untrained) module a spec describes: a base architecture, or a base cut at ``spec.cut_point``."""
-    from layercut.stages.truncation import DEFAULT_DROPOUT, truncate
-
     model = build_model(spec.architecture, spec.num_classes, pretrained=False)
     if spec.cut_point is None:
         return model

@@ -7,17 +7,23 @@ feature extractor; a cut point is an element of that list after which everything
 - ResNet: the stem's ReLU and the output of every residual block.
 - EfficientNet / MobileNet: the stem and every block (the final 1x1 conv block included).
 - A custom ``nn.Sequential``: every activation before the classifier.
+
+Each family's rule is one entry of ``CUT_POINT_RULES``, looked up along the model type's MRO; a family
+defined elsewhere registers itself (``truncation.py`` registers the slim model) with ``register_cut_point_rule``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 from torchvision import models as tvm
 
 from layercut.contracts.errors import LayercutError
+from layercut.stages.architectures import SmallCNN
 
 ACTIVATIONS: tuple[type[nn.Module], ...] = (
     nn.ReLU,
@@ -40,63 +46,128 @@ class CutPoint:
     position: int  # index into the feature sequence; the cut keeps elements 0..position
 
 
-def _flatten_blocks(prefix: str, sequential: nn.Sequential) -> list[tuple[str, nn.Module]]:
-    """Children of ``sequential``, with plain ``nn.Sequential`` stages expanded into their blocks."""
-    items: list[tuple[str, nn.Module]] = []
-    for name, child in sequential.named_children():
-        if type(child) is nn.Sequential:
-            items += [(f"{prefix}.{name}.{n}", m) for n, m in child.named_children()]
-        else:
-            items.append((f"{prefix}.{name}", child))
+NamedModule = tuple[str, nn.Module]
+
+
+@dataclass(frozen=True)
+class CutPointRule:
+    """How one architecture family lists its feature sequence and which elements of it are cut points.
+
+    ``sequence(model)`` returns the flat ``(name, module)`` list whose composition is the feature extractor;
+    ``is_cut_point(model, name, module)`` says whether the network may be cut right after that element.
+    Both are called with a model of the class the rule is registered for (or a subclass).
+    """
+
+    sequence: Callable[[Any], list[NamedModule]]
+    is_cut_point: Callable[[Any, str, nn.Module], bool]
+
+
+def _resnet_sequence(model: tvm.ResNet) -> list[NamedModule]:
+    """The stem's four layers, then every residual block of the four stages."""
+    items: list[NamedModule] = [
+        ("conv1", model.conv1),
+        ("bn1", model.bn1),
+        ("relu", model.relu),
+        ("maxpool", model.maxpool),
+    ]
+    for stage in ("layer1", "layer2", "layer3", "layer4"):
+        items += [(f"{stage}.{i}", block) for i, block in enumerate(getattr(model, stage))]
     return items
 
 
-def feature_sequence(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The model's feature extractor as a flat list of named modules applied one after another."""
-    from layercut.stages.truncation import SlimNet  # local import: truncation builds on this module
+def _is_resnet_cut_point(model: tvm.ResNet, name: str, module: nn.Module) -> bool:
+    """The stem's ReLU and the output of every residual block."""
+    return name == "relu" or name.startswith("layer")
 
-    if isinstance(model, SlimNet):
-        return list(zip(model.layer_names, model.body))
-    if isinstance(model, tvm.ResNet):
-        items = [("conv1", model.conv1), ("bn1", model.bn1), ("relu", model.relu), ("maxpool", model.maxpool)]
-        for stage in ("layer1", "layer2", "layer3", "layer4"):
-            items += [(f"{stage}.{i}", block) for i, block in enumerate(getattr(model, stage))]
-        return items
-    if isinstance(model, (tvm.EfficientNet, tvm.MobileNetV2, tvm.MobileNetV3)):
-        return _flatten_blocks("features", model.features)
-    if isinstance(model, nn.Sequential):
-        items = []
-        for name, child in model.named_children():
-            if isinstance(child, _CLASSIFIER_START):
-                break
-            items.append((name, child))
-        return items
-    features = getattr(model, "features", None)
-    if isinstance(features, nn.Sequential):
-        return [(f"features.{n}", m) for n, m in features.named_children()]
+
+def _block_sequence(model: nn.Module) -> list[NamedModule]:
+    """Children of ``features``, with plain ``nn.Sequential`` stages expanded into their blocks."""
+    items: list[NamedModule] = []
+    for name, child in model.features.named_children():
+        if type(child) is nn.Sequential:
+            items += [(f"features.{name}.{n}", m) for n, m in child.named_children()]
+        else:
+            items.append((f"features.{name}", child))
+    return items
+
+
+def _every_block(model: nn.Module, name: str, module: nn.Module) -> bool:
+    """EfficientNet / MobileNet: the stem and every block is a cut point."""
+    return True
+
+
+def _features_sequence(model: nn.Module) -> list[NamedModule]:
+    """The children of the model's ``features`` nn.Sequential."""
+    return [(f"features.{n}", m) for n, m in model.features.named_children()]
+
+
+def _sequential_sequence(model: nn.Sequential) -> list[NamedModule]:
+    """The children of a plain nn.Sequential up to its classifier (the first flatten, linear or global pool)."""
+    items: list[NamedModule] = []
+    for name, child in model.named_children():
+        if isinstance(child, _CLASSIFIER_START):
+            break
+        items.append((name, child))
+    return items
+
+
+def is_activation(model: nn.Module, name: str, module: nn.Module) -> bool:
+    """Plain CNNs (VGG, a ``features`` stack, an nn.Sequential): every activation is a cut point."""
+    return isinstance(module, ACTIVATIONS)
+
+
+FEATURES_RULE = CutPointRule(_features_sequence, is_activation)
+"""Models whose feature extractor is a ``features`` nn.Sequential: also the rule for such models of no
+registered family."""
+
+BLOCKS_RULE = CutPointRule(_block_sequence, _every_block)
+
+CUT_POINT_RULES: dict[type[nn.Module], CutPointRule] = {
+    tvm.ResNet: CutPointRule(_resnet_sequence, _is_resnet_cut_point),
+    tvm.EfficientNet: BLOCKS_RULE,
+    tvm.MobileNetV2: BLOCKS_RULE,
+    tvm.MobileNetV3: BLOCKS_RULE,
+    tvm.VGG: FEATURES_RULE,
+    SmallCNN: FEATURES_RULE,
+    nn.Sequential: CutPointRule(_sequential_sequence, is_activation),
+}
+"""The cut-point rule of each architecture family, looked up along the model type's MRO (so a subclass of
+a family gets the family's rule). A new family is one entry, added with ``register_cut_point_rule``."""
+
+
+def register_cut_point_rule(model_class: type[nn.Module], rule: CutPointRule) -> None:
+    """Make ``rule`` the cut-point rule of ``model_class`` and its subclasses (unless they have their own)."""
+    CUT_POINT_RULES[model_class] = rule
+
+
+def cut_point_rule(model: nn.Module) -> CutPointRule:
+    """The rule of the nearest class in ``type(model).__mro__`` that has one; for a model of no registered
+    family, the ``features`` rule when it has a ``features`` nn.Sequential."""
+    for cls in type(model).__mro__:
+        rule = CUT_POINT_RULES.get(cls)
+        if rule is not None:
+            return rule
+    if isinstance(getattr(model, "features", None), nn.Sequential):
+        return FEATURES_RULE
+    families = ", ".join(sorted(cls.__name__ for cls in CUT_POINT_RULES))
     raise LayercutError(
         f"cannot find cut points in {type(model).__name__}: supported are VGG, ResNet, EfficientNet, "
-        "MobileNet, and CNNs with a `features` nn.Sequential or written as one nn.Sequential"
+        f"MobileNet, and CNNs with a `features` nn.Sequential or written as one nn.Sequential "
+        f"(registered families: {families}; add one with register_cut_point_rule)"
     )
 
 
-def _is_cut_point(model: nn.Module, name: str, module: nn.Module) -> bool:
-    from layercut.stages.truncation import SlimNet
-
-    if isinstance(model, SlimNet):
-        return name in model.cut_point_names
-    if isinstance(model, tvm.ResNet):
-        return name == "relu" or name.startswith("layer")
-    if isinstance(model, (tvm.EfficientNet, tvm.MobileNetV2, tvm.MobileNetV3)):
-        return True
-    return isinstance(module, ACTIVATIONS)
+def feature_sequence(model: nn.Module) -> list[NamedModule]:
+    """The model's feature extractor as a flat list of named modules applied one after another."""
+    return cut_point_rule(model).sequence(model)
 
 
 def cut_points(model: nn.Module) -> list[CutPoint]:
     """The cut points of ``model`` in depth order."""
+    rule = cut_point_rule(model)
     points: list[CutPoint] = []
-    for position, (name, module) in enumerate(feature_sequence(model)):
-        if _is_cut_point(model, name, module):
+    for position, (name, module) in enumerate(rule.sequence(model)):
+        if rule.is_cut_point(model, name, module):
             points.append(CutPoint(index=len(points), name=name, position=position))
     if not points:
         raise LayercutError(f"{type(model).__name__} has no cut points (no activation in its feature layers)")

@@ -53,8 +53,18 @@ def _json_default(value):
     raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
-def load_data(config: DataConfig, reporter: Reporter = SILENT) -> Dataset:
-    """Decode the dataset a ``DataConfig`` names (once; stages then share the tensors)."""
+def load_data(
+    config: DataConfig,
+    reporter: Reporter = SILENT,
+    *,
+    data_root: str | Path | None = None,
+    allow_download: bool = True,
+) -> Dataset:
+    """Decode the dataset a ``DataConfig`` names (once; stages then share the tensors).
+
+    ``data_root`` is the caller's folder of torchvision datasets (``Settings().resolved_data_root``);
+    ``config.data_root``, when set, wins. ``allow_download`` lets a missing torchvision dataset be fetched.
+    """
     return load_dataset(
         config.source,
         image_size=config.image_size,
@@ -64,7 +74,8 @@ def load_data(config: DataConfig, reporter: Reporter = SILENT) -> Dataset:
         classes=config.classes,
         skip_unreadable=config.skip_unreadable,
         allow_mixed_sizes=config.allow_mixed_sizes,
-        data_root=config.data_root,
+        data_root=config.data_root or data_root,
+        allow_download=allow_download,
         reporter=reporter,
     )
 

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from layercut.contracts.configs import TrainConfig, learning_rate
-from layercut.stages.data import Split, augment_batch
+from layercut.stages.augment import augment_batch
+from layercut.stages.data import Split
 from layercut.stages.devices import resolve_device
 from layercut.stages.progress import SILENT, Reporter
 

@@ -6,12 +6,21 @@ global average pooling, dropout and one linear layer to the classes.
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 
 import torch
 from torch import nn
 
-from layercut.stages.cutpoints import CutPoint, cut_points, feature_sequence, forward_features
+from layercut.stages.cutpoints import (
+    CutPoint,
+    CutPointRule,
+    NamedModule,
+    cut_points,
+    feature_sequence,
+    forward_features,
+    register_cut_point_rule,
+)
 
 DEFAULT_DROPOUT = 0.2
 
@@ -39,6 +48,18 @@ class SlimNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.dropout(torch.flatten(self.pool(self.body(x)), 1)))
 
+    def named_layers(self) -> list[NamedModule]:
+        """The kept layers under the base model's names: the slim model's feature sequence."""
+        return list(zip(self.layer_names, self.body))
+
+    def is_cut_point(self, name: str, module: nn.Module) -> bool:
+        """The base model's cut points up to the cut stay the slim model's cut points."""
+        return name in self.cut_point_names
+
+
+# The slim model is a family of its own: its cut points are the base model's, kept under their names.
+register_cut_point_rule(SlimNet, CutPointRule(SlimNet.named_layers, SlimNet.is_cut_point))
+
 
 def cut_channels(model: nn.Module, point: CutPoint, in_channels: int = 3, image_size: int = 64) -> int:
     """Number of channels at ``point``, found by running a small dummy input."""
@@ -60,8 +81,6 @@ def truncate(
     image_size: int = 64,
 ) -> SlimNet:
     """A ``SlimNet`` that shares nothing with ``model`` but holds copies of its weights up to ``point``."""
-    import copy
-
     sequence = feature_sequence(model)[: point.position + 1]
     kept = [(name, copy.deepcopy(module)) for name, module in sequence]
     names = [p.name for p in cut_points(model) if p.position <= point.position]

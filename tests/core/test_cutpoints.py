@@ -1,18 +1,27 @@
 """Cut points exactly as DESIGN.md defines them, for every supported family."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
+from torchvision import models as tvm
 
 from layercut.contracts.errors import LayercutError
 from layercut.stages.architectures import ARCHITECTURES, build_model
 from layercut.stages.cutpoints import (
+    CUT_POINT_RULES,
+    CutPointRule,
+    cut_point_rule,
     cut_points,
     describe_cut_points,
     feature_sequence,
     forward_features,
+    register_cut_point_rule,
     resolve_cut_point,
 )
+from layercut.stages.truncation import SlimNet, truncate
 
 
 @pytest.mark.parametrize(
@@ -120,3 +129,99 @@ def test_every_architecture_runs_at_32_pixels() -> None:
         model = build_model(arch, 4).eval()
         with torch.no_grad():
             assert model(torch.randn(1, 3, 32, 32)).shape == (1, 4), arch
+
+
+# ------------------------------------------------------------------------------------------ the registry
+
+
+class ToyNet(nn.Module):
+    """A family no built-in rule covers: its blocks live in a ModuleList called ``stages``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stages = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(3 if i == 0 else 4, 4, 3, padding=1), nn.ReLU()) for i in range(3)
+        )
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for stage in self.stages:
+            x = stage(x)
+        return self.head(x.mean(dim=(2, 3)))
+
+
+class ToyChild(ToyNet):
+    """A subclass of a registered family, with no rule of its own."""
+
+
+TOY_RULE = CutPointRule(
+    sequence=lambda model: [(f"stages.{i}", stage) for i, stage in enumerate(model.stages)],
+    is_cut_point=lambda model, name, module: True,
+)
+
+
+@pytest.fixture
+def rules():
+    """The registry, restored after the test."""
+    saved = dict(CUT_POINT_RULES)
+    yield CUT_POINT_RULES
+    CUT_POINT_RULES.clear()
+    CUT_POINT_RULES.update(saved)
+
+
+def test_a_model_no_rule_covers_gets_a_clear_error(rules) -> None:
+    with pytest.raises(LayercutError, match="cannot find cut points in ToyNet.*register_cut_point_rule"):
+        cut_points(ToyNet())
+    with pytest.raises(LayercutError, match="cannot find cut points in Conv2d"):
+        feature_sequence(nn.Conv2d(3, 4, 3))
+
+
+def test_a_registered_family_gets_its_cut_points_and_can_be_cut(rules) -> None:
+    register_cut_point_rule(ToyNet, TOY_RULE)
+    model = ToyNet().eval()
+    assert [p.name for p in cut_points(model)] == ["stages.0", "stages.1", "stages.2"]
+    slim = truncate(model, resolve_cut_point(model, "stages.1"), num_classes=5, image_size=32).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(slim.body(x), forward_features(model, x, keep={1})[1])
+    assert [p.name for p in cut_points(slim)] == ["stages.0", "stages.1"]
+
+
+def test_the_rule_is_looked_up_along_the_mro(rules) -> None:
+    register_cut_point_rule(ToyNet, TOY_RULE)
+    assert cut_point_rule(ToyChild()) is TOY_RULE
+    assert len(cut_points(ToyChild())) == 3
+    own = CutPointRule(TOY_RULE.sequence, lambda model, name, module: name == "stages.2")
+    register_cut_point_rule(ToyChild, own)  # the nearest class with a rule wins
+    assert [p.name for p in cut_points(ToyChild())] == ["stages.2"]
+    assert len(cut_points(ToyNet())) == 3
+
+    class WideResNet(tvm.ResNet):  # a subclass of a torchvision family gets the family's rule
+        pass
+
+    resnet = WideResNet(tvm.resnet.BasicBlock, [2, 2, 2, 2], num_classes=3)
+    assert cut_point_rule(resnet) is CUT_POINT_RULES[tvm.ResNet]
+    assert len(cut_points(resnet)) == 1 + 2 + 2 + 2 + 2
+
+    class MySequential(nn.Sequential):
+        pass
+
+    assert [p.name for p in cut_points(MySequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten()))] == ["1"]
+
+
+def test_a_model_with_a_features_stack_needs_no_entry(rules) -> None:
+    class Custom(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.GELU())
+
+    assert [p.name for p in cut_points(Custom())] == ["features.1", "features.3"]
+
+
+def test_the_slim_model_registers_its_own_rule_and_cutpoints_does_not_import_truncation() -> None:
+    assert SlimNet in CUT_POINT_RULES
+    code = (
+        "import sys, layercut.stages.cutpoints as c; "
+        "assert 'layercut.stages.truncation' not in sys.modules, 'cutpoints imports truncation'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

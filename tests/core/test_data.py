@@ -1,4 +1,4 @@
-"""Tests of the data stage: folder layouts, built-in sets, error messages, augmentation and probe sampling."""
+"""Tests of the data stage: folder layouts, built-in sets, error messages, the data root and probe sampling."""
 
 from __future__ import annotations
 
@@ -13,17 +13,19 @@ import pytest
 import torch
 from PIL import Image
 
+import layercut.stages
+from layercut.contracts.configs import DataConfig
 from layercut.contracts.errors import Cancelled, DataError, LayercutError, MissingResourceError
-from layercut.stages import textures
 from layercut.stages.data import (
     SPLITS,
     Dataset,
-    augment_batch,
     dataset_statistics,
     load_dataset,
     stratified_sample,
+    textures,
 )
 from layercut.stages.progress import Reporter
+from layercut.stages.stages import load_data
 
 S = 32
 
@@ -324,14 +326,12 @@ def _offline(host, *args, **kwargs):
 
 @pytest.mark.parametrize("downloads", ["off", "attempted"])
 def test_missing_torchvision_dataset_names_the_folder(tmp_path: Path, monkeypatch, downloads: str) -> None:
-    if downloads == "off":
-        monkeypatch.setenv("LAYERCUT_NO_DOWNLOAD", "1")
-    else:
+    if downloads == "attempted":
         # the download is really attempted, on a network that cannot resolve names (as on these machines);
         # on a machine with internet this keeps the test from fetching CIFAR-10
         monkeypatch.setattr(socket, "getaddrinfo", _offline)
     with pytest.raises(MissingResourceError) as caught:
-        load_dataset("cifar10", image_size=S, data_root=str(tmp_path))
+        load_dataset("cifar10", image_size=S, data_root=str(tmp_path), allow_download=downloads == "attempted")
     message = str(caught.value)
     assert "'cifar10'" in message and str(tmp_path / "cifar10") in message
     assert "cifar-10-python.tar.gz" in message
@@ -351,24 +351,6 @@ def test_cancellation_stops_loading(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------ helpers
 
 
-def test_augment_batch_flips_and_shifts_deterministically() -> None:
-    images = torch.zeros(64, 3, S, S)
-    images[..., S // 2 :] = 1.0  # left half 0, right half 1: a flip puts the ones on the left
-    images[:, 1] *= 0.5
-    out = augment_batch(images, torch.Generator().manual_seed(0))
-    assert out.shape == images.shape and out.dtype == images.dtype
-    assert out.min() >= images.min() and out.max() <= images.max()
-    flipped = out[:, 0, :, 0] == 1.0
-    assert 10 < int(flipped.all(dim=1).sum()) < 54 and bool((flipped.all(1) | (~flipped).all(1)).all())
-    assert torch.equal(out, augment_batch(images, torch.Generator().manual_seed(0)))
-    assert not torch.equal(out, augment_batch(images, torch.Generator().manual_seed(1)))
-
-    ramp = torch.arange(S, dtype=torch.float32).expand(8, 3, S, S).contiguous()
-    shifted = augment_batch(ramp, torch.Generator().manual_seed(2))
-    assert not torch.equal(shifted, ramp)  # some translation happened
-    assert torch.equal(augment_batch(torch.zeros(0, 3, S, S), torch.Generator()), torch.zeros(0, 3, S, S))
-
-
 def test_stratified_sample_counts_cap_and_determinism() -> None:
     labels = torch.tensor([0] * 10 + [1] * 3 + [2] * 8)
     picked = stratified_sample(labels, per_class=4, max_total=100, seed=0)
@@ -378,3 +360,64 @@ def test_stratified_sample_counts_cap_and_determinism() -> None:
     assert len(capped) == 7 and set(labels[capped].tolist()) == {0, 1, 2}
     assert torch.equal(capped, stratified_sample(labels, per_class=4, max_total=7, seed=0))
     assert not torch.equal(picked, stratified_sample(labels, per_class=4, max_total=100, seed=1))
+
+
+# ------------------------------------------------------------------------------------------ data root
+
+
+def make_mnist(root: Path, train: int = 40, test: int = 10) -> Path:
+    """A tiny MNIST in torchvision's layout under ``root/mnist`` (``root`` is the data root)."""
+    raw = root / "mnist" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", train), ("t10k", test)):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+    return root
+
+
+def test_a_torchvision_dataset_needs_a_data_root(monkeypatch, tmp_path: Path) -> None:
+    make_mnist(tmp_path)
+    monkeypatch.setenv("LAYERCUT_DATA_ROOT", str(tmp_path))  # the stages never read it: the caller passes it
+    with pytest.raises(LayercutError, match="no data root was given: pass data_root=") as caught:
+        load_dataset("mnist", image_size=S)
+    assert "--data-root" in str(caught.value)
+
+
+def test_the_data_stage_reads_no_environment(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("LAYERCUT_DATA_ROOT", str(tmp_path / "bogus"))
+    monkeypatch.setenv("LAYERCUT_NO_DOWNLOAD", "1")
+    root = make_mnist(tmp_path / "given")
+    ds = load_dataset("mnist", image_size=S, data_root=root, val_fraction=0.25)
+    assert ds.info["folder"] == str(root / "mnist") and ds.info["sizes"] == {"train": 30, "val": 10, "test": 10}
+    assert not (tmp_path / "bogus").exists()
+
+    # LAYERCUT_NO_DOWNLOAD=1 is ignored: only allow_download decides whether a download is tried
+    monkeypatch.setattr(socket, "getaddrinfo", _offline)
+    with pytest.raises(MissingResourceError, match="could not be downloaded"):
+        load_dataset("cifar10", image_size=S, data_root=tmp_path / "empty", allow_download=True)
+    with pytest.raises(MissingResourceError, match="downloads are turned off"):
+        load_dataset("cifar10", image_size=S, data_root=tmp_path / "empty", allow_download=False)
+
+
+def test_load_data_passes_the_data_root_and_the_configs_own_wins(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("LAYERCUT_DATA_ROOT", str(tmp_path / "bogus"))
+    default, own = make_mnist(tmp_path / "default"), make_mnist(tmp_path / "own", train=50)
+    config = DataConfig(source="mnist", image_size=S, val_fraction=0.2)
+    ds = load_data(config, data_root=default, allow_download=False)
+    assert ds.info["folder"] == str(default / "mnist") and len(ds.train) + len(ds.val) == 40
+    ds = load_data(config.model_copy(update={"data_root": str(own)}), data_root=default, allow_download=False)
+    assert ds.info["folder"] == str(own / "mnist") and len(ds.train) + len(ds.val) == 50
+    with pytest.raises(LayercutError, match="pass data_root="):
+        load_data(config)
+
+
+def test_no_stage_reads_the_environment() -> None:
+    """Settings are read in one place (layercut.settings); the stages take folders and switches as arguments."""
+    stages_dir = Path(layercut.stages.__file__).parent
+    readers = [
+        str(path.relative_to(stages_dir))
+        for path in sorted(stages_dir.rglob("*.py"))
+        if "os.environ" in path.read_text() or "getenv" in path.read_text()
+    ]
+    assert readers == []

@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from layercut.contracts.errors import MissingResourceError
+from layercut.stages.data.types import SPLITS
 
 PHOTOGRAPHS: tuple[str, ...] = ("brick", "grass", "gravel")
 PATCH_SIZE = 64
 PATCHES_PER_CLASS: dict[str, int] = {"train": 160, "val": 40, "test": 40}
 BAND_FRACTIONS: dict[str, tuple[float, float]] = {"train": (0.0, 0.6), "val": (0.6, 0.8), "test": (0.8, 1.0)}
-SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 
 @dataclass
