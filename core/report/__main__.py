@@ -1,4 +1,4 @@
-"""``python -m core.report RUN_DIR``: (re)write RUN_DIR/report.html from a `layercut run` output folder."""
+"""``python -m layercut.report RUN_DIR``: (re)write RUN_DIR/report.html from a `layercut run` output folder."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from layercut.report.run_folder import write_run_report
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m core.report",
+        prog="python -m layercut.report",
         description="Write RUN_DIR/report.html, a self-contained HTML report of a "
         "`layercut run` output folder (stages not run yet are marked so).",
     )

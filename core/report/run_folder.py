@@ -1,7 +1,8 @@
 """The report of a CLI run folder (``layercut run --out DIR``): DIR/report.html.
 
-A run folder holds run.json and base/, analysis/, slim/, compare/ and (when run) explain/. A folder of a
-run still going, or stopped early, renders too: the stages not there yet say "not run yet".
+A run folder holds run.json and one folder per stage (``RUN_FOLDERS``: base/, analysis/, slim/, compare/ and,
+when run, explain/). A folder of a run still going, or stopped early, renders too: the stages not there yet say
+"not run yet".
 """
 
 from __future__ import annotations
@@ -12,11 +13,21 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from layercut.contracts.files import (
+    ANALYSIS_JSON,
+    INITIAL_CHECKPOINT,
+    METRICS_JSON,
+    REPORT_HTML,
+    RUN_FOLDERS,
+    RUN_JSON,
+    TRUNCATE_JSON,
+)
 from layercut.contracts.spec import SPEC_KEY
-from layercut.report.build import SUBTITLE, StageInput, render_report
-from layercut.report.markup import as_list, get, is_number, read_json
+from layercut.report.page import SUBTITLE, render_report
+from layercut.report.reading import as_list, get, is_number, read_json
+from layercut.report.stages import StageInput
 
-REPORT_NAME = "report.html"
+REPORT_NAME = REPORT_HTML
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 
@@ -40,28 +51,28 @@ def truncate_summary(run_dir: Path, run: dict | None = None) -> dict | None:
     From slim/truncate.json when present; else from run.json's cut point and parameter counts, completed from
     slim/initial.safetensors' spec and the metrics files (a run still going has no run.json yet).
     """
-    slim = run_dir / "slim"
-    stored = read_json(slim / "truncate.json")
+    slim = run_dir / RUN_FOLDERS["truncate"]
+    stored = read_json(slim / TRUNCATE_JSON)
     if stored is not None:
         return stored
-    initial = slim / "initial.safetensors"
+    initial = slim / INITIAL_CHECKPOINT
     cut = get(run, "cut_point")
     spec = checkpoint_spec(initial) if initial.is_file() else None
     if not isinstance(cut, dict) and spec is None:
         return None
     cut = dict(cut) if isinstance(cut, dict) else dict(get(spec, "cut_point") or {})
-    base_params = get(run, "base", "params", default=get(read_json(run_dir / "base" / "metrics.json"), "params"))
-    slim_params = get(run, "slim", "params", default=get(read_json(slim / "metrics.json"), "params"))
+    base_metrics = read_json(run_dir / RUN_FOLDERS["train"] / METRICS_JSON)
+    base_params = get(run, "base", "params", default=get(base_metrics, "params"))
+    slim_params = get(run, "slim", "params", default=get(read_json(slim / METRICS_JSON), "params"))
+    analysis = read_json(run_dir / RUN_FOLDERS["analyze"] / ANALYSIS_JSON)
     summary: dict[str, Any] = {
         "stage": "truncate",
-        "checkpoint": "slim/initial.safetensors",
+        "checkpoint": f"{RUN_FOLDERS['truncate']}/{INITIAL_CHECKPOINT}",
         "cut_point": {"index": cut.get("index"), "name": cut.get("name")},
         "chosen_by": cut.get("chosen_by"),
         "base_params": base_params,
         "slim_params": slim_params,
-        "cut_points_total": cut.get("of")
-        or len(as_list(get(read_json(run_dir / "analysis" / "analysis.json"), "cut_points")))
-        or None,
+        "cut_points_total": cut.get("of") or len(as_list(get(analysis, "cut_points"))) or None,
     }
     if is_number(base_params) and is_number(slim_params) and base_params:
         summary["params_kept"] = slim_params / base_params
@@ -73,22 +84,26 @@ def truncate_summary(run_dir: Path, run: dict | None = None) -> dict | None:
 def run_stages(run_dir: str | Path) -> list[StageInput]:
     """The stages of a run folder, in pipeline order, judged by the files present."""
     root = Path(run_dir)
-    run = read_json(root / "run.json")
-    return [
-        StageInput("train", root / "base", label="base/"),
-        StageInput("analyze", root / "analysis", label="analysis/"),
-        StageInput("truncate", None, summary=truncate_summary(root, run), label="slim/", expects="initial.safetensors"),
-        StageInput("retrain", root / "slim", label="slim/"),
-        StageInput("compare", root / "compare", label="compare/"),
-        StageInput("explain", root / "explain", label="explain/"),
-    ]
+    run = read_json(root / RUN_JSON)
+
+    def stage(kind: str) -> StageInput:
+        return StageInput(kind, root / RUN_FOLDERS[kind], label=f"{RUN_FOLDERS[kind]}/")
+
+    truncate = StageInput(
+        "truncate",
+        None,
+        summary=truncate_summary(root, run),
+        label=f"{RUN_FOLDERS['truncate']}/",
+        expects=INITIAL_CHECKPOINT,
+    )
+    return [stage("train"), stage("analyze"), truncate, stage("retrain"), stage("compare"), stage("explain")]
 
 
 def render_run_report(run_dir: str | Path) -> str:
     """The HTML report of a run folder (not written)."""
     root = Path(run_dir)
-    run = read_json(root / "run.json") or {}
-    base = read_json(root / "base" / "metrics.json") or {}
+    run = read_json(root / RUN_JSON) or {}
+    base = read_json(root / RUN_FOLDERS["train"] / METRICS_JSON) or {}
     arch = run.get("architecture") or base.get("architecture")
     dataset = get(base, "data", "name") or get(run, "data", "source") or get(base, "data", "source")
     title = " on ".join(str(x) for x in (arch, dataset) if x) or root.name

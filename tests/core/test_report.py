@@ -330,3 +330,54 @@ def test_module_entry_point_is_torch_free(tiny_run, tmp_path) -> None:
         timeout=120,
     )
     assert missing.returncode == 2 and "not a folder" in missing.stderr
+
+
+SCRIPT = "<script>alert('x')</script>"
+
+
+def test_templates_autoescape_every_string_from_data(tmp_path) -> None:
+    """Class names, a caption from explain.json, the title and the details pass through the templates escaped."""
+    train = tmp_path / "train"
+    train.mkdir()
+    Image.new("RGB", (40, 20), (200, 40, 40)).save(train / "training_curves.png")
+    classes = [SCRIPT, "plain"]
+    data = {"name": SCRIPT, "classes": classes, "per_class": {"train": {c: 3 for c in classes}}}
+    (train / "metrics.json").write_text(json.dumps({"architecture": SCRIPT, "accuracy": 0.5, "data": data}))
+    explain = tmp_path / "explain"
+    explain.mkdir()
+    Image.new("RGB", (40, 20), (40, 200, 40)).save(explain / "cams_base.png")
+    figures = {"cams_base": {"file": "cams_base.png", "caption": SCRIPT}}
+    (explain / "explain.json").write_text(json.dumps({"methods": [SCRIPT], "figures": figures}))
+    stages = [StageInput("train", train, label=SCRIPT), StageInput("explain", explain, status="succeeded")]
+    page = render_report(stages, f"Title {SCRIPT}", subtitle=SCRIPT, details=[(SCRIPT, SCRIPT)], status=SCRIPT)
+    assert "<script" not in page and "</script" not in page
+    assert page.count("&lt;script&gt;alert(") >= 10
+    parsed = Page(page)
+    assert "script" not in parsed.tags
+    assert SCRIPT in parsed.text  # and it reads back as written
+    (picture,) = [img for img in parsed.images if img["data-file"] == "cams_base.png"]
+    assert picture["alt"] == SCRIPT  # the attribute too is escaped, not cut short
+
+
+class Attributes(HTMLParser):
+    """Every attribute of every element of a page, as (tag, attribute, value)."""
+
+    def __init__(self, page: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.found: list[tuple[str, str, str]] = []
+        self.feed(page)
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        self.found += [(tag, name, value or "") for name, value in attrs]
+
+
+def test_no_external_references(report) -> None:
+    """Every src is an embedded data: URI and every href a link inside the page: nothing is fetched."""
+    _, page = report
+    found = Attributes(page).found
+    fetched = [value for _, name, value in found if name in ("src", "srcset", "poster", "data", "action", "background")]
+    links = [value for _, name, value in found if name in ("href", "xlink:href", "formaction")]
+    assert fetched and all(value.startswith("data:image/png;base64,") for value in fetched)
+    assert links and all(value.startswith("#") for value in links)
+    assert not any(name == "style" or name.startswith("on") for _, name, _ in found)  # no inline styles or handlers
+    assert not re.search(r"https?://", page, re.I)

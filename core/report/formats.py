@@ -1,0 +1,75 @@
+"""How the report writes numbers: registered once as Jinja filters, and used by the sections for their sentences.
+
+Every formatter takes any value and writes "—" when it is not a finite number, so a missing metric never breaks
+a table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from layercut.report.reading import is_number
+
+MISSING = "—"
+
+
+def pct(value: Any, digits: int = 1) -> str:
+    """0.8123 → '81.2%'."""
+    return f"{value:.{digits}%}" if is_number(value) else MISSING
+
+
+def dec(value: Any, digits: int = 3) -> str:
+    """0.81234 → '0.812'."""
+    return f"{value:.{digits}f}" if is_number(value) else MISSING
+
+
+def human(value: Any, unit: str = "") -> str:
+    """1234567 → '1.23M' (the CLI's style); with a unit, 1234567 → '1.23 MB'."""
+    if not is_number(value):
+        return MISSING
+    n = float(value)
+    for prefix in ("", "K", "M", "G", "T"):
+        if abs(n) < 1000:
+            return f"{n:.3g}{' ' if unit else ''}{prefix}{unit}"
+        n /= 1000
+    return f"{n:.3g}{' ' if unit else ''}P{unit}"
+
+
+def integer(value: Any) -> str:
+    """60883 → '60,883'."""
+    return f"{int(value):,}" if is_number(value) else MISSING
+
+
+def ms(value: Any) -> str:
+    """0.4 → '0.40 ms'."""
+    return f"{value:.2f} ms" if is_number(value) else MISSING
+
+
+def speed(speedup: float) -> str:
+    """2.0 → '2.00× faster', 0.5 → '2.00× slower'."""
+    return f"{speedup:.2f}× faster" if speedup >= 1 else f"{1 / speedup:.2f}× slower"
+
+
+def latency_label(key: str, entry: Mapping) -> str:
+    """A latency key of the compare result ('cpu_b1') as words: 'CPU, batch 1'."""
+    device, _, batch = str(key).partition("_b")
+    batch = entry.get("batch_size", batch)
+    return f"{device.upper()}, batch {batch}"
+
+
+def slug(label: str) -> str:
+    """A status as a CSS class suffix: 'not run yet' → 'not-run-yet'."""
+    return "".join(c if c.isalnum() else "-" for c in label.lower())
+
+
+FILTERS: dict[str, Callable[..., str]] = {
+    "pct": pct,
+    "dec": dec,
+    "human": human,
+    "integer": integer,
+    "ms": ms,
+    "speed": speed,
+    "slug": slug,
+}
+"""The template filters: ``{{ model.accuracy|pct }}``, ``{{ size|human("B") }}``."""

@@ -1,0 +1,124 @@
+"""One self-contained HTML page from the outputs of a pipeline's stages: the sections, assembled.
+
+A report is described by a list of ``StageInput``: one per stage (job kind) with the folder holding its
+files and, where known, its summary dict and job status. Each section (``layercut.report.sections``) is drawn
+from its stage when that stage is done, else it says "not run yet"; a section that fails to draw says so and
+the rest of the page still renders. Pictures are embedded as base64 ``data:`` URIs; CSS is inline; there are
+no scripts and no external references, so the page works offline and printed.
+
+Torch-free (the API imports this).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from markupsafe import Markup
+
+from layercut.report.sections import compare, cut, data, explain, gbp, model, overview, pending, ssim
+from layercut.report.stages import Stage, StageInput, resolve_stage
+from layercut.report.templating import render_template
+
+log = logging.getLogger("layercut.report")
+
+SUBTITLE = "base model → analysis → cut → slim model → comparison → explanations"
+
+
+@dataclass(frozen=True)
+class Section:
+    """One section of the page: where it links to, its heading, the stage it follows, and its body (or why not)."""
+
+    ident: str
+    title: str
+    stage: Stage | None  # the stage whose status the section follows (None: the overview)
+    body: Markup = Markup("")
+    problem: str | None = None  # set when the body could not be drawn
+
+    @property
+    def state(self) -> str | None:
+        return self.stage.state if self.stage is not None else None
+
+    @property
+    def where(self) -> str | None:
+        return self.stage.input.label if self.stage is not None else None
+
+
+def render_report(
+    stages: Sequence[StageInput],
+    title: str,
+    *,
+    subtitle: str | None = None,
+    details: Iterable[tuple[str, Any]] = (),
+    status: str | None = None,
+    generated_at: datetime | None = None,
+) -> str:
+    """The HTML page for ``stages`` (one per kind; the first of a kind wins).
+
+    Sections appear for the stages given: data and base model (train), GBP maps and SSIM/knee (analyze),
+    what was cut and why (truncate), slim model (retrain), comparison (compare), explanations (explain);
+    the data section follows retrain when there is no train stage. A stage not done shows "not run yet" with
+    its status. ``details`` are (label, value) pairs shown in the overview (values are escaped); ``status`` is
+    an overall status shown beside the title.
+    """
+    ordered = [resolve_stage(stage) for stage in stages]
+    by_kind: dict[str, Stage] = {}
+    for stage in ordered:
+        by_kind.setdefault(stage.kind, stage)
+    analyze = by_kind.get("analyze")
+    plan: list[tuple[str, str, Stage | None, Callable[[Stage], Markup]]] = [
+        ("data", "The data", by_kind.get("train") or by_kind.get("retrain"), data.render),
+        ("base", "Base model", by_kind.get("train"), lambda s: model.render(s, "base")),
+        ("gbp", "Guided-backprop maps across depth", analyze, gbp.render),
+        ("ssim", "SSIM curve and knee", analyze, ssim.render),
+        ("cut", "What was cut and why", by_kind.get("truncate"), lambda s: cut.render(s, analyze)),
+        ("slim", "Slim model", by_kind.get("retrain"), lambda s: model.render(s, "slim")),
+        ("compare", "Base vs slim", by_kind.get("compare"), compare.render),
+        ("explain", "Explanations", by_kind.get("explain"), explain.render),
+    ]
+    sections = [
+        draw(ident, heading, stage, make if stage.ready else pending.render)
+        for ident, heading, stage, make in plan
+        if stage is not None
+    ]
+    front = draw("overview", "Overview", None, lambda _: overview.render(ordered, by_kind, details))
+    return render_template(
+        "page.html",
+        title=title,
+        subtitle=subtitle,
+        status=status,
+        sections=[front, *sections],
+        version=layercut_version(),
+        generated_at=(generated_at or datetime.now(timezone.utc)).astimezone(timezone.utc),
+    )
+
+
+def draw(ident: str, title: str, stage: Stage | None, make: Callable[[Any], Markup]) -> Section:
+    """A section drawn by ``make(stage)``; a malformed result must not take the whole report down, so a failure
+    becomes a note saying what went wrong."""
+    try:
+        return Section(ident, title, stage, body=make(stage))
+    except Exception as exc:
+        log.exception("report section %s could not be drawn", ident)
+        if stage is None:
+            return Section(
+                ident, title, stage, problem=f"The {title.lower()} could not be drawn ({type(exc).__name__}: {exc})."
+            )
+        return Section(
+            ident,
+            title,
+            stage,
+            problem=f"This section could not be drawn from the stage's outputs ({type(exc).__name__}: {exc}).",
+        )
+
+
+def layercut_version() -> str:
+    """The installed layercut version, or "(development)" when it is not installed as a distribution."""
+    try:
+        return version("layercut")
+    except PackageNotFoundError:
+        return "(development)"
