@@ -1,4 +1,5 @@
-"""Request dependencies: settings, a database session per request, and the caller's tenant from the API key."""
+"""Request dependencies: settings, a database session per request, the caller's tenant from the API key, and the
+dispatcher that sends jobs."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from layercut.api.read_cache import ReadCache, read_cache_for
+from layercut.jobs.dispatch import Dispatcher
+from layercut.jobs.service import get_dispatcher
 from layercut.settings import Settings, get_settings
 from layercut.store.db import get_sessionmaker
 from layercut.store.keys import hash_key, tenant_for_key
@@ -82,21 +85,9 @@ async def tenant_dep(
 TenantDep = Annotated[str, Depends(tenant_dep)]
 
 
-class _NoDispatcher:
-    """Used until ``layercut.jobs.dispatch`` exists: the committed row stays queued for the re-dispatcher."""
-
-    def dispatch(self, job_id, kind: str) -> None:  # noqa: ANN001
-        import logging
-
-        logging.getLogger("layercut.api").warning("no dispatcher available; job %s stays queued", job_id)
-
-
-def dispatcher_dep(settings: SettingsDep):  # noqa: ANN201 - the jobs engineer's Dispatcher
-    """``layercut.jobs.dispatch.get_dispatcher(settings)``, imported lazily (it must not pull torch into the API)."""
-    try:
-        from layercut.jobs.dispatch import get_dispatcher
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("layercut.jobs", "layercut.jobs.dispatch"):
-            raise
-        return _NoDispatcher()
+def dispatcher_dep(settings: SettingsDep) -> Dispatcher:
+    """The dispatcher that hands this process's committed jobs to their runners (Celery, or in-process)."""
     return get_dispatcher(settings)
+
+
+DispatcherDep = Annotated[Dispatcher, Depends(dispatcher_dep)]

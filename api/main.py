@@ -19,6 +19,8 @@ from layercut.api.common import strict_query
 from layercut.api.deps import settings_dep
 from layercut.api.routes import artifacts, datasets, health, jobs, models, pipelines, reports, ui
 from layercut.contracts.errors import LayercutError
+from layercut.contracts.kinds import STAGE_KINDS
+from layercut.jobs.service import get_dispatcher
 from layercut.settings import Settings, get_settings
 
 log = logging.getLogger("layercut.api")
@@ -39,7 +41,7 @@ Slim image classifiers by cutting them where their layers stop learning new feat
 
 TAGS = [
     {"name": "datasets", "description": "register a server folder or a builtin, or upload an archive"},
-    {"name": "jobs", "description": "one stage of the pipeline: train, analyze, truncate, retrain, compare"},
+    {"name": "jobs", "description": "one stage of the pipeline: " + ", ".join(STAGE_KINDS)},
     {"name": "pipelines", "description": "the whole pipeline as linked jobs"},
     {"name": "models", "description": "model versions, checkpoints, imports"},
     {"name": "artifacts", "description": "files the jobs wrote"},
@@ -78,8 +80,6 @@ def create_app(settings: Settings | None = None, run_embedded_jobs: bool = True)
         if resolved.embedded and run_embedded_jobs:
             # Embedded mode runs jobs in this process: start the executor and its reaper now, so jobs
             # left running by a crash are recovered without waiting for the next submission.
-            from layercut.jobs.dispatch import get_dispatcher
-
             get_dispatcher(resolved)
         yield
 

@@ -12,10 +12,13 @@ This is the Python API that ``import layercut`` exposes (see ``layercut/__init__
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from torch import nn
 
+from layercut.contracts import files
 from layercut.contracts.configs import (
     AnalyzeConfig,
     CompareConfig,
@@ -24,15 +27,16 @@ from layercut.contracts.configs import (
     TrainConfig,
     TruncateConfig,
 )
+from layercut.contracts.files import RUN_FOLDERS
+from layercut.contracts.plan import InputRole, PlanStep, pipeline_plan
 from layercut.report import write_run_report
+from layercut.settings import get_settings
 from layercut.stages import stages
 from layercut.stages.checkpoint import ModelSpec, load_checkpoint
 from layercut.stages.data import Dataset
-from layercut.stages.explain import JSON_NAME as EXPLAIN_JSON
 from layercut.stages.explain import explain_stage
 from layercut.stages.progress import SILENT, Reporter
 from layercut.stages.stages import (
-    CHECKPOINT_NAME,
     analyze_stage,
     compare_stage,
     retrain_stage,
@@ -47,6 +51,14 @@ from layercut.stages.stages import (
 __all__ = ["load_model", "load_data", "train", "analyze", "truncate", "retrain", "compare", "explain", "run"]
 
 
+def read_data(config: DataConfig, reporter: Reporter = SILENT) -> Dataset:
+    """Decode the data a config names, with this machine's dataset folder and download permission (Settings)."""
+    settings = get_settings()
+    return load_stage_data(
+        config, reporter, data_root=settings.resolved_data_root, allow_download=not settings.no_download
+    )
+
+
 def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[nn.Module, ModelSpec]:
     """A checkpoint as an eval-mode ``nn.Module`` plus its spec (classes, input size, mean/std)."""
     return load_checkpoint(checkpoint, device)
@@ -55,7 +67,7 @@ def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[nn.Module, 
 def load_data(source: str = "textures", image_size: int = 64, **options) -> Dataset:
     """Decode a dataset once (options: the fields of ``DataConfig``, e.g. seed, classes)."""
     config = DataConfig(source=source, image_size=image_size, **options)
-    dataset = stages.load_data(config)
+    dataset = read_data(config)
     dataset.info["data_config"] = config.model_dump()  # so train() records exactly how it was loaded
     return dataset
 
@@ -140,7 +152,106 @@ def run(
     )
 
 
-STAGES = ("data", "train", "analyze", "truncate", "retrain", "compare", "explain")
+@dataclass
+class RunInProcess:
+    """One pipeline run in this process: its settings, its folder, the data, and what each step made so far."""
+
+    data: DataConfig
+    arch: str
+    out: Path
+    dataset: Dataset
+    train: TrainConfig
+    retrain: TrainConfig
+    analyze: AnalyzeConfig
+    cut: TruncateConfig
+    compare: CompareConfig
+    explain: ExplainConfig
+    pretrained: bool
+    retrain_from_scratch: bool
+    reporter: Reporter
+    results: dict[str, dict] = field(default_factory=dict)
+    checkpoints: dict[str, Path] = field(default_factory=dict)
+
+    def folder(self, kind: str) -> Path:
+        return self.out / RUN_FOLDERS[kind]
+
+    def checkpoint(self, step: PlanStep, role: InputRole) -> Path:
+        """The checkpoint made by the step that feeds ``role`` of ``step``."""
+        return self.checkpoints[str(step.source(role))]
+
+
+def _train_step(run: RunInProcess, step: PlanStep) -> dict:
+    result = train_stage(
+        run.dataset,
+        run.data,
+        run.arch,
+        run.train,
+        run.folder("train"),
+        pretrained=run.pretrained,
+        reporter=run.reporter,
+    )
+    run.checkpoints["train"] = run.folder("train") / files.CHECKPOINT
+    return result
+
+
+def _analyze_step(run: RunInProcess, step: PlanStep) -> dict:
+    return analyze_stage(run.checkpoint(step, "model"), run.dataset, run.analyze, run.folder("analyze"), run.reporter)
+
+
+def _truncate_step(run: RunInProcess, step: PlanStep) -> dict:
+    analysis = run.folder("analyze") / files.ANALYSIS_JSON if step.source("analysis") else None
+    initial = run.folder("truncate") / files.INITIAL_CHECKPOINT
+    result = truncate_stage(run.checkpoint(step, "model"), run.cut, initial, analysis)
+    write_json(run.folder("truncate") / files.TRUNCATE_JSON, result)
+    run.reporter.update("truncate", 1.0, f"cut at {result['cut_point']['name']}")
+    run.checkpoints["truncate"] = initial
+    return result
+
+
+def _retrain_step(run: RunInProcess, step: PlanStep) -> dict:
+    result = retrain_stage(
+        run.checkpoint(step, "model"),
+        run.dataset,
+        run.retrain,
+        run.folder("retrain"),
+        from_scratch=run.retrain_from_scratch,
+        reporter=run.reporter,
+    )
+    run.checkpoints["retrain"] = run.folder("retrain") / files.CHECKPOINT
+    return result
+
+
+def _compare_step(run: RunInProcess, step: PlanStep) -> dict:
+    return compare_stage(
+        run.checkpoint(step, "base"),
+        run.checkpoint(step, "slim"),
+        run.dataset,
+        run.compare,
+        run.folder("compare"),
+        reporter=run.reporter,
+    )
+
+
+def _explain_step(run: RunInProcess, step: PlanStep) -> dict:
+    return explain_stage(
+        run.checkpoint(step, "model"),
+        run.dataset,
+        run.explain,
+        run.folder("explain"),
+        reporter=run.reporter,
+        compare_checkpoint=run.checkpoint(step, "compare_with"),
+    )
+
+
+STEP_RUNNERS: dict[str, Callable[[RunInProcess, PlanStep], dict]] = {
+    "train": _train_step,
+    "analyze": _analyze_step,
+    "truncate": _truncate_step,
+    "retrain": _retrain_step,
+    "compare": _compare_step,
+    "explain": _explain_step,
+}
+"""How this process runs each kind of step of the plan (the job engine runs the same plan as jobs)."""
 
 
 def run_pipeline(
@@ -157,45 +268,52 @@ def run_pipeline(
     retrain_from_scratch: bool = False,
     reporter: Reporter = SILENT,
 ) -> dict:
-    """Run every stage into ``out_dir`` (base/, analysis/, slim/, compare/, explain/); return run.json's summary."""
+    """Run the pipeline's plan into ``out_dir`` (base/, analysis/, slim/, compare/, explain/), write run.json and
+    report.html, and return run.json's summary."""
     out = Path(out_dir)
-    train = train or TrainConfig()
-    retrain = retrain or train
-    analyze = analyze or AnalyzeConfig()
     cut = cut or TruncateConfig()
-    compare = compare or CompareConfig()
-    explain = explain or ExplainConfig()
-
-    dataset = load_stage_data(data, reporter)
-    base = train_stage(dataset, data, arch, train, out / "base", pretrained=pretrained, reporter=reporter)
-    base_ckpt = out / "base" / CHECKPOINT_NAME
-    analysis = analyze_stage(base_ckpt, dataset, analyze, out / "analysis", reporter=reporter)
-    truncated = truncate_stage(base_ckpt, cut, out / "slim" / "initial.safetensors", out / "analysis" / "analysis.json")
-    reporter.update("truncate", 1.0, f"cut at {truncated['cut_point']['name']}")
-    slim = retrain_stage(
-        out / "slim" / "initial.safetensors",
-        dataset,
-        retrain,
-        out / "slim",
-        from_scratch=retrain_from_scratch,
+    plan = pipeline_plan(train=True, stop_after="explain", cut_at_knee=cut.cut == "knee")
+    dataset = read_data(data, reporter)
+    run = RunInProcess(
+        data=data,
+        arch=arch,
+        out=out,
+        dataset=dataset,
+        train=train or TrainConfig(),
+        retrain=retrain or train or TrainConfig(),
+        analyze=analyze or AnalyzeConfig(),
+        cut=cut,
+        compare=compare or CompareConfig(),
+        explain=explain or ExplainConfig(),
+        pretrained=pretrained,
+        retrain_from_scratch=retrain_from_scratch,
         reporter=reporter,
     )
-    slim_ckpt = out / "slim" / CHECKPOINT_NAME
-    comparison = compare_stage(base_ckpt, slim_ckpt, dataset, compare, out / "compare", reporter=reporter)
-    explanation = explain_stage(
-        base_ckpt, dataset, explain, out / "explain", reporter=reporter, compare_checkpoint=slim_ckpt
-    )
+    for step in plan.steps:
+        run.results[step.kind] = STEP_RUNNERS[step.kind](run, step)
 
-    summary = {
+    summary = _run_summary(run)
+    write_json(out / files.RUN_JSON, summary)
+    reporter.update("report", 0.0, f"writing {files.REPORT_HTML}")
+    write_run_report(out)
+    reporter.update("report", 1.0, f"{files.REPORT_HTML} written")
+    return summary
+
+
+def _run_summary(run: RunInProcess) -> dict:
+    """run.json: the data, both models in brief, the cut and why, the comparison, the explanations, the files."""
+    results, out = run.results, run.out
+    truncated, comparison, analysis = results["truncate"], results["compare"], results["analyze"]
+    return {
         "data": {
-            "source": data.source,
-            "classes": dataset.classes,
-            "image_size": data.image_size,
-            "splits": dataset.info["sizes"],
+            "source": run.data.source,
+            "classes": run.dataset.classes,
+            "image_size": run.data.image_size,
+            "splits": run.dataset.info["sizes"],
         },
-        "architecture": arch,
-        "base": _model_summary(base, comparison["base"]),
-        "slim": _model_summary(slim, comparison["slim"]),
+        "architecture": run.arch,
+        "base": _model_summary(results["train"], comparison["base"]),
+        "slim": _model_summary(results["retrain"], comparison["slim"]),
         "cut_point": {
             **truncated["cut_point"],
             "chosen_by": truncated["chosen_by"],
@@ -204,21 +322,16 @@ def run_pipeline(
         "knee_found": analysis["knee_found"],
         "knee": analysis["knee"],
         "comparison": comparison["comparison"],
-        "explain": _explain_summary(explanation, "explain"),
+        "explain": _explain_summary(results["explain"], RUN_FOLDERS["explain"]),
         "outputs": {
-            "base_checkpoint": str(base_ckpt),
-            "slim_checkpoint": str(slim_ckpt),
-            "analysis": str(out / "analysis" / "analysis.json"),
-            "compare": str(out / "compare" / "compare.json"),
-            "explain": str(out / "explain" / EXPLAIN_JSON),
-            "report": str(out / "report.html"),
+            "base_checkpoint": str(run.checkpoints["train"]),
+            "slim_checkpoint": str(run.checkpoints["retrain"]),
+            "analysis": str(run.folder("analyze") / files.ANALYSIS_JSON),
+            "compare": str(run.folder("compare") / files.COMPARE_JSON),
+            "explain": str(run.folder("explain") / files.EXPLAIN_JSON),
+            "report": str(out / files.REPORT_HTML),
         },
     }
-    write_json(out / "run.json", summary)
-    reporter.update("report", 0.0, "writing report.html")
-    write_run_report(out)
-    reporter.update("report", 1.0, "report.html written")
-    return summary
 
 
 def _model_summary(trained: dict, profiled: dict) -> dict:
@@ -238,7 +351,7 @@ def _explain_summary(explanation: dict, folder: str) -> dict:
     """The explain stage in brief; figure paths are relative to the run folder (as run.json's own)."""
     models = explanation["models"]
     return {
-        "file": f"{folder}/{EXPLAIN_JSON}",
+        "file": f"{folder}/{files.EXPLAIN_JSON}",
         "methods": explanation["methods"],
         "target": explanation["target"],
         "images": len(explanation["images"]),

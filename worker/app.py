@@ -1,4 +1,4 @@
-"""The Celery app: ``celery -A worker.app worker -Q gpu,cpu``. Configured from Settings (LAYERCUT_*).
+"""The Celery app: ``celery -A layercut.worker.app worker -Q gpu,cpu``. Configured from Settings (LAYERCUT_*).
 
 Celery is transport only: no result backend (Postgres holds job state), late acks so a message whose
 worker died is delivered again (the job's compare-and-set claim makes that harmless), prefetch 1.
@@ -14,7 +14,9 @@ from celery import Celery, signals
 
 from layercut.contracts.kinds import QUEUES, REAP_TASK, task_name
 from layercut.jobs.dispatch import broker_transport_options
+from layercut.jobs.service import start_reaper
 from layercut.settings import get_settings
+from layercut.store.db import get_engine
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +66,6 @@ def _check_pool_often(interval: float) -> None:
 _check_pool_often(settings.worker_pool_check_seconds)
 
 
-def _start_reaper() -> None:
-    from layercut.jobs.reaper import start_reaper_thread
-
-    start_reaper_thread(settings)
-
-
 @signals.worker_init.connect
 def _preload_pipeline(**_: object) -> None:
     """Import torch and the stages once in the worker's main process, before the pool forks: a child that
@@ -81,10 +77,8 @@ def _preload_pipeline(**_: object) -> None:
 @signals.worker_process_init.connect
 def _child_started(**_: object) -> None:
     """A prefork child: drop database connections inherited from the parent, start this process's reaper timer."""
-    from layercut.store.db import get_engine
-
     get_engine(settings.resolved_database_url).dispose(close=False)
-    _start_reaper()
+    start_reaper(settings)
 
 
 @signals.worker_ready.connect
@@ -93,4 +87,4 @@ def _worker_ready(sender=None, **_: object) -> None:
     pool = getattr(sender, "pool", None)
     if pool is not None and type(pool).__module__.startswith("celery.concurrency.prefork"):
         return  # the children run it; a thread in the parent would be copied into every fork
-    _start_reaper()
+    start_reaper(settings)

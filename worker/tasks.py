@@ -1,18 +1,23 @@
-"""One Celery task per job kind (``layercut.<kind>``), each running core.jobs.runner.execute_job, and the reaper."""
+"""One Celery task per job kind (``layercut.<kind>``), each running ``layercut.jobs.runner.execute_job``, and the
+reaper. The pipeline steps a job unblocks, and the jobs the reaper re-sends, go out through the Celery dispatcher."""
 
 from __future__ import annotations
 
 import os
 
+from celery import Task
+
 from layercut.contracts.kinds import QUEUES, REAP_TASK, STAGE_KINDS, task_name
-from layercut.jobs.reaper import reap as _reap
+from layercut.jobs.reaper import reap as reap_once
+from layercut.jobs.runner import execute_job
+from layercut.jobs.service import get_dispatcher
 from layercut.worker.app import app, settings
 
 
-def _run(task, job_id: str) -> str:
-    from layercut.jobs.runner import execute_job  # torch is imported by the stages, here in the worker process only
-
-    return execute_job(job_id, settings, worker_name=f"{task.request.hostname}:{os.getpid()}")
+def _run(task: Task, job_id: str) -> str:
+    """Execute the job in this worker process; the pipeline steps it unblocks go out through the Celery dispatcher."""
+    worker_name = f"{task.request.hostname}:{os.getpid()}"
+    return execute_job(job_id, settings, worker_name=worker_name, dispatcher=get_dispatcher(settings))
 
 
 @app.task(name=task_name("train"), bind=True)
@@ -54,7 +59,7 @@ def explain(self, job_id: str) -> str:
 @app.task(name=REAP_TASK, acks_late=False)
 def reap() -> dict:
     """Re-queue jobs whose worker died and re-send jobs lost by the broker."""
-    return _reap(settings)
+    return reap_once(settings, get_dispatcher(settings))
 
 
 assert set(QUEUES) == set(STAGE_KINDS) and all(task_name(kind) in app.tasks for kind in STAGE_KINDS)

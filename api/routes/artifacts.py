@@ -9,8 +9,8 @@ from fastapi.responses import FileResponse
 from sqlalchemy import select
 
 from layercut.api.common import error_responses, not_found, stored_file
+from layercut.api.crud import artifact_out, get_tenant_job, job_artifacts
 from layercut.api.deps import SessionDep, SettingsDep, TenantDep
-from layercut.api.routes.jobs import artifact_out, get_tenant_job
 from layercut.api.schemas.artifacts import ArtifactOut
 from layercut.store.models import Artifact
 
@@ -25,12 +25,7 @@ router = APIRouter(tags=["artifacts"])
 )
 def list_artifacts(request: Request, job_id: uuid.UUID, session: SessionDep, tenant: TenantDep) -> list[ArtifactOut]:
     job = get_tenant_job(session, tenant, job_id)
-    rows = session.scalars(
-        select(Artifact)
-        .where(Artifact.job_id == job.id, Artifact.tenant == tenant)
-        .order_by(Artifact.created_at, Artifact.path)
-    ).all()
-    return [artifact_out(request, a) for a in rows]
+    return [artifact_out(request, a) for a in job_artifacts(session, job)]
 
 
 @router.get(

@@ -23,12 +23,12 @@ from layercut.api.common import (
     error_responses,
     field_error,
     idempotency_mismatch,
-    not_found,
     page,
     paginate,
     request_hash,
     tenant_root,
 )
+from layercut.api.crud import get_tenant_dataset
 from layercut.api.dataset_scan import DatasetScanError, ScanResult, builtin_scan, scan_dataset
 from layercut.api.deps import SessionDep, SettingsDep, TenantDep
 from layercut.api.schemas.common import Page
@@ -269,13 +269,6 @@ def list_datasets(
         list(session.scalars(paginate(select(Dataset).where(Dataset.tenant == tenant), Dataset, cursor, limit))), limit
     )
     return Page[DatasetOut](items=[dataset_out(r) for r in rows], next_cursor=next_cursor)
-
-
-def get_tenant_dataset(session: Session, tenant: str, dataset_id: uuid.UUID) -> Dataset:
-    row = session.scalars(select(Dataset).where(Dataset.id == dataset_id, Dataset.tenant == tenant)).first()
-    if row is None:
-        raise not_found("dataset", dataset_id)
-    return row
 
 
 @router.get("/{dataset_id}", response_model=DatasetOut, responses=error_responses(401, 404), summary="Get a dataset")

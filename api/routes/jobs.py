@@ -1,14 +1,13 @@
-"""Jobs: submit one stage (train | analyze | truncate | retrain | compare), poll it, list, cancel."""
+"""Jobs: submit one stage (a job of one of the stage kinds, ``layercut.contracts.kinds``), poll it, list, cancel."""
 
 from __future__ import annotations
 
-import logging
 import re
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Body, Header, HTTPException, Query, Request, Response, status
 from pydantic import BeforeValidator
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -20,33 +19,22 @@ from layercut.api.common import (
     as_utc,
     check_idempotency_key,
     error_responses,
-    field_error,
     idempotency_mismatch,
     not_found,
     page,
     paginate,
     request_hash,
 )
-from layercut.api.deps import ReadCacheDep, SessionDep, SettingsDep, TenantDep, dispatcher_dep
-from layercut.api.schemas.artifacts import ArtifactOut
+from layercut.api.crud import artifact_out, check_references, dispatch, get_tenant_job, job_artifacts
+from layercut.api.deps import DispatcherDep, ReadCacheDep, SessionDep, SettingsDep, TenantDep
 from layercut.api.schemas.common import Page
 from layercut.api.schemas.jobs import JOB_CREATE_EXAMPLES, JobCreate, JobError, JobOut, JobSummary
-from layercut.contracts.jobs import (
-    AnalyzeParams,
-    CompareParams,
-    ExplainParams,
-    ModelRef,
-    RetrainParams,
-    TrainParams,
-    TruncateParams,
-)
-from layercut.contracts.kinds import MODEL_MAKING_KINDS
+from layercut.contracts.kinds import STAGE_KINDS
 from layercut.settings import Settings
 from layercut.store.db import get_sessionmaker
 from layercut.store.jobs import JobRepository
-from layercut.store.models import FINAL_STATUSES, JOB_KINDS, JOB_STATUSES, Artifact, Dataset, Job, ModelVersion
+from layercut.store.models import FINAL_STATUSES, JOB_STATUSES, Job
 
-log = logging.getLogger("layercut.api")
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
@@ -60,20 +48,6 @@ IsoDateTime = Annotated[datetime, BeforeValidator(_iso_only)]
 
 
 # --- presentation ----------------------------------------------------------------------------------
-
-
-def artifact_out(request: Request, row: Artifact) -> ArtifactOut:
-    return ArtifactOut(
-        id=row.id,
-        job_id=row.job_id,
-        name=row.path.rsplit("/", 1)[-1],
-        kind=row.kind,
-        bytes=row.bytes,
-        sha256=row.sha256,
-        content_type=row.content_type,
-        created_at=row.created_at,
-        download_url=str(request.url_for("download_artifact", artifact_id=str(row.id))),
-    )
 
 
 def _summary_fields(job: Job) -> dict[str, Any]:
@@ -105,15 +79,7 @@ def job_summary(job: Job) -> JobSummary:
 
 def job_out(request: Request, session: Session, job: Job) -> JobOut:
     # Artifacts are recorded as a job finishes, so an unfinished job (what polls mostly see) has none.
-    artifacts = (
-        []
-        if job.status not in FINAL_STATUSES
-        else session.scalars(
-            select(Artifact)
-            .where(Artifact.job_id == job.id, Artifact.tenant == job.tenant)
-            .order_by(Artifact.created_at, Artifact.path)
-        ).all()
-    )
+    artifacts = job_artifacts(session, job) if job.status in FINAL_STATUSES else []
     result = job.result if isinstance(job.result, dict) else None
     metrics = result.get("metrics") if result and isinstance(result.get("metrics"), dict) else None
     return JobOut(
@@ -124,85 +90,6 @@ def job_out(request: Request, session: Session, job: Job) -> JobOut:
         metrics=metrics,
         artifacts=[artifact_out(request, a) for a in artifacts],
     )
-
-
-# --- reference checks ------------------------------------------------------------------------------
-
-
-def _tenant_dataset(session: Session, tenant: str, dataset_id: uuid.UUID) -> Dataset | None:
-    return session.scalars(select(Dataset).where(Dataset.id == dataset_id, Dataset.tenant == tenant)).first()
-
-
-def check_dataset(session: Session, tenant: str, dataset_id: uuid.UUID | None, loc: tuple) -> None:
-    if dataset_id is not None and _tenant_dataset(session, tenant, dataset_id) is None:
-        raise field_error(loc, f"dataset {dataset_id} not found", "not_found")
-
-
-def check_model_ref(
-    session: Session, tenant: str, ref: ModelRef, loc: tuple, pending: dict[uuid.UUID, str] | None = None
-) -> None:
-    if ref.model_id is not None:
-        found = session.scalars(
-            select(ModelVersion.id).where(ModelVersion.id == ref.model_id, ModelVersion.tenant == tenant)
-        ).first()
-        if found is None:
-            raise field_error((*loc, "model_id"), f"model {ref.model_id} not found", "not_found")
-        return
-    kind = (pending or {}).get(ref.from_job)
-    if kind is None:
-        kind = session.scalars(select(Job.kind).where(Job.id == ref.from_job, Job.tenant == tenant)).first()
-    if kind is None:
-        raise field_error((*loc, "from_job"), f"job {ref.from_job} not found", "not_found")
-    if kind not in MODEL_MAKING_KINDS:
-        raise field_error(
-            (*loc, "from_job"),
-            f"job {ref.from_job} is a {kind} job, which makes no model (use a {', '.join(MODEL_MAKING_KINDS)} job)",
-        )
-
-
-def check_references(session: Session, tenant: str, params: Any, pending: dict[uuid.UUID, str] | None = None) -> None:
-    """Every dataset, model and job a job's params name must exist and belong to ``tenant`` (422 naming the field)."""
-    base = ("body", "params")
-    if isinstance(params, TrainParams):
-        check_dataset(session, tenant, params.data.dataset_id, (*base, "data", "dataset_id"))
-    elif isinstance(params, (AnalyzeParams, RetrainParams)):
-        check_model_ref(session, tenant, params.model, (*base, "model"), pending)
-        check_dataset(session, tenant, params.dataset_id, (*base, "dataset_id"))
-    elif isinstance(params, TruncateParams):
-        check_model_ref(session, tenant, params.model, (*base, "model"), pending)
-        if params.analysis_job is not None:
-            kind = (pending or {}).get(params.analysis_job) or session.scalars(
-                select(Job.kind).where(Job.id == params.analysis_job, Job.tenant == tenant)
-            ).first()
-            if kind is None:
-                raise field_error((*base, "analysis_job"), f"job {params.analysis_job} not found", "not_found")
-            if kind != "analyze":
-                raise field_error(
-                    (*base, "analysis_job"), f"job {params.analysis_job} is a {kind} job, not an analyze job"
-                )
-        elif params.truncate.cut == "knee":
-            raise field_error(
-                (*base, "analysis_job"),
-                "cut='knee' needs analysis_job: the analyze job whose knee to "
-                "cut at (or give a cut point index or name in truncate.cut)",
-            )
-    elif isinstance(params, ExplainParams):
-        check_model_ref(session, tenant, params.model, (*base, "model"), pending)
-        if params.compare_with is not None:
-            check_model_ref(session, tenant, params.compare_with, (*base, "compare_with"), pending)
-        check_dataset(session, tenant, params.dataset_id, (*base, "dataset_id"))
-    elif isinstance(params, CompareParams):
-        check_model_ref(session, tenant, params.base, (*base, "base"), pending)
-        check_model_ref(session, tenant, params.slim, (*base, "slim"), pending)
-        check_dataset(session, tenant, params.dataset_id, (*base, "dataset_id"))
-
-
-def dispatch(dispatcher: Any, job_id: uuid.UUID, kind: str) -> None:
-    """Hand a committed job to the broker; a failed send leaves it queued for the re-dispatcher."""
-    try:
-        dispatcher.dispatch(job_id, kind)
-    except Exception as exc:  # DispatchError, or anything else: the row is committed and will be re-sent
-        log.warning("dispatch of job %s failed (%s); it stays queued for the re-dispatcher", job_id, exc)
 
 
 # --- routes ----------------------------------------------------------------------------------------
@@ -224,7 +111,7 @@ def create_job(
     session: SessionDep,
     tenant: TenantDep,
     body: Annotated[JobCreate, Body(openapi_examples=JOB_CREATE_EXAMPLES)],
-    dispatcher: Annotated[Any, Depends(dispatcher_dep)],
+    dispatcher: DispatcherDep,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", description=IDEMPOTENCY_HEADER_DOC)] = None,
 ) -> JobOut:
     """Validate the typed parameters and every reference (datasets, models, jobs of the caller's tenant), insert
@@ -262,13 +149,6 @@ def create_job(
     return job_out(request, session, job)
 
 
-def get_tenant_job(session: Session, tenant: str, job_id: uuid.UUID) -> Job:
-    job = session.scalars(select(Job).where(Job.id == job_id, Job.tenant == tenant)).first()
-    if job is None:
-        raise not_found("job", job_id)
-    return job
-
-
 def _job_json(settings: Settings, request: Request, job_id: uuid.UUID) -> tuple[str, bytes] | None:
     """(owning tenant, the JobOut JSON) read from the database, or None when there is no such job."""
     with get_sessionmaker(settings.resolved_database_url)() as session:
@@ -303,7 +183,7 @@ def list_jobs(
     session: SessionDep,
     tenant: TenantDep,
     status_: Annotated[Literal[JOB_STATUSES] | None, Query(alias="status")] = None,  # type: ignore[valid-type]
-    kind: Annotated[Literal[JOB_KINDS] | None, Query()] = None,  # type: ignore[valid-type]
+    kind: Annotated[Literal[STAGE_KINDS] | None, Query()] = None,  # type: ignore[valid-type]
     pipeline_id: uuid.UUID | None = None,
     created_after: Annotated[IsoDateTime | None, Query(description="inclusive; ISO 8601, naive times are UTC")] = None,
     created_before: Annotated[IsoDateTime | None, Query(description="exclusive; ISO 8601, naive times are UTC")] = None,

@@ -12,7 +12,6 @@ from fastapi.responses import FileResponse
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from layercut.api.common import (
     IDEMPOTENCY_HEADER_DOC,
@@ -20,15 +19,14 @@ from layercut.api.common import (
     error_responses,
     field_error,
     idempotency_mismatch,
-    not_found,
     page,
     paginate,
     request_hash,
     stored_file,
     tenant_root,
 )
+from layercut.api.crud import check_dataset, get_tenant_model
 from layercut.api.deps import SessionDep, SettingsDep, TenantDep
-from layercut.api.routes.jobs import check_dataset
 from layercut.api.safetensors_io import BadSafetensors, parameter_count, rewrite_with_metadata
 from layercut.api.schemas.common import Page
 from layercut.api.schemas.models import ImportSpec, ModelOut
@@ -58,15 +56,6 @@ def model_out(request: Request, row: ModelVersion) -> ModelOut:
         created_at=row.created_at,
         checkpoint_url=str(request.url_for("download_checkpoint", model_id=str(row.id))),
     )
-
-
-def get_tenant_model(session: Session, tenant: str, model_id: uuid.UUID) -> ModelVersion:
-    row = session.scalars(
-        select(ModelVersion).where(ModelVersion.id == model_id, ModelVersion.tenant == tenant)
-    ).first()
-    if row is None:
-        raise not_found("model", model_id)
-    return row
 
 
 @router.get("", response_model=Page[ModelOut], responses=error_responses(401), summary="List model versions")

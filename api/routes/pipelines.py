@@ -1,12 +1,15 @@
-"""Pipelines: train → analyze → truncate → retrain → compare → explain as linked jobs; only the first step is dispatched
-(the job runner dispatches each next step when the one before succeeds)."""
+"""Pipelines: the steps of the pipeline's plan (``layercut.contracts.plan``: train → analyze → truncate → retrain →
+compare → explain) as linked jobs; only the first step is dispatched (the job engine dispatches each next step when
+the one before succeeds)."""
 
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Response, status
+from fastapi import APIRouter, Body, Header, HTTPException, Query, Response, status
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -17,112 +20,143 @@ from layercut.api.common import (
     error_responses,
     field_error,
     idempotency_mismatch,
-    not_found,
     page,
     paginate,
     request_hash,
 )
-from layercut.api.deps import SessionDep, TenantDep, dispatcher_dep
-from layercut.api.routes.jobs import check_dataset, check_model_ref, dispatch
+from layercut.api.crud import (
+    add_pipeline_jobs,
+    check_dataset,
+    check_model_ref,
+    derived_status,
+    dispatch,
+    get_tenant_pipeline,
+    pipeline_jobs,
+)
+from layercut.api.deps import DispatcherDep, SessionDep, TenantDep
 from layercut.api.schemas.common import Page
 from layercut.api.schemas.pipelines import PIPELINE_EXAMPLES, PipelineCreate, PipelineOut, PipelineStep
 from layercut.contracts.jobs import (
     AnalyzeParams,
     CompareParams,
     ExplainParams,
+    JobParams,
     ModelRef,
     RetrainParams,
     TrainParams,
     TruncateParams,
 )
+from layercut.contracts.kinds import StageKind
+from layercut.contracts.plan import GIVEN, InputRole, PlanStep, pipeline_plan
 from layercut.store.jobs import JobRepository
 from layercut.store.models import FINAL_STATUSES, Job, Pipeline, utcnow
 
 router = APIRouter(prefix="/pipelines", tags=["pipelines"])
 
 
-def plan_steps(body: PipelineCreate) -> list[tuple[uuid.UUID, Any]]:
-    """(job id, params) per step, linked by ``from_job`` references to the ids made here."""
-    steps: list[tuple[uuid.UUID, Any]] = []
-    dataset_id = body.data.dataset_id if body.data else None
-    if body.model_id is None:
-        train_id = uuid.uuid4()
-        steps.append(
-            (train_id, TrainParams(data=body.data, arch=body.arch, pretrained=body.pretrained, train=body.train))
-        )
-        base = ModelRef(from_job=train_id)
-    else:
-        base = ModelRef(model_id=body.model_id)
-    analyze_id = uuid.uuid4()
-    steps.append((analyze_id, AnalyzeParams(model=base, dataset_id=dataset_id, analyze=body.analyze)))
-    if body.stop_after == "analyze":
-        return steps
-    truncate_id = uuid.uuid4()
-    steps.append(
-        (
-            truncate_id,
-            TruncateParams(
-                model=base, truncate=body.truncate, analysis_job=analyze_id if body.truncate.cut == "knee" else None
-            ),
-        )
-    )
-    retrain_id = uuid.uuid4()
-    steps.append(
-        (
-            retrain_id,
-            RetrainParams(
-                model=ModelRef(from_job=truncate_id),
-                dataset_id=dataset_id,
-                from_scratch=body.from_scratch,
-                train=body.retrain or body.train,
-            ),
-        )
-    )
-    steps.append(
-        (
-            uuid.uuid4(),
-            CompareParams(base=base, slim=ModelRef(from_job=retrain_id), dataset_id=dataset_id, compare=body.compare),
-        )
-    )
-    if body.stop_after == "compare":
-        return steps
-    steps.append(
-        (
-            uuid.uuid4(),
-            ExplainParams(
-                model=base, compare_with=ModelRef(from_job=retrain_id), dataset_id=dataset_id, explain=body.explain
-            ),
-        )
-    )
-    return steps
+@dataclass(frozen=True)
+class PlannedPipeline:
+    """A pipeline request, and the ids of the jobs its plan's steps will be."""
+
+    body: PipelineCreate
+    ids: dict[str, uuid.UUID]
+
+    @property
+    def dataset_id(self) -> uuid.UUID | None:
+        """The dataset every step reads (None: each model's own)."""
+        return self.body.data.dataset_id if self.body.data else None
+
+    def model(self, step: PlanStep, role: InputRole) -> ModelRef:
+        """The model that feeds ``role`` of ``step``: the one the pipeline was given, or an earlier step's."""
+        source = step.source(role)
+        if source is None:
+            raise ValueError(f"the pipeline's plan gives its {step.kind} step no {role} input")
+        if source == GIVEN:
+            return ModelRef(model_id=self.body.model_id)
+        return ModelRef(from_job=self.ids[source])
+
+    def job(self, step: PlanStep, role: InputRole) -> uuid.UUID | None:
+        """The job of the earlier step that feeds ``role`` of ``step``; None when the plan gives it no such input."""
+        source = step.source(role)
+        return self.ids[source] if source is not None else None
 
 
-def derived_status(steps: list[Job]) -> str:
-    statuses = [s.status for s in steps]
-    if not statuses:
-        return "queued"
-    if "failed" in statuses:
-        return "failed"
-    if "cancelled" in statuses:
-        return "cancelled" if all(s in FINAL_STATUSES for s in statuses) else "cancelling"
-    if "cancelling" in statuses:
-        return "cancelling"
-    if all(s == "succeeded" for s in statuses):
-        return "succeeded"
-    if any(s in ("running", "succeeded") for s in statuses):
-        return "running"
-    return "queued"
+def train_params(planned: PlannedPipeline, step: PlanStep) -> TrainParams:
+    """Train the base model on the request's data."""
+    body = planned.body
+    assert body.data is not None  # checked by the route: a pipeline without data starts from a model (no train)
+    return TrainParams(data=body.data, arch=body.arch, pretrained=body.pretrained, train=body.train)
+
+
+def analyze_params(planned: PlannedPipeline, step: PlanStep) -> AnalyzeParams:
+    """Analyze the base model (trained here, or given)."""
+    return AnalyzeParams(
+        model=planned.model(step, "model"), dataset_id=planned.dataset_id, analyze=planned.body.analyze
+    )
+
+
+def truncate_params(planned: PlannedPipeline, step: PlanStep) -> TruncateParams:
+    """Cut the base model, at the analysis's knee when the plan feeds it one."""
+    return TruncateParams(
+        model=planned.model(step, "model"), truncate=planned.body.truncate, analysis_job=planned.job(step, "analysis")
+    )
+
+
+def retrain_params(planned: PlannedPipeline, step: PlanStep) -> RetrainParams:
+    """Retrain the slim model (with the train settings unless the request gives its own)."""
+    body = planned.body
+    return RetrainParams(
+        model=planned.model(step, "model"),
+        dataset_id=planned.dataset_id,
+        from_scratch=body.from_scratch,
+        train=body.retrain or body.train,
+    )
+
+
+def compare_params(planned: PlannedPipeline, step: PlanStep) -> CompareParams:
+    """Compare the base model with the retrained slim one."""
+    return CompareParams(
+        base=planned.model(step, "base"),
+        slim=planned.model(step, "slim"),
+        dataset_id=planned.dataset_id,
+        compare=planned.body.compare,
+    )
+
+
+def explain_params(planned: PlannedPipeline, step: PlanStep) -> ExplainParams:
+    """Explain the base model with the retrained slim one beside it."""
+    return ExplainParams(
+        model=planned.model(step, "model"),
+        compare_with=planned.model(step, "compare_with"),
+        dataset_id=planned.dataset_id,
+        explain=planned.body.explain,
+    )
+
+
+STEP_PARAMS: dict[StageKind, Callable[[PlannedPipeline, PlanStep], JobParams]] = {
+    "train": train_params,
+    "analyze": analyze_params,
+    "truncate": truncate_params,
+    "retrain": retrain_params,
+    "compare": compare_params,
+    "explain": explain_params,
+}
+"""The params of each kind of step, from the request and the earlier steps that feed it."""
+
+
+def plan_steps(body: PipelineCreate) -> list[tuple[uuid.UUID, JobParams]]:
+    """(job id, params) per step of the pipeline's plan, in its order, linked by ``from_job`` references (and
+    ``analysis_job``) to the ids of the earlier steps' jobs made here."""
+    plan = pipeline_plan(
+        train=body.model_id is None, stop_after=body.stop_after, cut_at_knee=body.truncate.cut == "knee"
+    )
+    planned = PlannedPipeline(body, {step.kind: uuid.uuid4() for step in plan.steps})
+    return [(planned.ids[step.kind], STEP_PARAMS[step.kind](planned, step)) for step in plan.steps]
 
 
 def pipeline_out(session: Session, row: Pipeline) -> PipelineOut:
-    steps = list(
-        session.scalars(
-            select(Job)
-            .where(Job.pipeline_id == row.id, Job.tenant == row.tenant)
-            .order_by(Job.step)
-            .execution_options(populate_existing=True)
-        )
-    )
+    """A pipeline as the API shows it: its derived status and its steps' progress."""
+    steps = pipeline_jobs(session, row)
     return PipelineOut(
         id=row.id,
         status=derived_status(steps),
@@ -164,7 +198,7 @@ def create_pipeline(
     session: SessionDep,
     tenant: TenantDep,
     body: Annotated[PipelineCreate, Body(openapi_examples=PIPELINE_EXAMPLES)],
-    dispatcher: Annotated[Any, Depends(dispatcher_dep)],
+    dispatcher: DispatcherDep,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", description=IDEMPOTENCY_HEADER_DOC)] = None,
 ) -> PipelineOut:
     """Creates the pipeline and its steps as jobs (`pipeline_id`, `step`, `depends_on` the step before, model
@@ -196,22 +230,7 @@ def create_pipeline(
     session.add(pipeline)
     try:
         session.flush()
-        previous: uuid.UUID | None = None
-        for index, (job_id, params) in enumerate(steps):
-            session.add(
-                Job(
-                    id=job_id,
-                    tenant=tenant,
-                    kind=params.kind,
-                    status="queued",
-                    params=params.model_dump(mode="json"),
-                    pipeline_id=pipeline.id,
-                    step=index,
-                    depends_on=previous,
-                )
-            )
-            session.flush()
-            previous = job_id
+        add_pipeline_jobs(session, tenant, pipeline, steps)
         session.commit()
     except IntegrityError:
         session.rollback()
@@ -226,13 +245,6 @@ def create_pipeline(
         return pipeline_out(session, existing)
     dispatch(dispatcher, steps[0][0], steps[0][1].kind)
     return pipeline_out(session, pipeline)
-
-
-def get_tenant_pipeline(session: Session, tenant: str, pipeline_id: uuid.UUID) -> Pipeline:
-    row = session.scalars(select(Pipeline).where(Pipeline.id == pipeline_id, Pipeline.tenant == tenant)).first()
-    if row is None:
-        raise not_found("pipeline", pipeline_id)
-    return row
 
 
 @router.get("/{pipeline_id}", response_model=PipelineOut, responses=error_responses(401, 404), summary="Get a pipeline")

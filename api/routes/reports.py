@@ -13,16 +13,14 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import HTMLResponse
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from layercut.api.common import error_responses, tenant_root
+from layercut.api.crud import derived_status, find_tenant_dataset, get_tenant_job, get_tenant_pipeline, pipeline_jobs
 from layercut.api.deps import SessionDep, SettingsDep, TenantDep
-from layercut.api.routes.jobs import get_tenant_job
-from layercut.api.routes.pipelines import derived_status, get_tenant_pipeline
 from layercut.report import SUBTITLE, StageInput, render_report
 from layercut.settings import Settings
-from layercut.store.models import Dataset, Job
+from layercut.store.models import Job
 
 router = APIRouter(tags=["reports"])
 
@@ -91,7 +89,7 @@ def _dataset_name(session: Session, tenant: str, dataset_id: Any) -> str | None:
         ident = uuid.UUID(str(dataset_id))
     except (TypeError, ValueError):
         return None
-    row = session.scalars(select(Dataset).where(Dataset.id == ident, Dataset.tenant == tenant)).first()
+    row = find_tenant_dataset(session, tenant, ident)
     return f"{row.name} ({row.id})" if row is not None else str(ident)
 
 
@@ -132,14 +130,7 @@ def pipeline_report(
     across depth, the SSIM curve and the knee, what was cut and why, the slim model, the comparison table and the
     explanations. While it runs, the steps finished so far are shown and the others say they are running or queued."""
     row = get_tenant_pipeline(session, tenant, pipeline_id)
-    steps = list(
-        session.scalars(
-            select(Job)
-            .where(Job.pipeline_id == row.id, Job.tenant == tenant)
-            .order_by(Job.step)
-            .execution_options(populate_existing=True)
-        )
-    )
+    steps = pipeline_jobs(session, row)
     folder = _tenant_folder(settings, tenant)
     params = row.params if isinstance(row.params, dict) else {}
     dataset_id = (params.get("data") or {}).get("dataset_id") if isinstance(params.get("data"), dict) else None

@@ -64,11 +64,8 @@ class PipelinePlan(BaseModel):
     def kinds(self) -> tuple[StageKind, ...]:
         return tuple(step.kind for step in self.steps)
 
-    def index(self, kind: str) -> int:
-        """The position of the step of ``kind``."""
-        return self.kinds.index(kind)  # type: ignore[arg-type]
-
-    def step(self, kind: str) -> PlanStep | None:
+    def step(self, kind: StageKind) -> PlanStep | None:
+        """The step of ``kind``, or None when this pipeline does not run it."""
         return next((step for step in self.steps if step.kind == kind), None)
 
 

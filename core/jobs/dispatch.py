@@ -1,9 +1,10 @@
 """Handing a queued job to whatever runs it: Celery (by task name) in the service, a thread in embedded mode.
 
 Contract for callers (the API): commit the new ``queued`` job row first, then call
-``get_dispatcher(settings).dispatch(job.id, job.kind)`` and catch ``DispatchError``. A failed send
-leaves the row ``queued`` with ``dispatched_at`` unset; the reaper (core.jobs.reaper) re-sends it,
-so a job is never lost. Sending twice is harmless: the worker claims a job with a compare-and-set.
+``dispatcher.dispatch(job.id, job.kind)`` and catch ``DispatchError``. A failed send leaves the row ``queued``
+with ``dispatched_at`` unset; the reaper (``layercut.jobs.reaper``) re-sends it, so a job is never lost. Sending
+twice is harmless: the worker claims a job with a compare-and-set. ``layercut.jobs.service.get_dispatcher`` picks
+the dispatcher a process's settings call for.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from layercut.contracts.kinds import QUEUES, task_name
 from layercut.settings import Settings
@@ -36,6 +37,13 @@ class Dispatcher(Protocol):
         ...
 
 
+class JobExecutor(Protocol):
+    def __call__(self, job_id: uuid.UUID, settings: Settings, worker_name: str, dispatcher: Dispatcher) -> str:
+        """Run one job to its final status (``layercut.jobs.runner.execute_job``), sending the pipeline steps it
+        unblocks through ``dispatcher``."""
+        ...
+
+
 @runtime_checkable
 class InspectableDispatcher(Protocol):
     def waiting(self) -> set[uuid.UUID]:
@@ -48,7 +56,7 @@ def _mark_dispatched(settings: Settings, job_id: uuid.UUID) -> None:
         JobRepository(session).mark_dispatched(job_id)
 
 
-def broker_transport_options(settings: Settings) -> dict:
+def broker_transport_options(settings: Settings) -> dict[str, Any]:
     """Redis transport options shared by the producer and the worker: visibility above the hard limit, short connects."""
     return {
         "visibility_timeout": settings.task_hard_time_limit + 3600,
@@ -114,10 +122,12 @@ class CeleryDispatcher:
 
 
 class InProcessDispatcher:
-    """Embedded mode: runs ``layercut.jobs.runner.execute_job`` in one background thread (jobs run one at a time)."""
+    """Embedded mode: runs each job with ``execute`` (``layercut.jobs.runner.execute_job``) in one background
+    thread (jobs run one at a time), passing itself on to send the pipeline steps a job unblocks."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, execute: JobExecutor) -> None:
         self.settings = settings
+        self.execute = execute
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="layercut-job")
         self._lock = threading.Lock()
         self._waiting: set[uuid.UUID] = set()
@@ -138,12 +148,10 @@ class InProcessDispatcher:
         _mark_dispatched(self.settings, job_id)
 
     def _run(self, job_id: uuid.UUID) -> None:
-        from layercut.jobs.runner import execute_job
-
         with self._lock:
             self._waiting.discard(job_id)
         try:
-            execute_job(job_id, self.settings, worker_name="embedded")
+            self.execute(job_id, self.settings, worker_name="embedded", dispatcher=self)
         except Exception:  # execute_job records failures itself; this is only a last resort log
             log.exception("embedded job %s crashed", job_id)
 
@@ -153,24 +161,3 @@ class InProcessDispatcher:
 
     def shutdown(self, wait: bool = True) -> None:
         self.executor.shutdown(wait=wait)
-
-
-_dispatchers: dict[str, Dispatcher] = {}
-_dispatchers_lock = threading.Lock()
-
-
-def get_dispatcher(settings: Settings) -> Dispatcher:
-    """The dispatcher for ``settings`` (one per distinct settings); embedded mode also starts the reaper timer."""
-    key = settings.model_dump_json()
-    with _dispatchers_lock:
-        dispatcher = _dispatchers.get(key)
-        if dispatcher is None:
-            if settings.embedded:
-                dispatcher = InProcessDispatcher(settings)
-                from layercut.jobs.reaper import start_reaper_thread
-
-                start_reaper_thread(settings)
-            else:
-                dispatcher = CeleryDispatcher(settings)
-            _dispatchers[key] = dispatcher
-        return dispatcher

@@ -6,7 +6,7 @@
   without persistence) is re-sent from Postgres once it has waited ``stale_after_seconds`` and its
   message is not visibly waiting in the broker. Duplicates are harmless: workers claim by compare-and-set.
 Run by Celery beat (``layercut.reap``), by a timer in every worker process, and by a timer thread in
-embedded mode; several reapers at once are safe.
+embedded mode; several reapers at once are safe. Each re-sends through the dispatcher it is given.
 """
 
 from __future__ import annotations
@@ -17,6 +17,9 @@ import threading
 import uuid
 from datetime import timedelta
 
+from layercut.jobs import pipelines
+from layercut.jobs.dispatch import Dispatcher, DispatchError, InspectableDispatcher
+from layercut.jobs.lifecycle import finished
 from layercut.settings import Settings
 from layercut.store.db import get_sessionmaker
 from layercut.store.jobs import JobRepository
@@ -24,18 +27,14 @@ from layercut.store.jobs import JobRepository
 log = logging.getLogger(__name__)
 
 
-def reap(settings: Settings) -> dict[str, list[str]]:
-    """One pass: reap stale running jobs, re-send lost or unsent queued ones; returns what it did (job ids)."""
-    from layercut.jobs import pipelines
-    from layercut.jobs.dispatch import DispatchError, InspectableDispatcher, get_dispatcher
-    from layercut.jobs.runner import finished
-
+def reap(settings: Settings, dispatcher: Dispatcher) -> dict[str, list[str]]:
+    """One pass: reap stale running jobs, re-send lost or unsent queued ones through ``dispatcher``; returns what
+    it did (job ids)."""
     stale_after = timedelta(seconds=settings.stale_after_seconds)
     with get_sessionmaker(settings.resolved_database_url)() as session:
         repo = JobRepository(session)
         outcome = repo.reap_stale(stale_after, settings.max_attempts)
         candidates = repo.undispatched(older_than=stale_after)
-        dispatcher = get_dispatcher(settings)
         waiting: set[uuid.UUID] = dispatcher.waiting() if isinstance(dispatcher, InspectableDispatcher) else set()
         requeued = set(outcome["requeued"])
         sent, not_sent = [], []
@@ -50,7 +49,7 @@ def reap(settings: Settings) -> dict[str, list[str]]:
             except DispatchError:
                 not_sent.append(str(job.id))
     for job_id in outcome["failed"] + outcome["cancelled"]:
-        finished(settings, job_id)
+        finished(settings, job_id, dispatcher)
     result = {
         "requeued": [str(i) for i in outcome["requeued"]],
         "failed": [str(i) for i in outcome["failed"]],
@@ -71,16 +70,17 @@ def reap_interval(settings: Settings) -> float:
 class ReaperThread(threading.Thread):
     """Runs ``reap`` every ``reap_interval`` seconds until stopped (daemon: it never holds a process open)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, dispatcher: Dispatcher) -> None:
         super().__init__(name="layercut-reaper", daemon=True)
         self.settings = settings
+        self.dispatcher = dispatcher
         self.stopped = threading.Event()
 
     def run(self) -> None:
         interval = reap_interval(self.settings)
         while not self.stopped.wait(interval):
             try:
-                reap(self.settings)
+                reap(self.settings, self.dispatcher)
             except Exception as exc:  # database or broker down: try again next time
                 log.warning("reaper pass failed: %s: %s", type(exc).__name__, exc)
 
@@ -92,13 +92,13 @@ _threads: dict[str, ReaperThread] = {}
 _lock = threading.Lock()
 
 
-def start_reaper_thread(settings: Settings) -> ReaperThread:
-    """Start (once per settings, per process) the timer thread that runs the reaper."""
+def start_reaper_thread(settings: Settings, dispatcher: Dispatcher) -> ReaperThread:
+    """Start (once per settings, per process) the timer thread that runs the reaper with ``dispatcher``."""
     key = settings.model_dump_json()
     with _lock:
         thread = _threads.get(key)
         if thread is None or not thread.is_alive():
-            thread = ReaperThread(settings)
+            thread = ReaperThread(settings, dispatcher)
             thread.start()
             log.info("reaper timer started in process %d (every %.1fs)", os.getpid(), reap_interval(settings))
             _threads[key] = thread

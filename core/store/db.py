@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 
@@ -35,12 +34,3 @@ def get_engine(url: str) -> Engine:
 @lru_cache(maxsize=8)
 def get_sessionmaker(url: str) -> sessionmaker[Session]:
     return sessionmaker(bind=get_engine(url), expire_on_commit=False)
-
-
-def session_scope(url: str) -> Iterator[Session]:
-    """A session closed afterwards (commits are explicit)."""
-    session = get_sessionmaker(url)()
-    try:
-        yield session
-    finally:
-        session.close()

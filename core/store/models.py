@@ -22,8 +22,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from layercut.contracts.kinds import STAGE_KINDS
-
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
@@ -33,7 +31,6 @@ class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: DateTime(timezone=True)}
 
 
-JOB_KINDS = STAGE_KINDS
 JOB_STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
 FINAL_STATUSES = ("succeeded", "failed", "cancelled")
 

@@ -19,7 +19,8 @@ from layercut.store.models import Artifact, Job, ModelVersion
 
 
 class RecordingDispatcher:
-    """Stands in for core.jobs.dispatch's dispatcher: records (job id, kind); can be told to fail."""
+    """Stands in for the API's dispatcher (``layercut.api.deps.dispatcher_dep``): records (job id, kind); can be
+    told to fail."""
 
     def __init__(self) -> None:
         self.sent: list[tuple[uuid.UUID, str]] = []

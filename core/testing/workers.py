@@ -14,11 +14,12 @@ from typing import Any
 
 import redis as redis_lib
 from pydantic import TypeAdapter
+from sqlalchemy.orm import Session
 
 from layercut.contracts.jobs import JobParams
 from layercut.settings import Settings
 from layercut.store.db import get_sessionmaker
-from layercut.store.models import Dataset, Job
+from layercut.store.models import Dataset, Job, Pipeline
 from layercut.testing import SOURCE_ROOT as ROOT
 
 PARAMS = TypeAdapter(JobParams)
@@ -77,12 +78,53 @@ def add_job(url: str, tenant: str, params: dict, **fields: Any) -> uuid.UUID:
         return job.id
 
 
+def create_pipeline_jobs(
+    session: Session, tenant: str, pipeline: Pipeline, steps: list[tuple[str, dict[str, Any]]]
+) -> list[Job]:
+    """Add one queued Job per ``(kind, params)`` step, chained by depends_on, as the API links a pipeline's steps.
+
+    A string ``"$step:N"`` anywhere in a step's params is replaced by the id of step N (so a step can say
+    ``{"model": {"from_job": "$step:0"}}``). Flushes but does not commit; the caller commits, then dispatches
+    ``jobs[0]``. Each job's ``depends_on`` is the step before it.
+    """
+    if pipeline.id is None:
+        pipeline.id = uuid.uuid4()
+    ids = [uuid.uuid4() for _ in steps]
+
+    def substitute(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: substitute(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [substitute(v) for v in value]
+        if isinstance(value, str) and value.startswith("$step:"):
+            return str(ids[int(value.split(":", 1)[1])])
+        return value
+
+    jobs = []
+    for index, (kind, params) in enumerate(steps):
+        job = Job(
+            id=ids[index],
+            tenant=tenant,
+            kind=kind,
+            status="queued",
+            params=substitute(params),
+            pipeline_id=pipeline.id,
+            step=index,
+            depends_on=ids[index - 1] if index else None,
+            callback_url=None,
+        )
+        session.add(job)
+        jobs.append(job)
+    session.flush()
+    return jobs
+
+
 def status_of(url: str, job_id: uuid.UUID) -> str:
     return job_row(url, job_id).status
 
 
 class Worker:
-    """A real ``celery -A worker.app worker`` process in its own process group, logging to a file."""
+    """A real ``celery -A layercut.worker.app worker`` process in its own process group, logging to a file."""
 
     def __init__(self, env: dict[str, str], log_path: Path, name: str, pool: str = "prefork") -> None:
         self.log_path = log_path

@@ -100,3 +100,27 @@ def test_pipeline_idempotency(env):
     assert (first.status_code, again.status_code, other.status_code) == (201, 200, 422)
     assert first.json()["id"] == again.json()["id"] and first.json()["steps"] == again.json()["steps"]
     assert len(env.dispatcher.sent) == 1
+
+
+def test_plan_steps_follow_the_plan_for_every_variant():
+    from layercut.api.routes.pipelines import plan_steps
+    from layercut.api.schemas.pipelines import PipelineCreate
+    from layercut.contracts.plan import pipeline_plan
+
+    model_id, dataset_id = uuid.uuid4(), uuid.uuid4()
+    for stop_after in ("analyze", "compare", "explain"):
+        for cut in ("knee", "2"):
+            for start in ({"data": {"dataset_id": str(dataset_id)}}, {"model_id": str(model_id)}):
+                body = PipelineCreate.model_validate({**start, "stop_after": stop_after, "truncate": {"cut": cut}})
+                steps = plan_steps(body)
+                plan = pipeline_plan(train="data" in start, stop_after=stop_after, cut_at_knee=cut == "knee")
+                assert [params.kind for _, params in steps] == list(plan.kinds)
+                ids = {params.kind: job_id for job_id, params in steps}
+                base = {"from_job": ids["train"]} if "data" in start else {"model_id": model_id}
+                by_kind = {params.kind: params for _, params in steps}
+                assert by_kind["analyze"].model.model_dump(exclude_none=True) == base
+                if "truncate" in by_kind:
+                    assert by_kind["truncate"].analysis_job == (ids["analyze"] if cut == "knee" else None)
+                    assert by_kind["retrain"].model.from_job == ids["truncate"]
+                    assert by_kind["compare"].slim.from_job == ids["retrain"]
+                assert ("explain" in by_kind) == (stop_after == "explain")

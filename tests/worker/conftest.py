@@ -1,4 +1,4 @@
-"""Fixtures of the worker tests (helpers live in worker_helpers.py)."""
+"""Fixtures of the worker tests (helpers live in layercut.testing.workers)."""
 
 from __future__ import annotations
 

@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy import select
 
 from layercut.jobs.dispatch import CeleryDispatcher, DispatchError
-from layercut.jobs.pipelines import create_pipeline_jobs
-from layercut.jobs.runner import execute_job, file_sha256
+from layercut.jobs.outputs import file_sha256
+from layercut.jobs.runner import execute_job
 from layercut.store.models import Artifact, Job, ModelVersion, Pipeline
 from layercut.testing import services
 from layercut.testing.workers import (
@@ -22,6 +22,7 @@ from layercut.testing.workers import (
     Worker,
     add_dataset,
     add_job,
+    create_pipeline_jobs,
     flush_broker,
     job_row,
     session_for,

@@ -13,12 +13,21 @@ import pytest
 from sqlalchemy import select
 
 from layercut.jobs import callbacks
-from layercut.jobs.dispatch import InProcessDispatcher, get_dispatcher
-from layercut.jobs.pipelines import create_pipeline_jobs
+from layercut.jobs.dispatch import InProcessDispatcher
+from layercut.jobs.service import get_dispatcher
 from layercut.settings import Settings
 from layercut.store.models import Artifact, ModelVersion, Pipeline
 from layercut.testing import services
-from layercut.testing.workers import TINY_ANALYZE, add_dataset, add_job, job_row, session_for, train_params, wait_for
+from layercut.testing.workers import (
+    TINY_ANALYZE,
+    add_dataset,
+    add_job,
+    create_pipeline_jobs,
+    job_row,
+    session_for,
+    train_params,
+    wait_for,
+)
 
 SECRET = "test-secret"
 

@@ -1,12 +1,18 @@
-"""The worker module and layercut.jobs import without torch (torch is loaded only inside a task), and the
-Celery app carries the delivery guarantees the service relies on."""
+"""The worker module and layercut.jobs import without torch (torch is loaded only inside a task), the Celery app
+carries the delivery guarantees the service relies on, and the job engine's modules import one another in one
+direction only."""
 
 from __future__ import annotations
 
+import ast
+import graphlib
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import layercut.jobs
+from layercut.contracts.kinds import STAGE_KINDS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,3 +41,51 @@ def test_worker_and_dispatch_import_without_torch():
     }
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module a source file imports, at its top or inside functions (``from p import m`` counts ``p.m`` too)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def jobs_import_graph() -> dict[str, set[str]]:
+    """Each ``layercut.jobs`` module → the ``layercut.jobs`` modules it imports anywhere in its source."""
+    folder = Path(layercut.jobs.__file__).parent
+    modules = {path.stem: path for path in folder.glob("*.py") if path.stem != "__init__"}
+    return {
+        name: {other for other in modules if other != name and f"layercut.jobs.{other}" in imported_modules(path)}
+        for name, path in modules.items()
+    }
+
+
+def test_the_job_engine_has_no_import_cycle():
+    graph = jobs_import_graph()
+    assert {"runner", "dispatch", "reaper", "pipelines", "callbacks", "lifecycle", "stage"} <= set(graph)
+    try:
+        order = list(graphlib.TopologicalSorter(graph).static_order())
+    except graphlib.CycleError as exc:
+        raise AssertionError(f"import cycle among layercut.jobs modules: {' → '.join(exc.args[1])}") from None
+    assert order.index("dispatch") < order.index("runner") < order.index("service")
+
+
+def test_only_the_stage_module_imports_the_stages():
+    folder = Path(layercut.jobs.__file__).parent
+    importers = {
+        path.stem
+        for path in folder.glob("*.py")
+        if any(m == "layercut.stages" or m.startswith("layercut.stages.") for m in imported_modules(path))
+    }
+    assert importers == {"stage"}
+
+
+def test_every_stage_kind_has_a_runner():
+    from layercut.jobs.stage import STAGE_RUNNERS
+
+    assert set(STAGE_RUNNERS) == set(STAGE_KINDS)

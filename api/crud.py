@@ -1,0 +1,244 @@
+"""What the routes share: tenant-scoped lookups (404 for another tenant's object), the reference checks of job
+params (422 naming the field), reading a job's artifacts and a pipeline's steps, and handing a job to its
+dispatcher. Route modules import this, never one another."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+
+from fastapi import Request
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from layercut.api.common import field_error, not_found
+from layercut.api.schemas.artifacts import ArtifactOut
+from layercut.contracts.jobs import (
+    AnalyzeParams,
+    CompareParams,
+    ExplainParams,
+    JobParams,
+    ModelRef,
+    RetrainParams,
+    TrainParams,
+    TruncateParams,
+)
+from layercut.contracts.kinds import MODEL_MAKING_KINDS
+from layercut.jobs.dispatch import Dispatcher
+from layercut.store.models import FINAL_STATUSES, Artifact, Dataset, Job, ModelVersion, Pipeline
+
+log = logging.getLogger("layercut.api")
+
+Loc = tuple[str | int, ...]
+"""Where a field is in the request, as FastAPI's 422s name it: ("body", "params", "model")."""
+
+PARAMS_LOC: Loc = ("body", "params")
+
+
+# --- tenant-scoped lookups -------------------------------------------------------------------------
+
+
+def get_tenant_job(session: Session, tenant: str, job_id: uuid.UUID) -> Job:
+    """The tenant's job, or a 404 (also for another tenant's job)."""
+    job = session.scalars(select(Job).where(Job.id == job_id, Job.tenant == tenant)).first()
+    if job is None:
+        raise not_found("job", job_id)
+    return job
+
+
+def get_tenant_pipeline(session: Session, tenant: str, pipeline_id: uuid.UUID) -> Pipeline:
+    """The tenant's pipeline, or a 404."""
+    row = session.scalars(select(Pipeline).where(Pipeline.id == pipeline_id, Pipeline.tenant == tenant)).first()
+    if row is None:
+        raise not_found("pipeline", pipeline_id)
+    return row
+
+
+def get_tenant_model(session: Session, tenant: str, model_id: uuid.UUID) -> ModelVersion:
+    """The tenant's model version, or a 404."""
+    row = session.scalars(
+        select(ModelVersion).where(ModelVersion.id == model_id, ModelVersion.tenant == tenant)
+    ).first()
+    if row is None:
+        raise not_found("model", model_id)
+    return row
+
+
+def find_tenant_dataset(session: Session, tenant: str, dataset_id: uuid.UUID) -> Dataset | None:
+    """The tenant's dataset, or None."""
+    return session.scalars(select(Dataset).where(Dataset.id == dataset_id, Dataset.tenant == tenant)).first()
+
+
+def get_tenant_dataset(session: Session, tenant: str, dataset_id: uuid.UUID) -> Dataset:
+    """The tenant's dataset, or a 404."""
+    row = find_tenant_dataset(session, tenant, dataset_id)
+    if row is None:
+        raise not_found("dataset", dataset_id)
+    return row
+
+
+def job_artifacts(session: Session, job: Job) -> Sequence[Artifact]:
+    """The files a job recorded, oldest first (then by path)."""
+    return session.scalars(
+        select(Artifact)
+        .where(Artifact.job_id == job.id, Artifact.tenant == job.tenant)
+        .order_by(Artifact.created_at, Artifact.path)
+    ).all()
+
+
+def pipeline_jobs(session: Session, pipeline: Pipeline) -> list[Job]:
+    """The jobs of a pipeline's steps in step order, read fresh from the database."""
+    return list(
+        session.scalars(
+            select(Job)
+            .where(Job.pipeline_id == pipeline.id, Job.tenant == pipeline.tenant)
+            .order_by(Job.step)
+            .execution_options(populate_existing=True)
+        )
+    )
+
+
+# --- presentation shared by several routes ---------------------------------------------------------
+
+
+def artifact_out(request: Request, row: Artifact) -> ArtifactOut:
+    """An artifact as the API shows it, with the URL to download it."""
+    return ArtifactOut(
+        id=row.id,
+        job_id=row.job_id,
+        name=row.path.rsplit("/", 1)[-1],
+        kind=row.kind,
+        bytes=row.bytes,
+        sha256=row.sha256,
+        content_type=row.content_type,
+        created_at=row.created_at,
+        download_url=str(request.url_for("download_artifact", artifact_id=str(row.id))),
+    )
+
+
+def derived_status(steps: list[Job]) -> str:
+    """A pipeline's status from its steps': failed if one failed, cancelled once one was cancelled and all ended
+    (cancelling before), succeeded when all did, running while one runs or some succeeded, else queued."""
+    statuses = [s.status for s in steps]
+    if not statuses:
+        return "queued"
+    if "failed" in statuses:
+        return "failed"
+    if "cancelled" in statuses:
+        return "cancelled" if all(s in FINAL_STATUSES for s in statuses) else "cancelling"
+    if "cancelling" in statuses:
+        return "cancelling"
+    if all(s == "succeeded" for s in statuses):
+        return "succeeded"
+    if any(s in ("running", "succeeded") for s in statuses):
+        return "running"
+    return "queued"
+
+
+# --- reference checks ------------------------------------------------------------------------------
+
+
+def check_dataset(session: Session, tenant: str, dataset_id: uuid.UUID | None, loc: Loc) -> None:
+    """A named dataset must be the tenant's (422 at ``loc``); None names none."""
+    if dataset_id is not None and find_tenant_dataset(session, tenant, dataset_id) is None:
+        raise field_error(loc, f"dataset {dataset_id} not found", "not_found")
+
+
+def tenant_job_kind(session: Session, tenant: str, job_id: uuid.UUID) -> str | None:
+    """The kind of the tenant's job ``job_id``; None if the tenant has no such job."""
+    return session.scalars(select(Job.kind).where(Job.id == job_id, Job.tenant == tenant)).first()
+
+
+def check_model_ref(session: Session, tenant: str, ref: ModelRef, loc: Loc) -> None:
+    """A model reference must name the tenant's model version, or a job of the tenant that makes a model."""
+    if ref.model_id is not None:
+        found = session.scalars(
+            select(ModelVersion.id).where(ModelVersion.id == ref.model_id, ModelVersion.tenant == tenant)
+        ).first()
+        if found is None:
+            raise field_error((*loc, "model_id"), f"model {ref.model_id} not found", "not_found")
+        return
+    assert ref.from_job is not None  # ModelRef holds exactly one of the two
+    kind = tenant_job_kind(session, tenant, ref.from_job)
+    if kind is None:
+        raise field_error((*loc, "from_job"), f"job {ref.from_job} not found", "not_found")
+    if kind not in MODEL_MAKING_KINDS:
+        raise field_error(
+            (*loc, "from_job"),
+            f"job {ref.from_job} is a {kind} job, which makes no model (use a {', '.join(MODEL_MAKING_KINDS)} job)",
+        )
+
+
+def check_analysis_job(session: Session, tenant: str, params: TruncateParams) -> None:
+    """A truncate's ``analysis_job`` must be an analyze job of the tenant; a cut at the knee needs one."""
+    loc = (*PARAMS_LOC, "analysis_job")
+    if params.analysis_job is None:
+        if params.truncate.cut == "knee":
+            raise field_error(
+                loc,
+                "cut='knee' needs analysis_job: the analyze job whose knee to "
+                "cut at (or give a cut point index or name in truncate.cut)",
+            )
+        return
+    kind = tenant_job_kind(session, tenant, params.analysis_job)
+    if kind is None:
+        raise field_error(loc, f"job {params.analysis_job} not found", "not_found")
+    if kind != "analyze":
+        raise field_error(loc, f"job {params.analysis_job} is a {kind} job, not an analyze job")
+
+
+def check_references(session: Session, tenant: str, params: JobParams) -> None:
+    """Every dataset, model and job a job's params name must exist and belong to ``tenant`` (422 naming the field)."""
+    base = PARAMS_LOC
+    if isinstance(params, TrainParams):
+        check_dataset(session, tenant, params.data.dataset_id, (*base, "data", "dataset_id"))
+    elif isinstance(params, (AnalyzeParams, RetrainParams)):
+        check_model_ref(session, tenant, params.model, (*base, "model"))
+        check_dataset(session, tenant, params.dataset_id, (*base, "dataset_id"))
+    elif isinstance(params, TruncateParams):
+        check_model_ref(session, tenant, params.model, (*base, "model"))
+        check_analysis_job(session, tenant, params)
+    elif isinstance(params, ExplainParams):
+        check_model_ref(session, tenant, params.model, (*base, "model"))
+        if params.compare_with is not None:
+            check_model_ref(session, tenant, params.compare_with, (*base, "compare_with"))
+        check_dataset(session, tenant, params.dataset_id, (*base, "dataset_id"))
+    elif isinstance(params, CompareParams):
+        check_model_ref(session, tenant, params.base, (*base, "base"))
+        check_model_ref(session, tenant, params.slim, (*base, "slim"))
+        check_dataset(session, tenant, params.dataset_id, (*base, "dataset_id"))
+
+
+# --- writing jobs ----------------------------------------------------------------------------------
+
+
+def add_pipeline_jobs(
+    session: Session, tenant: str, pipeline: Pipeline, steps: Sequence[tuple[uuid.UUID, JobParams]]
+) -> None:
+    """Add one queued job per ``(job id, params)`` step of ``pipeline``, in order, each depending on the step
+    before it (flushed one by one, so each ``depends_on`` names a row that exists; the caller commits)."""
+    previous: uuid.UUID | None = None
+    for index, (job_id, params) in enumerate(steps):
+        session.add(
+            Job(
+                id=job_id,
+                tenant=tenant,
+                kind=params.kind,
+                status="queued",
+                params=params.model_dump(mode="json"),
+                pipeline_id=pipeline.id,
+                step=index,
+                depends_on=previous,
+            )
+        )
+        session.flush()
+        previous = job_id
+
+
+def dispatch(dispatcher: Dispatcher, job_id: uuid.UUID, kind: str) -> None:
+    """Hand a committed job to its dispatcher; a failed send leaves it queued for the reaper to re-send."""
+    try:
+        dispatcher.dispatch(job_id, kind)
+    except Exception as exc:  # DispatchError, or anything else: the row is committed and will be re-sent
+        log.warning("dispatch of job %s failed (%s); it stays queued for the re-dispatcher", job_id, exc)

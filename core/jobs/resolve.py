@@ -1,0 +1,114 @@
+"""Resolving a job's inputs: the ids in its params (datasets, model references, analysis jobs) become rows and
+paths on the artifact volume, each checked to belong to the job's tenant and, for an earlier job's output, to
+have been made by a job that succeeded."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from layercut.contracts.configs import DataConfig
+from layercut.contracts.errors import LayercutError, MissingResourceError
+from layercut.contracts.files import ANALYSIS_JSON
+from layercut.contracts.jobs import ModelRef, TruncateParams
+from layercut.contracts.spec import ModelSpec
+from layercut.store.models import Dataset, Job, ModelVersion
+
+
+class DependencyFailed(LayercutError):
+    """A job this one needs (the producer of its input model or analysis) did not succeed."""
+
+    code = "dependency_failed"
+
+
+@dataclass
+class Resolver:
+    """Turns a job's ids (datasets, model refs, analysis jobs) into rows and paths, checked against its tenant."""
+
+    session: Session
+    job: Job
+    root: Path
+
+    def dataset(self, dataset_id: uuid.UUID) -> Dataset:
+        """The dataset row, if the job's tenant owns it."""
+        dataset = self.session.get(Dataset, dataset_id)
+        if dataset is None or dataset.tenant != self.job.tenant:
+            raise MissingResourceError(f"dataset {dataset_id} does not exist")
+        return dataset
+
+    def source(self, dataset: Dataset) -> str:
+        """The DataConfig source of a dataset row: builtin name, absolute folder, or upload under the artifact root."""
+        if dataset.kind == "builtin":
+            return dataset.location
+        if dataset.kind == "upload":
+            return str(self.root / dataset.location)
+        return str(Path(dataset.location).resolve())
+
+    def producing_job(self, job_id: uuid.UUID, what: str) -> Job:
+        """The job whose output this one reads; it must be the tenant's and must have succeeded."""
+        producer = self.session.get(Job, job_id)
+        if producer is None or producer.tenant != self.job.tenant:
+            raise MissingResourceError(f"job {job_id} (the {what}) does not exist")
+        if producer.status != "succeeded":
+            raise DependencyFailed(
+                f"job {job_id} (the {what}) ended {producer.status}"
+                + (f": {producer.error_code}: {producer.error_message}" if producer.error_code else "")
+            )
+        return producer
+
+    def model(self, ref: ModelRef) -> ModelVersion:
+        """The model version a reference names: by id, or the newest one its producing job made."""
+        if ref.model_id is not None:
+            model = self.session.get(ModelVersion, ref.model_id)
+            if model is None or model.tenant != self.job.tenant:
+                raise MissingResourceError(f"model {ref.model_id} does not exist")
+            return model
+        assert ref.from_job is not None  # ModelRef holds exactly one of the two
+        producer = self.producing_job(ref.from_job, "job producing the model")
+        model = self.session.scalars(
+            select(ModelVersion).where(ModelVersion.job_id == producer.id).order_by(ModelVersion.created_at.desc())
+        ).first()
+        if model is None:
+            raise DependencyFailed(f"job {producer.id} ({producer.kind}) produced no model")
+        return model
+
+    def checkpoint(self, model: ModelVersion) -> Path:
+        """The model's checkpoint file, which must be on the artifact volume."""
+        path = self.root / model.checkpoint
+        if not path.is_file():
+            raise MissingResourceError(f"the checkpoint of model {model.id} is missing on the artifact volume")
+        return path
+
+    def data_config(self, dataset_id: uuid.UUID | None, model: ModelVersion, spec: ModelSpec) -> DataConfig:
+        """How to read data for an existing model (``spec``, read from its checkpoint): its training split
+        settings, on ``dataset_id`` (default: the dataset it was trained on)."""
+        dataset_id = dataset_id or model.dataset_id
+        if dataset_id is None:
+            raise LayercutError(f"model {model.id} has no recorded dataset; give dataset_id")
+        base = dict(spec.data or {})
+        base.update(source=self.source(self.dataset(dataset_id)))
+        base.setdefault("image_size", spec.image_size)
+        if base.get("classes") is None and dataset_id != model.dataset_id:
+            base["classes"] = list(spec.classes)
+        return DataConfig.model_validate({k: v for k, v in base.items() if k in DataConfig.model_fields})
+
+    def analysis_path(self, params: TruncateParams) -> Path | None:
+        """analysis.json of ``analysis_job``, or of the analyze step of this job's pipeline (for cut='knee')."""
+        if params.truncate.cut != "knee":
+            return None
+        analysis_job = params.analysis_job
+        if analysis_job is None and self.job.pipeline_id is not None:
+            analysis_job = self.session.scalars(
+                select(Job.id).where(Job.pipeline_id == self.job.pipeline_id, Job.kind == "analyze").order_by(Job.step)
+            ).first()
+        if analysis_job is None:
+            raise LayercutError("truncate with cut='knee' needs analysis_job (an analyze job of this model)")
+        producer = self.producing_job(analysis_job, "analysis")
+        path = self.root / producer.tenant / str(producer.id) / ANALYSIS_JSON
+        if not path.is_file():
+            raise MissingResourceError(f"job {producer.id} has no {ANALYSIS_JSON}")
+        return path
