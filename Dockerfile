@@ -18,15 +18,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# Dependencies first (a layer that only changes with pyproject.toml): install the project from a stub
-# of its packages, then drop the stub.
+# Dependencies first (a layer that only changes with pyproject.toml): the [project] dependencies, read from
+# pyproject.toml itself.
 COPY pyproject.toml README.md ./
 RUN if [ -n "$TORCH_INDEX_URL" ]; then pip install torch torchvision --index-url "$TORCH_INDEX_URL"; fi \
- && mkdir -p api worker core \
- && touch api/__init__.py worker/__init__.py core/__init__.py \
- && pip install . \
- && pip uninstall -y layercut \
- && rm -rf api worker core build *.egg-info
+ && python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+      > /tmp/requirements.txt \
+ && pip install -r /tmp/requirements.txt \
+ && rm /tmp/requirements.txt
 
 # The code, the migrations and alembic.ini (the migrate service and `layercut migrate` read them from /app).
 COPY . .

@@ -27,7 +27,7 @@ LINT_SITE := build/lint-site
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	rm -rf $(LINT_SITE)
+	rm -rf $(LINT_SITE) build/lib  # build/lib: setuptools' staging folder, which would ship stale modules
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation --no-compile --target $(LINT_SITE) .
 	cd $(LINT_SITE) && PYTHONPATH=. $(abspath $(VENV))/bin/lint-imports $(CURDIR)/pyproject.toml
 	cd $(LINT_SITE) && PYTHONPATH=. $(abspath $(VENV))/bin/mypy --config-file $(CURDIR)/pyproject.toml
