@@ -30,7 +30,7 @@ from layercut.contracts.configs import (
 from layercut.contracts.files import RUN_FOLDERS
 from layercut.contracts.plan import InputRole, PlanStep, pipeline_plan
 from layercut.report import write_run_report
-from layercut.settings import get_settings
+from layercut.settings import Settings
 from layercut.stages import stages
 from layercut.stages.checkpoint import ModelSpec, load_checkpoint
 from layercut.stages.data import Dataset
@@ -53,7 +53,7 @@ __all__ = ["load_model", "load_data", "train", "analyze", "truncate", "retrain",
 
 def read_data(config: DataConfig, reporter: Reporter = SILENT) -> Dataset:
     """Decode the data a config names, with this machine's dataset folder and download permission (Settings)."""
-    settings = get_settings()
+    settings = Settings()  # read now: the environment may have changed since the process started
     return load_stage_data(
         config, reporter, data_root=settings.resolved_data_root, allow_download=not settings.no_download
     )

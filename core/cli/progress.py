@@ -5,12 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from layercut.cli.output import err_console
 from layercut.stages.progress import Reporter
-
-err_console = Console(stderr=True)
 
 
 @contextmanager

@@ -39,36 +39,52 @@ class _Config(BaseModel):
 class DataConfig(_Config):
     """Where the images come from and how they are split."""
 
-    source: str = Field("textures", description="textures, digits, a torchvision dataset name, or a folder path")
-    image_size: int = Field(64, ge=32, le=1024)
-    seed: int = 0
+    source: str = Field(
+        "textures",
+        description="textures | digits | a torchvision dataset name (cifar10 …) | a folder: one sub-folder per class "
+        "(optionally inside train/ val/ test/), or flat {label}_{id}.jpg files with the class names given",
+    )
+    image_size: int = Field(64, ge=32, le=1024, description="square input size in pixels (at least 32)")
+    seed: int = Field(0, description="seed of the train/validation/test split")
     val_fraction: float = Field(0.15, gt=0, lt=0.5)
     test_fraction: float = Field(0.15, gt=0, lt=0.5)
     classes: list[str] | None = Field(None, description="class names, needed for a flat folder of {label}_{id} files")
-    skip_unreadable: bool = False
-    allow_mixed_sizes: bool = False
-    data_root: str | None = None
+    skip_unreadable: bool = Field(
+        False, description="skip files that cannot be decoded (their count is reported) instead of stopping"
+    )
+    allow_mixed_sizes: bool = Field(
+        False, description="accept source images of different sizes (each is resized to the image size)"
+    )
+    data_root: str | None = Field(
+        None,
+        description="where torchvision datasets (cifar10 …) are stored; default: $LAYERCUT_DATA_ROOT, else "
+        "datasets/ in $LAYERCUT_DATA_DIR (./layercut-data)",
+    )
 
 
 class TrainConfig(_Config):
     """Optimisation settings for training a base model or retraining a slim one."""
 
-    epochs: int = Field(5, ge=1, le=1000)
-    batch_size: int = Field(32, ge=2, le=4096)
-    optimizer: Literal["adam", "sgd"] = "adam"
+    epochs: int = Field(5, ge=1, le=1000, description="maximum training epochs (early stopping may end sooner)")
+    batch_size: int = Field(32, ge=2, le=4096, description="training batch size")
+    optimizer: Literal["adam", "sgd"] = Field("adam", description="adam (AdamW) or sgd (momentum, Nesterov)")
     lr: float | None = Field(None, gt=0, description="initial learning rate; default 3e-4 for adam, 0.01 for sgd")
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(1e-4, ge=0)
-    schedule: Literal["cosine", "step", "none"] = "cosine"
+    momentum: float = Field(0.9, ge=0, lt=1, description="momentum of sgd")
+    weight_decay: float = Field(1e-4, ge=0, description="weight decay")
+    schedule: Literal["cosine", "step", "none"] = Field(
+        "cosine", description="learning-rate schedule: cosine | step | none"
+    )
     step_size: int = Field(10, ge=1, description="epochs between learning-rate drops (step schedule)")
     gamma: float = Field(0.1, gt=0, le=1, description="learning-rate factor at each drop (step schedule)")
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-    augment: bool = True
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing factor")
+    augment: bool = Field(True, description="random flips and shifts while training")
     patience: int | None = Field(
         5, ge=1, description="stop after this many epochs without a better validation accuracy"
     )
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = Field(0, description="seed of the initial weights, the batch order and augmentation")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where to run: auto (CUDA when available), cpu or cuda"
+    )
     amp: bool = Field(True, description="mixed precision (CUDA only)")
     channels_last: bool = Field(True, description="channels_last memory format (CUDA only)")
 
@@ -84,31 +100,45 @@ def learning_rate(config: TrainConfig) -> float:
 class AnalyzeConfig(_Config):
     """How probe images are chosen, how GBP maps are made and compared, and how the knee is picked."""
 
-    probes_per_class: int = Field(4, ge=1)
-    max_probes: int = Field(64, ge=1)
-    probe_seed: int = 0
-    gbp_rule: Literal["relu", "derivative", "ungated"] = "relu"
+    probes_per_class: int = Field(4, ge=1, description="probe images per class for the analysis")
+    max_probes: int = Field(64, ge=1, description="at most this many probe images")
+    probe_seed: int = Field(0, description="seed of the choice of probe images")
+    gbp_rule: Literal["relu", "derivative", "ungated"] = Field(
+        "relu", description="guided-backprop rule for non-ReLU activations: relu | derivative | ungated"
+    )
     grayscale: bool = Field(False, description="compare grayscale maps instead of colour")
-    ssim_data_range: float = Field(1.0, gt=0)
-    curve: Literal["cut", "adjacent"] = "cut"
+    ssim_data_range: float = Field(1.0, gt=0, description="SSIM data_range of the map images")
+    curve: Literal["cut", "adjacent"] = Field(
+        "cut",
+        description="the SSIM curve, on which the knee is picked: cut (mean SSIM over pairs i ≤ k < j, the paper's) "
+        "or adjacent (SSIM(i, i+1))",
+    )
     knee_sensitivity: float = Field(1.0, gt=0, description="kneed's S")
-    knee_curve: Literal["concave", "convex"] = "concave"
-    knee_direction: Literal["increasing", "decreasing"] = "increasing"
-    batch_size: int = Field(16, ge=1)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    knee_curve: Literal["concave", "convex"] = Field("concave", description="concave | convex (kneed's curve)")
+    knee_direction: Literal["increasing", "decreasing"] = Field(
+        "increasing", description="increasing | decreasing (kneed's direction)"
+    )
+    batch_size: int = Field(16, ge=1, description="probe images per GBP batch")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where to run: auto (CUDA when available), cpu or cuda"
+    )
     grid_rows: int = Field(4, ge=1, le=16, description="probe images shown in the GBP grid")
 
 
 class TruncateConfig(_Config):
     cut: str = Field("knee", description="'knee' (from an analysis), a cut point index, or a cut point name")
-    dropout: float = Field(0.2, ge=0, lt=1)
+    dropout: float = Field(0.2, ge=0, lt=1, description="dropout of the new head")
 
 
 class CompareConfig(_Config):
-    latency_batches: list[int] = Field(default_factory=lambda: [1, 32])
-    latency_repeats: int = Field(10, ge=1)
-    latency_warmup: int = Field(3, ge=0)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    latency_batches: list[int] = Field(
+        default_factory=lambda: [1, 32], description="batch sizes whose latency is measured"
+    )
+    latency_repeats: int = Field(10, ge=1, description="timed runs per latency measurement")
+    latency_warmup: int = Field(3, ge=0, description="untimed runs before the timed ones")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where to run: auto (CUDA when available), cpu or cuda"
+    )
 
 
 ExplainMethod = Literal[
@@ -144,13 +174,18 @@ class ExplainConfig(_Config):
         None, description="layer whose feature maps and receptive field are shown (default: --layer)"
     )
     target: Literal["predicted", "all"] | int = Field(
-        "predicted", description="the class explained: each model's predicted class, a class index, or every class"
+        "predicted",
+        description="the class explained: predicted (each model's own), all (every class), or a class index",
     )
     images: int = Field(8, ge=1, le=256, description="test images explained (a seeded sample spread over the classes)")
     feature_maps: int = Field(8, ge=0, le=64, description="most active channels shown per image (0: none)")
     edges: bool = Field(False, description="draw Canny edges of the input over the overlays")
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(16, ge=1, description="images per forward/backward pass")
     scorecam_batch_size: int = Field(64, ge=1, description="masked images per forward pass in Score-CAM")
-    gbp_rule: Literal["relu", "derivative", "ungated"] = "relu"
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    gbp_rule: Literal["relu", "derivative", "ungated"] = Field(
+        "relu", description="guided-backprop rule for non-ReLU activations: relu | derivative | ungated"
+    )
+    seed: int = Field(0, description="seed of the image choice")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where to run: auto (CUDA when available), cpu or cuda"
+    )

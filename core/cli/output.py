@@ -1,0 +1,164 @@
+"""What the ``layercut`` commands print: one-line errors, JSON, and the human tables and lines of each command.
+
+Results go to stdout (``out_console``), messages and progress to stderr (``err_console``), so that
+``layercut … --json | jq`` and ``KEY=$(layercut keys create …)`` work.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+out_console = Console()
+err_console = Console(stderr=True)
+
+
+def print_error(message: str) -> None:
+    """One red ``error:`` line on stderr (rich may wrap it; it is never a traceback)."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """End the command with one error line and exit status ``code`` (2: the user's input was wrong)."""
+    print_error(message)
+    raise typer.Exit(code)
+
+
+def print_json(payload: Any) -> None:
+    """One indented JSON document on stdout (paths and other objects as strings)."""
+    sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def human(n: float) -> str:
+    """A count with a metric suffix and three significant digits: 1234567 → 1.23M."""
+    for unit in ("", "K", "M", "G", "T"):
+        if abs(n) < 1000:
+            return f"{n:.3g}{unit}"
+        n /= 1000
+    return f"{n:.3g}P"
+
+
+def print_run(summary: dict, out: Path) -> None:
+    """The table of ``layercut run``: base beside slim (accuracy, F1, size, MACs, latency) and where the cut is."""
+    base, slim, cut = summary["base"], summary["slim"], summary["cut_point"]
+    table = Table(title=f"{summary['architecture']} on {summary['data']['source']}: base vs slim")
+    for column in ("", "base", "slim", "change"):
+        table.add_column(column, justify="right" if column else "left")
+    table.add_row(
+        "test accuracy",
+        f"{base['accuracy']:.2%}",
+        f"{slim['accuracy']:.2%}",
+        f"{(slim['accuracy'] - base['accuracy']) * 100:+.1f} pts",
+    )
+    table.add_row(
+        "macro F1", f"{base['macro_f1']:.3f}", f"{slim['macro_f1']:.3f}", f"{slim['macro_f1'] - base['macro_f1']:+.3f}"
+    )
+    table.add_row(
+        "parameters", human(base["params"]), human(slim["params"]), f"{slim['params'] / base['params']:.1%} kept"
+    )
+    table.add_row("MACs / image", human(base["macs"]), human(slim["macs"]), f"{slim['macs'] / base['macs']:.1%} kept")
+    table.add_row(
+        "checkpoint",
+        human(base["checkpoint_bytes"]) + "B",
+        human(slim["checkpoint_bytes"]) + "B",
+        f"{slim['checkpoint_bytes'] / base['checkpoint_bytes']:.1%} kept",
+    )
+    for key in base["latency_ms"]:
+        b, s = base["latency_ms"][key], slim["latency_ms"].get(key)
+        if s is None:
+            continue
+        device, batch = key.split("_b")
+        table.add_row(f"{device.upper()} latency, batch {batch}", f"{b:.2f} ms", f"{s:.2f} ms", f"{b / s:.2f}× faster")
+    found = "knee found by kneed" if summary["knee_found"] else f"no knee found: {summary['knee'].get('reason')}"
+    table.caption = (
+        f"cut after {cut['name']} (cut point {cut['index']} of {cut['of']}, {cut['chosen_by']}; {found}). "
+        f"Results in {out}/"
+    )
+    out_console.print(table)
+
+
+def print_trained(summary: dict) -> None:
+    """The line of ``train`` and ``retrain``: accuracy, F1, size, best epoch and the checkpoint written."""
+    out_console.print(
+        f"{summary['stage']}: {summary['architecture']} test accuracy {summary['accuracy']:.2%}, macro F1 "
+        f"{summary['macro_f1']:.3f}, {human(summary['params'])} parameters, best epoch {summary['best_epoch']} "
+        f"of {summary['epochs_run']} → {summary['checkpoint']}"
+    )
+
+
+def print_analysis(analysis: dict, out: Path) -> None:
+    """The line of ``analyze``: the knee's cut point and whether kneed or the fallback chose it."""
+    point, knee = analysis["cut_point"], analysis["knee"]
+    how = "kneed" if knee["found"] else f"fallback ({knee['reason']})"
+    out_console.print(
+        f"knee at cut point {point['index']} ({point['name']}, {point['channels']} channels at "
+        f"{point['height']}×{point['width']}) of {len(analysis['cut_points'])}, chosen by {how} → {out}/"
+    )
+
+
+def print_truncation(result: dict, out: Path) -> None:
+    """The line of ``truncate``: where the model was cut and how many parameters are kept."""
+    out_console.print(
+        f"cut after {result['cut_point']['name']} (cut point {result['cut_point']['index']}): "
+        f"{human(result['slim_params'])} of {human(result['base_params'])} parameters kept → {out}"
+    )
+
+
+def print_comparison(result: dict, out: Path) -> None:
+    """The line of ``compare``: accuracy, parameters and MACs, base → slim."""
+    b, s = result["base"], result["slim"]
+    out_console.print(
+        f"accuracy {b['accuracy']:.2%} → {s['accuracy']:.2%}, params {human(b['params'])} → "
+        f"{human(s['params'])}, MACs {human(b['macs'])} → {human(s['macs'])} → {out}/compare.json"
+    )
+
+
+def print_explanation(result: dict, out: Path) -> None:
+    """The lines of ``explain``: each model's layer and hits on the images, their agreement, the pictures."""
+    for key, entry in result["models"].items():
+        out_console.print(
+            f"{key}: {entry['label']} at {entry['layer']}: {entry['accuracy_on_these_images']:.0%} of "
+            f"{len(result['images'])} images right"
+        )
+    if result["agreement"] is not None:
+        out_console.print(f"the two models agree on {result['agreement']:.0%} of the images")
+    out_console.print(f"{len(result['figures'])} pictures and explain.json → {out}/")
+
+
+def print_cut_points(name: str, image_size: int, cut_points: list[dict]) -> None:
+    """The table of ``layers``: index, module name, type, channels and spatial size of every cut point."""
+    table = Table(title=f"{name} at {image_size} px: {len(cut_points)} cut points")
+    for column in ("index", "module name", "type", "channels", "spatial size"):
+        table.add_column(column, justify="left" if column in ("module name", "type") else "right")
+    for point in cut_points:
+        table.add_row(
+            str(point["index"]),
+            point["name"],
+            point["module"],
+            str(point["channels"]),
+            f"{point['height']}×{point['width']}",
+        )
+    out_console.print(table)
+
+
+def print_curve(values: list[float]) -> None:
+    """The lines of ``curve``: index and value, tab-separated, ready for a plotting tool."""
+    for i, value in enumerate(values):
+        out_console.print(f"{i}\t{value:.6f}")
+
+
+def print_knee(knee: dict) -> None:
+    """The line of ``knee``: the knee kneed found, or the fallback's choice and why kneed found none."""
+    where = f" ({knee['cut_point']})" if knee["cut_point"] else ""
+    if knee["knee"] is not None:
+        out_console.print(f"knee at index {knee['chosen']}{where}")
+    else:
+        out_console.print(
+            f"kneed found no knee: {knee['reason']}; fallback chose index {knee['chosen']}{where} by {knee['rule']}"
+        )

@@ -1,0 +1,94 @@
+"""``layercut run``: the whole pipeline in this process (train → analyze → truncate → retrain → compare →
+explain), its options on the command line or in a --config file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from layercut.cli import options
+from layercut.cli.config_file import CONFIG
+from layercut.cli.output import print_json, print_run
+from layercut.cli.parsing import data_config, parse_methods, train_config
+from layercut.cli.progress import stage_bars
+from layercut.contracts.configs import AnalyzeConfig, CompareConfig, ExplainConfig, TruncateConfig
+
+
+def run(
+    config_file: Optional[Path] = CONFIG,
+    out: Path = typer.Option(
+        Path("layercut-data/run"),
+        "--out",
+        help="output folder (base/, analysis/, slim/, compare/, explain/, run.json, report.html)",
+    ),
+    data: str = options.DATA_SOURCE,
+    arch: str = options.ARCH,
+    image_size: int = options.IMAGE_SIZE,
+    epochs: int = options.EPOCHS,
+    retrain_epochs: Optional[int] = typer.Option(
+        None, "--retrain-epochs", help="epochs for the slim model (default: --epochs)"
+    ),
+    batch_size: int = options.BATCH_SIZE,
+    optimizer: str = options.OPTIMIZER,
+    lr: Optional[float] = options.LEARNING_RATE,
+    weight_decay: float = options.WEIGHT_DECAY,
+    schedule: str = options.SCHEDULE,
+    label_smoothing: float = options.LABEL_SMOOTHING,
+    augment: bool = options.AUGMENT,
+    patience: int = options.PATIENCE,
+    pretrained: bool = options.PRETRAINED,
+    cut: str = options.CUT,
+    curve: str = options.KNEE_CURVE,
+    probes_per_class: int = options.PROBES_PER_CLASS,
+    max_probes: int = options.MAX_PROBES,
+    gbp_rule: str = options.GBP_RULE,
+    retrain_from_scratch: bool = typer.Option(
+        False, "--retrain-from-scratch", help="re-initialise the slim model instead of fine-tuning its kept weights"
+    ),
+    explain_methods: str = typer.Option(
+        "default", "--explain-methods", help="explanations of base and slim, " + options.METHODS_HELP
+    ),
+    explain_images: int = options.field_option(ExplainConfig, "images", "--explain-images"),
+    seed: int = options.SEED,
+    classes: Optional[str] = options.CLASSES,
+    skip_unreadable: bool = options.SKIP_UNREADABLE,
+    allow_mixed_sizes: bool = options.ALLOW_MIXED_SIZES,
+    data_root: Optional[str] = options.DATA_ROOT,
+    device: str = options.DEVICE,
+    as_json: bool = options.JSON,
+    quiet: bool = options.QUIET,
+) -> None:
+    """Run the whole pipeline: train → analyze → truncate at the knee → retrain → compare → explain."""
+    from layercut.local import run_pipeline
+
+    data_settings = data_config(data, image_size, seed, classes, skip_unreadable, allow_mixed_sizes, data_root)
+    train_settings = train_config(
+        epochs, batch_size, optimizer, lr, weight_decay, schedule, label_smoothing, augment, patience, seed, device
+    )
+    explain_settings = ExplainConfig(
+        methods=parse_methods(explain_methods, "--explain-methods"), images=explain_images, device=device
+    )
+    analyze_settings = AnalyzeConfig(
+        probes_per_class=probes_per_class, max_probes=max_probes, gbp_rule=gbp_rule, curve=curve, device=device
+    )
+    with stage_bars(not quiet) as reporter:
+        summary = run_pipeline(
+            data_settings,
+            arch,
+            out,
+            train=train_settings,
+            retrain=train_settings.model_copy(update={"epochs": retrain_epochs or epochs}),
+            analyze=analyze_settings,
+            cut=TruncateConfig(cut=cut),
+            compare=CompareConfig(device=device),
+            explain=explain_settings,
+            pretrained=pretrained,
+            retrain_from_scratch=retrain_from_scratch,
+            reporter=reporter,
+        )
+    if as_json:
+        print_json(summary)
+    else:
+        print_run(summary, out)

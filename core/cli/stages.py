@@ -1,0 +1,278 @@
+"""One command per stage: ``train``, ``analyze``, ``truncate``, ``retrain``, ``compare`` and ``explain``.
+
+Each reads and writes files, so the stages can be run one at a time and inspected in between; a command that
+starts from a checkpoint reads the images the model was trained on unless --data names another source.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from layercut.cli import options
+from layercut.cli.output import (
+    print_analysis,
+    print_comparison,
+    print_explanation,
+    print_json,
+    print_trained,
+    print_truncation,
+)
+from layercut.cli.parsing import data_config, parse_methods, parse_target, train_config
+from layercut.cli.progress import stage_bars
+from layercut.contracts.configs import (
+    AnalyzeConfig,
+    CompareConfig,
+    DataConfig,
+    ExplainConfig,
+    TruncateConfig,
+)
+from layercut.stages.progress import Reporter
+
+TRAINED_OUT_HELP = "output folder: model.safetensors, metrics.json, pictures"
+
+
+def _load_checkpoint_data(checkpoint: Path, source: str | None, data_root: str | None, reporter: Reporter) -> Any:
+    """The dataset a checkpoint was trained on (at its image size), unless ``source`` names another one."""
+    from layercut.local import read_data
+    from layercut.stages.checkpoint import read_spec
+
+    spec = read_spec(checkpoint)
+    config = DataConfig.model_validate(spec.data) if spec.data else DataConfig(image_size=spec.image_size)
+    update: dict[str, Any] = {"image_size": spec.image_size}
+    if data_root is not None:
+        update["data_root"] = data_root
+    if source is not None:
+        update["source"] = source
+    return read_data(config.model_copy(update=update), reporter)
+
+
+def _class_names_of(checkpoint: Path) -> Callable[[], list[str]]:
+    """The class names of a checkpoint, read only when asked for."""
+
+    def class_names() -> list[str]:
+        from layercut.stages.checkpoint import read_spec
+
+        return list(read_spec(checkpoint).classes)
+
+    return class_names
+
+
+def _without(payload: dict, *keys: str) -> dict:
+    """``payload`` less the bulky ``keys`` that the JSON output leaves to the files."""
+    return {key: value for key, value in payload.items() if key not in keys}
+
+
+def train(
+    out: Path = typer.Option(..., "--out", help=TRAINED_OUT_HELP),
+    data: str = options.DATA_SOURCE,
+    arch: str = options.ARCH,
+    image_size: int = options.IMAGE_SIZE,
+    epochs: int = options.EPOCHS,
+    batch_size: int = options.BATCH_SIZE,
+    optimizer: str = options.OPTIMIZER,
+    lr: Optional[float] = options.LEARNING_RATE,
+    weight_decay: float = options.WEIGHT_DECAY,
+    schedule: str = options.SCHEDULE,
+    label_smoothing: float = options.LABEL_SMOOTHING,
+    augment: bool = options.AUGMENT,
+    patience: int = options.PATIENCE,
+    pretrained: bool = options.PRETRAINED,
+    seed: int = options.SEED,
+    classes: Optional[str] = options.CLASSES,
+    skip_unreadable: bool = options.SKIP_UNREADABLE,
+    allow_mixed_sizes: bool = options.ALLOW_MIXED_SIZES,
+    data_root: Optional[str] = options.DATA_ROOT,
+    device: str = options.DEVICE,
+    as_json: bool = options.JSON,
+    quiet: bool = options.QUIET,
+) -> None:
+    """Train a base model and keep the epoch with the best validation accuracy."""
+    from layercut.local import read_data
+    from layercut.stages.stages import train_stage
+
+    data_settings = data_config(data, image_size, seed, classes, skip_unreadable, allow_mixed_sizes, data_root)
+    config = train_config(
+        epochs, batch_size, optimizer, lr, weight_decay, schedule, label_smoothing, augment, patience, seed, device
+    )
+    with stage_bars(not quiet) as reporter:
+        dataset = read_data(data_settings, reporter)
+        summary = train_stage(dataset, data_settings, arch, config, out, pretrained=pretrained, reporter=reporter)
+    if as_json:
+        print_json(_without(summary, "history"))
+    else:
+        print_trained(summary)
+
+
+def analyze(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="a trained model (model.safetensors)"),
+    out: Path = typer.Option(..., "--out", help="output folder: analysis.json, gbp_maps.npz, pictures"),
+    data: Optional[str] = options.CHECKPOINT_DATA,
+    probes_per_class: int = options.PROBES_PER_CLASS,
+    max_probes: int = options.MAX_PROBES,
+    probe_seed: int = options.field_option(AnalyzeConfig, "probe_seed"),
+    gbp_rule: str = options.GBP_RULE,
+    grayscale: bool = options.field_option(AnalyzeConfig, "grayscale"),
+    data_range: float = options.SSIM_DATA_RANGE,
+    curve: str = options.KNEE_CURVE,
+    sensitivity: float = options.KNEE_SENSITIVITY,
+    batch_size: int = options.field_option(AnalyzeConfig, "batch_size"),
+    data_root: Optional[str] = options.DATA_ROOT,
+    device: str = options.DEVICE,
+    as_json: bool = options.JSON,
+    quiet: bool = options.QUIET,
+) -> None:
+    """GBP maps of every cut point, their SSIM matrix, the adjacent and cut curves, and the knee."""
+    from layercut.stages.stages import analyze_stage
+
+    config = AnalyzeConfig(
+        probes_per_class=probes_per_class,
+        max_probes=max_probes,
+        probe_seed=probe_seed,
+        gbp_rule=gbp_rule,
+        grayscale=grayscale,
+        ssim_data_range=data_range,
+        curve=curve,
+        knee_sensitivity=sensitivity,
+        batch_size=batch_size,
+        device=device,
+    )
+    with stage_bars(not quiet) as reporter:
+        dataset = _load_checkpoint_data(checkpoint, data, data_root, reporter)
+        analysis = analyze_stage(checkpoint, dataset, config, out, reporter=reporter)
+    if as_json:
+        print_json(_without(analysis, "similarity_matrix"))
+    else:
+        print_analysis(analysis, out)
+
+
+def truncate(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="the trained base model"),
+    out: Path = typer.Option(..., "--out", help="where to write the slim checkpoint (.safetensors)"),
+    cut: str = options.CUT,
+    analysis: Optional[Path] = typer.Option(None, "--analysis", help="analysis.json of this model, for --cut knee"),
+    dropout: float = options.field_option(TruncateConfig, "dropout"),
+    as_json: bool = options.JSON,
+) -> None:
+    """Keep the layers up to a cut point with their weights and attach a new head (GAP, dropout, linear)."""
+    from layercut.stages.stages import truncate_stage
+
+    result = truncate_stage(checkpoint, TruncateConfig(cut=cut, dropout=dropout), out, analysis)
+    if as_json:
+        print_json(result)
+    else:
+        print_truncation(result, out)
+
+
+def retrain(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="a slim model from `layercut truncate`"),
+    out: Path = typer.Option(..., "--out", help=TRAINED_OUT_HELP),
+    data: Optional[str] = options.CHECKPOINT_DATA,
+    from_scratch: bool = typer.Option(
+        False, "--from-scratch", help="re-initialise instead of fine-tuning the kept weights"
+    ),
+    epochs: int = options.EPOCHS,
+    batch_size: int = options.BATCH_SIZE,
+    optimizer: str = options.OPTIMIZER,
+    lr: Optional[float] = options.LEARNING_RATE,
+    weight_decay: float = options.WEIGHT_DECAY,
+    schedule: str = options.SCHEDULE,
+    label_smoothing: float = options.LABEL_SMOOTHING,
+    augment: bool = options.AUGMENT,
+    patience: int = options.PATIENCE,
+    seed: int = options.SEED,
+    data_root: Optional[str] = options.DATA_ROOT,
+    device: str = options.DEVICE,
+    as_json: bool = options.JSON,
+    quiet: bool = options.QUIET,
+) -> None:
+    """Train a slim model: fine-tune from the kept weights (default) or from scratch."""
+    from layercut.stages.stages import retrain_stage
+
+    config = train_config(
+        epochs, batch_size, optimizer, lr, weight_decay, schedule, label_smoothing, augment, patience, seed, device
+    )
+    with stage_bars(not quiet) as reporter:
+        dataset = _load_checkpoint_data(checkpoint, data, data_root, reporter)
+        summary = retrain_stage(checkpoint, dataset, config, out, from_scratch=from_scratch, reporter=reporter)
+    if as_json:
+        print_json(_without(summary, "history"))
+    else:
+        print_trained(summary)
+
+
+def compare(
+    base: Path = typer.Option(..., "--base", help="the trained base model"),
+    slim: Path = typer.Option(..., "--slim", help="the retrained slim model"),
+    out: Path = typer.Option(..., "--out", help="output folder: compare.json, compare.png"),
+    data: Optional[str] = options.CHECKPOINT_DATA,
+    repeats: int = options.field_option(CompareConfig, "latency_repeats", "--repeats"),
+    data_root: Optional[str] = options.DATA_ROOT,
+    device: str = options.DEVICE,
+    as_json: bool = options.JSON,
+    quiet: bool = options.QUIET,
+) -> None:
+    """Accuracy, macro-F1, parameters, MACs, checkpoint size and latency of two models on the same test split."""
+    from layercut.stages.stages import compare_stage
+
+    config = CompareConfig(latency_repeats=repeats, device=device)
+    with stage_bars(not quiet) as reporter:
+        dataset = _load_checkpoint_data(base, data, data_root, reporter)
+        result = compare_stage(base, slim, dataset, config, out, reporter)
+    if as_json:
+        print_json(result)
+    else:
+        print_comparison(result, out)
+
+
+def explain(
+    model: Path = typer.Option(..., "--model", help="the trained model to explain (model.safetensors)"),
+    out: Path = typer.Option(..., "--out", help="output folder: explain.json, explain_maps.npz, pictures"),
+    compare_with: Optional[Path] = typer.Option(
+        None,
+        "--compare-with",
+        help="a second model (e.g. the slim one) explained on the same images, side by side",
+    ),
+    data: Optional[str] = options.CHECKPOINT_DATA,
+    methods: str = typer.Option("default", "--methods", help=options.METHODS_HELP),
+    layer: Optional[str] = options.field_option(ExplainConfig, "layer", more_help="; see `layercut layers`"),
+    feature_layer: Optional[str] = options.field_option(ExplainConfig, "feature_layer"),
+    target: str = options.field_option(ExplainConfig, "target", more_help=" or name"),
+    images: int = options.field_option(ExplainConfig, "images"),
+    feature_maps: int = options.field_option(ExplainConfig, "feature_maps"),
+    edges: bool = options.field_option(ExplainConfig, "edges"),
+    gbp_rule: str = options.field_option(ExplainConfig, "gbp_rule"),
+    batch_size: int = options.field_option(ExplainConfig, "batch_size"),
+    seed: int = options.field_option(ExplainConfig, "seed"),
+    data_root: Optional[str] = options.DATA_ROOT,
+    device: str = options.DEVICE,
+    as_json: bool = options.JSON,
+    quiet: bool = options.QUIET,
+) -> None:
+    """Grad-CAM, Grad-CAM++, Layer-CAM, Eigen-CAM, Score-CAM, guided backprop, guided Grad-CAM, saliency,
+    feature maps and receptive fields for test images; with --compare-with, both models side by side."""
+    from layercut.stages.explain import explain_stage
+
+    config = ExplainConfig(
+        methods=parse_methods(methods),
+        layer=layer,
+        feature_layer=feature_layer,
+        target=parse_target(target, _class_names_of(model)),
+        images=images,
+        feature_maps=feature_maps,
+        edges=edges,
+        gbp_rule=gbp_rule,
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
+    )
+    with stage_bars(not quiet) as reporter:
+        dataset = _load_checkpoint_data(model, data, data_root, reporter)
+        result = explain_stage(model, dataset, config, out, reporter=reporter, compare_checkpoint=compare_with)
+    if as_json:
+        print_json(result)
+    else:
+        print_explanation(result, out)
