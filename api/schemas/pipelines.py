@@ -2,19 +2,19 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Literal
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
 from layercut.contracts.configs import (
-    ARCHITECTURE_NAMES,
     AnalyzeConfig,
+    ArchitectureName,
     CompareConfig,
     ExplainConfig,
     TrainConfig,
     TruncateConfig,
 )
 from layercut.contracts.jobs import DataParams
+from layercut.contracts.plan import StopAfter
 
 _D = "2b9f6a1e-8c3d-4e5f-9a0b-1c2d3e4f5a6b"
 _M = "7c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f"
@@ -43,7 +43,7 @@ class PipelineCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [PIPELINE_EXAMPLES["full"]["value"]]})
     data: DataParams | None = None
     model_id: uuid.UUID | None = Field(None, description="start from this model version: no train step")
-    arch: Literal[ARCHITECTURE_NAMES] = Field("vgg11", description="architecture of the trained base")  # type: ignore[valid-type]
+    arch: ArchitectureName = Field("vgg11", description="architecture of the trained base")
     pretrained: bool = False
     train: TrainConfig = Field(default_factory=TrainConfig)
     analyze: AnalyzeConfig = Field(default_factory=AnalyzeConfig)
@@ -52,7 +52,7 @@ class PipelineCreate(BaseModel):
     from_scratch: bool = False
     compare: CompareConfig = Field(default_factory=CompareConfig)
     explain: ExplainConfig = Field(default_factory=ExplainConfig)
-    stop_after: Literal["analyze", "compare", "explain"] = Field(
+    stop_after: StopAfter = Field(
         "explain", description="the last step: analyze, compare, or explain (base and slim side by side)"
     )
     callback_url: AnyHttpUrl | None = None

@@ -6,7 +6,7 @@ from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
-ARCHITECTURE_NAMES = (
+ArchitectureName = Literal[
     "smallcnn",
     "vgg11",
     "vgg11_bn",
@@ -28,7 +28,10 @@ ARCHITECTURE_NAMES = (
     "mobilenet_v2",
     "mobilenet_v3_small",
     "mobilenet_v3_large",
-)
+]
+"""An architecture layercut can build, train and cut (torchvision's classifiers and a small plain CNN)."""
+
+ARCHITECTURE_NAMES: tuple[ArchitectureName, ...] = get_args(ArchitectureName)
 """The supported architectures (kept here, free of torch, so the API can validate names)."""
 
 

@@ -13,8 +13,8 @@ from typing import Annotated, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from layercut.contracts.configs import (
-    ARCHITECTURE_NAMES,
     AnalyzeConfig,
+    ArchitectureName,
     CompareConfig,
     ExplainConfig,
     TrainConfig,
@@ -52,7 +52,7 @@ class DataParams(_Params):
 class TrainParams(_Params):
     kind: Literal["train"] = "train"
     data: DataParams
-    arch: Literal[ARCHITECTURE_NAMES] = Field("vgg11", description="architecture")  # type: ignore[valid-type]
+    arch: ArchitectureName = Field("vgg11", description="architecture")
     pretrained: bool = False
     train: TrainConfig = Field(default_factory=TrainConfig)
 

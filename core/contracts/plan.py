@@ -13,7 +13,7 @@ pipeline is created, and the job engine advances those jobs in its order. Both r
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
@@ -27,7 +27,7 @@ InputRole = Literal["model", "analysis", "base", "slim", "compare_with"]
 the second model explained beside the first."""
 
 StopAfter = Literal["analyze", "compare", "explain"]
-STOP_AFTER: tuple[StopAfter, ...] = get_args(StopAfter)
+"""The last step of a pipeline: the analysis, the comparison, or the explanations (every step)."""
 
 
 class PlanStep(BaseModel):
