@@ -1,4 +1,4 @@
-"""docs/architecture.md names real places: every file or folder it points at exists in the repository."""
+"""The docs name real things: every path docs/architecture.md points at exists, every setting is in docs/service.md."""
 
 from __future__ import annotations
 
@@ -31,3 +31,13 @@ def test_every_room_of_the_package_is_on_the_page():
     rooms = sorted(p.name for p in (SOURCE_ROOT / "core").iterdir() if p.is_dir() and (p / "__init__.py").is_file())
     rooms += sorted(p.stem for p in (SOURCE_ROOT / "core").glob("*.py") if p.stem != "__init__")
     assert [room for room in rooms if f"`core/{room}" not in text] == []
+
+
+def test_the_service_docs_list_every_setting():
+    from layercut.settings import Settings
+
+    table = (SOURCE_ROOT / "docs" / "service.md").read_text()
+    missing = [
+        f"LAYERCUT_{name.upper()}" for name in Settings.model_fields if f"`LAYERCUT_{name.upper()}`" not in table
+    ]
+    assert missing == [], f"docs/service.md's settings table lacks {missing}"
