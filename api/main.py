@@ -1,6 +1,6 @@
 """The layercut HTTP service: ``create_app(settings)`` builds it; ``app`` is the one uvicorn serves.
 
-No torch here: jobs are sent to workers by task name (see DESIGN.md §2).
+No torch here: jobs are sent to workers by task name (see docs/design.md §2).
 """
 
 from __future__ import annotations

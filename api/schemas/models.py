@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from layercut.contracts.spec import ModelSpec
+from layercut.contracts.spec import CutPointRef, ModelSpec
 
 ImportSpec = ModelSpec
 """The spec of an imported model: the same model as the one in every checkpoint's header (one declaration)."""
@@ -43,7 +43,7 @@ class ModelOut(BaseModel):
     params: int = Field(description="number of parameters")
     trained: bool
     metrics: dict[str, Any]
-    cut_point: dict[str, Any] | None
+    cut_point: CutPointRef | None = Field(description="set for slim models: the base model's cut point they end at")
     source: str = Field(description="job | import")
     job_id: uuid.UUID | None
     dataset_id: uuid.UUID | None
