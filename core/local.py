@@ -1,11 +1,13 @@
 """layercut in this process: every stage as a function on ``nn.Module``s and files, and the whole pipeline.
 
-This is the Python API that ``import layercut`` exposes (see ``layercut/__init__.py``):
+This is the Python API that ``import layercut`` exposes (see ``layercut/__init__.py``). Each stage returns its
+typed result (``layercut.contracts.results``: ``TrainResult``, ``AnalyzeResult`` …), the record it also writes as JSON:
 
     import layercut as lc
     data = lc.load_data("textures", image_size=64)
     base = lc.train(data, "vgg11", "out/base", epochs=4)
     analysis = lc.analyze("out/base/model.safetensors", data, "out/analysis")
+    print(analysis.cut_point.name, analysis.knee.found, base.accuracy)
     shown = lc.explain("out/base/model.safetensors", data, "out/explain", compare_with="out/slim/model.safetensors")
     model, spec = lc.load_model("out/base/model.safetensors")
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from torch import nn
 
@@ -28,7 +31,24 @@ from layercut.contracts.configs import (
     TruncateConfig,
 )
 from layercut.contracts.files import RUN_FOLDERS
+from layercut.contracts.kinds import StageKind
 from layercut.contracts.plan import InputRole, PlanStep, pipeline_plan
+from layercut.contracts.results import (
+    AnalyzeResult,
+    CompareResult,
+    ExplainBrief,
+    ExplainResult,
+    ModelBrief,
+    ProfiledModel,
+    RetrainResult,
+    RunCutPoint,
+    RunData,
+    RunOutputs,
+    RunSummary,
+    StageResult,
+    TrainResult,
+    TruncateResult,
+)
 from layercut.report import write_run_report
 from layercut.settings import Settings
 from layercut.stages import stages
@@ -42,13 +62,16 @@ from layercut.stages.stages import (
     retrain_stage,
     train_stage,
     truncate_stage,
-    write_json,
+    write_result,
 )
 from layercut.stages.stages import (
     load_data as load_stage_data,
 )
 
 __all__ = ["load_model", "load_data", "train", "analyze", "truncate", "retrain", "compare", "explain", "run"]
+
+ResultT = TypeVar("ResultT", TrainResult, RetrainResult, AnalyzeResult, TruncateResult, CompareResult, ExplainResult)
+"""The result model of one stage."""
 
 
 def read_data(config: DataConfig, reporter: Reporter = SILENT) -> Dataset:
@@ -74,7 +97,7 @@ def load_data(source: str = "textures", image_size: int = 64, **options) -> Data
 
 def train(
     dataset: Dataset, arch: str, out_dir: str | Path, pretrained: bool = False, reporter: Reporter = SILENT, **options
-) -> dict:
+) -> TrainResult:
     """Train a base model (options: the fields of ``TrainConfig``, e.g. epochs, lr)."""
     data_config = (
         DataConfig.model_validate(dataset.info["data_config"])
@@ -86,7 +109,7 @@ def train(
 
 def analyze(
     checkpoint: str | Path, dataset: Dataset, out_dir: str | Path, reporter: Reporter = SILENT, **options
-) -> dict:
+) -> AnalyzeResult:
     """GBP maps, SSIM matrix, curves and knee (options: the fields of ``AnalyzeConfig``)."""
     return stages.analyze_stage(checkpoint, dataset, AnalyzeConfig(**options), out_dir, reporter)
 
@@ -97,7 +120,7 @@ def truncate(
     cut: str | int = "knee",
     analysis: str | Path | None = None,
     dropout: float = 0.2,
-) -> dict:
+) -> TruncateResult:
     """Cut a base model at the knee of ``analysis`` (its analysis.json) or at a named/indexed cut point."""
     return stages.truncate_stage(checkpoint, TruncateConfig(cut=str(cut), dropout=dropout), out_path, analysis)
 
@@ -109,14 +132,14 @@ def retrain(
     from_scratch: bool = False,
     reporter: Reporter = SILENT,
     **options,
-) -> dict:
+) -> RetrainResult:
     """Fine-tune (or train from scratch) a slim model (options: the fields of ``TrainConfig``)."""
     return stages.retrain_stage(checkpoint, dataset, TrainConfig(**options), out_dir, from_scratch, reporter)
 
 
 def compare(
     base: str | Path, slim: str | Path, dataset: Dataset, out_dir: str | Path, reporter: Reporter = SILENT, **options
-) -> dict:
+) -> CompareResult:
     """Accuracy, F1, parameters, MACs, size and latency of two models (options: ``CompareConfig``)."""
     return stages.compare_stage(base, slim, dataset, CompareConfig(**options), out_dir, reporter)
 
@@ -128,7 +151,7 @@ def explain(
     compare_with: str | Path | None = None,
     reporter: Reporter = SILENT,
     **options,
-) -> dict:
+) -> ExplainResult:
     """CAMs, guided backprop, saliency, feature maps and receptive fields of test images, a second model
     (``compare_with``) beside it on the same images (options: the fields of ``ExplainConfig``)."""
     return explain_stage(checkpoint, dataset, ExplainConfig(**options), out_dir, reporter, compare_with)
@@ -141,7 +164,7 @@ def run(
     image_size: int = 64,
     epochs: int = 5,
     reporter: Reporter = SILENT,
-) -> dict:
+) -> RunSummary:
     """The whole pipeline with default settings; returns the summary also written to run.json."""
     return run_pipeline(
         DataConfig(source=source, image_size=image_size),
@@ -169,18 +192,26 @@ class RunInProcess:
     pretrained: bool
     retrain_from_scratch: bool
     reporter: Reporter
-    results: dict[str, dict] = field(default_factory=dict)
+    results: dict[StageKind, StageResult] = field(default_factory=dict)
     checkpoints: dict[str, Path] = field(default_factory=dict)
 
     def folder(self, kind: str) -> Path:
+        """The folder of the run in which the step of ``kind`` writes."""
         return self.out / RUN_FOLDERS[kind]
+
+    def result(self, kind: StageKind, model: type[ResultT]) -> ResultT:
+        """What the step of ``kind`` returned, as the model it must be."""
+        result = self.results[kind]
+        if not isinstance(result, model):
+            raise TypeError(f"the {kind} step returned a {type(result).__name__}, not a {model.__name__}")
+        return result
 
     def checkpoint(self, step: PlanStep, role: InputRole) -> Path:
         """The checkpoint made by the step that feeds ``role`` of ``step``."""
         return self.checkpoints[str(step.source(role))]
 
 
-def _train_step(run: RunInProcess, step: PlanStep) -> dict:
+def _train_step(run: RunInProcess, step: PlanStep) -> TrainResult:
     result = train_stage(
         run.dataset,
         run.data,
@@ -194,21 +225,21 @@ def _train_step(run: RunInProcess, step: PlanStep) -> dict:
     return result
 
 
-def _analyze_step(run: RunInProcess, step: PlanStep) -> dict:
+def _analyze_step(run: RunInProcess, step: PlanStep) -> AnalyzeResult:
     return analyze_stage(run.checkpoint(step, "model"), run.dataset, run.analyze, run.folder("analyze"), run.reporter)
 
 
-def _truncate_step(run: RunInProcess, step: PlanStep) -> dict:
+def _truncate_step(run: RunInProcess, step: PlanStep) -> TruncateResult:
     analysis = run.folder("analyze") / files.ANALYSIS_JSON if step.source("analysis") else None
     initial = run.folder("truncate") / files.INITIAL_CHECKPOINT
     result = truncate_stage(run.checkpoint(step, "model"), run.cut, initial, analysis)
-    write_json(run.folder("truncate") / files.TRUNCATE_JSON, result)
-    run.reporter.update("truncate", 1.0, f"cut at {result['cut_point']['name']}")
+    write_result(run.folder("truncate") / files.TRUNCATE_JSON, result)
+    run.reporter.update("truncate", 1.0, f"cut at {result.cut_point.name}")
     run.checkpoints["truncate"] = initial
     return result
 
 
-def _retrain_step(run: RunInProcess, step: PlanStep) -> dict:
+def _retrain_step(run: RunInProcess, step: PlanStep) -> RetrainResult:
     result = retrain_stage(
         run.checkpoint(step, "model"),
         run.dataset,
@@ -221,7 +252,7 @@ def _retrain_step(run: RunInProcess, step: PlanStep) -> dict:
     return result
 
 
-def _compare_step(run: RunInProcess, step: PlanStep) -> dict:
+def _compare_step(run: RunInProcess, step: PlanStep) -> CompareResult:
     return compare_stage(
         run.checkpoint(step, "base"),
         run.checkpoint(step, "slim"),
@@ -232,7 +263,7 @@ def _compare_step(run: RunInProcess, step: PlanStep) -> dict:
     )
 
 
-def _explain_step(run: RunInProcess, step: PlanStep) -> dict:
+def _explain_step(run: RunInProcess, step: PlanStep) -> ExplainResult:
     return explain_stage(
         run.checkpoint(step, "model"),
         run.dataset,
@@ -243,7 +274,7 @@ def _explain_step(run: RunInProcess, step: PlanStep) -> dict:
     )
 
 
-STEP_RUNNERS: dict[str, Callable[[RunInProcess, PlanStep], dict]] = {
+STEP_RUNNERS: dict[str, Callable[[RunInProcess, PlanStep], StageResult]] = {
     "train": _train_step,
     "analyze": _analyze_step,
     "truncate": _truncate_step,
@@ -267,7 +298,7 @@ def run_pipeline(
     pretrained: bool = False,
     retrain_from_scratch: bool = False,
     reporter: Reporter = SILENT,
-) -> dict:
+) -> RunSummary:
     """Run the pipeline's plan into ``out_dir`` (base/, analysis/, slim/, compare/, explain/), write run.json and
     report.html, and return run.json's summary."""
     out = Path(out_dir)
@@ -293,70 +324,73 @@ def run_pipeline(
         run.results[step.kind] = STEP_RUNNERS[step.kind](run, step)
 
     summary = _run_summary(run)
-    write_json(out / files.RUN_JSON, summary)
+    write_result(out / files.RUN_JSON, summary)
     reporter.update("report", 0.0, f"writing {files.REPORT_HTML}")
     write_run_report(out)
     reporter.update("report", 1.0, f"{files.REPORT_HTML} written")
     return summary
 
 
-def _run_summary(run: RunInProcess) -> dict:
+def _run_summary(run: RunInProcess) -> RunSummary:
     """run.json: the data, both models in brief, the cut and why, the comparison, the explanations, the files."""
-    results, out = run.results, run.out
-    truncated, comparison, analysis = results["truncate"], results["compare"], results["analyze"]
-    return {
-        "data": {
-            "source": run.data.source,
-            "classes": run.dataset.classes,
-            "image_size": run.data.image_size,
-            "splits": run.dataset.info["sizes"],
-        },
-        "architecture": run.arch,
-        "base": _model_summary(results["train"], comparison["base"]),
-        "slim": _model_summary(results["retrain"], comparison["slim"]),
-        "cut_point": {
-            **truncated["cut_point"],
-            "chosen_by": truncated["chosen_by"],
-            "of": truncated["cut_points_total"],
-        },
-        "knee_found": analysis["knee_found"],
-        "knee": analysis["knee"],
-        "comparison": comparison["comparison"],
-        "explain": _explain_summary(results["explain"], RUN_FOLDERS["explain"]),
-        "outputs": {
-            "base_checkpoint": str(run.checkpoints["train"]),
-            "slim_checkpoint": str(run.checkpoints["retrain"]),
-            "analysis": str(run.folder("analyze") / files.ANALYSIS_JSON),
-            "compare": str(run.folder("compare") / files.COMPARE_JSON),
-            "explain": str(run.folder("explain") / files.EXPLAIN_JSON),
-            "report": str(out / files.REPORT_HTML),
-        },
-    }
+    trained, retrained = run.result("train", TrainResult), run.result("retrain", RetrainResult)
+    analysis, truncated = run.result("analyze", AnalyzeResult), run.result("truncate", TruncateResult)
+    compared = run.result("compare", CompareResult)
+    return RunSummary(
+        data=RunData(
+            source=run.data.source,
+            classes=list(run.dataset.classes),
+            image_size=run.data.image_size,
+            splits=trained.data.sizes,
+        ),
+        architecture=run.arch,
+        base=_model_summary(trained, compared.base),
+        slim=_model_summary(retrained, compared.slim),
+        cut_point=RunCutPoint(
+            index=truncated.cut_point.index,
+            name=truncated.cut_point.name,
+            chosen_by=truncated.chosen_by,
+            of=truncated.cut_points_total,
+        ),
+        knee_found=analysis.knee_found,
+        knee=analysis.knee,
+        comparison=compared.comparison,
+        explain=_explain_summary(run.result("explain", ExplainResult), RUN_FOLDERS["explain"]),
+        outputs=RunOutputs(
+            base_checkpoint=str(run.checkpoints["train"]),
+            slim_checkpoint=str(run.checkpoints["retrain"]),
+            analysis=str(run.folder("analyze") / files.ANALYSIS_JSON),
+            compare=str(run.folder("compare") / files.COMPARE_JSON),
+            explain=str(run.folder("explain") / files.EXPLAIN_JSON),
+            report=str(run.out / files.REPORT_HTML),
+        ),
+    )
 
 
-def _model_summary(trained: dict, profiled: dict) -> dict:
-    return {
-        "accuracy": profiled["accuracy"],
-        "macro_f1": profiled["macro_f1"],
-        "params": profiled["params"],
-        "macs": profiled["macs"],
-        "checkpoint_bytes": profiled["checkpoint_bytes"],
-        "latency_ms": {k: v["median_ms"] for k, v in profiled["latency"].items()},
-        "best_epoch": trained["best_epoch"],
-        "epochs_run": trained["epochs_run"],
-    }
+def _model_summary(trained: TrainResult | RetrainResult, profiled: ProfiledModel) -> ModelBrief:
+    """One model of the run in brief: the numbers compare measured, the epochs its training ran."""
+    return ModelBrief(
+        accuracy=profiled.accuracy,
+        macro_f1=profiled.macro_f1,
+        params=profiled.params,
+        macs=profiled.macs,
+        checkpoint_bytes=profiled.checkpoint_bytes,
+        latency_ms={label: measured.median_ms for label, measured in profiled.latency.items()},
+        best_epoch=trained.best_epoch,
+        epochs_run=trained.epochs_run,
+    )
 
 
-def _explain_summary(explanation: dict, folder: str) -> dict:
+def _explain_summary(explanation: ExplainResult, folder: str) -> ExplainBrief:
     """The explain stage in brief; figure paths are relative to the run folder (as run.json's own)."""
-    models = explanation["models"]
-    return {
-        "file": f"{folder}/{files.EXPLAIN_JSON}",
-        "methods": explanation["methods"],
-        "target": explanation["target"],
-        "images": len(explanation["images"]),
-        "layers": {key: model["layer"] for key, model in models.items()},
-        "accuracy_on_these_images": {key: model["accuracy_on_these_images"] for key, model in models.items()},
-        "agreement": explanation["agreement"],
-        "figures": {name: f"{folder}/{file}" for name, file in explanation["figures"].items()},
-    }
+    models = explanation.models
+    return ExplainBrief(
+        file=f"{folder}/{files.EXPLAIN_JSON}",
+        methods=explanation.methods,
+        target=explanation.target,
+        images=len(explanation.images),
+        layers={key: model.layer for key, model in models.items()},
+        accuracy_on_these_images={key: model.accuracy_on_these_images for key, model in models.items()},
+        agreement=explanation.agreement,
+        figures={name: f"{folder}/{file}" for name, file in explanation.figures.items()},
+    )

@@ -12,8 +12,19 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
+from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
+
+from layercut.contracts.results import (
+    AnalyzeResult,
+    CompareResult,
+    ExplainResult,
+    RetrainResult,
+    RunSummary,
+    TrainResult,
+    TruncateResult,
+)
 
 out_console = Console()
 err_console = Console(stderr=True)
@@ -35,6 +46,12 @@ def print_json(payload: Any) -> None:
     sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
 
 
+def print_result(result: BaseModel, leave_out: frozenset[str] = frozenset()) -> None:
+    """A stage's result as the JSON its file holds (non-finite floats as null), less the bulky top-level fields
+    ``leave_out`` that the output leaves to the files."""
+    sys.stdout.write(result.model_dump_json(indent=2, exclude=set(leave_out) or None) + "\n")
+
+
 def human(n: float) -> str:
     """A count with a metric suffix and three significant digits: 1234567 → 1.23M."""
     for unit in ("", "K", "M", "G", "T"):
@@ -44,91 +61,86 @@ def human(n: float) -> str:
     return f"{n:.3g}P"
 
 
-def print_run(summary: dict, out: Path) -> None:
+def print_run(summary: RunSummary, out: Path) -> None:
     """The table of ``layercut run``: base beside slim (accuracy, F1, size, MACs, latency) and where the cut is."""
-    base, slim, cut = summary["base"], summary["slim"], summary["cut_point"]
-    table = Table(title=f"{summary['architecture']} on {summary['data']['source']}: base vs slim")
+    base, slim, cut = summary.base, summary.slim, summary.cut_point
+    table = Table(title=f"{summary.architecture} on {summary.data.source}: base vs slim")
     for column in ("", "base", "slim", "change"):
         table.add_column(column, justify="right" if column else "left")
     table.add_row(
         "test accuracy",
-        f"{base['accuracy']:.2%}",
-        f"{slim['accuracy']:.2%}",
-        f"{(slim['accuracy'] - base['accuracy']) * 100:+.1f} pts",
+        f"{base.accuracy:.2%}",
+        f"{slim.accuracy:.2%}",
+        f"{(slim.accuracy - base.accuracy) * 100:+.1f} pts",
     )
-    table.add_row(
-        "macro F1", f"{base['macro_f1']:.3f}", f"{slim['macro_f1']:.3f}", f"{slim['macro_f1'] - base['macro_f1']:+.3f}"
-    )
-    table.add_row(
-        "parameters", human(base["params"]), human(slim["params"]), f"{slim['params'] / base['params']:.1%} kept"
-    )
-    table.add_row("MACs / image", human(base["macs"]), human(slim["macs"]), f"{slim['macs'] / base['macs']:.1%} kept")
+    table.add_row("macro F1", f"{base.macro_f1:.3f}", f"{slim.macro_f1:.3f}", f"{slim.macro_f1 - base.macro_f1:+.3f}")
+    table.add_row("parameters", human(base.params), human(slim.params), f"{slim.params / base.params:.1%} kept")
+    table.add_row("MACs / image", human(base.macs), human(slim.macs), f"{slim.macs / base.macs:.1%} kept")
     table.add_row(
         "checkpoint",
-        human(base["checkpoint_bytes"]) + "B",
-        human(slim["checkpoint_bytes"]) + "B",
-        f"{slim['checkpoint_bytes'] / base['checkpoint_bytes']:.1%} kept",
+        human(base.checkpoint_bytes) + "B",
+        human(slim.checkpoint_bytes) + "B",
+        f"{slim.checkpoint_bytes / base.checkpoint_bytes:.1%} kept",
     )
-    for key in base["latency_ms"]:
-        b, s = base["latency_ms"][key], slim["latency_ms"].get(key)
+    for label, b in base.latency_ms.items():
+        s = slim.latency_ms.get(label)
         if s is None:
             continue
-        device, batch = key.split("_b")
+        device, batch = label.split("_b")
         table.add_row(f"{device.upper()} latency, batch {batch}", f"{b:.2f} ms", f"{s:.2f} ms", f"{b / s:.2f}× faster")
-    found = "knee found by kneed" if summary["knee_found"] else f"no knee found: {summary['knee'].get('reason')}"
+    found = "knee found by kneed" if summary.knee_found else f"no knee found: {summary.knee.reason}"
     table.caption = (
-        f"cut after {cut['name']} (cut point {cut['index']} of {cut['of']}, {cut['chosen_by']}; {found}). "
-        f"Results in {out}/"
+        f"cut after {cut.name} (cut point {cut.index} of {cut.of}, {cut.chosen_by}; {found}). Results in {out}/"
     )
     out_console.print(table)
 
 
-def print_trained(summary: dict) -> None:
+def print_trained(summary: TrainResult | RetrainResult) -> None:
     """The line of ``train`` and ``retrain``: accuracy, F1, size, best epoch and the checkpoint written."""
     out_console.print(
-        f"{summary['stage']}: {summary['architecture']} test accuracy {summary['accuracy']:.2%}, macro F1 "
-        f"{summary['macro_f1']:.3f}, {human(summary['params'])} parameters, best epoch {summary['best_epoch']} "
-        f"of {summary['epochs_run']} → {summary['checkpoint']}"
+        f"{summary.stage}: {summary.architecture} test accuracy {summary.accuracy:.2%}, macro F1 "
+        f"{summary.macro_f1:.3f}, {human(summary.params)} parameters, best epoch {summary.best_epoch} "
+        f"of {summary.epochs_run} → {summary.checkpoint}"
     )
 
 
-def print_analysis(analysis: dict, out: Path) -> None:
+def print_analysis(analysis: AnalyzeResult, out: Path) -> None:
     """The line of ``analyze``: the knee's cut point and whether kneed or the fallback chose it."""
-    point, knee = analysis["cut_point"], analysis["knee"]
-    how = "kneed" if knee["found"] else f"fallback ({knee['reason']})"
+    point, knee = analysis.cut_point, analysis.knee
+    how = "kneed" if knee.found else f"fallback ({knee.reason})"
     out_console.print(
-        f"knee at cut point {point['index']} ({point['name']}, {point['channels']} channels at "
-        f"{point['height']}×{point['width']}) of {len(analysis['cut_points'])}, chosen by {how} → {out}/"
+        f"knee at cut point {point.index} ({point.name}, {point.channels} channels at "
+        f"{point.height}×{point.width}) of {len(analysis.cut_points)}, chosen by {how} → {out}/"
     )
 
 
-def print_truncation(result: dict, out: Path) -> None:
+def print_truncation(result: TruncateResult, out: Path) -> None:
     """The line of ``truncate``: where the model was cut and how many parameters are kept."""
     out_console.print(
-        f"cut after {result['cut_point']['name']} (cut point {result['cut_point']['index']}): "
-        f"{human(result['slim_params'])} of {human(result['base_params'])} parameters kept → {out}"
+        f"cut after {result.cut_point.name} (cut point {result.cut_point.index}): "
+        f"{human(result.slim_params)} of {human(result.base_params)} parameters kept → {out}"
     )
 
 
-def print_comparison(result: dict, out: Path) -> None:
+def print_comparison(result: CompareResult, out: Path) -> None:
     """The line of ``compare``: accuracy, parameters and MACs, base → slim."""
-    b, s = result["base"], result["slim"]
+    b, s = result.base, result.slim
     out_console.print(
-        f"accuracy {b['accuracy']:.2%} → {s['accuracy']:.2%}, params {human(b['params'])} → "
-        f"{human(s['params'])}, MACs {human(b['macs'])} → {human(s['macs'])} → {out}/compare.json"
+        f"accuracy {b.accuracy:.2%} → {s.accuracy:.2%}, params {human(b.params)} → "
+        f"{human(s.params)}, MACs {human(b.macs)} → {human(s.macs)} → {out}/compare.json"
     )
 
 
-def print_explanation(result: dict, out: Path) -> None:
+def print_explanation(result: ExplainResult, out: Path) -> None:
     """The lines of ``explain``: each model's layer and hits on the images, their agreement, the pictures."""
-    for key, entry in result["models"].items():
+    for key, entry in result.models.items():
         out_console.print(
-            f"{key}: {entry['label']} at {entry['layer']}: {entry['accuracy_on_these_images']:.0%} of "
-            f"{len(result['images'])} images right"
+            f"{key}: {entry.label} at {entry.layer}: {entry.accuracy_on_these_images:.0%} of "
+            f"{len(result.images)} images right"
         )
-    if result["agreement"] is not None:
-        out_console.print(f"the two models agree on {result['agreement']:.0%} of the images")
-    out_console.print(f"{len(result['figures'])} pictures and explain.json → {out}/")
+    if result.agreement is not None:
+        out_console.print(f"the two models agree on {result.agreement:.0%} of the images")
+    out_console.print(f"{len(result.figures)} pictures and explain.json → {out}/")
 
 
 def print_cut_points(name: str, image_size: int, cut_points: list[dict]) -> None:

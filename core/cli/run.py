@@ -10,7 +10,7 @@ import typer
 
 from layercut.cli import options
 from layercut.cli.config_file import CONFIG
-from layercut.cli.output import print_json, print_run
+from layercut.cli.output import print_result, print_run
 from layercut.cli.parsing import data_config, parse_methods, train_config
 from layercut.cli.progress import stage_bars
 from layercut.contracts.configs import AnalyzeConfig, CompareConfig, ExplainConfig, TruncateConfig
@@ -89,6 +89,6 @@ def run(
             reporter=reporter,
         )
     if as_json:
-        print_json(summary)
+        print_result(summary)
     else:
         print_run(summary, out)

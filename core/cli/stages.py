@@ -17,7 +17,7 @@ from layercut.cli.output import (
     print_analysis,
     print_comparison,
     print_explanation,
-    print_json,
+    print_result,
     print_trained,
     print_truncation,
 )
@@ -61,9 +61,10 @@ def _class_names_of(checkpoint: Path) -> Callable[[], list[str]]:
     return class_names
 
 
-def _without(payload: dict, *keys: str) -> dict:
-    """``payload`` less the bulky ``keys`` that the JSON output leaves to the files."""
-    return {key: value for key, value in payload.items() if key not in keys}
+WITHOUT_HISTORY = frozenset({"history"})
+"""What the JSON output of train and retrain leaves to metrics.json: the epoch-by-epoch history."""
+WITHOUT_MATRIX = frozenset({"similarity_matrix"})
+"""What the JSON output of analyze leaves to analysis.json: the similarity matrix."""
 
 
 def train(
@@ -102,7 +103,7 @@ def train(
         dataset = read_data(data_settings, reporter)
         summary = train_stage(dataset, data_settings, arch, config, out, pretrained=pretrained, reporter=reporter)
     if as_json:
-        print_json(_without(summary, "history"))
+        print_result(summary, WITHOUT_HISTORY)
     else:
         print_trained(summary)
 
@@ -144,7 +145,7 @@ def analyze(
         dataset = _load_checkpoint_data(checkpoint, data, data_root, reporter)
         analysis = analyze_stage(checkpoint, dataset, config, out, reporter=reporter)
     if as_json:
-        print_json(_without(analysis, "similarity_matrix"))
+        print_result(analysis, WITHOUT_MATRIX)
     else:
         print_analysis(analysis, out)
 
@@ -162,7 +163,7 @@ def truncate(
 
     result = truncate_stage(checkpoint, TruncateConfig(cut=cut, dropout=dropout), out, analysis)
     if as_json:
-        print_json(result)
+        print_result(result)
     else:
         print_truncation(result, out)
 
@@ -199,7 +200,7 @@ def retrain(
         dataset = _load_checkpoint_data(checkpoint, data, data_root, reporter)
         summary = retrain_stage(checkpoint, dataset, config, out, from_scratch=from_scratch, reporter=reporter)
     if as_json:
-        print_json(_without(summary, "history"))
+        print_result(summary, WITHOUT_HISTORY)
     else:
         print_trained(summary)
 
@@ -223,7 +224,7 @@ def compare(
         dataset = _load_checkpoint_data(base, data, data_root, reporter)
         result = compare_stage(base, slim, dataset, config, out, reporter)
     if as_json:
-        print_json(result)
+        print_result(result)
     else:
         print_comparison(result, out)
 
@@ -273,6 +274,6 @@ def explain(
         dataset = _load_checkpoint_data(model, data, data_root, reporter)
         result = explain_stage(model, dataset, config, out, reporter=reporter, compare_checkpoint=compare_with)
     if as_json:
-        print_json(result)
+        print_result(result)
     else:
         print_explanation(result, out)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
 from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
@@ -112,6 +113,13 @@ def model_row(job: Job, produced: ProducedModel, root: Path) -> ModelVersion:
         cut_point=spec.cut_point.model_dump() if spec.cut_point else None,
         source="job",
     )
+
+
+def job_result(result: BaseModel, root: Path) -> dict[str, Any]:
+    """A stage's typed result as the job row stores it: its JSON dump (keys by alias, optional keys left out as in
+    its file), with non-finite floats as null and artifact paths relative to the artifact root."""
+    stored: dict[str, Any] = jsonable(result.model_dump(mode="json"), root)
+    return stored
 
 
 def jsonable(value: Any, root: Path) -> Any:

@@ -24,7 +24,7 @@ from layercut.contracts.jobs import JobParams
 from layercut.jobs import pipelines
 from layercut.jobs.dispatch import Dispatcher
 from layercut.jobs.lifecycle import finished
-from layercut.jobs.outputs import jsonable, record_outputs
+from layercut.jobs.outputs import job_result, record_outputs
 from layercut.jobs.progress import Heartbeat, JobProgress, LostClaim
 from layercut.jobs.resolve import Resolver
 from layercut.jobs.stage import run_stage
@@ -93,7 +93,7 @@ def run_claimed(session: Session, repo: JobRepository, job: Job, settings: Setti
         if progress.should_cancel():
             raise Cancelled("cancelled before the results were recorded")
         model_id = record_outputs(session, job, out, root, outcome.produced)
-        result = jsonable(outcome.summary, root)
+        result = job_result(outcome.result, root)
         if model_id is not None:
             result["model_id"] = str(model_id)
         if repo.succeed(job.id, result, attempt=job.attempts):

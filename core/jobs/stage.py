@@ -25,6 +25,7 @@ from layercut.contracts.jobs import (
     TruncateParams,
 )
 from layercut.contracts.kinds import StageKind
+from layercut.contracts.results import RetrainResult, StageResult, TrainResult, TruncateResult
 from layercut.jobs.outputs import ProducedModel
 from layercut.jobs.progress import JobProgress
 from layercut.jobs.resolve import Resolver
@@ -35,18 +36,15 @@ if TYPE_CHECKING:
     from layercut.stages.data import Dataset
     from layercut.stages.progress import Reporter
 
-MODEL_METRIC_KEYS = ("accuracy", "macro_f1", "best_epoch", "best_val_accuracy", "epochs_run", "stopped_early")
-"""The entries of a training summary kept on the model version it made."""
-
 LOADING_SHARE = 0.1
 """The part of a stage's progress bar that loading its data takes."""
 
 
 @dataclass
 class StageOutcome:
-    """What a stage returned (its summary, the job's result) and the model it made, if any."""
+    """What a stage returned (its typed result, which becomes the job's result) and the model it made, if any."""
 
-    summary: dict[str, Any]
+    result: StageResult
     produced: ProducedModel | None = None
 
 
@@ -97,9 +95,21 @@ class StageRun:
         return ProducedModel(path, read_spec(path), trained, dataset_id, parent_id, params, metrics)
 
 
-def model_metrics(summary: dict[str, Any]) -> dict[str, Any]:
-    """The training summary's entries kept on the model version (MODEL_METRIC_KEYS that are present)."""
-    return {k: summary[k] for k in MODEL_METRIC_KEYS if k in summary}
+def model_metrics(result: TrainResult | RetrainResult) -> dict[str, Any]:
+    """The metrics of a training result kept on the model version it made."""
+    return {
+        "accuracy": result.accuracy,
+        "macro_f1": result.macro_f1,
+        "best_epoch": result.best_epoch,
+        "best_val_accuracy": result.best_val_accuracy,
+        "epochs_run": result.epochs_run,
+        "stopped_early": result.stopped_early,
+    }
+
+
+def truncate_metrics(result: TruncateResult) -> dict[str, Any]:
+    """The metrics of a truncation kept on the (untrained) slim model version it made."""
+    return {"base_params": result.base_params, "slim_params": result.slim_params, "params_kept": result.params_kept}
 
 
 def run_train(params: TrainParams, run: StageRun) -> StageOutcome:
@@ -108,11 +118,11 @@ def run_train(params: TrainParams, run: StageRun) -> StageOutcome:
 
     dataset_row = run.resolver.dataset(params.data.dataset_id)
     data = DataConfig(source=run.resolver.source(dataset_row), **params.data.model_dump(exclude={"dataset_id"}))
-    summary = train_stage(
+    result = train_stage(
         run.load(data), data, params.arch, params.train, run.out, pretrained=params.pretrained, reporter=run.working
     )
-    produced = run.produced(True, dataset_row.id, None, summary["params"], model_metrics(summary))
-    return StageOutcome(summary, produced)
+    produced = run.produced(True, dataset_row.id, None, result.params, model_metrics(result))
+    return StageOutcome(result, produced)
 
 
 def run_analyze(params: AnalyzeParams, run: StageRun) -> StageOutcome:
@@ -128,17 +138,16 @@ def run_analyze(params: AnalyzeParams, run: StageRun) -> StageOutcome:
 
 def run_truncate(params: TruncateParams, run: StageRun) -> StageOutcome:
     """Cut a model at a cut point (the analysis's knee, or one the user named); the slim model is untrained."""
-    from layercut.stages.stages import truncate_stage, write_json
+    from layercut.stages.stages import truncate_stage, write_result
 
     model = run.resolver.model(params.model)
     analysis = run.resolver.analysis_path(params)
     run.reporter.update("truncate", 0.0, "cutting the model")
-    summary = truncate_stage(run.resolver.checkpoint(model), params.truncate, run.out / CHECKPOINT, analysis)
-    write_json(run.out / TRUNCATE_JSON, summary)
-    run.reporter.update("truncate", 1.0, f"cut at {summary['cut_point']['name']}")
-    metrics = {k: summary[k] for k in ("base_params", "slim_params", "params_kept")}
-    produced = run.produced(False, model.dataset_id, model.id, summary["slim_params"], metrics)
-    return StageOutcome(summary, produced)
+    result = truncate_stage(run.resolver.checkpoint(model), params.truncate, run.out / CHECKPOINT, analysis)
+    write_result(run.out / TRUNCATE_JSON, result)
+    run.reporter.update("truncate", 1.0, f"cut at {result.cut_point.name}")
+    produced = run.produced(False, model.dataset_id, model.id, result.slim_params, truncate_metrics(result))
+    return StageOutcome(result, produced)
 
 
 def run_retrain(params: RetrainParams, run: StageRun) -> StageOutcome:
@@ -147,7 +156,7 @@ def run_retrain(params: RetrainParams, run: StageRun) -> StageOutcome:
 
     model = run.resolver.model(params.model)
     dataset = run.data_for(params.dataset_id, model)
-    summary = retrain_stage(
+    result = retrain_stage(
         run.resolver.checkpoint(model),
         dataset,
         params.train,
@@ -156,8 +165,8 @@ def run_retrain(params: RetrainParams, run: StageRun) -> StageOutcome:
         reporter=run.working,
     )
     dataset_id = params.dataset_id or model.dataset_id
-    produced = run.produced(True, dataset_id, model.parent_id or model.id, summary["params"], model_metrics(summary))
-    return StageOutcome(summary, produced)
+    produced = run.produced(True, dataset_id, model.parent_id or model.id, result.params, model_metrics(result))
+    return StageOutcome(result, produced)
 
 
 def run_compare(params: CompareParams, run: StageRun) -> StageOutcome:
@@ -166,7 +175,7 @@ def run_compare(params: CompareParams, run: StageRun) -> StageOutcome:
 
     base, slim = run.resolver.model(params.base), run.resolver.model(params.slim)
     dataset = run.data_for(params.dataset_id, base)
-    summary = compare_stage(
+    result = compare_stage(
         run.resolver.checkpoint(base),
         run.resolver.checkpoint(slim),
         dataset,
@@ -174,7 +183,7 @@ def run_compare(params: CompareParams, run: StageRun) -> StageOutcome:
         run.out,
         reporter=run.working,
     )
-    return StageOutcome(summary)
+    return StageOutcome(result)
 
 
 def run_explain(params: ExplainParams, run: StageRun) -> StageOutcome:
@@ -184,7 +193,7 @@ def run_explain(params: ExplainParams, run: StageRun) -> StageOutcome:
     model = run.resolver.model(params.model)
     other = run.resolver.model(params.compare_with) if params.compare_with is not None else None
     dataset = run.data_for(params.dataset_id, model)
-    summary = explain_stage(
+    result = explain_stage(
         run.resolver.checkpoint(model),
         dataset,
         params.explain,
@@ -192,7 +201,7 @@ def run_explain(params: ExplainParams, run: StageRun) -> StageOutcome:
         reporter=run.working,
         compare_checkpoint=run.resolver.checkpoint(other) if other is not None else None,
     )
-    return StageOutcome(summary)
+    return StageOutcome(result)
 
 
 STAGE_RUNNERS: dict[StageKind, Callable[[Any, StageRun], StageOutcome]] = {
@@ -210,7 +219,7 @@ def run_stage(
     params: JobParams, resolver: Resolver, out: Path, settings: Settings, progress: JobProgress
 ) -> StageOutcome:
     """Run the stage of ``params.kind`` into ``out``, reporting to ``progress`` (every update is a cancellation
-    point); returns its summary and the model it made, if any."""
+    point); returns its typed result and the model it made, if any."""
     from layercut.stages.progress import Reporter
 
     runner = STAGE_RUNNERS.get(params.kind)

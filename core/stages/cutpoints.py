@@ -1,4 +1,4 @@
-"""Cut points: the places where a network is a plain sequence and can be cut (DESIGN.md §1).
+"""Cut points: the places where a network is a plain sequence and can be cut (docs/design.md §1).
 
 A model's *feature sequence* is a flat list of ``(name, module)`` whose composition is the model's
 feature extractor; a cut point is an element of that list after which everything can be dropped.

@@ -18,8 +18,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from layercut.contracts import files
 from layercut.contracts.configs import EXPLAIN_METHODS, ExplainConfig
 from layercut.contracts.errors import LayercutError
+from layercut.contracts.results import (
+    ExplainedImage,
+    ExplainedModel,
+    ExplainResult,
+    FeatureMapsSummary,
+    FieldUnit,
+    Prediction,
+    ReceptiveFieldError,
+    ReceptiveFieldSummary,
+)
 from layercut.stages import explain_plots
 from layercut.stages.cams import (
     CAM_METHODS,
@@ -40,14 +51,14 @@ from layercut.stages.devices import resolve_device
 from layercut.stages.gbp import analysis_mode, check_rule, guided_activations, map_images
 from layercut.stages.progress import SILENT, Reporter
 from layercut.stages.receptive_field import ReceptiveField, most_active_unit, receptive_field
-from layercut.stages.stages import check_dataset_fits, write_json
+from layercut.stages.stages import check_dataset_fits, write_result
 from layercut.stages.training import normalise
 
 GRADIENT_METHODS: tuple[str, ...] = ("guided_backprop", "guided_gradcam", "saliency")
 assert EXPLAIN_METHODS == CAM_METHODS + GRADIENT_METHODS, "config.EXPLAIN_METHODS and the methods here disagree"
 STAGE = "explain"
 MAPS_NAME = "explain_maps.npz"
-JSON_NAME = "explain.json"
+JSON_NAME = files.EXPLAIN_JSON
 
 
 # ----------------------------------------------------------------------------- input gradients
@@ -295,7 +306,7 @@ def explain_stage(
     out_dir: str | Path,
     reporter: Reporter = SILENT,
     compare_checkpoint: str | Path | None = None,
-) -> dict:
+) -> ExplainResult:
     """Explain ``config.images`` test images with the model of ``checkpoint`` (and the same images with the
     model of ``compare_checkpoint`` beside it); writes explain.json, explain_maps.npz and PNGs to ``out_dir``."""
     out_dir = Path(out_dir)
@@ -329,25 +340,25 @@ def explain_stage(
     images01 = raw_images.float() / 255.0
     edges = edge_masks(images01) if config.edges else None
     figures = _pictures(explanations, images01, labels, dataset.classes, out_dir, config, edges)
-    result = {
-        "stage": STAGE,
-        "methods": list(dict.fromkeys(config.methods)),
-        "target": config.target,
-        "classes": list(dataset.classes),
-        "split": "test",
-        "images": [
-            {"index": int(idx), "true_label": int(lab), "true_class": dataset.classes[int(lab)]}
+    result = ExplainResult(
+        stage=STAGE,
+        methods=list(dict.fromkeys(config.methods)),
+        target=config.target,
+        classes=list(dataset.classes),
+        split="test",
+        images=[
+            ExplainedImage(index=int(idx), true_label=int(lab), true_class=dataset.classes[int(lab)])
             for idx, lab in zip(indices, labels)
         ],
-        "models": {e.key: _model_summary(e, labels, dataset.classes) for e in explanations},
-        "agreement": _agreement(explanations),
-        "figures": figures,
-        "maps": MAPS_NAME,
-        "device": str(device),
-        "seconds": time.perf_counter() - started,
-        "config": config.model_dump(),
-    }
-    write_json(out_dir / JSON_NAME, result)
+        models={e.key: _model_summary(e, labels, dataset.classes) for e in explanations},
+        agreement=_agreement(explanations),
+        figures=figures,
+        maps=MAPS_NAME,
+        device=str(device),
+        seconds=time.perf_counter() - started,
+        config=config,
+    )
+    write_result(out_dir / JSON_NAME, result)
     reporter.update(STAGE, 1.0, "done")
     return result
 
@@ -359,50 +370,52 @@ def _agreement(explanations: list[ModelExplanation]) -> float | None:
     return float((explanations[0].predicted == explanations[1].predicted).float().mean())
 
 
-def _model_summary(e: ModelExplanation, labels: torch.Tensor, classes: list[str]) -> dict:
+def _model_summary(e: ModelExplanation, labels: torch.Tensor, classes: list[str]) -> ExplainedModel:
+    """What one model predicts and looks at for the explained images, as explain.json records it."""
     predicted = e.predicted
     probability = e.probabilities.gather(1, predicted[:, None])[:, 0]
-    return {
-        "checkpoint": e.checkpoint,
-        "architecture": e.spec.architecture,
-        "label": e.label,
-        "slim": e.spec.is_slim,
-        "cut_point": e.spec.cut_point.model_dump() if e.spec.cut_point else None,
-        "layer": e.cams.layer,
-        "layer_shape": list(e.cams.activations.shape[1:]),
-        "targets": e.cams.targets.tolist(),
-        "predictions": [
-            {"class": int(p), "class_name": classes[int(p)], "probability": float(q), "correct": bool(p == t)}
+    return ExplainedModel(
+        checkpoint=e.checkpoint,
+        architecture=e.spec.architecture,
+        label=e.label,
+        slim=e.spec.is_slim,
+        cut_point=e.spec.cut_point,
+        layer=e.cams.layer,
+        layer_shape=tuple(e.cams.activations.shape[1:]),
+        targets=e.cams.targets.tolist(),
+        predictions=[
+            Prediction(class_=int(p), class_name=classes[int(p)], probability=float(q), correct=bool(p == t))
             for p, q, t in zip(predicted, probability, labels)
         ],
-        "accuracy_on_these_images": float((predicted == labels).float().mean()),
-        "feature_maps": {
-            "layer": e.feature_layer,
-            "channels": e.top_channels.tolist() if e.top_channels is not None else [],
-            "means": e.top_means.tolist() if e.top_means is not None else [],
-        },
-        "receptive_field": _field_summary(e),
-    }
+        accuracy_on_these_images=float((predicted == labels).float().mean()),
+        feature_maps=FeatureMapsSummary(
+            layer=e.feature_layer,
+            channels=e.top_channels.tolist() if e.top_channels is not None else [],
+            means=e.top_means.tolist() if e.top_means is not None else [],
+        ),
+        receptive_field=_field_summary(e),
+    )
 
 
 def _units(e: ModelExplanation) -> list[tuple[int, int, int]]:
     return [most_active_unit(a) for a in e.features] if e.features is not None else []
 
 
-def _field_summary(e: ModelExplanation) -> dict:
-    """The layer's receptive field geometry and, per image, its most active unit and that unit's box."""
+def _field_summary(e: ModelExplanation) -> ReceptiveFieldSummary | ReceptiveFieldError:
+    """The layer's receptive field geometry and, per image, its most active unit and that unit's box (or why the
+    field could not be computed)."""
     rf = e.receptive_field
     if rf is None:
-        return {"error": e.receptive_field_error}
+        return ReceptiveFieldError(error=e.receptive_field_error)
     units = []
     for c, y, x in _units(e):
         box = rf.box(y, x)
-        units.append({"channel": c, "y": y, "x": x, "box": [box.top, box.left, box.bottom, box.right]})
-    return {
+        units.append(FieldUnit(channel=c, y=y, x=x, box=(box.top, box.left, box.bottom, box.right)))
+    return ReceptiveFieldSummary(
         **rf.to_dict(),
-        "units": units,
-        "box_format": "[top, left, bottom, right] in input pixels, bottom and right exclusive, clipped to the image",
-    }
+        units=units,
+        box_format="[top, left, bottom, right] in input pixels, bottom and right exclusive, clipped to the image",
+    )
 
 
 def _save_maps(

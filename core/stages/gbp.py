@@ -1,7 +1,7 @@
 """Guided backpropagation (GBP) maps of every cut point, and their normalised "map images".
 
 The GBP map of cut point l for image x is the gradient of the sum of all activations at l with
-respect to x, where every activation below l back-propagates only guided gradient (DESIGN.md §1).
+respect to x, where every activation below l back-propagates only guided gradient (docs/design.md §1).
 One forward per batch captures every cut point; one ``torch.autograd.grad`` per cut point follows.
 
 How an activation back-propagates is the *rule* (``g`` is the gradient arriving at the

@@ -1,21 +1,47 @@
 """The pipeline's stages as plain functions: each reads its inputs, writes files into ``out_dir`` and
-returns a JSON-serialisable summary. The command line and the service workers both call these.
+returns its typed result (``layercut.contracts.results``), the same record it writes as JSON. The command line,
+the Python API and the service workers all call these.
 
-Each stage takes a ``Reporter`` for progress and cancellation (DESIGN.md §2).
+Each stage takes a ``Reporter`` for progress and cancellation (docs/design.md §2).
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import time
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ValidationError
 from torch import nn
 
+from layercut.contracts import files
 from layercut.contracts.configs import AnalyzeConfig, CompareConfig, DataConfig, TrainConfig, TruncateConfig
 from layercut.contracts.errors import LayercutError
+from layercut.contracts.results import (
+    AnalyzeResult,
+    AnalyzeSeconds,
+    ChosenCutPoint,
+    ClassificationReport,
+    CompareResult,
+    Comparison,
+    Curves,
+    CutPointInfo,
+    DataInfo,
+    EpochRow,
+    GbpSettings,
+    Knee,
+    LatencyMeasurement,
+    MapImageSettings,
+    ProbeSettings,
+    ProfiledModel,
+    RetrainResult,
+    SsimSettings,
+    TrainResult,
+    TruncateResult,
+)
 from layercut.contracts.spec import CutPointRef, ModelSpec
 from layercut.stages import plots
 from layercut.stages.architectures import IMAGENET_MEAN, IMAGENET_STD, build_model, check_architecture
@@ -33,24 +59,20 @@ from layercut.stages.ssim import similarity_matrix
 from layercut.stages.training import normalise, predict, reinitialise, seed_everything, train_model
 from layercut.stages.truncation import truncate
 
-CHECKPOINT_NAME = "model.safetensors"
+CHECKPOINT_NAME = files.CHECKPOINT
 CONFUSED_PAIRS = 6  # rows of confused_pairs.png
 
+TrainingResultT = TypeVar("TrainingResultT", TrainResult, RetrainResult)
+"""The result a training stage records: a base model's (train) or a slim model's (retrain)."""
 
-def write_json(path: Path, payload: dict) -> Path:
+
+def write_result(path: str | Path, result: BaseModel) -> Path:
+    """Write a result model as indented JSON, as its model says (keys by alias, optional keys left out when unset);
+    a non-finite float (a diverged training's NaN loss) is written as null, so the file is strict JSON."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, default=_json_default))
+    path.write_text(result.model_dump_json(indent=2), encoding="utf-8")
     return path
-
-
-def _json_default(value):
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
 def load_data(
@@ -92,15 +114,28 @@ def check_dataset_fits(spec: ModelSpec, dataset: Dataset) -> None:
         )
 
 
-def evaluate(model: nn.Module, spec: ModelSpec, dataset: Dataset, device: torch.device) -> dict:
-    """Classification reports on the validation and test splits."""
-    return _evaluate_with_logits(model, spec, dataset, device)[0]
+def data_info(dataset: Dataset) -> DataInfo:
+    """The dataset's description as the typed record a training result carries; a hand-made ``Dataset`` whose
+    ``info`` does not describe its data is an input error."""
+    try:
+        return DataInfo.model_validate(dataset.info)
+    except ValidationError as exc:
+        raise LayercutError(
+            f"the dataset's info does not describe it as layercut's loaders do ({exc.error_count()} problem(s), "
+            f"first: {_first_error(exc)}); load the data with layercut.load_data"
+        ) from exc
 
 
-def _evaluate_with_logits(
+def _first_error(exc: ValidationError) -> str:
+    """The first problem pydantic found, as ``location: message``."""
+    error = exc.errors()[0]
+    return f"{'.'.join(map(str, error['loc'])) or '(top)'}: {error['msg']}"
+
+
+def evaluate_with_logits(
     model: nn.Module, spec: ModelSpec, dataset: Dataset, device: torch.device
 ) -> tuple[dict, dict[str, torch.Tensor]]:
-    """The reports of ``evaluate`` and the logits behind them, so the pictures need no second forward pass."""
+    """Classification reports on the validation and test splits, and the logits behind them (for the pictures)."""
     reports, logits = {}, {}
     for name, split in (("val", dataset.val), ("test", dataset.test)):
         logits[name] = predict(model, split, spec.mean, spec.std, device)
@@ -115,45 +150,52 @@ def _fit_and_record(
     config: TrainConfig,
     out_dir: Path,
     reporter: Reporter,
-    stage: str,
-    extra: dict,
-) -> dict:
-    """Train, save the best checkpoint, evaluate and draw the pictures; shared by train and retrain."""
-    result = train_model(model, dataset.train, dataset.val, spec.mean, spec.std, config, reporter, stage=stage)
-    device = torch.device(result.device)
+    result_type: type[TrainingResultT],
+    **extra: Any,
+) -> TrainingResultT:
+    """Train, save the best checkpoint, evaluate and draw the pictures; shared by train and retrain, whose
+    ``result_type`` (TrainResult or RetrainResult) is built from the common record plus its own ``extra`` fields."""
+    stage = "train" if result_type is TrainResult else "retrain"
+    info = data_info(dataset)
+    trained = train_model(model, dataset.train, dataset.val, spec.mean, spec.std, config, reporter, stage=stage)
+    device = torch.device(trained.device)
     checkpoint = save_checkpoint(model.cpu(), spec, out_dir / CHECKPOINT_NAME)
     model.to(device)
-    reports, logits = _evaluate_with_logits(model, spec, dataset, device)
+    reports, logits = evaluate_with_logits(model, spec, dataset, device)
     probs = to_probabilities(logits["test"])  # the same probabilities the test report was computed from
-    summary = {
-        "stage": stage,
-        "checkpoint": str(checkpoint),
-        "architecture": spec.architecture,
-        "cut_point": spec.cut_point.model_dump() if spec.cut_point else None,
-        "classes": dataset.classes,
-        "params": count_parameters(model),
-        "accuracy": reports["test"]["accuracy"],
-        "macro_f1": reports["test"]["macro_f1"],
-        "best_epoch": result.best_epoch,
-        "best_val_accuracy": result.best_val_accuracy,
-        "stopped_early": result.stopped_early,
-        "epochs_run": len(result.history),
-        "images_per_second": result.images_per_second,
-        "device": result.device,
-        "history": result.history,
-        "val": reports["val"],
-        "test": reports["test"],
-        "data": dataset.info,
-        "config": config.model_dump(),
+    val, test = (
+        ClassificationReport.model_validate(reports["val"]),
+        ClassificationReport.model_validate(reports["test"]),
+    )
+    result = result_type(
+        stage=stage,
+        checkpoint=str(checkpoint),
+        architecture=spec.architecture,
+        cut_point=spec.cut_point,
+        classes=list(dataset.classes),
+        params=count_parameters(model),
+        accuracy=test.accuracy,
+        macro_f1=test.macro_f1,
+        best_epoch=trained.best_epoch,
+        best_val_accuracy=trained.best_val_accuracy,
+        stopped_early=trained.stopped_early,
+        epochs_run=len(trained.history),
+        images_per_second=trained.images_per_second,
+        device=trained.device,
+        history=[EpochRow.model_validate(row) for row in trained.history],
+        val=val,
+        test=test,
+        data=info,
+        config=config,
         **extra,
-    }
+    )
     title = f"{spec.architecture}{' (slim, cut at ' + spec.cut_point.name + ')' if spec.cut_point else ''}"
-    plots.plot_training_curves(result.history, out_dir / "training_curves.png", f"{stage}: {title}")
+    plots.plot_training_curves(trained.history, out_dir / "training_curves.png", f"{stage}: {title}")
     plots.plot_confusion_matrix(
-        reports["test"]["confusion_matrix"],
+        test.confusion_matrix,
         dataset.classes,
         out_dir / "confusion_matrix.png",
-        f"{title}: test confusion matrix (accuracy {reports['test']['accuracy']:.1%})",
+        f"{title}: test confusion matrix (accuracy {test.accuracy:.1%})",
     )
     plots.plot_roc_curves(
         roc_curves(probs, dataset.test.labels, dataset.classes),
@@ -161,8 +203,8 @@ def _fit_and_record(
         f"{title}: one-vs-rest ROC on the test split",
     )
     _confused_pairs_picture(probs, dataset, out_dir / "confused_pairs.png", f"{title}: most confused test pairs")
-    write_json(out_dir / "metrics.json", summary)
-    return summary
+    write_result(out_dir / files.METRICS_JSON, result)
+    return result
 
 
 def _confused_pairs_picture(probs: torch.Tensor, dataset: Dataset, path: Path, title: str) -> Path:
@@ -214,7 +256,7 @@ def train_stage(
     out_dir: str | Path,
     pretrained: bool = False,
     reporter: Reporter = SILENT,
-) -> dict:
+) -> TrainResult:
     """Train a base model of ``arch`` on ``dataset``; writes model.safetensors, metrics.json and pictures."""
     check_architecture(arch)
     out_dir = Path(out_dir)
@@ -232,7 +274,7 @@ def train_stage(
         data=data_config.model_dump(),
     )
     _class_counts_picture(dataset, out_dir / "class_counts.png")
-    return _fit_and_record(model, spec, dataset, config, out_dir, reporter, "train", {"pretrained": pretrained})
+    return _fit_and_record(model, spec, dataset, config, out_dir, reporter, TrainResult, pretrained=pretrained)
 
 
 def retrain_stage(
@@ -242,15 +284,24 @@ def retrain_stage(
     out_dir: str | Path,
     from_scratch: bool = False,
     reporter: Reporter = SILENT,
-) -> dict:
+) -> RetrainResult:
     """Fine-tune a slim model from its kept weights (or from scratch); same outputs as ``train_stage``."""
     model, spec = load_checkpoint(checkpoint_path)
     check_dataset_fits(spec, dataset)
     if from_scratch:
         seed_everything(config.seed)
         reinitialise(model)
-    extra = {"from_scratch": from_scratch, "initial_checkpoint": str(checkpoint_path)}
-    return _fit_and_record(model, spec, dataset, config, Path(out_dir), reporter, "retrain", extra)
+    return _fit_and_record(
+        model,
+        spec,
+        dataset,
+        config,
+        Path(out_dir),
+        reporter,
+        RetrainResult,
+        from_scratch=from_scratch,
+        initial_checkpoint=str(checkpoint_path),
+    )
 
 
 def analyze_stage(
@@ -259,7 +310,7 @@ def analyze_stage(
     config: AnalyzeConfig,
     out_dir: str | Path,
     reporter: Reporter = SILENT,
-) -> dict:
+) -> AnalyzeResult:
     """GBP maps of every cut point for probe images, their SSIM matrix, both curves and the knee."""
     out_dir = Path(out_dir)
     started = time.perf_counter()
@@ -304,74 +355,82 @@ def analyze_stage(
         probe_indices=probe_idx.numpy(),
         cut_point_names=np.array(names),
     )
-    analysis = {
-        "stage": "analyze",
-        "checkpoint": str(checkpoint_path),
-        "architecture": spec.architecture,
-        "image_size": spec.image_size,
-        "classes": spec.classes,
-        "cut_points": [vars(info) for info in infos],
-        "probes": {
-            "split": "val",
-            "count": int(len(probe_idx)),
-            "per_class": config.probes_per_class,
-            "max": config.max_probes,
-            "seed": config.probe_seed,
-            "indices": probe_idx.tolist(),
-            "labels": probe_labels.tolist(),
-        },
-        "gbp": {
-            "definition": "gradient of the sum of all activations at the cut point w.r.t. the normalised input image",
-            "rule": config.gbp_rule,
-            "batch_size": config.batch_size,
-        },
-        "map_image": {
-            "normalisation": "(g - mean) / (std + 1e-7) * 0.25 + 0.5, clipped to [0, 1], per map",
-            "grayscale": config.grayscale,
-        },
-        "ssim": {
-            "implementation": "batched torch float64, equal to skimage.metrics.structural_similarity",
-            "data_range": config.ssim_data_range,
-            "win_size": 7,
-            "k1": 0.01,
-            "k2": 0.03,
-            "gaussian_weights": False,
-            "covariance": "sample",
-            "border_cropped": 3,
-            "channels": 1 if config.grayscale else int(images.shape[2]),
-        },
-        "similarity_matrix": matrix.tolist(),
-        "curves": {k: v.tolist() for k, v in curves.items()},
-        "knee": {"curve_mode": config.curve, **knee.to_dict()},
-        "knee_found": knee.found,
-        "cut_point": {**vars(infos[chosen.index]), "curve_value": float(curves[config.curve][knee.index])},
-        "device": str(device),
-        "seconds": {"gbp": t_gbp, "ssim": t_ssim, "total": time.perf_counter() - started},
-        "config": config.model_dump(),
-    }
-    write_json(out_dir / "analysis.json", analysis)
+    points_info = [CutPointInfo(**dataclasses.asdict(info)) for info in infos]
+    analysis = AnalyzeResult(
+        stage="analyze",
+        checkpoint=str(checkpoint_path),
+        architecture=spec.architecture,
+        image_size=spec.image_size,
+        classes=list(spec.classes),
+        cut_points=points_info,
+        probes=ProbeSettings(
+            split="val",
+            count=int(len(probe_idx)),
+            per_class=config.probes_per_class,
+            max=config.max_probes,
+            seed=config.probe_seed,
+            indices=probe_idx.tolist(),
+            labels=probe_labels.tolist(),
+        ),
+        gbp=GbpSettings(
+            definition="gradient of the sum of all activations at the cut point w.r.t. the normalised input image",
+            rule=config.gbp_rule,
+            batch_size=config.batch_size,
+        ),
+        map_image=MapImageSettings(
+            normalisation="(g - mean) / (std + 1e-7) * 0.25 + 0.5, clipped to [0, 1], per map",
+            grayscale=config.grayscale,
+        ),
+        ssim=SsimSettings(
+            implementation="batched torch float64, equal to skimage.metrics.structural_similarity",
+            data_range=config.ssim_data_range,
+            win_size=7,
+            k1=0.01,
+            k2=0.03,
+            gaussian_weights=False,
+            covariance="sample",
+            border_cropped=3,
+            channels=1 if config.grayscale else int(images.shape[2]),
+        ),
+        similarity_matrix=matrix.tolist(),
+        curves=Curves(cut=curves["cut"].tolist(), adjacent=curves["adjacent"].tolist()),
+        knee=Knee(curve_mode=config.curve, **knee.to_dict()),
+        knee_found=knee.found,
+        cut_point=ChosenCutPoint(
+            **points_info[chosen.index].model_dump(), curve_value=float(curves[config.curve][knee.index])
+        ),
+        device=str(device),
+        seconds=AnalyzeSeconds(gbp=t_gbp, ssim=t_ssim, total=time.perf_counter() - started),
+        config=config,
+    )
+    write_result(out_dir / files.ANALYSIS_JSON, analysis)
     _analysis_pictures(analysis, images, probe_uint8.float() / 255.0, spec, out_dir, config)
     return analysis
 
 
 def _analysis_pictures(
-    analysis: dict, images: torch.Tensor, probes: torch.Tensor, spec: ModelSpec, out_dir: Path, config: AnalyzeConfig
+    analysis: AnalyzeResult,
+    images: torch.Tensor,
+    probes: torch.Tensor,
+    spec: ModelSpec,
+    out_dir: Path,
+    config: AnalyzeConfig,
 ) -> None:
     """The SSIM curve with its knee, the similarity heat map and the GBP grid (probes given in [0, 1])."""
-    names = [p["name"] for p in analysis["cut_points"]]
-    knee = analysis["knee"]
+    names = [point.name for point in analysis.cut_points]
+    knee = analysis.knee
     model_name = spec.architecture
     plots.plot_ssim_curve(
-        analysis["curves"],
-        knee["index"],
-        knee["found"],
+        analysis.curves.model_dump(),
+        knee.index,
+        knee.found,
         names,
         config.curve,
         out_dir / "ssim_curve.png",
-        f"{model_name}: SSIM between depths ({config.curve} curve), knee at {analysis['cut_point']['name']}",
+        f"{model_name}: SSIM between depths ({config.curve} curve), knee at {analysis.cut_point.name}",
     )
     plots.plot_similarity_matrix(
-        np.array(analysis["similarity_matrix"]),
+        np.array(analysis.similarity_matrix),
         names,
         out_dir / "similarity_matrix.png",
         f"{model_name}: SSIM of GBP maps between cut points",
@@ -383,7 +442,7 @@ def _analysis_pictures(
         names,
         out_dir / "gbp_grid.png",
         f"{model_name}: guided backprop maps across depth",
-        knee["index"],
+        knee.index,
     )
 
 
@@ -392,8 +451,11 @@ def truncate_stage(
     config: TruncateConfig,
     out_path: str | Path,
     analysis_path: str | Path | None = None,
-) -> dict:
-    """Cut a base model at the knee of an analysis (or a named cut point) and attach a new, untrained head."""
+) -> TruncateResult:
+    """Cut a base model at the knee of an analysis (or a named cut point) and attach a new, untrained head.
+
+    Writes the slim checkpoint to ``out_path``; the caller records the result (truncate.json) where it keeps it.
+    """
     model, spec = load_checkpoint(checkpoint_path)
     if spec.is_slim:
         raise LayercutError(
@@ -402,12 +464,10 @@ def truncate_stage(
     if config.cut == "knee":
         if analysis_path is None:
             raise LayercutError("--cut knee needs the analysis.json of this model (--analysis); or name a cut point")
-        analysis = json.loads(Path(analysis_path).read_text())
-        if analysis.get("architecture") != spec.architecture:
-            raise LayercutError(
-                f"{analysis_path} analysed a {analysis.get('architecture')}, not this {spec.architecture}"
-            )
-        which: int | str = analysis["cut_point"]["name"]
+        analysis = read_analysis(analysis_path)
+        if analysis.architecture != spec.architecture:
+            raise LayercutError(f"{analysis_path} analysed a {analysis.architecture}, not this {spec.architecture}")
+        which: int | str = analysis.cut_point.name
     else:
         which = config.cut
     point = resolve_cut_point(model, which)
@@ -417,19 +477,34 @@ def truncate_stage(
     )
     save_checkpoint(slim, slim_spec, out_path)
     base_params, slim_params = count_parameters(model), count_parameters(slim)
-    return {
-        "stage": "truncate",
-        "checkpoint": str(out_path),
-        "cut_point": {"index": point.index, "name": point.name},
-        "chosen_by": "knee" if config.cut == "knee" else "user",
-        "base_params": base_params,
-        "slim_params": slim_params,
-        "params_kept": slim_params / base_params,
-        "cut_points_total": len(cut_points(model)),
-    }
+    return TruncateResult(
+        stage="truncate",
+        checkpoint=str(out_path),
+        cut_point=CutPointRef(index=point.index, name=point.name),
+        chosen_by="knee" if config.cut == "knee" else "user",
+        base_params=base_params,
+        slim_params=slim_params,
+        params_kept=slim_params / base_params,
+        cut_points_total=len(cut_points(model)),
+    )
 
 
-def _profile(path: Path, dataset: Dataset, config: CompareConfig, reporter: Reporter, label: str) -> dict:
+def read_analysis(path: str | Path) -> AnalyzeResult:
+    """An analysis.json read into its model; a file that is missing or is not one is an input error."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise LayercutError(f"cannot read the analysis {path}: {exc.strerror or exc}") from exc
+    try:
+        return AnalyzeResult.model_validate_json(text)
+    except ValidationError as exc:
+        raise LayercutError(
+            f"{path} is not an analysis.json written by `layercut analyze` ({_first_error(exc)}); run analyze again"
+        ) from exc
+
+
+def _profile(path: Path, dataset: Dataset, config: CompareConfig, reporter: Reporter, label: str) -> ProfiledModel:
+    """Test metrics, parameters, MACs, checkpoint size and latency of one model of a comparison."""
     device = resolve_device(config.device)
     model, spec = load_checkpoint(path, device)
     check_dataset_fits(spec, dataset)
@@ -440,24 +515,27 @@ def _profile(path: Path, dataset: Dataset, config: CompareConfig, reporter: Repo
     shape = (1, 3, spec.image_size, spec.image_size)
     targets = [("cpu", "cpu")] + ([("gpu", str(device))] if device.type == "cuda" else [])
     runs = [(name, target, batch) for name, target in targets for batch in config.latency_batches]
-    latency = {}
+    latency: dict[str, LatencyMeasurement] = {}
     for step, (name, target, batch) in enumerate(runs):
         reporter.update("compare", step / len(runs), f"timing {label} on {name} at batch {batch}")
-        latency[f"{name}_b{batch}"] = measure_latency(
-            model, (batch, *shape[1:]), device=target, warmup=config.latency_warmup, repeats=config.latency_repeats
+        latency[f"{name}_b{batch}"] = LatencyMeasurement.model_validate(
+            measure_latency(
+                model, (batch, *shape[1:]), device=target, warmup=config.latency_warmup, repeats=config.latency_repeats
+            )
         )
-    return {
-        "checkpoint": str(path),
-        "architecture": spec.architecture,
-        "cut_point": spec.cut_point.model_dump() if spec.cut_point else None,
-        "accuracy": report["accuracy"],
-        "macro_f1": report["macro_f1"],
-        "params": count_parameters(model),
-        "macs": count_macs(model, shape),
-        "checkpoint_bytes": checkpoint_bytes(path),
-        "latency": latency,
-        "test": report,
-    }
+    test = ClassificationReport.model_validate(report)
+    return ProfiledModel(
+        checkpoint=str(path),
+        architecture=spec.architecture,
+        cut_point=spec.cut_point,
+        accuracy=test.accuracy,
+        macro_f1=test.macro_f1,
+        params=count_parameters(model),
+        macs=count_macs(model, shape),
+        checkpoint_bytes=checkpoint_bytes(path),
+        latency=latency,
+        test=test,
+    )
 
 
 def compare_stage(
@@ -467,26 +545,26 @@ def compare_stage(
     config: CompareConfig,
     out_dir: str | Path,
     reporter: Reporter = SILENT,
-) -> dict:
+) -> CompareResult:
     """Accuracy, F1, size and speed of two trained models on the same test split; compare.json and a chart."""
     out_dir = Path(out_dir)
     base = _profile(Path(base_checkpoint), dataset, config, reporter.scaled(0.0, 0.5), "base")
     reporter.update("compare", 0.5, "base model measured")
     slim = _profile(Path(slim_checkpoint), dataset, config, reporter.scaled(0.5, 1.0), "slim")
-    comparison = compare_models(base, slim)
-    result = {
-        "stage": "compare",
-        "base": base,
-        "slim": slim,
-        "comparison": comparison,
-        "threads": torch.get_num_threads(),
-        "test_images": int(len(dataset.test.labels)),
-    }
-    write_json(out_dir / "compare.json", result)
+    comparison = Comparison.model_validate(compare_models(base.model_dump(), slim.model_dump()))
+    result = CompareResult(
+        stage="compare",
+        base=base,
+        slim=slim,
+        comparison=comparison,
+        threads=torch.get_num_threads(),
+        test_images=int(len(dataset.test.labels)),
+    )
+    write_result(out_dir / files.COMPARE_JSON, result)
     plots.plot_comparison(
-        comparison,
+        comparison.model_dump(),
         out_dir / "compare.png",
-        f"base {base['architecture']} vs slim (cut at {slim['cut_point']['name'] if slim['cut_point'] else '-'})",
+        f"base {base.architecture} vs slim (cut at {slim.cut_point.name if slim.cut_point else '-'})",
     )
     reporter.update("compare", 1.0, "done")
     return result

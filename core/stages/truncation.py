@@ -1,6 +1,6 @@
 """Truncation: keep the layers up to a cut point with their trained weights and attach a new head.
 
-The slim model is a real, smaller ``nn.Module`` (DESIGN.md §1): the kept feature layers followed by
+The slim model is a real, smaller ``nn.Module`` (docs/design.md §1): the kept feature layers followed by
 global average pooling, dropout and one linear layer to the classes.
 """
 

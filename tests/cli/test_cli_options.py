@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import typer
+from pydantic import BaseModel
 
 import layercut
 import layercut.local
@@ -52,6 +53,12 @@ def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
     return exit_info.value.code, " ".join((captured.err + captured.out).split())
 
 
+class Recorded(BaseModel):
+    """What the recording pipeline returns in place of a RunSummary: a model, which `--json` prints."""
+
+    recorded: bool = True
+
+
 @pytest.fixture
 def pipeline_calls(monkeypatch) -> list[dict]:
     """Replace the pipeline by a recorder of what `layercut run` asked for (no training)."""
@@ -59,7 +66,7 @@ def pipeline_calls(monkeypatch) -> list[dict]:
 
     def record(data, arch, out_dir, **configs):
         calls.append({"data": data, "arch": arch, "out": Path(out_dir), **configs})
-        return {"recorded": True}
+        return Recorded()
 
     monkeypatch.setattr(layercut.local, "run_pipeline", record)
     return calls

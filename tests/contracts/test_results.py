@@ -1,6 +1,6 @@
-"""The result models describe exactly what the stages produce: a real tiny pipeline's results and JSON files
-validate (unknown keys are errors), and dumping a model gives back the file's JSON, value for value and type for
-type, so reading a result into its model loses nothing."""
+"""The result models describe exactly what the stages produce: each stage of a real tiny pipeline returns its
+result model, its JSON file validates (unknown keys are errors), and dumping the returned model or the model read
+from the file gives back the file's JSON, value for value and type for type, so reading a result loses nothing."""
 
 from __future__ import annotations
 
@@ -80,16 +80,16 @@ def non_json_values(value: Any, where: str = "$") -> list[str]:
     return [f"{where}: {type(value).__module__}.{type(value).__qualname__}"]
 
 
-def check_exact(model: type[BaseModel], produced: dict[str, Any] | None, path: Path) -> BaseModel:
-    """The file and the returned dict validate, and each dumps back to the file's JSON."""
+def check_exact(model: type[BaseModel], produced: BaseModel | None, path: Path) -> BaseModel:
+    """The stage returned ``model``, the file validates, and each dumps back to the file's JSON."""
     text = path.read_text()
     written = json.loads(text)
     from_file = model.model_validate_json(text)
     assert_same_json(from_file.model_dump(mode="json"), written)
     if produced is not None:
-        from_result = model.model_validate(produced)
-        assert_same_json(from_result.model_dump(mode="json"), written)
-        assert from_result == from_file
+        assert type(produced) is model, f"returned a {type(produced).__name__}, not a {model.__name__}"
+        assert_same_json(produced.model_dump(mode="json"), written)
+        assert produced == from_file
     return from_file
 
 
@@ -108,7 +108,7 @@ def _folder_dataset(root: Path, pre_split: bool = False, per_class: int = 10) ->
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dict[str, Any]], dict[str, Any]]:
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, BaseModel], RunSummary]:
     """One real pipeline (a 24-image folder at 32 px, smallcnn, 1 epoch, CPU): its folder, what each stage returned,
     and run.json's summary."""
     from layercut import local
@@ -116,10 +116,10 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dict[
     tmp = tmp_path_factory.mktemp("results")
     data = _folder_dataset(tmp / "data", per_class=12)
     out = tmp / "run"
-    returned: dict[str, dict[str, Any]] = {}
+    returned: dict[str, BaseModel] = {}
 
     def recording(kind: str, runner: Any) -> Any:
-        def run_step(state: Any, step: Any) -> dict[str, Any]:
+        def run_step(state: Any, step: Any) -> BaseModel:
             returned[kind] = runner(state, step)
             return returned[kind]
 
@@ -169,32 +169,39 @@ def test_each_stage_result_and_its_file_are_described_exactly(run, kind: str) ->
     assert type(STAGE_RESULT.validate_json((out / name).read_text())) is model
     if kind in ("train", "retrain"):
         assert type(TRAINING_RESULT.validate_json((out / name).read_text())) is model
-    assert non_json_values(returned[kind]) == [], f"the {kind} stage returns values that are not plain JSON"
+    assert isinstance(returned[kind], model), f"the {kind} step returned a {type(returned[kind]).__name__}"
+    dumped = returned[kind].model_dump(mode="json")
+    assert non_json_values(dumped) == [], f"the {kind} stage returns values that are not plain JSON"
     assert parsed.model_dump(mode="json")["stage"] == kind
 
 
 def test_run_json_is_described_exactly(run) -> None:
     out, _, summary = run
     parsed = check_exact(RunSummary, summary, out / files.RUN_JSON)
-    assert isinstance(parsed, RunSummary)
+    assert isinstance(parsed, RunSummary) and isinstance(summary, RunSummary)
     assert parsed.cut_point.chosen_by == "knee" and parsed.explain.layers.keys() == {"base", "slim"}
-    assert non_json_values(summary) == []
+    assert non_json_values(summary.model_dump(mode="json")) == []
 
 
 def test_the_typed_fields_read_what_the_readers_read_by_key(run) -> None:
     out, returned, _ = run
-    compare = CompareResult.model_validate(returned["compare"])
-    assert compare.comparison.metrics.params.slim == returned["compare"]["comparison"]["metrics"]["params"]["slim"]
+    compare = returned["compare"]
+    assert isinstance(compare, CompareResult)
+    dumped = compare.model_dump(mode="json")
+    assert compare.comparison.metrics.params.slim == dumped["comparison"]["metrics"]["params"]["slim"]
     assert set(compare.base.latency) == {"cpu_b1"}
-    train = TrainResult.model_validate(returned["train"])
+    train = returned["train"]
+    assert isinstance(train, TrainResult)
     assert train.test.per_class.keys() == set(train.classes)
     assert train.data.kind == "class-folders" and train.data.ignored is not None
-    explained = ExplainResult.model_validate(returned["explain"])
+    explained = returned["explain"]
+    assert isinstance(explained, ExplainResult)
     assert (
         explained.models["slim"].predictions[0].class_
-        == returned["explain"]["models"]["slim"]["predictions"][0]["class"]
+        == explained.model_dump(mode="json")["models"]["slim"]["predictions"][0]["class"]
     )
-    analysis = AnalyzeResult.model_validate(returned["analyze"])
+    analysis = returned["analyze"]
+    assert isinstance(analysis, AnalyzeResult)
     assert analysis.knee.found == analysis.knee_found and analysis.cut_point.index == analysis.knee.index
 
 
@@ -237,7 +244,7 @@ def test_the_builtin_data_info_is_described_exactly(source: str) -> None:
 
 def test_an_unknown_or_missing_key_is_an_error(run) -> None:
     out, returned, _ = run
-    truncated = dict(returned["truncate"])
+    truncated = returned["truncate"].model_dump(mode="json")
     with pytest.raises(ValidationError, match="extra_forbidden"):
         TruncateResult.model_validate({**truncated, "surprise": 1})
     with pytest.raises(ValidationError, match="missing"):
@@ -270,3 +277,22 @@ def test_a_torchvision_dataset_info_is_described_exactly(tmp_path: Path, monkeyp
     info = DataInfo.model_validate(data.info)
     assert_same_json(info.model_dump(mode="json"), json.loads(json.dumps(data.info)))
     assert info.kind == "torchvision" and info.folder is not None and info.split.note is not None
+
+
+def _refuse_constant(name: str) -> Any:
+    """A strict JSON parser's answer to NaN, Infinity and -Infinity, which JSON does not have."""
+    raise ValueError(f"{name} is not JSON")
+
+
+def test_a_diverging_training_writes_strict_json(tmp_path: Path) -> None:
+    """A learning rate that makes the loss NaN: the returned model keeps NaN, metrics.json says null."""
+    import layercut as lc
+
+    data = lc.load_data("textures", image_size=32)
+    result = lc.train(data, "smallcnn", tmp_path, epochs=1, lr=1e6, device="cpu")
+    assert isinstance(result, TrainResult)
+    assert result.history[0].train_loss is not None and math.isnan(result.history[0].train_loss)
+    text = (tmp_path / files.METRICS_JSON).read_text()
+    written = json.loads(text, parse_constant=_refuse_constant)
+    assert written["history"][0]["train_loss"] is None and written["history"][0]["val_loss"] is None
+    assert TRAINING_RESULT.validate_json(text).history[0].train_loss is None

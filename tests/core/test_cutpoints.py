@@ -1,4 +1,4 @@
-"""Cut points exactly as DESIGN.md defines them, for every supported family."""
+"""Cut points exactly as docs/design.md defines them, for every supported family."""
 
 import subprocess
 import sys

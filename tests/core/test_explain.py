@@ -226,7 +226,7 @@ def test_base_vs_slim_on_a_tiny_run(tiny_models, tmp_path):
         compare_checkpoint=slim,
     )
     on_disk = json.loads((out / "explain.json").read_text())
-    assert on_disk["figures"] == result["figures"]
+    assert on_disk["figures"] == result.figures
     for key in (
         "stage",
         "methods",
@@ -303,17 +303,17 @@ def test_every_class_and_a_chosen_layer(tiny_models, tmp_path):
         feature_maps=0,
     )
     result = lc.explain(base, data, tmp_path, **config.model_dump())
-    entry = result["models"]["base"]
-    assert entry["layer"] == "features.10" and entry["feature_maps"] == {
+    entry = result.models["base"]
+    assert entry.layer == "features.10" and entry.feature_maps.model_dump() == {
         "layer": "features.6",
         "channels": [],
         "means": [],
     }
-    assert entry["targets"] == [[0, 1, 2]] * 3 and entry["receptive_field"]["layer"] == "features.6"
-    assert set(result["figures"]) == {"cams_base", "class_cams_base", "receptive_field_base"}
-    for file in result["figures"].values():
+    assert entry.targets == [[0, 1, 2]] * 3 and entry.receptive_field.layer == "features.6"
+    assert set(result.figures) == {"cams_base", "class_cams_base", "receptive_field_base"}
+    for file in result.figures.values():
         _check_png(tmp_path / file)
-    assert result["agreement"] is None
+    assert result.agreement is None
 
 
 def test_stage_errors_and_cancellation(tiny_models, tmp_path):

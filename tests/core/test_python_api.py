@@ -15,4 +15,4 @@ def test_train_records_the_data_settings_and_loads_as_a_module(tmp_path: Path) -
     assert spec.data["source"] == "textures" and spec.data["seed"] == 3 and spec.data["image_size"] == 32
     model, loaded_spec = lc.load_model(tmp_path / "base" / "model.safetensors")
     assert isinstance(model, nn.Module) and not model.training
-    assert loaded_spec.classes == data.classes == summary["classes"]
+    assert loaded_spec.classes == data.classes == summary.classes

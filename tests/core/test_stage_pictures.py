@@ -24,9 +24,27 @@ def _split(per_class: int, seed: int) -> Split:
     return Split(images=images, labels=labels, sources=[f"synthetic:{seed}:{i}" for i in range(len(labels))])
 
 
+def _info() -> dict:
+    """The description a loader would give of the synthetic data (what a training result records as ``data``)."""
+    return {
+        "name": "synthetic",
+        "source": "synthetic",
+        "kind": "builtin",
+        "classes": list(CLASSES),
+        "num_classes": len(CLASSES),
+        "image_size": 32,
+        "source_channels": 3,
+        "sizes": {"train": 36, "val": 12, "test": 12},
+        "per_class": {name: dict.fromkeys(CLASSES, n) for name, n in (("train", 12), ("val", 4), ("test", 4))},
+        "split": {"method": "given", "seed": 0},
+        "skipped": {"count": 0, "files": [], "reasons": {}},
+        "warnings": [],
+    }
+
+
 def _dataset(with_counts: bool) -> Dataset:
     train, val, test = _split(12, 0), _split(4, 1), _split(4, 2)
-    info = {"per_class": {name: dict.fromkeys(CLASSES, n) for name, n in (("train", 12), ("val", 4), ("test", 4))}}
+    info = _info()
     return Dataset(
         name="synthetic",
         classes=list(CLASSES),
@@ -63,7 +81,7 @@ def test_train_and_retrain_write_the_new_pictures(tmp_path: Path, monkeypatch) -
         path = tmp_path / "base" / name
         assert path.exists() and path.stat().st_size > 1000, name
     assert plt.get_fignums() == []
-    assert json.loads((tmp_path / "base" / "metrics.json").read_text())["accuracy"] == summary["accuracy"]
+    assert json.loads((tmp_path / "base" / "metrics.json").read_text())["accuracy"] == summary.accuracy
 
     stages.truncate_stage(
         tmp_path / "base" / stages.CHECKPOINT_NAME, TruncateConfig(cut="1"), tmp_path / "slim" / "initial.safetensors"
