@@ -6,7 +6,7 @@ a table.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from layercut.report.reading import is_number
@@ -51,11 +51,11 @@ def speed(speedup: float) -> str:
     return f"{speedup:.2f}× faster" if speedup >= 1 else f"{1 / speedup:.2f}× slower"
 
 
-def latency_label(key: str, entry: Mapping) -> str:
-    """A latency key of the compare result ('cpu_b1') as words: 'CPU, batch 1'."""
+def latency_label(key: str, batch_size: int | None = None) -> str:
+    """A latency label of the compare result ('cpu_b1') as words: 'CPU, batch 1' (the batch size recorded with the
+    measurement, else the one the label names)."""
     device, _, batch = str(key).partition("_b")
-    batch = entry.get("batch_size", batch)
-    return f"{device.upper()}, batch {batch}"
+    return f"{device.upper()}, batch {batch if batch_size is None else batch_size}"
 
 
 def slug(label: str) -> str:

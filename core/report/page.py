@@ -2,9 +2,10 @@
 
 A report is described by a list of ``StageInput``: one per stage (job kind) with the folder holding its
 files and, where known, its summary dict and job status. Each section (``layercut.report.sections``) is drawn
-from its stage when that stage is done, else it says "not run yet"; a section that fails to draw says so and
-the rest of the page still renders. Pictures are embedded as base64 ``data:`` URIs; CSS is inline; there are
-no scripts and no external references, so the page works offline and printed.
+from its stage's result when that stage is done, else it says "not run yet"; a result that does not validate is
+drawn as far as it can be, under a note naming the file and the first validation error; a section that fails to
+draw says so and the rest of the page still renders. Pictures are embedded as base64 ``data:`` URIs; CSS is
+inline; there are no scripts and no external references, so the page works offline and printed.
 
 Torch-free (the API imports this).
 """
@@ -38,6 +39,7 @@ class Section:
     stage: Stage | None  # the stage whose status the section follows (None: the overview)
     body: Markup = Markup("")
     problem: str | None = None  # set when the body could not be drawn
+    warning: str | None = None  # set when the stage's result did not validate: the file and the first error
 
     @property
     def state(self) -> str | None:
@@ -98,10 +100,11 @@ def render_report(
 
 
 def draw(ident: str, title: str, stage: Stage | None, make: Callable[[Any], Markup]) -> Section:
-    """A section drawn by ``make(stage)``; a malformed result must not take the whole report down, so a failure
-    becomes a note saying what went wrong."""
+    """A section drawn by ``make(stage)``, with the note of a result that did not validate; a malformed result must
+    not take the whole report down, so a failure becomes a note saying what went wrong."""
+    warning = stage.problem if stage is not None and stage.ready else None
     try:
-        return Section(ident, title, stage, body=make(stage))
+        return Section(ident, title, stage, body=make(stage), warning=warning)
     except Exception as exc:
         log.exception("report section %s could not be drawn", ident)
         if stage is None:
@@ -113,6 +116,7 @@ def draw(ident: str, title: str, stage: Stage | None, make: Callable[[Any], Mark
             title,
             stage,
             problem=f"This section could not be drawn from the stage's outputs ({type(exc).__name__}: {exc}).",
+            warning=warning,
         )
 
 

@@ -11,7 +11,9 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
 
 from layercut.contracts.files import (
     ANALYSIS_JSON,
@@ -22,79 +24,91 @@ from layercut.contracts.files import (
     RUN_JSON,
     TRUNCATE_JSON,
 )
-from layercut.contracts.spec import SPEC_KEY
+from layercut.contracts.results import AnalyzeResult, RetrainResult, RunSummary, TrainResult
+from layercut.contracts.spec import SPEC_KEY, ModelSpec
 from layercut.report.page import SUBTITLE, render_report
-from layercut.report.reading import as_list, get, is_number, read_json
+from layercut.report.reading import first, is_number, parse, read_json
 from layercut.report.stages import StageInput
 
 REPORT_NAME = REPORT_HTML
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 
+M = TypeVar("M", bound=BaseModel)
 
-def checkpoint_spec(path: Path) -> dict | None:
-    """The layercut spec stored in a safetensors file's header, read without torch (None if absent or unreadable)."""
+
+def read_result(path: Path, model: type[M]) -> M | None:
+    """The JSON file at ``path`` as ``model`` (partial when it does not validate), or None when it is missing or
+    not a JSON object."""
+    raw = read_json(path)
+    return parse(model, raw).result if raw is not None else None
+
+
+def checkpoint_spec(path: Path) -> ModelSpec | None:
+    """The layercut spec stored in a safetensors file's header, read without torch (None if absent or unreadable;
+    partial when it does not validate)."""
     try:
         with path.open("rb") as handle:
             size = int.from_bytes(handle.read(8), "little")
             if not 0 < size <= MAX_HEADER_BYTES:
                 return None
             header = json.loads(handle.read(size))
-        spec = json.loads(get(header, "__metadata__", SPEC_KEY) or "null")
+        metadata = header.get("__metadata__") if isinstance(header, dict) else None
+        spec = json.loads(metadata.get(SPEC_KEY) or "null") if isinstance(metadata, dict) else None
     except (OSError, ValueError, UnicodeDecodeError, TypeError):
         return None
-    return spec if isinstance(spec, dict) else None
+    return parse(ModelSpec, spec).result if isinstance(spec, dict) else None
 
 
-def truncate_summary(run_dir: Path, run: dict | None = None) -> dict | None:
-    """What the truncate stage did in a run folder, shaped like the truncate job's summary (truncate.json).
-
-    From slim/truncate.json when present; else from run.json's cut point and parameter counts, completed from
-    slim/initial.safetensors' spec and the metrics files (a run still going has no run.json yet).
-    """
+def truncate_summary(run_dir: Path, run: RunSummary | None = None) -> dict[str, Any] | None:
+    """What the truncate stage did in a run folder without slim/truncate.json (a run of an older version), shaped
+    like truncate.json: run.json's cut point and parameter counts, completed from slim/initial.safetensors' spec and
+    the metrics files (a run still going has no run.json yet). None when neither tells where it was cut."""
     slim = run_dir / RUN_FOLDERS["truncate"]
-    stored = read_json(slim / TRUNCATE_JSON)
-    if stored is not None:
-        return stored
     initial = slim / INITIAL_CHECKPOINT
-    cut = get(run, "cut_point")
+    cut = run.cut_point if run is not None else None
     spec = checkpoint_spec(initial) if initial.is_file() else None
-    if not isinstance(cut, dict) and spec is None:
+    if cut is None and spec is None:
         return None
-    cut = dict(cut) if isinstance(cut, dict) else dict(get(spec, "cut_point") or {})
-    base_metrics = read_json(run_dir / RUN_FOLDERS["train"] / METRICS_JSON)
-    base_params = get(run, "base", "params", default=get(base_metrics, "params"))
-    slim_params = get(run, "slim", "params", default=get(read_json(slim / METRICS_JSON), "params"))
-    analysis = read_json(run_dir / RUN_FOLDERS["analyze"] / ANALYSIS_JSON)
+    index, name = (cut.index, cut.name) if cut is not None else (None, None)
+    if cut is None and spec is not None and spec.cut_point is not None:
+        index, name = spec.cut_point.index, spec.cut_point.name
+    base = read_result(run_dir / RUN_FOLDERS["train"] / METRICS_JSON, TrainResult)
+    retrained = read_result(slim / METRICS_JSON, RetrainResult)
+    analysis = read_result(run_dir / RUN_FOLDERS["analyze"] / ANALYSIS_JSON, AnalyzeResult)
+    base_params = first(run.base.params if run is not None and run.base else None, base and base.params)
+    slim_params = first(run.slim.params if run is not None and run.slim else None, retrained and retrained.params)
     summary: dict[str, Any] = {
         "stage": "truncate",
         "checkpoint": f"{RUN_FOLDERS['truncate']}/{INITIAL_CHECKPOINT}",
-        "cut_point": {"index": cut.get("index"), "name": cut.get("name")},
-        "chosen_by": cut.get("chosen_by"),
+        "cut_point": {"index": index, "name": name},
+        "chosen_by": cut.chosen_by if cut is not None else None,
         "base_params": base_params,
         "slim_params": slim_params,
-        "cut_points_total": cut.get("of") or len(as_list(get(analysis, "cut_points"))) or None,
+        "cut_points_total": (cut.of if cut is not None else None) or (len(analysis.cut_points) if analysis else None),
     }
     if is_number(base_params) and is_number(slim_params) and base_params:
         summary["params_kept"] = slim_params / base_params
-    if spec is not None and get(spec, "head_dropout") is not None:
-        summary["head_dropout"] = spec["head_dropout"]
-    return summary
+    return {key: value for key, value in summary.items() if value is not None}
 
 
 def run_stages(run_dir: str | Path) -> list[StageInput]:
     """The stages of a run folder, in pipeline order, judged by the files present."""
     root = Path(run_dir)
-    run = read_json(root / RUN_JSON)
 
     def stage(kind: str) -> StageInput:
         return StageInput(kind, root / RUN_FOLDERS[kind], label=f"{RUN_FOLDERS[kind]}/")
 
+    slim = f"{RUN_FOLDERS['truncate']}/"
+    result_file = root / RUN_FOLDERS["truncate"] / TRUNCATE_JSON  # slim/ holds the retrain stage's pictures
+    older = None if result_file.is_file() else truncate_summary(root, read_result(root / RUN_JSON, RunSummary))
     truncate = StageInput(
         "truncate",
         None,
-        summary=truncate_summary(root, run),
-        label=f"{RUN_FOLDERS['truncate']}/",
+        summary=older,
+        label=slim,
         expects=INITIAL_CHECKPOINT,
+        result_file=result_file,
+        source=f"the cut recorded in {RUN_JSON} and {slim}{INITIAL_CHECKPOINT} ({slim}{TRUNCATE_JSON} is missing)",
     )
     return [stage("train"), stage("analyze"), truncate, stage("retrain"), stage("compare"), stage("explain")]
 
@@ -102,10 +116,13 @@ def run_stages(run_dir: str | Path) -> list[StageInput]:
 def render_run_report(run_dir: str | Path) -> str:
     """The HTML report of a run folder (not written)."""
     root = Path(run_dir)
-    run = read_json(root / RUN_JSON) or {}
-    base = read_json(root / RUN_FOLDERS["train"] / METRICS_JSON) or {}
-    arch = run.get("architecture") or base.get("architecture")
-    dataset = get(base, "data", "name") or get(run, "data", "source") or get(base, "data", "source")
+    run = read_result(root / RUN_JSON, RunSummary)
+    base = read_result(root / RUN_FOLDERS["train"] / METRICS_JSON, TrainResult)
+    base_data = base.data if base is not None else None
+    arch = (run and run.architecture) or (base and base.architecture)
+    dataset = (
+        (base_data and base_data.name) or (run and run.data and run.data.source) or (base_data and base_data.source)
+    )
     title = " on ".join(str(x) for x in (arch, dataset) if x) or root.name
     details = [("Run folder", str(root.resolve()))]
     return render_report(run_stages(root), title, subtitle=SUBTITLE, details=details)

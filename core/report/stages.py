@@ -1,7 +1,10 @@
 """The stages a report is drawn from: what the caller says about each (``StageInput``) and what the report found.
 
-A stage's result is read once, here (its JSON file, else the job's stored result); each section then reads the
-fields it shows from ``Stage.summary``. A stage's pictures are each shown once: the sections take them in turn.
+A stage's result is read once, here (its JSON file, else the job's stored result), into its contract model
+(``layercut.contracts.results.RESULT_MODELS``); each section then reads the fields it shows from ``Stage.result``.
+A result that does not validate is read as far as it does (``layercut.report.reading``: a partial model) and the
+stage keeps why (``Stage.problem``: the file and the first validation error), which its sections show as a note.
+A stage's pictures are each shown once: the sections take them in turn.
 """
 
 from __future__ import annotations
@@ -9,17 +12,26 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from layercut.contracts.files import RESULT_JSON
 from layercut.contracts.kinds import STAGE_KINDS
+from layercut.contracts.results import RESULT_MODELS
 from layercut.report.figures import Figure, caption_from_name, embed_figure, png_files
-from layercut.report.reading import read_json
+from layercut.report.reading import empty, first_error, load_json, salvage
 
 __all__ = ["KEY_FILES", "STAGE_KINDS", "STAGE_TITLES", "Stage", "StageInput", "resolve_stage"]
 
+M = TypeVar("M", bound=BaseModel)
+
 KEY_FILES: Mapping[str, str] = RESULT_JSON
 """The file whose presence means a stage ran: its JSON result (``layercut.contracts.files.RESULT_JSON``)."""
+
+STORED_ONLY = ("model_id",)
+"""Keys the job engine adds to a stage's result when it stores it in the job row (``layercut.jobs.runner``): not
+part of the result, left out before it is read."""
 
 STAGE_TITLES = {
     "train": "train the base model",
@@ -37,7 +49,8 @@ class StageInput:
 
     ``status`` is the job's status (queued, running, cancelling, succeeded, failed, cancelled), or None for
     a CLI run folder, where a stage counts as done when its key file (``KEY_FILES``) is there.
-    ``summary`` is the stage's summary (a job's stored result), used when the folder has no key file.
+    ``summary`` is the stage's summary (a job's stored result), used when the folder has no key file, or one that
+    cannot be read or does not validate; ``source`` is how a note names it.
     """
 
     kind: str
@@ -53,15 +66,24 @@ class StageInput:
     error_code: str | None = None
     error_message: str | None = None
     expects: str | None = None  # for a CLI run: the file whose presence means the stage ran (default: its key file)
+    result_file: Path | None = None  # the stage's JSON result when it is not the key file of ``folder``
+    source: str | None = None  # how a note names ``summary`` (default: "The stored result of <label>")
 
 
 @dataclass
 class Stage:
-    """A stage as found: its input, its result (None until it ran) and the PNG files of its folder."""
+    """A stage as found: its input, its result (None until it ran), why the result is partial, and its pictures.
+
+    ``result`` is an instance of the stage's result model (``RESULT_MODELS``), validated, or partial when it did
+    not validate; then ``problem`` says which file and why, and ``raw`` holds the result as read (for what only an
+    untyped reading can still show, such as the pictures an older explain.json lists).
+    """
 
     input: StageInput
-    summary: dict | None
+    result: BaseModel | None
     pngs: list[Path]
+    problem: str | None = None
+    raw: Mapping[str, Any] | None = None
     used: set[str] = field(default_factory=set)  # the pictures already shown, so that none is shown twice
 
     @property
@@ -73,7 +95,16 @@ class Stage:
         """Whether the stage's outputs can be shown: it succeeded (or, in a run folder, ran) and left a result."""
         if self.input.status not in (None, "succeeded"):
             return False
-        return self.summary is not None or (self.kind == "explain" and bool(self.pngs))
+        return self.result is not None or self.raw is not None or (self.kind == "explain" and bool(self.pngs))
+
+    @property
+    def partial(self) -> bool:
+        """Whether the result did not validate, so that any of its fields may be empty."""
+        return self.problem is not None
+
+    def read(self, model: type[M]) -> M:
+        """The stage's result as ``model``; an empty (partial) one when the stage left no such result."""
+        return self.result if isinstance(self.result, model) else empty(model)
 
     @property
     def state(self) -> str:
@@ -113,11 +144,55 @@ class Stage:
         return embed_figure(path, caption, self.input.folder, label)
 
 
+def result_name(stage: StageInput, file: Path) -> str:
+    """How the page names a stage's result file: "base/metrics.json", or "metrics.json of step 0: job 3f0c…"."""
+    label = stage.label or ""
+    if not label or label.endswith("/"):
+        return f"{label}{file.name}"
+    return f"{file.name} of {label}"
+
+
 def resolve_stage(stage: StageInput) -> Stage:
-    """Read a stage's result and list its pictures."""
+    """Read a stage's result into its model and list its pictures.
+
+    The key file is the stage's full record; a job's stored result is the same summary, used when the file is gone
+    or cannot be read. The first of them that validates is the result. When none does, the first JSON object among
+    them is read as far as it validates, and the stage says why (``problem``: each source tried, and its first error).
+    """
     folder = stage.folder if stage.folder is not None and stage.folder.is_dir() else None
-    # The key file is the stage's full record; a job's stored result is the same summary, used when the file is gone.
-    summary = read_json(folder / KEY_FILES.get(stage.kind, f"{stage.kind}.json")) if folder is not None else None
-    if summary is None and isinstance(stage.summary, Mapping) and stage.summary:
-        summary = dict(stage.summary)
-    return Stage(stage, summary, png_files(folder))
+    pngs = png_files(folder)
+    file = stage.result_file
+    if file is None and folder is not None:
+        file = folder / KEY_FILES.get(stage.kind, f"{stage.kind}.json")
+    found: list[tuple[str, dict[str, Any] | None, str | None]] = []  # (where, the JSON object, why unreadable)
+    if file is not None and file.is_file():
+        found.append((result_name(stage, file), *load_json(file)))
+    if isinstance(stage.summary, Mapping) and stage.summary:
+        stored = {k: v for k, v in stage.summary.items() if k not in STORED_ONLY}
+        where = stage.source or (f"The stored result of {stage.label}" if stage.label else "The job's stored result")
+        found.append((where, stored, None))
+    model = RESULT_MODELS.get(stage.kind)
+    tried: list[tuple[str, dict[str, Any] | None, str]] = []  # (where, its JSON object, why it is not the result)
+    for where, raw, unreadable in found:
+        if raw is None:
+            tried.append((where, None, f"{where} {unreadable}."))
+            continue
+        if model is None:  # a kind this version does not know: its result is kept as read
+            return Stage(stage, None, pngs, raw=raw)
+        try:
+            return Stage(stage, model.model_validate(raw), pngs, raw=raw)
+        except ValidationError as exc:
+            mismatch = f"{where} does not match the {stage.kind} result this version of layercut writes"
+            tried.append((where, raw, f"{mismatch} — {first_error(exc)}."))
+    if not tried:
+        return Stage(stage, None, pngs)
+    # None validates: the first JSON object is read as far as it validates, and the note says why.
+    notes = []
+    for _, raw, why in tried:
+        notes.append(why)
+        if raw is not None and model is not None:
+            notes.append("This section shows what could be read from it.")
+            return Stage(stage, salvage(model, raw), pngs, problem=" ".join(notes), raw=raw)
+    notes.append("This section shows what could be drawn without it.")
+    result = empty(model) if model is not None else None
+    return Stage(stage, result, pngs, problem=" ".join(notes), raw={})

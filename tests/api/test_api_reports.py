@@ -358,3 +358,21 @@ def test_openapi_documents_html(env):
         assert operation["responses"]["200"]["description"]
         for code in ("401", "404"):
             assert operation["responses"][code]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorOut")
+
+
+def test_damaged_result_file_is_named_and_the_rest_renders(env):
+    """A step whose JSON file is damaged on the artifact volume: its sections name the file and why, and draw what
+    the job's stored result gives; every other step renders as usual."""
+    pipeline_id, ids = add_pipeline(env, ["succeeded"] * 5)
+    folder = env.settings.resolved_artifact_root / env.tenant / str(ids[1])
+    (folder / "analysis.json").write_text('{"stage": "analyze", "knee": ')
+    page = env.client.get(f"/v1/pipelines/{pipeline_id}/report", headers=env.headers).text
+    assert_self_contained(page)
+    for ident in ("gbp", "ssim"):
+        body = section(page, ident)
+        assert f"analysis.json of step 1: job {ids[1]} is not valid JSON" in body
+        assert f"The stored result of step 1: job {ids[1]} does not match the analyze result" in body
+        assert "Not run yet" not in body and "badge-succeeded" in body
+    assert 'data-file="gbp_grid.png"' in section(page, "gbp") and "features.10" in section(page, "gbp")
+    assert "80.0%" in section(page, "base") and "features.6" in section(page, "cut")
+    assert "2.00× faster" in section(page, "compare") and "is not valid JSON" not in section(page, "compare")

@@ -381,3 +381,88 @@ def test_no_external_references(report) -> None:
     assert links and all(value.startswith("#") for value in links)
     assert not any(name == "style" or name.startswith("on") for _, name, _ in found)  # no inline styles or handlers
     assert not re.search(r"https?://", page, re.I)
+
+
+WARN_NOTE = re.compile(r'<div class="note warn">(.*?)</div>', re.S)
+
+
+def _notes(body: str) -> list[str]:
+    return [" ".join(n.split()) for n in WARN_NOTE.findall(body)]
+
+
+def test_valid_results_read_with_no_validation_note(report) -> None:
+    """Every stage's result of a real run validates: no section says its file could not be read in full."""
+    _, page = report
+    assert "does not match the" not in page and "is not valid JSON" not in page and "did not validate" not in page
+
+
+def test_damaged_analysis_json_is_named_and_the_other_sections_render(tiny_run, tmp_path) -> None:
+    """An analysis.json that does not validate: the analysis' sections show what they can under a note naming the
+    file and the first validation error; every other section renders as from the undamaged run."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    clean = write_run_report(run).read_text(encoding="utf-8")
+    path = run / "analysis" / "analysis.json"
+    analysis = json.loads(path.read_text())
+    analysis["probes"]["seed"] = "not a seed"  # the first error, in the order of the model's fields
+    del analysis["knee"]["found"]
+    path.write_text(json.dumps(analysis))
+    page = write_run_report(run).read_text(encoding="utf-8")
+    assert Page(page).sections == SECTIONS and "Not run yet" not in page
+    for ident in ("gbp", "ssim"):
+        body = _section(page, ident)
+        (note, *_) = _notes(body)
+        assert note.startswith("analysis/analysis.json does not match the analyze result"), note
+        assert "probes.seed: Input should be a valid integer" in note and "(and 1 more problem)" in note
+        assert "badge-done" in body  # the stage ran: its section is drawn, not "not run yet"
+    gbp = _section(page, "gbp")
+    assert 'data-file="gbp_grid.png"' in gbp and analysis["cut_points"][0]["name"] in gbp  # what could be read
+    assert "seed —" in gbp  # the field that does not validate is left empty
+    assert 'data-file="ssim_curve.png"' in _section(page, "ssim")
+    for ident in ("data", "base", "slim", "compare", "explain"):
+        assert _section(page, ident) == _section(clean, ident), ident
+    cut = _section(page, "cut")
+    assert analysis["cut_point"]["name"] in cut and not _notes(cut)
+    assert "(its result did not validate: see below)" in _section(page, "overview")
+    _check_images(page, run)
+
+
+def test_result_file_that_is_not_json_is_named_and_its_pictures_still_shown(tiny_run, tmp_path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "analysis" / "analysis.json").write_text('{"stage": "analyze", "cut_points": [')
+    (run / "compare" / "compare.json").write_text("[1, 2]")
+    page = write_run_report(run).read_text(encoding="utf-8")
+    gbp = _section(page, "gbp")
+    assert _notes(gbp)[0].startswith("analysis/analysis.json is not valid JSON (Expecting value")
+    assert "Not run yet" not in gbp and 'data-file="gbp_grid.png"' in gbp
+    compare = _section(page, "compare")
+    assert _notes(compare)[0].startswith("compare/compare.json holds an array, not a JSON object.")
+    assert 'data-file="compare.png"' in compare
+    base = _section(page, "base")
+    run_json = json.loads((run / "run.json").read_text())
+    assert f"{run_json['base']['accuracy']:.1%}" in base and not _notes(base)
+    assert run_json["cut_point"]["name"] in _section(page, "cut")
+    _check_images(page, run)
+
+
+def test_stored_results_newer_or_hand_made(tiny_run) -> None:
+    """The API's way in, without files: a job's stored result (with the model_id the job engine adds) reads
+    like its file; one of a newer version (an unknown key) shows what it can, under a note naming it."""
+    metrics = json.loads((tiny_run / "base" / "metrics.json").read_text())
+    stored = StageInput("train", None, summary={**metrics, "model_id": "3f0c"}, status="succeeded", label="job a")
+    page = render_report([stored], "stored")
+    assert "does not match" not in page and f"{metrics['accuracy']:.1%}" in _section(page, "base")
+    newer = StageInput(
+        "train", None, summary={**metrics, "calibration": {"ece": 0.1}}, status="succeeded", label="job b"
+    )
+    page = render_report([newer], "newer")
+    for ident in ("data", "base"):
+        body = _section(page, ident)
+        (note,) = _notes(body)
+        assert note.startswith("The stored result of job b does not match the train result"), note
+        assert "calibration: Extra inputs are not permitted" in note
+    assert f"{metrics['accuracy']:.1%}" in _section(page, "base") and "Images per class and split" in page
+    wrong = StageInput("train", None, summary={"stage": "train", "accuracy": "high"}, status="succeeded")
+    body = _section(render_report([wrong], "wrong"), "base")
+    assert "The job&#x27;s stored result does not match" in body and "Not run yet" not in body

@@ -1,8 +1,10 @@
 """The explanations of base and slim on the same test images: methods, the models explained, their predictions,
 and the pictures (base beside slim, then one family of pictures at a time, then any others).
 
-The pictures are those ``explain.json`` lists under ``figures`` (a name → file mapping, or a list of files), found
-in the stage's folder; a listed file that is not a PNG inside the folder is named, not embedded.
+The pictures are those ``explain.json`` lists under ``figures`` (a name → file mapping), found in the stage's
+folder; a listed file that is not a PNG inside the folder is named, not embedded. When explain.json does not
+validate, its figure list is read as it is written (older files list files, or {file, caption} entries): the
+pictures are files, worth showing whatever the list looks like.
 """
 
 from __future__ import annotations
@@ -14,9 +16,16 @@ from typing import Any, NamedTuple
 from markupsafe import Markup
 
 from layercut.contracts.files import EXPLAIN_JSON
+from layercut.contracts.results import (
+    ExplainedImage,
+    ExplainedModel,
+    ExplainResult,
+    ReceptiveFieldError,
+    ReceptiveFieldSummary,
+)
 from layercut.report.figures import Figure, caption_from_name, inside
 from layercut.report.formats import pct
-from layercut.report.reading import as_list, as_mapping, get, is_number
+from layercut.report.reading import is_number
 from layercut.report.stages import Stage
 from layercut.report.templating import render_template
 
@@ -32,6 +41,7 @@ BASE_VS_SLIM = (
     "The same test images, base vs slim: Grad-CAM for each model's own prediction, with both predictions",
 )
 MAX_PREDICTION_ROWS = 64
+MISSING = "—"
 
 
 class ModelRow(NamedTuple):
@@ -59,36 +69,50 @@ class FigureFamily(NamedTuple):
     figures: list[Figure]
 
 
-def receptive_field(model: Mapping) -> Any:
+def receptive_field(model: ExplainedModel) -> Any:
     """'11×11 px, stride 4', or why it is unknown."""
-    field = as_mapping(model.get("receptive_field"))
-    size, stride = as_list(field.get("size")), as_list(field.get("stride"))
-    if len(size) == 2 and stride:
-        return f"{size[0]}×{size[1]} px, stride {stride[0]}"
-    return field.get("error") or "—"
+    field = model.receptive_field
+    if isinstance(field, ReceptiveFieldSummary) and field.size and len(field.size) == 2 and field.stride:
+        return f"{field.size[0]}×{field.size[1]} px, stride {field.stride[0]}"
+    return (field.error if isinstance(field, ReceptiveFieldError) else None) or MISSING
 
 
-def prediction_rows(images: list[Mapping], models: Mapping[str, Mapping]) -> list[ImageRow]:
+def field_layer(model: ExplainedModel) -> str | None:
+    """The layer whose receptive field was computed."""
+    field = model.receptive_field
+    return field.layer if isinstance(field, ReceptiveFieldSummary) else None
+
+
+def prediction_rows(images: list[ExplainedImage], models: Mapping[str, ExplainedModel]) -> list[ImageRow]:
     """Each explained image with every model's prediction."""
     rows = []
     for i, image in enumerate(images[:MAX_PREDICTION_ROWS]):
         predictions: list[Prediction | None] = []
         for model in models.values():
-            p = as_mapping(get(model, "predictions", i))
-            label = f"{p.get('class_name', p.get('class'))} ({pct(p.get('probability'), 0)})"
-            predictions.append(Prediction(label, p.get("correct")) if p else None)
+            p = model.predictions[i] if i < len(model.predictions) else None
+            if p is None:
+                predictions.append(None)
+                continue
+            name = p.class_name if p.class_name is not None else p.class_
+            predictions.append(Prediction(f"{name} ({pct(p.probability, 0)})", p.correct))
         miss = any(p is not None and p.correct is False for p in predictions)
+        true_class = image.true_class if image.true_class is not None else image.true_label
         rows.append(
-            ImageRow(image.get("index", i), image.get("true_class", image.get("true_label", "—")), predictions, miss)
+            ImageRow(
+                image.index if image.index is not None else i,
+                true_class if true_class is not None else MISSING,
+                predictions,
+                miss,
+            )
         )
     return rows
 
 
-def target_text(result: Mapping) -> Any:
+def target_text(result: ExplainResult) -> Any:
     """Which class the pictures explain."""
-    target = result.get("target")
-    if is_number(target) and isinstance(get(result, "classes", int(target)), str):
-        return f"class {target}: {result['classes'][int(target)]}"
+    target, classes = result.target, result.classes
+    if is_number(target) and -len(classes) <= int(target) < len(classes):
+        return f"class {target}: {classes[int(target)]}"
     return {"predicted": "each model's predicted class", "all": "every class"}.get(target, target)
 
 
@@ -107,7 +131,9 @@ class Pictures:
             else ([(None, v) for v in listed] if isinstance(listed, list) else [])
         )
         for name, value in items:
-            file = value if isinstance(value, str) else (get(value, "file") or get(value, "path"))
+            # an entry is a file name; an older, untyped list may give {file (or path), caption (or title)}
+            entry = value if isinstance(value, Mapping) else {}
+            file = value if isinstance(value, str) else (entry.get("file") or entry.get("path"))
             if not isinstance(file, str):
                 continue
             path = self.folder / file if self.folder is not None else None
@@ -118,8 +144,8 @@ class Pictures:
                 continue
             key = str(name) if name is not None else path.stem
             self.paths[key] = path
-            if isinstance(value, Mapping) and (value.get("caption") or value.get("title")):
-                self.captions[key] = str(value.get("caption") or value.get("title"))
+            if entry.get("caption") or entry.get("title"):
+                self.captions[key] = str(entry.get("caption") or entry.get("title"))
 
     def show(self, key: str, default_caption: str) -> Figure | None:
         """The listed picture ``key`` (with its own caption, else ``default_caption``), unless shown already."""
@@ -132,19 +158,21 @@ class Pictures:
         self.stage.used.add(ident)
         return self.stage.figure(path, self.captions.get(key, default_caption), label=ident)
 
-    def families(self, models: Mapping[str, Mapping]) -> list[FigureFamily]:
+    def families(self, models: Mapping[str, ExplainedModel]) -> list[FigureFamily]:
         """The listed pictures of each family (``<prefix>_<model>``), one per model, in family order."""
         keys = list(models) or sorted({k.rsplit("_", 1)[-1] for k in self.paths if "_" in k})
         out = []
         for prefix, heading, caption in EXPLAIN_FAMILIES:
             group = []
             for key in keys:
-                m = models.get(key, {})
-                who = f"{key.capitalize()} model" + (f" ({m['label']})" if m.get("label") else "")
+                m = models.get(key)
+                layer = m.layer if m is not None else None
+                who = f"{key.capitalize()} model" + (f" ({m.label})" if m is not None and m.label else "")
+                feature_layer = m.feature_maps.layer if m is not None and m.feature_maps is not None else None
                 layers = {
-                    "layer": m.get("layer", "the explained layer"),
-                    "feature_layer": get(m, "feature_maps", "layer") or m.get("layer", "the layer"),
-                    "field_layer": get(m, "receptive_field", "layer") or m.get("layer", "the layer"),
+                    "layer": layer if layer is not None else "the explained layer",
+                    "feature_layer": feature_layer or layer or "the layer",
+                    "field_layer": (field_layer(m) if m is not None else None) or layer or "the layer",
                 }
                 item = self.show(f"{prefix}_{key}", f"{who}: {caption.format(**layers)}")
                 if item is not None:
@@ -161,25 +189,31 @@ class Pictures:
 
 def context(stage: Stage) -> dict[str, Any]:
     """The explain result's facts, models and predictions, and its pictures in page order."""
-    result = stage.summary or {}
-    models = {str(k): as_mapping(v) for k, v in as_mapping(result.get("models")).items()}
-    images = [i for i in as_list(result.get("images")) if isinstance(i, Mapping)]
-    agreement, seconds = result.get("agreement"), result.get("seconds")
-    pictures = Pictures(stage, result.get("figures"))
+    result = stage.read(ExplainResult)
+    models: dict[str, ExplainedModel] = {str(k): v for k, v in result.models.items()}
+    images = result.images
+    agreement, seconds = result.agreement, result.seconds
+    # a result that did not validate: its figure list as written (see the module's docstring)
+    listed = stage.raw.get("figures") if stage.partial and stage.raw is not None else result.figures
+    pictures = Pictures(stage, listed)
     side_by_side = pictures.show(*BASE_VS_SLIM)  # the order of these three calls is the order on the page
     families = pictures.families(models)
     others = pictures.others()
     return {
-        "methods": as_list(result.get("methods")),
+        "methods": result.methods,
         "target": target_text(result),
-        "images": f"{len(images)} images of the {result.get('split', 'test')} split" if images else None,
+        "images": f"{len(images)} images of the {result.split or 'test'} split" if images else None,
         "agreement": f"the models predict the same class on {pct(agreement, 0)} of these images"
         if is_number(agreement)
         else None,
-        "time": f"{seconds:.1f} s on {result.get('device', '?')}" if is_number(seconds) else None,
+        "time": f"{seconds:.1f} s on {result.device or '?'}" if is_number(seconds) else None,
         "models": [
             ModelRow(
-                key, m.get("label", "—"), m.get("layer", "—"), m.get("accuracy_on_these_images"), receptive_field(m)
+                key,
+                m.label if m.label is not None else MISSING,
+                m.layer if m.layer is not None else MISSING,
+                m.accuracy_on_these_images,
+                receptive_field(m),
             )
             for key, m in models.items()
         ],

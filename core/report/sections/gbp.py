@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from markupsafe import Markup
 
-from layercut.report.reading import as_list, as_mapping, get
+from layercut.contracts.results import AnalyzeResult
 from layercut.report.sections import MAX_TABLE_ROWS
 from layercut.report.stages import Stage
 from layercut.report.templating import render_template
@@ -18,6 +17,7 @@ GBP_FIGURES = [
         "Guided-backprop maps of probe images at every cut point, from shallow to deep (the knee is marked)",
     )
 ]
+MISSING = "—"
 
 
 class CutPointRow(NamedTuple):
@@ -30,46 +30,58 @@ class CutPointRow(NamedTuple):
     knee: bool
 
 
-def cut_point_rows(analysis: Mapping) -> list[CutPointRow]:
+def at(values: list[float], index: int) -> float | None:
+    """``values[index]``, or None when the curve has no such point."""
+    return values[index] if -len(values) <= index < len(values) else None
+
+
+def cut_point_rows(analysis: AnalyzeResult) -> list[CutPointRow]:
     """The cut points, shallow to deep, with both SSIM curves at each and the knee marked."""
-    curves = as_mapping(analysis.get("curves"))
-    cut_curve, adjacent = as_list(curves.get("cut")), as_list(curves.get("adjacent"))
-    knee = get(analysis, "cut_point", "index", default=get(analysis, "knee", "index"))
-    points = [p for p in as_list(analysis.get("cut_points")) if isinstance(p, Mapping)]
+    curves = analysis.curves
+    cut_curve, adjacent = (curves.cut, curves.adjacent) if curves is not None else ([], [])
+    if analysis.cut_point is not None and analysis.cut_point.index is not None:
+        knee = analysis.cut_point.index
+    else:
+        knee = analysis.knee.index if analysis.knee is not None else None
     rows = []
-    for i, p in enumerate(points[:MAX_TABLE_ROWS]):
-        index = p.get("index", i)
-        shape = " × ".join(str(p[k]) for k in ("channels", "height", "width") if p.get(k) is not None) or "—"
-        row = CutPointRow(
-            index,
-            p.get("name"),
-            p.get("module", "—"),
-            shape,
-            get(cut_curve, index),
-            get(adjacent, index),
-            index == knee,
+    for i, p in enumerate(analysis.cut_points[:MAX_TABLE_ROWS]):
+        index = p.index if p.index is not None else i
+        shape = " × ".join(str(n) for n in (p.channels, p.height, p.width) if n is not None) or MISSING
+        rows.append(
+            CutPointRow(
+                index,
+                p.name,
+                p.module if p.module is not None else MISSING,
+                shape,
+                at(cut_curve, index),
+                at(adjacent, index),
+                index == knee,
+            )
         )
-        rows.append(row)
     return rows
 
 
 def context(stage: Stage) -> dict[str, Any]:
     """The probes, the gradient rule, the map grid and the cut points of the analysis."""
-    analysis = stage.summary or {}
-    probes = as_mapping(analysis.get("probes"))
+    analysis = stage.read(AnalyzeResult)
+    probes = analysis.probes
     probe_text = None
-    if probes:
+    if probes is not None:
+
+        def shown(value: Any) -> Any:
+            return MISSING if value is None else value
+
         probe_text = (
-            f"{probes.get('count', '—')} images of the {probes.get('split', '—')} split "
-            f"({probes.get('per_class', '—')} per class, seed {probes.get('seed', '—')})"
+            f"{shown(probes.count)} images of the {shown(probes.split)} split "
+            f"({shown(probes.per_class)} per class, seed {shown(probes.seed)})"
         )
     rows = cut_point_rows(analysis)
-    described = len([p for p in as_list(analysis.get("cut_points")) if isinstance(p, Mapping)])
+    described = len(analysis.cut_points)
     return {
         "probes": probe_text,
-        "gbp": as_mapping(analysis.get("gbp")),
-        "map_image": as_mapping(analysis.get("map_image")),
-        "cut_point_count": len(as_list(analysis.get("cut_points"))) or None,
+        "gbp": analysis.gbp,
+        "map_image": analysis.map_image,
+        "cut_point_count": described or None,
         "pictures": stage.take(GBP_FIGURES),
         "cut_points": rows,
         "cut_points_described": described,

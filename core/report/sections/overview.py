@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from markupsafe import Markup
+from pydantic import BaseModel
 
+from layercut.contracts.results import (
+    AnalyzeResult,
+    CompareResult,
+    DataInfo,
+    RetrainResult,
+    TrainResult,
+    TruncateResult,
+)
 from layercut.report.formats import dec, human, latency_label, ms, pct, speed
-from layercut.report.reading import as_list, as_mapping, get, is_number
+from layercut.report.reading import first, is_number
+from layercut.report.sections.data import training_result
 from layercut.report.stages import STAGE_TITLES, Stage
 from layercut.report.templating import render_template
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class Card(NamedTuple):
@@ -26,72 +38,76 @@ class StageRow(NamedTuple):
     detail: str
 
 
-def data_description(by_kind: Mapping[str, Stage]) -> dict:
-    """The data description of the train result (else the retrain result), or an empty dict."""
+def result_of(by_kind: Mapping[str, Stage], kind: str, model: type[M]) -> M | None:
+    """The result of the stage of ``kind`` when it is done, else None."""
+    stage = by_kind.get(kind)
+    return stage.read(model) if stage is not None and stage.ready else None
+
+
+def data_description(by_kind: Mapping[str, Stage]) -> DataInfo | None:
+    """The data description of the train result (else the retrain result), or None."""
     for kind in ("train", "retrain"):
         s = by_kind.get(kind)
-        if s is not None and s.ready and isinstance(get(s.summary, "data"), Mapping):
-            return dict(s.summary["data"])
-    return {}
+        if s is not None and s.ready and (data := training_result(s).data) is not None:
+            return data
+    return None
 
 
 def headline_cards(by_kind: Mapping[str, Stage]) -> list[Card]:
     """The few numbers that tell the story: accuracies, where it was cut, parameters kept, speed-up."""
-
-    def result(kind: str) -> dict | None:
-        s = by_kind.get(kind)
-        return s.summary if s is not None and s.ready else None
-
-    compare, train, retrain, truncate, analyze = (
-        result(k) for k in ("compare", "train", "retrain", "truncate", "analyze")
-    )
+    compare = result_of(by_kind, "compare", CompareResult)
+    train = result_of(by_kind, "train", TrainResult)
+    retrain = result_of(by_kind, "retrain", RetrainResult)
+    truncate = result_of(by_kind, "truncate", TruncateResult)
+    analyze = result_of(by_kind, "analyze", AnalyzeResult)
+    base = compare.base if compare is not None else None
+    slim = compare.slim if compare is not None else None
     cards: list[Card] = []
-    base_acc = get(compare, "base", "accuracy", default=get(train, "accuracy"))
-    slim_acc = get(compare, "slim", "accuracy", default=get(retrain, "accuracy"))
+    base_acc = first(base and base.accuracy, train and train.accuracy)
+    slim_acc = first(slim and slim.accuracy, retrain and retrain.accuracy)
     if is_number(base_acc):
         cards.append(Card("Base test accuracy", pct(base_acc)))
     if is_number(slim_acc):
         delta = f"{(slim_acc - base_acc) * 100:+.1f} pts vs base" if is_number(base_acc) else None
         cards.append(Card("Slim test accuracy", pct(slim_acc), delta))
-    cut = get(truncate, "cut_point") or get(analyze, "cut_point")
-    if isinstance(cut, Mapping) and cut.get("name") is not None:
-        total = get(truncate, "cut_points_total") or (len(as_list(get(analyze, "cut_points"))) or None)
-        where = f"cut point {cut.get('index')}" + (f" of 0–{total - 1}" if is_number(total) else "")
-        cards.append(Card("Cut after" if truncate else "Knee at", str(cut["name"]), where))
-    base_params = get(compare, "base", "params", default=get(truncate, "base_params", default=get(train, "params")))
-    slim_params = get(compare, "slim", "params", default=get(truncate, "slim_params", default=get(retrain, "params")))
+    cut = (truncate and truncate.cut_point) or (analyze and analyze.cut_point)
+    if cut and cut.name is not None:
+        total = (truncate and truncate.cut_points_total) or (len(analyze.cut_points) if analyze else 0) or None
+        where = f"cut point {cut.index}" + (f" of 0–{total - 1}" if is_number(total) else "")
+        cards.append(Card("Cut after" if truncate else "Knee at", str(cut.name), where))
+    base_params = first(base and base.params, truncate and truncate.base_params, train and train.params)
+    slim_params = first(slim and slim.params, truncate and truncate.slim_params, retrain and retrain.params)
     if is_number(base_params) and is_number(slim_params) and base_params:
         cards.append(
             Card("Parameters kept", pct(slim_params / base_params), f"{human(slim_params)} of {human(base_params)}")
         )
-    latency = get(compare, "comparison", "latency")
-    if isinstance(latency, Mapping) and latency:
+    latency = compare.comparison.latency if compare is not None and compare.comparison is not None else {}
+    if latency:
         key = "cpu_b1" if "cpu_b1" in latency else next(iter(latency))
-        entry = as_mapping(latency[key])
-        speedup = entry.get("speedup")
-        if is_number(speedup) and speedup > 0:
-            label = f"{latency_label(key, entry)} latency"
-            cards.append(Card(label, speed(speedup), f"{ms(entry.get('base_ms'))} → {ms(entry.get('slim_ms'))}"))
+        entry = latency[key]
+        if is_number(entry.speedup) and entry.speedup > 0:
+            label = f"{latency_label(key, entry.batch_size)} latency"
+            cards.append(Card(label, speed(entry.speedup), f"{ms(entry.base_ms)} → {ms(entry.slim_ms)}"))
     return cards
 
 
 def stage_brief(stage: Stage) -> str:
     """One line on what a finished stage found."""
-    x = stage.summary or {}
     if stage.kind in ("train", "retrain"):
-        return (
-            f"test accuracy {pct(x.get('accuracy'))}, macro-F1 {dec(x.get('macro_f1'))}, "
-            f"{human(x.get('params'))} parameters"
-        )
+        x = training_result(stage)
+        return f"test accuracy {pct(x.accuracy)}, macro-F1 {dec(x.macro_f1)}, {human(x.params)} parameters"
     if stage.kind == "analyze":
-        cut = as_mapping(x.get("cut_point"))
-        return f"{len(as_list(x.get('cut_points')))} cut points; knee at {cut.get('name', '—')}"
+        analysis = stage.read(AnalyzeResult)
+        knee = analysis.cut_point.name if analysis.cut_point else None
+        return f"{len(analysis.cut_points)} cut points; knee at {knee or '—'}"
     if stage.kind == "truncate":
-        cut = as_mapping(x.get("cut_point"))
-        return f"cut at {cut.get('name', '—')}; {pct(x.get('params_kept'))} of the parameters kept"
+        truncate = stage.read(TruncateResult)
+        cut = truncate.cut_point.name if truncate.cut_point else None
+        return f"cut at {cut or '—'}; {pct(truncate.params_kept)} of the parameters kept"
     if stage.kind == "compare":
-        accuracy = get(x, "comparison", "metrics", "accuracy") or {}
-        return f"accuracy {pct(accuracy.get('base'))} → {pct(accuracy.get('slim'))}"
+        comparison = stage.read(CompareResult).comparison
+        accuracy = comparison.metrics.accuracy if comparison is not None and comparison.metrics is not None else None
+        return f"accuracy {pct(accuracy and accuracy.base)} → {pct(accuracy and accuracy.slim)}"
     if stage.kind == "explain":
         return f"{len(stage.pngs)} pictures"
     return "done"
@@ -110,6 +126,8 @@ def stage_row(stage: Stage) -> StageRow:
         detail = "waits for the step before" if i.step else "waits for a worker"
     elif stage.ready:
         detail = stage_brief(stage)
+        if stage.partial:
+            detail += " (its result did not validate: see below)"
     elif i.status is None:
         detail = f"no {stage.expected_output} yet"
     return StageRow(STAGE_TITLES.get(i.kind, i.kind), stage.state, i.label or "—", detail or "—")
@@ -119,17 +137,26 @@ def context(ordered: list[Stage], by_kind: Mapping[str, Stage], details: Iterabl
     """The cards, the facts (the caller's ``details`` first, then what the results say) and the stage rows."""
     facts = list(details)
     given = {label for label, _ in facts}
-    results = [s.summary for s in ordered if s.ready and s.summary]
-    arch = next((get(x, "architecture") for x in results if get(x, "architecture")), None)
+    results = [s.result for s in ordered if s.ready and s.result is not None]
+    arch = next(
+        (
+            r.architecture
+            for r in results
+            if isinstance(r, (TrainResult, RetrainResult, AnalyzeResult)) and r.architecture
+        ),
+        None,
+    )
     if arch is None:
-        arch = next((get(x, "base", "architecture") for x in results if get(x, "base", "architecture")), None)
+        arch = next(
+            (r.base.architecture for r in results if isinstance(r, CompareResult) and r.base and r.base.architecture),
+            None,
+        )
     data = data_description(by_kind)
-    classes = get(data, "classes")
     derived = [
         ("Architecture", arch),
-        ("Dataset", get(data, "name") or get(data, "source")),
-        ("Classes", len(classes) if isinstance(classes, list) else None),
-        ("Image size", f"{get(data, 'image_size')} px" if get(data, "image_size") else None),
+        ("Dataset", data and (data.name or data.source)),
+        ("Classes", len(data.classes) if data is not None and data.classes else None),
+        ("Image size", f"{data.image_size} px" if data is not None and data.image_size else None),
     ]
     facts += [(label, value) for label, value in derived if label not in given]
     return {"cards": headline_cards(by_kind), "facts": facts, "stages": [stage_row(s) for s in ordered]}

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from markupsafe import Markup
 
-from layercut.report.reading import as_mapping, get, is_number
+from layercut.contracts.results import AnalyzeResult, Knee, SsimSettings
+from layercut.report.reading import is_number
 from layercut.report.stages import Stage
 from layercut.report.templating import render_template
 
@@ -21,49 +21,49 @@ CURVE_MODES = {
 }
 
 
-def knee_text(knee: Mapping) -> str:
+def knee_text(knee: Knee | None) -> str:
     """How the knee was found (kneed's settings), or why there is none; '' when the result has no knee record."""
-    if not knee:
+    if knee is None or knee.found is None:  # no record, or a partial one that does not say
         return ""
-    if knee.get("found"):
-        return (
-            f"found by kneed.KneeLocator (S={knee.get('S')}, curve='{knee.get('curve')}', "
-            f"direction='{knee.get('direction')}')"
-        )
-    rule = f" (rule {knee['rule']})" if knee.get("rule") else ""
-    return f"no knee found — {knee.get('reason') or 'no reason recorded'}{rule}"
+    if knee.found:
+        return f"found by kneed.KneeLocator (S={knee.S}, curve='{knee.curve}', direction='{knee.direction}')"
+    rule = f" (rule {knee.rule})" if knee.rule else ""
+    return f"no knee found — {knee.reason or 'no reason recorded'}{rule}"
 
 
-def ssim_settings(ssim: Mapping) -> str | None:
+def ssim_settings(ssim: SsimSettings | None) -> str | None:
     """The SSIM parameters in one line."""
-    if not ssim:
+    if ssim is None:
         return None
     return (
-        f"data range {ssim.get('data_range')}, {ssim.get('win_size')}×{ssim.get('win_size')} "
-        f"{'Gaussian' if ssim.get('gaussian_weights') else 'uniform'} window, K1 {ssim.get('k1')}, "
-        f"K2 {ssim.get('k2')}, {ssim.get('covariance')} covariance, "
-        f"border of {ssim.get('border_cropped')} cropped, mean over {ssim.get('channels')} channel(s)"
+        f"data range {ssim.data_range}, {ssim.win_size}×{ssim.win_size} "
+        f"{'Gaussian' if ssim.gaussian_weights else 'uniform'} window, K1 {ssim.k1}, "
+        f"K2 {ssim.k2}, {ssim.covariance} covariance, "
+        f"border of {ssim.border_cropped} cropped, mean over {ssim.channels} channel(s)"
     )
 
 
 def context(stage: Stage) -> dict[str, Any]:
     """The curve, the knee and the cut point it gives, the SSIM settings and the analysis's timing."""
-    analysis = stage.summary or {}
-    knee, cut = as_mapping(analysis.get("knee")), as_mapping(analysis.get("cut_point"))
-    mode = knee.get("curve_mode") or get(analysis, "config", "curve")
-    seconds = as_mapping(analysis.get("seconds"))
+    analysis = stage.read(AnalyzeResult)
+    knee, cut, seconds = analysis.knee, analysis.cut_point, analysis.seconds
+    mode = (knee.curve_mode if knee else None) or (analysis.config.curve if analysis.config else None)
     timing = None
-    if seconds:
-        timing = " · ".join(f"{k} {v:.1f} s" for k, v in seconds.items() if is_number(v))
-        timing += f" on {analysis['device']}" if analysis.get("device") else ""
+    if seconds is not None:
+        timing = " · ".join(
+            f"{name} {value:.1f} s"
+            for name, value in (("gbp", seconds.gbp), ("ssim", seconds.ssim), ("total", seconds.total))
+            if is_number(value)
+        )
+        timing += f" on {analysis.device}" if analysis.device else ""
     return {
-        "curve": CURVE_MODES.get(mode, mode),
-        "knee_at": f"{cut.get('name')} (cut point {cut.get('index')})" if cut else knee.get("index"),
+        "curve": CURVE_MODES.get(mode, mode) if mode is not None else None,
+        "knee_at": f"{cut.name} (cut point {cut.index})" if cut else (knee.index if knee else None),
         "how": knee_text(knee),
-        "curve_value": cut.get("curve_value"),
-        "settings": ssim_settings(as_mapping(analysis.get("ssim"))),
+        "curve_value": cut.curve_value if cut else None,
+        "settings": ssim_settings(analysis.ssim),
         "timing": timing,
-        "no_knee": bool(knee) and not knee.get("found"),
+        "no_knee": knee is not None and knee.found is False,
         "pictures": stage.take(SSIM_FIGURES) + stage.rest(),
     }
 
