@@ -1,4 +1,8 @@
-"""Errors a user can act on, and the signal a cancelled stage raises."""
+"""Errors a user can act on, the signal a cancelled stage raises, and how a validation error reads in one line."""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
 
 
 class LayercutError(Exception):
@@ -24,3 +28,19 @@ class MissingResourceError(LayercutError):
 
 class Cancelled(Exception):
     """Raised inside a stage when its cancellation check says the job was cancelled."""
+
+
+def first_error(exc: ValidationError) -> str:
+    """The first error of a validation, where and what: "knee.found: Field required (and 2 more problems)"."""
+    errors = exc.errors(include_url=False)
+    if not errors:
+        return str(exc)
+    error = errors[0]
+    where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]).lstrip(".")
+    text = f"{where}: {error['msg']}" if where else error["msg"]
+    value = error.get("input")
+    if error["type"] != "missing" and (value is None or isinstance(value, (str, int, float, bool))):
+        shown = repr(value)
+        text += f" (it is {shown})" if len(shown) <= 60 else ""
+    more = len(errors) - 1
+    return text + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")

@@ -23,6 +23,8 @@ from typing import Annotated, Any, Generic, TypeVar, Union, get_args, get_origin
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 
+from layercut.contracts.errors import first_error
+
 MAX_JSON_BYTES = 64 * 1024 * 1024
 
 M = TypeVar("M", bound=BaseModel)
@@ -81,22 +83,6 @@ def parse(model: type[M], raw: Any) -> Parsed[M]:
         return Parsed(model.model_validate(raw))
     except ValidationError as exc:
         return Parsed(salvage(model, raw if isinstance(raw, Mapping) else {}), first_error(exc))
-
-
-def first_error(exc: ValidationError) -> str:
-    """The first error of a validation, where and what: "knee.found: Field required (and 2 more problems)"."""
-    errors = exc.errors(include_url=False)
-    if not errors:
-        return str(exc)
-    error = errors[0]
-    where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]).lstrip(".")
-    text = f"{where}: {error['msg']}" if where else error["msg"]
-    value = error.get("input")
-    if error["type"] != "missing" and (value is None or isinstance(value, (str, int, float, bool))):
-        shown = repr(value)
-        text += f" (it is {shown})" if len(shown) <= 60 else ""
-    more = len(errors) - 1
-    return text + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
 
 
 def empty(model: type[M]) -> M:

@@ -16,11 +16,12 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from layercut.contracts.errors import first_error
 from layercut.contracts.files import RESULT_JSON
 from layercut.contracts.kinds import STAGE_KINDS
 from layercut.contracts.results import RESULT_MODELS
 from layercut.report.figures import Figure, caption_from_name, embed_figure, png_files
-from layercut.report.reading import empty, first_error, load_json, salvage
+from layercut.report.reading import empty, load_json, salvage
 
 __all__ = ["KEY_FILES", "STAGE_KINDS", "STAGE_TITLES", "Stage", "StageInput", "resolve_stage"]
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from layercut.contracts import files
 from layercut.contracts.configs import AnalyzeConfig, CompareConfig, DataConfig, TrainConfig, TruncateConfig
-from layercut.contracts.errors import LayercutError
+from layercut.contracts.errors import LayercutError, first_error
 from layercut.contracts.results import (
     AnalyzeResult,
     AnalyzeSeconds,
@@ -122,14 +122,8 @@ def data_info(dataset: Dataset) -> DataInfo:
     except ValidationError as exc:
         raise LayercutError(
             f"the dataset's info does not describe it as layercut's loaders do ({exc.error_count()} problem(s), "
-            f"first: {_first_error(exc)}); load the data with layercut.load_data"
+            f"first: {first_error(exc)}); load the data with layercut.load_data"
         ) from exc
-
-
-def _first_error(exc: ValidationError) -> str:
-    """The first problem pydantic found, as ``location: message``."""
-    error = exc.errors()[0]
-    return f"{'.'.join(map(str, error['loc'])) or '(top)'}: {error['msg']}"
 
 
 def evaluate_with_logits(
@@ -499,7 +493,7 @@ def read_analysis(path: str | Path) -> AnalyzeResult:
         return AnalyzeResult.model_validate_json(text)
     except ValidationError as exc:
         raise LayercutError(
-            f"{path} is not an analysis.json written by `layercut analyze` ({_first_error(exc)}); run analyze again"
+            f"{path} is not an analysis.json written by `layercut analyze` ({first_error(exc)}); run analyze again"
         ) from exc
 
 
