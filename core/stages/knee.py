@@ -12,8 +12,11 @@ rule chooses the index instead, and the result says so (``found=False``, ``rule`
   index is the first one, from that minimum on, where the curve has covered ``fallback_fraction``
   (default 0.9, i.e. 90 %) of that rise. For a curve that rises overall this is the first depth at which
   the curve is 90 % of the way from its lowest to its highest value.
-- ``"fallback:last"``: if the curve has no such rise at all (it is flat, or it only moves the other
-  way), there is no depth where learning levels off, so the last index is chosen.
+- ``"fallback:whole-network"``: if the curve has no rise at all (it is flat, or it only moves the other
+  way), or it moves against ``direction`` overall (its last value is below its first, for an increasing
+  curve), there is no depth where learning levels off: nothing should be cut, so the index is ``len(y)``,
+  one past the curve's end — the last cut point, which keeps every layer and replaces only the head.
+  kneed is not asked about such a curve (on a falling curve it would return its first point as a knee).
 
 Changes smaller than ``1e-12`` times the curve's scale count as no change. The fallback never happens
 silently: ``reason`` says, in a sentence, why it was used (including any warning kneed gave).
@@ -35,7 +38,7 @@ CURVES = ("concave", "convex")
 DIRECTIONS = ("increasing", "decreasing")
 RULE_KNEED = "kneed"
 RULE_RISE_FRACTION = "fallback:rise-fraction"
-RULE_LAST = "fallback:last"
+RULE_WHOLE_NETWORK = "fallback:whole-network"
 _FLAT_TOLERANCE = 1e-12
 
 
@@ -146,14 +149,20 @@ def find_knee(
     """Index of the curve's knee by kneed, or by the documented fallback rule (see the module docstring)."""
     y = _validate(values, S, curve, direction, fallback_fraction)
     settings = dict(S=float(S), curve=curve, direction=direction, fallback_fraction=float(fallback_fraction))
-    last = y.size - 1
+    whole = y.size  # the cut point after the curve's last value: every layer kept
+    keep_all = f"so no depth levels off and the whole network is kept (cut point {whole}, only the head replaced)"
 
     if float(np.ptp(y)) <= _tolerance(y):
+        reason = f"The curve is flat (all {y.size} values are {y[0]:.6g}), {keep_all}."
+        return KneeResult(index=whole, found=False, rule=RULE_WHOLE_NETWORK, reason=reason, **settings)
+    against = y[-1] < y[0] if direction == "increasing" else y[-1] > y[0]
+    if against:
+        moves = "falls" if direction == "increasing" else "rises"
         reason = (
-            f"The curve is flat (all {y.size} values are {y[0]:.6g}), so it has no knee; "
-            f"the last index ({last}) was chosen."
+            f"The curve {moves} overall (from {y[0]:.4g} to {y[-1]:.4g}) while a knee needs it to be {direction}, "
+            f"{keep_all}."
         )
-        return KneeResult(index=last, found=False, rule=RULE_LAST, reason=reason, **settings)
+        return KneeResult(index=whole, found=False, rule=RULE_WHOLE_NETWORK, reason=reason, **settings)
 
     knee, messages = _run_kneed(y, float(S), curve, direction)
     if knee is not None:
@@ -165,8 +174,8 @@ def find_knee(
     index = rise_fraction_index(y, fallback_fraction, direction)
     if index is None:
         way = "rises" if direction == "increasing" else "falls"
-        reason = f"{why}, and the curve never {way}, so the last index ({last}) was chosen."
-        return KneeResult(index=last, found=False, rule=RULE_LAST, reason=reason, **settings)
+        reason = f"{why}, and the curve never {way}, {keep_all}."
+        return KneeResult(index=whole, found=False, rule=RULE_WHOLE_NETWORK, reason=reason, **settings)
     change = "rise" if direction == "increasing" else "fall"
     reason = (
         f"{why}; index {index} was chosen instead, the first point where the curve has covered "

@@ -104,10 +104,25 @@ def test_decreasing_line_falls_back_on_its_fall() -> None:
 
 
 @pytest.mark.parametrize("value", [0.0, 0.7, -3.0])
-def test_flat_curve_chooses_last_index(value: float) -> None:
+def test_flat_curve_keeps_the_whole_network(value: float) -> None:
+    # 7 curve values = 8 cut points: index 7 is the last cut point (every layer kept, the head replaced)
     result = find_knee(np.full(7, value))
-    assert (result.index, result.found, result.rule) == (6, False, "fallback:last")
-    assert "flat" in result.reason and "last index (6)" in result.reason
+    assert (result.index, result.found, result.rule) == (7, False, "fallback:whole-network")
+    assert "flat" in result.reason and "whole network is kept (cut point 7" in result.reason
+
+
+@pytest.mark.parametrize("curve", [-np.sqrt(X), -(2 * X + 1), -(X**2), 1 - np.sqrt(X) + 0.05 * np.sin(3 * X)])
+def test_a_falling_curve_is_reported_as_falling_never_as_a_found_knee(curve: np.ndarray) -> None:
+    assert kneed_knee(curve) == 0 or kneed_knee(curve) is None  # kneed alone would call the first point a knee
+    result = find_knee(curve)
+    assert (result.index, result.found, result.rule) == (len(curve), False, "fallback:whole-network")
+    assert "falls overall" in result.reason and "whole network is kept" in result.reason
+
+
+def test_a_rising_curve_with_decreasing_settings_is_reported_as_rising() -> None:
+    result = find_knee(np.sqrt(X), direction="decreasing")
+    assert (result.index, result.found, result.rule) == (X.size, False, "fallback:whole-network")
+    assert "rises overall" in result.reason
 
 
 def test_no_warning_escapes() -> None:
@@ -131,14 +146,13 @@ class _Broken:
         raise ValueError("boom")
 
 
-def test_curve_that_only_falls_chooses_last_index(monkeypatch: pytest.MonkeyPatch) -> None:
-    # real kneed reports a knee at 0 for falling curves with increasing settings; force "none found"
+def test_kneed_finding_none_is_said_with_its_warning(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(kneed, "KneeLocator", _NoKnee)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        result = find_knee(-np.sqrt(X))
-    assert (result.index, result.found, result.rule) == (11, False, "fallback:last")
-    assert "never rises" in result.reason and "No knee/elbow found" in result.reason
+        result = find_knee(np.array([0.2, 0.5, 0.2]))  # rises, then comes back: not falling overall
+    assert (result.index, result.found, result.rule) == (1, False, "fallback:rise-fraction")
+    assert "No knee/elbow found" in result.reason
 
 
 def test_kneed_failure_ends_in_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
