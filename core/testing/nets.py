@@ -39,3 +39,37 @@ def odd_state_model() -> nn.Module:
     model.features[0].weight.requires_grad_(False)
     model.classifier.bias.requires_grad_(False)
     return model
+
+
+XOR_MARGIN = 1.3
+"""The second layer's threshold: two agreeing inputs of size ≥ 0.8 sum to ≥ 1.6, one alone gives ≤ 1.0."""
+
+
+def xor_depth_net() -> nn.Sequential:
+    """A two-layer net (hand-set weights) whose classes are linearly readable at its second cut point only.
+
+    Input: two channels, each constant over the image, ``a`` and ``b`` in ±[0.8, 1]; the class is 1 when their signs
+    differ. Cut point 0 holds (a⁺, a⁻, b⁺, b⁻) — sign XOR, which no linear classifier reads; cut point 1 holds
+    relu(a⁺ + b⁻ − 1.3) and relu(a⁻ + b⁺ − 1.3), positive exactly for the two "differ" cases.
+    """
+    first, second = nn.Conv2d(2, 4, 1), nn.Conv2d(4, 2, 1)
+    with torch.no_grad():
+        first.weight.copy_(torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]]).view(4, 2, 1, 1))
+        first.bias.zero_()
+        second.weight.copy_(torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.0, 1.0, 1.0, 0.0]]).view(2, 4, 1, 1))
+        second.bias.fill_(-XOR_MARGIN)
+    head = nn.Linear(2, 2)
+    return nn.Sequential(first, nn.ReLU(), second, nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), head).eval()
+
+
+def xor_sign_images(n: int, seed: int, size: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` uint8 images for ``xor_depth_net`` (normalise with mean 0.5, std 0.5 to get ``a`` and ``b``) and their
+    labels (1: the signs of a and b differ), both classes equally often."""
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 2
+    first = torch.randint(0, 2, (n,), generator=gen) * 2 - 1
+    signs = torch.stack([first, torch.where(labels == 1, -first, first)], dim=1)
+    values = signs * (0.8 + 0.2 * torch.rand(n, 2, generator=gen))
+    pixels = ((values * 0.5 + 0.5) * 255).round().to(torch.uint8)
+    images = pixels.view(n, 2, 1, 1).expand(n, 2, size, size).contiguous()
+    return images, labels
