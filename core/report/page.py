@@ -21,8 +21,9 @@ from typing import Any
 
 from markupsafe import Markup
 
-from layercut.report.sections import compare, cut, data, explain, gbp, model, overview, pending, ssim
-from layercut.report.stages import Stage, StageInput, resolve_stage
+from layercut.contracts.results import RunSummary
+from layercut.report.sections import compare, cut, cut_choice, data, explain, gbp, model, overview, pending, ssim
+from layercut.report.stages import Stage, StageInput, chosen_model_stages, resolve_stage
 from layercut.report.templating import render_template
 
 log = logging.getLogger("layercut.report")
@@ -58,36 +59,47 @@ def render_report(
     details: Iterable[tuple[str, Any]] = (),
     status: str | None = None,
     generated_at: datetime | None = None,
+    run: RunSummary | None = None,
 ) -> str:
     """The HTML page for ``stages`` (one per kind; the first of a kind wins).
 
     Sections appear for the stages given: data and base model (train), GBP maps and SSIM/knee (analyze),
-    what was cut and why (truncate), slim model (retrain), comparison (compare), explanations (explain);
-    the data section follows retrain when there is no train stage. A stage not done shows "not run yet" with
-    its status. ``details`` are (label, value) pairs shown in the overview (values are escaped); ``status`` is
-    an overall status shown beside the title.
+    whether this is the right cut (select, sweep, or an analysis with depth probes), what was cut and why
+    (truncate), slim model (retrain), comparison (compare), explanations (explain); the data section follows
+    retrain when there is no train stage, and a pipeline whose select job stands for truncate and retrain shows
+    its chosen candidate as both. A stage not done shows "not run yet" with its status. ``details`` are (label,
+    value) pairs shown in the overview (values are escaped); ``status`` is an overall status shown beside the
+    title; ``run`` is a run folder's run.json, whose verdict and rules the overview and the cut's section show.
     """
     ordered = [resolve_stage(stage) for stage in stages]
     by_kind: dict[str, Stage] = {}
     for stage in ordered:
         by_kind.setdefault(stage.kind, stage)
+    if "select" in by_kind and "truncate" not in by_kind and "retrain" not in by_kind:
+        for stage in chosen_model_stages(by_kind["select"]):
+            by_kind[stage.kind] = stage
     analyze = by_kind.get("analyze")
+    choice = cut_choice.followed_stage(by_kind)
     plan: list[tuple[str, str, Stage | None, Callable[[Stage], Markup]]] = [
         ("data", "The data", by_kind.get("train") or by_kind.get("retrain"), data.render),
         ("base", "Base model", by_kind.get("train"), lambda s: model.render(s, "base")),
         ("gbp", "Guided-backprop maps across depth", analyze, gbp.render),
         ("ssim", "SSIM curve and knee", analyze, ssim.render),
+        ("choice", "Is this the right cut?", choice, lambda s: cut_choice.render(by_kind, s, run)),
         ("cut", "What was cut and why", by_kind.get("truncate"), lambda s: cut.render(s, analyze)),
         ("slim", "Slim model", by_kind.get("retrain"), lambda s: model.render(s, "slim")),
         ("compare", "Base vs slim", by_kind.get("compare"), compare.render),
         ("explain", "Explanations", by_kind.get("explain"), explain.render),
     ]
-    sections = [
-        draw(ident, heading, stage, make if stage.ready else pending.render)
-        for ident, heading, stage, make in plan
+    # The cut's section is drawn first so that it claims the depth-probe picture before the SSIM section shows
+    # the analysis' other pictures; the page keeps the plan's order.
+    drawn = {
+        ident: draw(ident, heading, stage, make if stage.ready else pending.render)
+        for ident, heading, stage, make in sorted(plan, key=lambda entry: entry[0] != "choice")
         if stage is not None
-    ]
-    front = draw("overview", "Overview", None, lambda _: overview.render(ordered, by_kind, details))
+    }
+    sections = [drawn[ident] for ident, *_ in plan if ident in drawn]
+    front = draw("overview", "Overview", None, lambda _: overview.render(ordered, by_kind, details, run))
     return render_template(
         "page.html",
         title=title,

@@ -1,8 +1,8 @@
 """The report of a CLI run folder (``layercut run --out DIR``): DIR/report.html.
 
 A run folder holds run.json and one folder per stage (``RUN_FOLDERS``: base/, analysis/, slim/, compare/ and,
-when run, explain/). A folder of a run still going, or stopped early, renders too: the stages not there yet say
-"not run yet".
+when run, explain/; select/ when the auto cut chose the cut, sweep/ when a sweep ran). A folder of a run still
+going, or stopped early, renders too: the stages not there yet say "not run yet".
 """
 
 from __future__ import annotations
@@ -92,7 +92,8 @@ def truncate_summary(run_dir: Path, run: RunSummary | None = None) -> dict[str, 
 
 
 def run_stages(run_dir: str | Path) -> list[StageInput]:
-    """The stages of a run folder, in pipeline order, judged by the files present."""
+    """The stages of a run folder, in pipeline order, judged by the files present (select and sweep only when their
+    folder is there: a run cut at the knee or at a named cut point has neither)."""
     root = Path(run_dir)
 
     def stage(kind: str) -> StageInput:
@@ -110,7 +111,17 @@ def run_stages(run_dir: str | Path) -> list[StageInput]:
         result_file=result_file,
         source=f"the cut recorded in {RUN_JSON} and {slim}{INITIAL_CHECKPOINT} ({slim}{TRUNCATE_JSON} is missing)",
     )
-    return [stage("train"), stage("analyze"), truncate, stage("retrain"), stage("compare"), stage("explain")]
+    optional = {kind: [stage(kind)] if (root / RUN_FOLDERS[kind]).is_dir() else [] for kind in ("select", "sweep")}
+    return [
+        stage("train"),
+        stage("analyze"),
+        *optional["select"],
+        truncate,
+        stage("retrain"),
+        stage("compare"),
+        stage("explain"),
+        *optional["sweep"],
+    ]
 
 
 def render_run_report(run_dir: str | Path) -> str:
@@ -125,7 +136,7 @@ def render_run_report(run_dir: str | Path) -> str:
     )
     title = " on ".join(str(x) for x in (arch, dataset) if x) or root.name
     details = [("Run folder", str(root.resolve()))]
-    return render_report(run_stages(root), title, subtitle=SUBTITLE, details=details)
+    return render_report(run_stages(root), title, subtitle=SUBTITLE, details=details, run=run)
 
 
 def write_run_report(run_dir: str | Path) -> Path:

@@ -17,13 +17,21 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from layercut.contracts.errors import first_error
-from layercut.contracts.files import RESULT_JSON
+from layercut.contracts.files import CANDIDATES_FOLDER, INITIAL_CHECKPOINT, METRICS_JSON, RESULT_JSON, TRUNCATE_JSON
 from layercut.contracts.kinds import STAGE_KINDS
-from layercut.contracts.results import RESULT_MODELS
+from layercut.contracts.results import RESULT_MODELS, SelectResult
 from layercut.report.figures import Figure, caption_from_name, embed_figure, png_files
 from layercut.report.reading import empty, load_json, salvage
 
-__all__ = ["KEY_FILES", "STAGE_KINDS", "STAGE_TITLES", "Stage", "StageInput", "resolve_stage"]
+__all__ = [
+    "KEY_FILES",
+    "STAGE_KINDS",
+    "STAGE_TITLES",
+    "Stage",
+    "StageInput",
+    "chosen_model_stages",
+    "resolve_stage",
+]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -39,6 +47,8 @@ STAGE_TITLES = {
     "analyze": "analyze (GBP + SSIM)",
     "truncate": "truncate at the cut point",
     "retrain": "retrain the slim model",
+    "select": "select the cut (accuracy budget)",
+    "sweep": "sweep the cut points",
     "compare": "compare base and slim",
     "explain": "explain base and slim",
 }
@@ -197,3 +207,43 @@ def resolve_stage(stage: StageInput) -> Stage:
     notes.append("This section shows what could be drawn without it.")
     result = empty(model) if model is not None else None
     return Stage(stage, result, pngs, problem=" ".join(notes), raw={})
+
+
+def chosen_model_stages(select: Stage) -> list[Stage]:
+    """The truncate and retrain stages of the select stage's chosen slim model, for a pipeline whose select job
+    stands for both; none when the stage is not done or the chosen model's files are not there.
+
+    The select stage writes the chosen candidate's files (truncate.json, metrics.json, its pictures) beside
+    select.json, so its own folder reads as the slim model's; the retrain stage made of it shares the select
+    stage's pictures, each still shown once. Without them the chosen candidate's own folder is used
+    (``candidates/cut-05-layer3.0/``): its recorded path may be one on another machine (the worker's), so only its
+    last part is looked up inside the stage's ``candidates/`` folder.
+    """
+    folder = select.input.folder
+    if not select.ready or folder is None or not isinstance(select.result, SelectResult):
+        return []
+    label = select.input.label
+    where: Path | None = folder if (folder / METRICS_JSON).is_file() else None
+    if where is None:
+        chosen = select.result.cut_point
+        candidate = next(
+            (c for c in select.result.candidates if chosen is not None and c.cut_point.index == chosen.index), None
+        )
+        if candidate is None or not candidate.folder:
+            return []
+        where = folder / CANDIDATES_FOLDER / Path(candidate.folder).name
+        try:
+            if not (where.resolve().is_relative_to(folder.resolve()) and where.is_dir()):
+                return []
+        except (OSError, RuntimeError, ValueError):
+            return []
+        inner = f"{CANDIDATES_FOLDER}/{where.name}/"
+        label = f"{label}, {inner}" if label else inner
+    status = select.input.status
+    truncate = StageInput(
+        "truncate", None, status=status, label=label, expects=INITIAL_CHECKPOINT, result_file=where / TRUNCATE_JSON
+    )
+    retrain = resolve_stage(StageInput("retrain", where, status=status, label=label))
+    if where == folder:
+        retrain.used = select.used  # the same pictures: shown once, by whichever section takes them first
+    return [resolve_stage(truncate), retrain]

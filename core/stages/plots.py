@@ -1,5 +1,5 @@
 """The pictures every stage writes: training curves, confusion matrix, ROC, most-confused pairs, class counts per
-split, SSIM curve and matrix, GBP grid, comparison.
+split, SSIM curve and matrix, GBP grid, depth probes, comparison, and the trade-off of retrained cuts.
 
 Matplotlib runs on the Agg backend (set here, before pyplot is imported) so plotting works on headless
 workers. Every function writes one PNG, closes its figure and returns the path it wrote.
@@ -8,7 +8,8 @@ workers. Every function writes one PNG, closes its figure and returns the path i
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,8 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 if TYPE_CHECKING:
+    from layercut.contracts.results import Budget, Candidate, OtherRules, SweepBase
+    from layercut.contracts.spec import CutPointRef
     from layercut.stages.metrics import ConfusedPair
 
 DPI = 120
@@ -739,4 +742,439 @@ def plot_comparison(comparison: dict[str, Any], path: str | Path, title: str) ->
     subtitle = f"latency = {statistic}{gpu}" if latency else "no latency measured for both models"
     fig.suptitle(f"{title}\n{subtitle}", fontsize=11)
     fig.tight_layout()
+    return save_figure(fig, path)
+
+
+# ----------------------------------------------------------------------------- depth probes and the cut's trade-off
+
+PROBE_COLOR = "#8172B3"
+"""The probe choice (the shallowest cut whose depth probe is within the budget)."""
+WITHIN_COLOR = TEST_COLOR
+BELOW_COLOR = SLIM_COLOR
+BUDGET_FILL = TEST_COLOR
+CHOSEN_COLOR = "#F2B701"
+TEST_SERIES_COLOR = "#D1559E"
+F1_COLOR = "#937860"
+PROBE_SERIES_COLOR = "0.5"
+BASE_LINE_COLOR = "0.2"
+MAX_POINT_LABELS = 16
+
+
+def _cut_name(names: Sequence[str], index: int) -> str:
+    """The name of cut point ``index``, or the index itself when the names do not reach it."""
+    return names[index] if 0 <= index < len(names) else str(index)
+
+
+def _budget_band(ax: Axes, threshold: float | None, base_accuracy: float | None, label: bool = True) -> None:
+    """The base model's validation accuracy as a line and the accepted band (threshold up to the base) shaded (%)."""
+    if base_accuracy is not None:
+        ax.axhline(
+            100 * base_accuracy,
+            color=BASE_LINE_COLOR,
+            linewidth=1.3,
+            zorder=2,
+            label=f"base model: validation {100 * base_accuracy:.1f}%" if label else None,
+        )
+    if threshold is None:
+        return
+    budget = f"budget: validation ≥ {100 * threshold:.1f}%"
+    ax.axhline(100 * threshold, color=BUDGET_FILL, linestyle=":", linewidth=1.4, zorder=2)
+    if base_accuracy is not None and base_accuracy > threshold:
+        ax.axhspan(
+            100 * threshold,
+            100 * base_accuracy,
+            color=BUDGET_FILL,
+            alpha=0.13,
+            zorder=1,
+            label=budget if label else None,
+        )
+    elif label:  # the band has no height (a budget of 0 points, or a minimum above the base): the line says it
+        ax.plot([], [], color=BUDGET_FILL, linestyle=":", linewidth=1.4, label=budget)
+
+
+def _accuracy_limits(values: Sequence[float | None]) -> tuple[float, float]:
+    """Y limits (%) that hold every accuracy given (fractions) with a little room, never far beyond 0-100."""
+    finite = [100 * v for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return 0.0, 100.0
+    low, high = min(finite), max(finite)
+    pad = max(1.0, 0.08 * (high - low))
+    return max(low - pad, -1.0), min(high + pad, 101.0)
+
+
+def plot_depth_probes(
+    probe: Sequence[float],
+    cut_curve: Sequence[float],
+    names: Sequence[str],
+    *,
+    knee_index: int,
+    threshold: float | None,
+    base_accuracy: float | None,
+    probe_index: int | None,
+    path: str | Path,
+    title: str,
+) -> Path:
+    """The probe curve (validation accuracy of a linear classifier per cut point) against depth, the SSIM cut curve
+    lighter on a right axis, the base model's accuracy and the budget band, the knee and the probe's choice marked.
+
+    ``probe`` has one value per cut point; ``cut_curve`` one fewer (value k is the cut after point k). A knee of
+    ``len(probe) - 1`` is the whole network kept (the SSIM curve never levels off).
+    """
+    n = max(len(probe), len(cut_curve) + 1, len(names), 1)
+    fig, ax = plt.subplots(figsize=(min(max(8.5, 0.16 * n + 6.5), 14.0), 5.8))
+    ax_ssim = ax.twinx()
+    ax.set_zorder(ax_ssim.get_zorder() + 1)  # the probe curve in front of the SSIM curve
+    ax.patch.set_visible(False)
+    marker = "o" if n <= 60 else None
+    if cut_curve:
+        ax_ssim.plot(
+            range(len(cut_curve)),
+            cut_curve,
+            color="0.55",
+            alpha=0.8,
+            linewidth=1.3,
+            marker="." if n <= 60 else None,
+            markersize=5,
+            label="SSIM cut curve (right axis)",
+        )
+    ax_ssim.set_ylabel("SSIM of the GBP maps (cut curve)", color="0.45")
+    ax_ssim.tick_params(axis="y", colors="0.45", labelsize=8)
+    _budget_band(ax, threshold, base_accuracy)
+    ax.plot(
+        range(len(probe)),
+        [100 * v for v in probe],
+        color=BASE_COLOR,
+        linewidth=2.2,
+        marker=marker,
+        markersize=4,
+        zorder=4,
+        label="depth probe: validation accuracy",
+    )
+    last = n - 1
+    knee_name = _cut_name(names, knee_index)
+    kept_all = knee_index >= last
+    knee_label = f"knee (SSIM rule): {knee_name}" + (" = last cut point, whole network kept" if kept_all else "")
+    ax.axvline(knee_index, color=KNEE_COLOR, linestyle="--", linewidth=1.6, zorder=3, label=knee_label)
+    if probe_index is not None and 0 <= probe_index < len(probe):
+        value = 100 * probe[probe_index]
+        ax.plot(
+            [probe_index],
+            [value],
+            marker="D",
+            markersize=11,
+            markerfacecolor="none",
+            markeredgecolor=PROBE_COLOR,
+            markeredgewidth=2.2,
+            linestyle="none",
+            zorder=5,
+            label=f"probe choice (shallowest within the budget): {_cut_name(names, probe_index)}, {value:.1f}%",
+        )
+        ax.axvline(probe_index, color=PROBE_COLOR, linestyle=":", linewidth=1.4, zorder=3)
+    elif threshold is not None and probe:
+        ax.plot([], [], linestyle="none", label="probe choice: no cut point's probe is within the budget")
+    limits = _accuracy_limits([*probe, threshold, base_accuracy])
+    ax.set_ylim(*limits)
+    keep = [k for k in (knee_index, probe_index) if k is not None]
+    _cut_tick_labels(ax, n, names, keep=keep)
+    colours = {knee_name: KNEE_COLOR}
+    if probe_index is not None:
+        colours[_cut_name(names, probe_index)] = PROBE_COLOR
+    for label in ax.get_xticklabels():
+        if label.get_text() in colours:
+            label.set_color(colours[label.get_text()])
+            label.set_fontweight("bold")
+    ax.set_xlim(-0.5, n - 0.5)
+    ax.set_xlabel("Cut point (index along the network; label = layer name)")
+    ax.set_ylabel("Validation accuracy (%)")
+    ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    extra_h, extra_l = ax_ssim.get_legend_handles_labels()
+    ax.legend(
+        handles + extra_h,
+        labels + extra_l,
+        fontsize=8.5,
+        loc="lower center",
+        bbox_to_anchor=(0.5, 1.0),
+        ncol=2,
+        frameon=False,
+    )
+    rows = math.ceil(len(labels + extra_l) / 2)
+    ax.set_title(title, fontsize=11, pad=12 + 15 * rows)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def _count_label(value: float, _position: float | None = None) -> str:
+    """A tick label for a count on a log axis: 1.2M, 350K, 4G."""
+    if value <= 0:
+        return "0"
+    factor, unit = _scaled(value, _COUNT_UNITS)
+    scaled = value / factor
+    return f"{scaled:.3g}{unit}"
+
+
+def _minor_count_labels(decades: float) -> Callable[[float, float | None], str]:
+    """Labels of a log axis' minor ticks: all of them over less than a decade, 2× and 5× over up to two, else none
+    (the powers of ten say enough and the labels would collide)."""
+    shown = {2, 3, 4, 5, 6, 7, 8, 9} if decades < 0.75 else {2, 5} if decades < 2.0 else set()
+
+    def label(value: float, _position: float | None = None) -> str:
+        mantissa = round(value / 10 ** math.floor(math.log10(value))) if value > 0 else 0
+        return _count_label(value) if mantissa in shown else ""
+
+    return label
+
+
+def _log_limits(values: Sequence[float]) -> tuple[float, float]:
+    """X limits of a log axis holding every value with room for labels; at least a factor 2.5 wide."""
+    positive = [v for v in values if v > 0] or [1.0]
+    low, high = min(positive), max(positive)
+    span = max(math.log10(high / low), math.log10(2.5))
+    middle = (math.log10(low) + math.log10(high)) / 2
+    low_log = min(math.log10(low), middle - span / 2) - 0.06 * span - 0.02
+    high_log = max(math.log10(high), middle + span / 2) + 0.1 * span + 0.03
+    return 10**low_log, 10**high_log
+
+
+def _labelled_points(positions: Sequence[float], first: Sequence[int], min_gap: float) -> list[int]:
+    """Which points get their name beside them: ``first`` (the marked ones) before the others from left to right,
+    none closer than ``min_gap`` (in axis fractions) to one already named, at most ``MAX_POINT_LABELS``."""
+    chosen: list[int] = []
+    for i in dict.fromkeys([*first, *sorted(range(len(positions)), key=lambda i: positions[i])]):
+        if len(chosen) >= MAX_POINT_LABELS:
+            break
+        if all(abs(positions[i] - positions[j]) >= min_gap for j in chosen):
+            chosen.append(i)
+    return sorted(chosen)
+
+
+@dataclass(frozen=True)
+class _Mark:
+    """A cut point some rule chose, as the trade-off chart marks it: marker shape, size, colour and what it is."""
+
+    ref: CutPointRef
+    marker: str
+    size: float
+    colour: str
+    filled: bool
+    text: str
+
+
+def _rule_marks(candidates: Sequence[Candidate], rules: OtherRules, chosen: CutPointRef | None) -> list[_Mark]:
+    """The chosen cut (gold star, drawn behind), the knee (red square) and the probe choice (purple diamond)."""
+    marks = []
+    if chosen is not None:
+        kept = next((c.within_budget for c in candidates if c.cut_point.index == chosen.index), None)
+        how = ", smallest within budget" if kept else ", none within budget" if kept is False else ""
+        marks.append(_Mark(chosen, "*", 26, CHOSEN_COLOR, True, f"chosen{how}"))
+    if rules.knee is not None:
+        marks.append(_Mark(rules.knee, "s", 15, KNEE_COLOR, False, "knee (SSIM)"))
+    if rules.probe is not None:
+        marks.append(_Mark(rules.probe, "D", 11, PROBE_COLOR, False, "probe choice"))
+    return marks
+
+
+def _draw_mark(ax: Axes, mark: _Mark, point: tuple[float, float] | None, legend: bool) -> None:
+    """One rule's marker around its candidate's validation point (only in the legend when it was not retrained)."""
+    label = f"{mark.text}: {mark.ref.name}" + (f" (val. {point[1]:.1f}%)" if point else " (not retrained)")
+    style = {"markerfacecolor": mark.colour, "markeredgecolor": "0.25", "markeredgewidth": 0.8}
+    if not mark.filled:
+        style = {"markerfacecolor": "none", "markeredgecolor": mark.colour, "markeredgewidth": 2.2}
+    ax.plot(
+        *(([point[0]], [point[1]]) if point is not None else ([], [])),
+        marker=mark.marker,
+        markersize=mark.size,
+        linestyle="none",
+        zorder=4.5 if mark.filled else 7,
+        label=label if legend else None,
+        **style,
+    )
+
+
+def _trade_off_panel(
+    ax: Axes,
+    ordered: Sequence[Candidate],
+    key: str,
+    budget: Budget,
+    marks: Sequence[_Mark],
+    probe_of: Mapping[int, float | None],
+    base: SweepBase | None,
+    legend: bool,
+) -> list[float]:
+    """One panel of the trade-off chart: every series against ``key`` (macs or params); returns the x values."""
+    many = len(ordered) > 12
+    xs = [max(float(getattr(c, key)), 1.0) for c in ordered]
+    val = [100 * c.val_accuracy for c in ordered]
+
+    def label(text: str) -> str | None:
+        return text if legend else None
+
+    _budget_band(ax, budget.threshold, budget.base_val_accuracy, label=legend)
+    probed = [(x, 100 * v) for x, c in zip(xs, ordered) if (v := probe_of.get(c.cut_point.index)) is not None]
+    if probed:
+        ax.plot(
+            *zip(*probed),
+            color=PROBE_SERIES_COLOR,
+            linestyle="--",
+            linewidth=1.2,
+            marker=".",
+            markersize=5,
+            zorder=3,
+            label=label("depth probe (validation)"),
+        )
+    ax.plot(
+        xs,
+        [100 * c.val_macro_f1 for c in ordered],
+        color=F1_COLOR,
+        linewidth=0.9,
+        marker=None if many else ".",
+        markersize=4,
+        alpha=0.85,
+        zorder=3,
+        label=label("validation macro-F1 (×100)"),
+    )
+    ax.plot(
+        xs,
+        [100 * c.accuracy for c in ordered],
+        color=TEST_SERIES_COLOR,
+        linewidth=1.0,
+        marker="o",
+        markersize=4.5 if many else 5.5,
+        markerfacecolor="white",
+        markeredgewidth=1.3,
+        zorder=4,
+        label=label("test accuracy"),
+    )
+    ax.plot(xs, val, color=BASE_COLOR, linewidth=2.0, zorder=5)
+    for within, marker, colour, text in (
+        (True, "o", WITHIN_COLOR, "validation accuracy, within budget"),
+        (False, "v", BELOW_COLOR, "validation accuracy, below budget"),
+    ):
+        points = [(x, y) for x, y, c in zip(xs, val, ordered) if c.within_budget == within]
+        ax.plot(
+            [p[0] for p in points],
+            [p[1] for p in points],
+            linestyle="none",
+            marker=marker,
+            markersize=6.5 if many else 8,
+            markerfacecolor=colour,
+            markeredgecolor="white",
+            markeredgewidth=0.8,
+            zorder=6,
+            label=label(text) if points else None,
+        )
+    at = {c.cut_point.index: i for i, c in enumerate(ordered)}
+    marked: list[int] = []
+    for mark in marks:
+        i = at.get(mark.ref.index)
+        _draw_mark(ax, mark, (xs[i], val[i]) if i is not None else None, legend)
+        if i is not None and i not in marked:
+            marked.append(i)
+    if base is not None:
+        base_x = max(float(getattr(base, key)), 1.0)
+        ax.plot(
+            [base_x],
+            [100 * base.val_accuracy],
+            marker="D",
+            markersize=9,
+            color=BASE_LINE_COLOR,
+            linestyle="none",
+            zorder=6,
+            label=label("base model: val. (filled), test (hollow)"),
+        )
+        ax.plot(
+            [base_x],
+            [100 * base.accuracy],
+            marker="D",
+            markersize=9,
+            markerfacecolor="white",
+            markeredgecolor=BASE_LINE_COLOR,
+            markeredgewidth=1.4,
+            linestyle="none",
+            zorder=6,
+        )
+        ax.annotate(
+            "base",
+            (base_x, 100 * base.val_accuracy),
+            xytext=(8, -3),
+            textcoords="offset points",
+            va="top",
+            fontsize=9.5,
+            fontweight="bold",
+        )
+    ax.set_xscale("log")
+    low, high = _log_limits([*xs, *([max(float(getattr(base, key)), 1.0)] if base is not None else [])])
+    ax.set_xlim(low, high)
+    ax.xaxis.set_major_formatter(_count_label)
+    ax.xaxis.set_minor_formatter(_minor_count_labels(math.log10(high / low)))
+    ax.tick_params(axis="x", which="both", labelsize=9)
+    span = math.log10(high / low)
+    positions = [(math.log10(x) - math.log10(low)) / span for x in xs]
+    names = [c.cut_point.name for c in ordered]
+    for i in _labelled_points(positions, first=marked, min_gap=0.045 if many else 0.09):
+        ax.annotate(
+            names[i],
+            (xs[i], val[i]),
+            xytext=((5, 8) if many else (9, 7)) if i in marked else ((3, 6) if many else (6, 5)),
+            textcoords="offset points",
+            rotation=50 if many else 0,
+            rotation_mode="anchor",
+            fontsize=8 if many else 9.5,
+            fontweight="bold" if i in marked else "normal",
+            color="0.1" if i in marked else "0.3",
+            zorder=8,
+        )
+    ax.set_xlabel({"macs": "MACs per image (log scale)", "params": "Parameters (log scale)"}[key])
+    ax.grid(alpha=0.3)
+    ax.grid(alpha=0.12, which="minor")
+    return xs
+
+
+def plot_trade_off(
+    candidates: Sequence[Candidate],
+    budget: Budget,
+    rules: OtherRules,
+    path: str | Path,
+    title: str,
+    *,
+    base: SweepBase | None = None,
+    probe: Mapping[int, float] | None = None,
+    chosen: CutPointRef | None = None,
+) -> Path:
+    """Validation accuracy of retrained slim models against MACs and against parameters (log x), one point per
+    candidate named by its cut point: test accuracy (hollow), validation macro-F1 (thin) and the depth probe
+    (dashed) beside it, the base model and the budget band, points within the budget told from those below it,
+    and the chosen cut (``chosen``, else the auto rule's), the knee and the probe choice marked and named.
+
+    Reads with 2 candidates (an auto search) as with 50 (a sweep): names are thinned so that none collide, and the
+    marked cut points are named in boxes of their own.
+    """
+    ordered = sorted(candidates, key=lambda c: (c.macs, c.params, c.cut_point.index))
+    probe_of: dict[int, float | None] = {c.cut_point.index: c.probe_accuracy for c in ordered}
+    probe_of.update(probe or {})
+    marks = _rule_marks(ordered, rules, chosen or rules.auto)
+    fig, axes = plt.subplots(1, 2, figsize=(13.5, 6.6), sharey=True)
+    fig.suptitle(f"{title}\n{budget.description or 'accuracy budget'}", fontsize=12.5)
+    accuracies: list[float | None] = [budget.threshold, budget.base_val_accuracy]
+    for c in ordered:
+        accuracies += [c.val_accuracy, c.accuracy, c.val_macro_f1, probe_of.get(c.cut_point.index)]
+    if base is not None:
+        accuracies += [base.val_accuracy, base.accuracy]
+    low, high = _accuracy_limits(accuracies)
+    headroom = 0.14 if len(ordered) > 12 else 0.05  # room above the deepest points for their names
+    axes[0].set_ylim(low, high + headroom * (high - low))
+    axes[0].yaxis.set_major_formatter(lambda value, _: f"{value:g}" if value <= 100.5 else "")
+    for ax, key in zip(axes, ("macs", "params")):
+        _trade_off_panel(ax, ordered, key, budget, marks, probe_of, base, legend=ax is axes[0])
+    axes[0].set_ylabel("Accuracy (%)")
+    axes[0].set_title("against MACs (compute per image)", fontsize=11)
+    axes[1].set_title("against parameters (model size)", fontsize=11)
+    axes[1].tick_params(axis="y", labelleft=True)
+    handles, labels = axes[0].get_legend_handles_labels()
+    legend = fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=9.5, frameon=False)
+    for handle in legend.legend_handles:
+        if hasattr(handle, "get_markersize") and handle.get_markersize() > 12:
+            handle.set_markersize(12)
+    rows = math.ceil(len(labels) / 3)
+    fig.tight_layout(rect=(0, 0.042 * rows + 0.01, 1, 1))
     return save_figure(fig, path)

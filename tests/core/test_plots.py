@@ -251,3 +251,153 @@ def test_class_counts(tmp_path: Path, k: int) -> None:
 def test_class_counts_with_an_empty_split(tmp_path: Path) -> None:
     per_split = {"train": {"a": 5, "b": 7}, "val": {"a": 0, "b": 0}, "test": {"a": 1, "b": 0}}
     _check_png(plots.plot_class_counts(per_split, tmp_path / "counts.png", "tiny"))
+
+
+# ----------------------------------------------------------------------------- depth probes and the trade-off
+
+
+def _probe_curve(n: int) -> list[float]:
+    return (0.35 + 0.6 * (1 - np.exp(-5 * np.linspace(0, 1, n)))).tolist()
+
+
+@pytest.mark.parametrize(
+    "n,knee,threshold,base,probe_index",
+    [
+        (6, 3, 0.9, 0.95, 4),  # every mark
+        (51, 50, 0.942, 0.952, 30),  # a ResNet-152: the knee is the whole network (one past the SSIM curve)
+        (51, 9, None, None, None),  # the analysis alone: no budget, no base accuracy, no probe choice
+        (4, 1, 0.99, 0.95, None),  # a minimum above the base: no band, no cut point's probe within it
+    ],
+)
+def test_depth_probes(
+    tmp_path: Path, n: int, knee: int, threshold: float | None, base: float | None, probe_index: int | None
+) -> None:
+    cut_curve = (0.3 + 0.4 * np.sqrt(np.linspace(0, 1, n - 1))).tolist()
+    out = plots.plot_depth_probes(
+        _probe_curve(n),
+        cut_curve,
+        _names(n),
+        knee_index=knee,
+        threshold=threshold,
+        base_accuracy=base,
+        probe_index=probe_index,
+        path=tmp_path / "sub" / "probes.png",
+        title="depth probes beside the SSIM cut curve",
+    )
+    assert out == tmp_path / "sub" / "probes.png"
+    image = _check_png(out)
+    assert image.shape[1] <= 14 * plots.DPI
+
+
+def _candidate(index: int, name: str, depth: float, val: float, within: bool, probe: float | None = 0.8):
+    from layercut.contracts.results import Candidate
+    from layercut.contracts.spec import CutPointRef
+
+    return Candidate(
+        cut_point=CutPointRef(index=index, name=name),
+        reasons=["sweep"],
+        params=int(60e6 * depth**1.5) + 9000,
+        macs=int(11e9 * depth) + 120_000,
+        latency_ms=1 + 80 * depth,
+        val_accuracy=val,
+        val_macro_f1=val - 0.02,
+        accuracy=val - 0.005,
+        macro_f1=val - 0.025,
+        probe_accuracy=probe,
+        within_budget=within,
+        epochs_run=3,
+        seconds=10.0,
+        folder=f"candidates/cut-{index:02d}-{name}",
+    )
+
+
+def _budget():
+    from layercut.contracts.results import Budget
+
+    return Budget(
+        description="at most 1 point of validation accuracy below the base",
+        max_drop=1.0,
+        min_accuracy=None,
+        base_val_accuracy=0.952,
+        threshold=0.942,
+    )
+
+
+def _rules(knee: tuple[int, str] | None, probe: tuple[int, str] | None, auto: tuple[int, str] | None = None):
+    from layercut.contracts.results import OtherRules
+    from layercut.contracts.spec import CutPointRef
+
+    def ref(pair: tuple[int, str] | None) -> CutPointRef | None:
+        return CutPointRef(index=pair[0], name=pair[1]) if pair else None
+
+    return OtherRules(knee=ref(knee or (0, "relu")), knee_reason=None, probe=ref(probe), auto=ref(auto))
+
+
+def test_trade_off_of_an_auto_search(tmp_path: Path) -> None:
+    names = _names(12)
+    candidates = [
+        _candidate(7, names[7], 0.3, 0.948, True),
+        _candidate(5, names[5], 0.2, 0.931, False, probe=None),  # in the order retrained, not by size
+    ]
+    rules = _rules((7, names[7]), (5, names[5]), auto=(7, names[7]))
+    out = plots.plot_trade_off(
+        candidates, _budget(), rules, tmp_path / "sub" / "trade_off.png", "auto", probe={5: 0.9, 7: 0.92}
+    )
+    assert out == tmp_path / "sub" / "trade_off.png"
+    _check_png(out)
+
+
+def test_trade_off_of_a_large_sweep(tmp_path: Path) -> None:
+    from layercut.contracts.results import SweepBase
+
+    names = _names(51)
+    curve = _probe_curve(51)
+    candidates = []
+    for i in range(51):
+        val = 0.952 - 0.55 * np.exp(-9 * (i + 1) / 51) + 0.004 * np.sin(i)
+        candidates.append(_candidate(i, names[i], (i + 1) / 51, float(val), bool(val >= 0.942), curve[i]))
+    smallest = next(c.cut_point for c in candidates if c.within_budget)
+    base = SweepBase(
+        params=60_200_000,
+        macs=11_500_000_000,
+        latency_ms=90.0,
+        val_accuracy=0.952,
+        val_macro_f1=0.95,
+        accuracy=0.947,
+        macro_f1=0.945,
+    )
+    rules = _rules((50, names[50]), (30, names[30]), auto=(smallest.index, smallest.name))
+    image = _check_png(
+        plots.plot_trade_off(
+            candidates,
+            _budget(),
+            rules,
+            tmp_path / "trade_off.png",
+            "sweep",
+            base=base,
+            probe=dict(enumerate(curve)),
+            chosen=smallest,
+        )
+    )
+    assert image.shape[1] <= 14 * plots.DPI
+    positions = np.linspace(0, 1, 51).tolist()
+    named = plots._labelled_points(positions, first=[50, 20], min_gap=0.045)
+    assert {20, 50} <= set(named) and len(named) <= plots.MAX_POINT_LABELS
+    assert all(
+        b - a >= 0.045 for a, b in zip(sorted(positions[i] for i in named), sorted(positions[i] for i in named)[1:])
+    )
+
+
+def test_trade_off_of_one_candidate_without_rules_or_probes(tmp_path: Path) -> None:
+    """One candidate below a minimum accuracy, no probe curve, no auto choice, a knee that was not retrained."""
+    from layercut.contracts.results import Budget
+
+    budget = Budget(
+        description="validation accuracy at least 97.5 %",
+        max_drop=None,
+        min_accuracy=97.5,
+        base_val_accuracy=0.96,
+        threshold=0.975,
+    )
+    candidate = _candidate(3, "layer1.2", 0.1, 0.5, False, probe=None).model_copy(update={"macs": 0, "params": 0})
+    _check_png(plots.plot_trade_off([candidate], budget, _rules((9, "layer1.8"), None), tmp_path / "one.png", "one"))

@@ -26,6 +26,22 @@ EVIL_CLASS = "<img src=x onerror=alert(1)>"  # a folder name can hold no '/', so
 AMP_CLASS = 'cats&dogs "quoted"'
 EVIL_DATASET = "<b>my&data<b>"
 SECTIONS = ["overview", "data", "base", "gbp", "ssim", "cut", "slim", "compare", "explain"]
+"""The sections of a run without depth probes, a select or a sweep stage (a run of an older version)."""
+
+
+def _with_choice(sections: list[str]) -> list[str]:
+    """``sections`` with "Is this the right cut?" after the SSIM section."""
+    at = sections.index("ssim") + 1
+    return [*sections[:at], "choice", *sections[at:]]
+
+
+def _sections_of(run_dir: Path) -> list[str]:
+    """The sections a run folder's report has: "Is this the right cut?" when the run has a select or a sweep stage,
+    or an analysis with depth probes."""
+    analysis = run_dir / "analysis" / "analysis.json"
+    probes = analysis.is_file() and json.loads(analysis.read_text()).get("depth_probes") is not None
+    choice = probes or (run_dir / "select").is_dir() or (run_dir / "sweep").is_dir()
+    return _with_choice(SECTIONS) if choice else SECTIONS
 
 
 class Page(HTMLParser):
@@ -125,8 +141,8 @@ def _check_images(page: str, run_dir: Path) -> list[dict]:
 def test_every_section_present_and_filled(report, tiny_run) -> None:
     path, page = report
     parsed = Page(page)
-    assert parsed.sections == SECTIONS
-    for ident in SECTIONS:  # the table of contents links to every section
+    assert parsed.sections == _sections_of(tiny_run)
+    for ident in _sections_of(tiny_run):  # the table of contents links to every section
         assert f'href="#{ident}"' in page
     run = json.loads((tiny_run / "run.json").read_text())
     text = parsed.text
@@ -146,7 +162,12 @@ def test_every_section_present_and_filled(report, tiny_run) -> None:
     # what was cut and why
     cut = _section(page, "cut")
     assert run["cut_point"]["name"] in cut and "Why" in cut and "kept" in cut
-    if not run["knee_found"]:
+    if run["cut_point"].get("chosen_by") == "auto":
+        assert "chosen by the accuracy budget (auto)" in cut
+        choice = _section(page, "choice")
+        assert run["verdict"] in text and 'data-file="trade_off.png"' in choice
+        assert all(c["cut_point"]["name"] in choice for c in run["selection"]["candidates"])
+    elif not run["knee_found"]:
         assert "no knee found" in cut
     # the comparison table
     compare = _section(page, "compare")
@@ -171,13 +192,20 @@ def test_every_section_present_and_filled(report, tiny_run) -> None:
     assert "smallcnn" in text
 
 
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def test_images_are_embedded_pngs_of_existing_files(report, tiny_run) -> None:
+    """Every picture of the run is in the report, and none twice. Copies count once (the select stage keeps the chosen
+    slim model's pictures beside select.json, and the run copies them to slim/); the pictures of each candidate's
+    retraining (select/candidates/…) are summed up by the candidates' table, not shown."""
     _, page = report
     images = _check_images(page, tiny_run)
-    shown = {img["data-file"] for img in images}
-    expected = {p.name for p in tiny_run.rglob("*.png")}
-    assert expected <= shown  # every picture of the run is in the report
-    assert len(images) == len(list(tiny_run.rglob("*.png")))  # and none twice
+    shown = [_digest(base64.b64decode(img["src"].split(",", 1)[1])) for img in images]
+    pictures = [p for p in tiny_run.rglob("*.png") if "candidates" not in p.relative_to(tiny_run).parts]
+    assert {_digest(p.read_bytes()) for p in pictures} == set(shown)
+    assert len(shown) == len(set(shown))
 
 
 def test_self_contained(report) -> None:
@@ -301,7 +329,9 @@ def test_render_report_from_job_like_stages(tiny_run, tmp_path) -> None:
     ]
     page = render_report(stages, "Pipeline <x>", details=[("Pipeline", "<id>")], status="running")
     parsed = Page(page)
-    assert parsed.sections == ["overview", "data", "base", "gbp", "ssim", "cut", "slim", "compare"]
+    sections = ["overview", "data", "base", "gbp", "ssim", "cut", "slim", "compare"]
+    probes = json.loads((tiny_run / "analysis" / "analysis.json").read_text()).get("depth_probes") is not None
+    assert parsed.sections == (_with_choice(sections) if probes else sections)
     assert "failed — bad_&lt;cut&gt;: boom &amp; &lt;bust&gt;" in _section(page, "cut")
     assert "Not run yet: the retrain step is running (42% · retrain · epoch 1/3)." in _section(page, "slim")
     assert "Not run yet: the compare step is queued" in _section(page, "compare")
@@ -408,7 +438,7 @@ def test_damaged_analysis_json_is_named_and_the_other_sections_render(tiny_run, 
     del analysis["knee"]["found"]
     path.write_text(json.dumps(analysis))
     page = write_run_report(run).read_text(encoding="utf-8")
-    assert Page(page).sections == SECTIONS and "Not run yet" not in page
+    assert Page(page).sections == _sections_of(tiny_run) and "Not run yet" not in page
     for ident in ("gbp", "ssim"):
         body = _section(page, ident)
         (note, *_) = _notes(body)
@@ -466,3 +496,314 @@ def test_stored_results_newer_or_hand_made(tiny_run) -> None:
     wrong = StageInput("train", None, summary={"stage": "train", "accuracy": "high"}, status="succeeded")
     body = _section(render_report([wrong], "wrong"), "base")
     assert "The job&#x27;s stored result does not match" in body and "Not run yet" not in body
+
+
+# ----------------------------------------------------------------------------- is this the right cut?
+
+SHORTFALL = re.compile(r'<div class="verdict shortfall"[^>]*>(.*?)</div>', re.S)
+
+
+def _candidates(names: list[str], threshold: float, within_from: int, chosen: int):
+    """One candidate per cut point name, deeper ones bigger and better; those from ``within_from`` on are within
+    the budget."""
+    from layercut.contracts.results import Candidate
+    from layercut.contracts.spec import CutPointRef
+
+    reasons = ["probe", "neighbour", "knee", "deeper", "shallower"]
+    out = []
+    for i, name in enumerate(names):
+        val = threshold + 0.004 if i >= within_from else threshold - 0.08 / (i + 1)
+        out.append(
+            Candidate(
+                cut_point=CutPointRef(index=i, name=name),
+                reasons=[reasons[i % len(reasons)]] + (["knee"] if i == chosen and i != 2 else []),
+                params=1000 * 4**i,
+                macs=400_000 * 3**i,
+                latency_ms=1.5 * (i + 1),
+                val_accuracy=val,
+                val_macro_f1=val - 0.01,
+                accuracy=val - 0.003,
+                macro_f1=val - 0.012,
+                probe_accuracy=0.6 + 0.1 * i,
+                within_budget=i >= within_from,
+                epochs_run=2,
+                seconds=3.0 + i,
+                folder=f"/worker/artifacts/t/job/candidates/cut-{i:02d}-{name}",
+            )
+        )
+    return out
+
+
+def _fabricate_choice(run: Path, *, within: bool, sweep: bool) -> dict:
+    """Turn a copy of the tiny run into one cut by the auto rule: depth probes in analysis.json (with their picture),
+    a select stage of every cut point but the last (the chosen model's files beside select.json, as the select stage
+    writes them), a sweep when asked, and run.json saying so. Returns what was written, for the checks."""
+    from layercut.contracts.configs import SelectConfig, SweepConfig, TrainConfig
+    from layercut.contracts.results import (
+        AnalyzeResult,
+        Budget,
+        DepthProbe,
+        DepthProbes,
+        DepthProbeSeconds,
+        OtherRules,
+        RunSelection,
+        RunSummary,
+        SelectResult,
+        SweepBase,
+        SweepResult,
+    )
+    from layercut.contracts.spec import CutPointRef
+    from layercut.stages import plots
+
+    for folder in ("select", "sweep"):
+        shutil.rmtree(run / folder, ignore_errors=True)
+    (run / "report.html").unlink(missing_ok=True)
+    analysis_path = run / "analysis" / "analysis.json"
+    analysis = AnalyzeResult.model_validate_json(analysis_path.read_text())
+    names = [p.name for p in analysis.cut_points]
+    probes = DepthProbes(
+        method="logistic regression on pooled features",
+        train_images=32,
+        val_images=8,
+        base_val_accuracy=0.9,
+        points=[
+            DepthProbe(index=i, name=name, features=8 * (i + 1), train_accuracy=1.0, val_accuracy=0.6 + 0.1 * i)
+            for i, name in enumerate(names)
+        ],
+        seconds=DepthProbeSeconds(features=0.5, fit=0.2),
+    )
+    analysis_path.write_text(analysis.model_copy(update={"depth_probes": probes}).model_dump_json(indent=2))
+    budget = Budget(
+        description="at most 1 point of validation accuracy below the base model",
+        max_drop=1.0,
+        min_accuracy=None,
+        base_val_accuracy=0.9,
+        threshold=0.89,
+    )
+    knee = CutPointRef(index=analysis.knee.index, name=names[analysis.knee.index])
+    plots.plot_depth_probes(
+        probes.curve,
+        analysis.curves.cut,
+        names,
+        knee_index=knee.index,
+        threshold=budget.threshold,
+        base_accuracy=budget.base_val_accuracy,
+        probe_index=None,
+        path=run / "analysis" / "depth_probes.png",
+        title="depth probes",
+    )
+    searched = names[:-1]  # at least 3 candidates: smallcnn has 4 cut points
+    chosen = 1 if within else len(searched) - 1
+    candidates = _candidates(searched, budget.threshold, 1 if within else len(searched), chosen)
+    rules = OtherRules(knee=knee, knee_reason="a fallback chose it", probe=None, auto=candidates[chosen].cut_point)
+    if within:
+        verdict = f"Kept the accuracy: cut at {searched[chosen]}, validation 89.4% against the base's 90.0%."
+    else:
+        verdict = f"No slim model kept the accuracy: the best, cut at {searched[chosen]}, is 0.4 points short."
+    select = SelectResult(
+        stage="select",
+        checkpoint="/worker/select/model.safetensors",
+        initial_checkpoint="/worker/select/initial.safetensors",
+        cut_point=candidates[chosen].cut_point,
+        cut_points_total=len(names),
+        within_budget=within,
+        shortfall=None if within else 0.4,
+        verdict=verdict,
+        budget=budget,
+        candidates=candidates,
+        stopped="the next shallower cut point scored below the threshold",
+        rules=rules,
+        base_params=60_000,
+        slim_params=candidates[chosen].params,
+        params_kept=candidates[chosen].params / 60_000,
+        seconds=12.5,
+        config=SelectConfig(),
+        retrain=TrainConfig(epochs=1),
+    )
+    folder = run / "select"
+    folder.mkdir()
+    for file in (run / "slim").iterdir():  # the chosen model's files, beside select.json
+        if file.suffix in (".json", ".png"):
+            shutil.copy(file, folder / file.name)
+    (folder / "select.json").write_text(select.model_dump_json(indent=2))
+    plots.plot_trade_off(candidates, budget, rules, folder / "trade_off.png", "auto", chosen=select.cut_point)
+    written: dict = {"select": select, "names": names}
+    if sweep:
+        swept = _candidates(names, budget.threshold, 2, 2)
+        base = SweepBase(
+            params=60_000,
+            macs=9_000_000,
+            latency_ms=9.0,
+            val_accuracy=0.9,
+            val_macro_f1=0.89,
+            accuracy=0.9,
+            macro_f1=0.9,
+        )
+        result = SweepResult(
+            stage="sweep",
+            architecture="smallcnn",
+            base_checkpoint="base/model.safetensors",
+            base=base,
+            budget=budget,
+            candidates=swept,
+            smallest_within_budget=swept[2].cut_point,
+            rules=rules,
+            chart="trade_off.png",
+            seconds=30.0,
+            config=SweepConfig(),
+            retrain=TrainConfig(epochs=1),
+        )
+        (run / "sweep").mkdir()
+        (run / "sweep" / "sweep.json").write_text(result.model_dump_json(indent=2))
+        plots.plot_trade_off(
+            swept, budget, rules, run / "sweep" / "trade_off.png", "sweep", base=base, chosen=swept[2].cut_point
+        )
+        written["sweep"] = result
+    summary = RunSummary.model_validate_json((run / "run.json").read_text())
+    cut = summary.cut_point.model_copy(update={"index": chosen, "name": searched[chosen], "chosen_by": "auto"})
+    selection = RunSelection(
+        file="select/select.json",
+        within_budget=within,
+        shortfall=select.shortfall,
+        verdict=verdict,
+        budget=budget,
+        candidates=candidates,
+    )
+    summary = summary.model_copy(update={"cut_point": cut, "rules": rules, "selection": selection, "verdict": verdict})
+    (run / "run.json").write_text(summary.model_dump_json(indent=2))
+    return written
+
+
+def _chosen_rows(body: str) -> list[str]:
+    return [
+        " ".join(re.sub(r"<[^>]+>", " ", r).split()) for r in re.findall(r'<tr class="chosen">(.*?)</tr>', body, re.S)
+    ]
+
+
+def test_cut_choice_within_budget_with_a_sweep(tiny_run, tmp_path) -> None:
+    """An auto run kept within its budget, with a sweep: the section shows the probe curve, the verdict, the search's
+    chart and every candidate (the chosen one highlighted), the sweep likewise, and what each rule chose."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    written = _fabricate_choice(run, within=True, sweep=True)
+    select, sweep = written["select"], written["sweep"]
+    page = write_run_report(run).read_text(encoding="utf-8")
+    assert Page(page).sections == _with_choice(SECTIONS)
+    body = _section(page, "choice")
+    assert "Is this the right cut?" in page and "from select/" in body
+    assert 'data-file="depth_probes.png"' in body and "depth_probes.png" not in _section(page, "ssim")
+    assert body.count('data-file="trade_off.png"') == 2  # the search's chart and the sweep's
+    assert '<div class="verdict kept"' in body and select.verdict.replace("'", "&#x27;") in body
+    assert not SHORTFALL.search(page)
+    for candidate in [*select.candidates, *sweep.candidates]:
+        assert candidate.cut_point.name in body
+    chosen, smallest, this_run = _chosen_rows(body)
+    assert chosen.startswith(f"{select.cut_point.index} {select.cut_point.name} chosen")
+    assert smallest.startswith(f"2 {written['names'][2]} smallest within budget")
+    assert this_run.startswith("Auto this run")
+    assert "at most 1 point of validation accuracy below the base model: validation accuracy ≥ 89.0%" in body
+    assert "the next shallower cut point scored below the threshold" in body  # why the search stopped
+    assert "What the other rules would have chosen" in body and "a fallback chose it" in body
+    assert "8.0 pts short" in body and "4.0 pts short" in body  # a candidate below the budget says by how much
+    overview = _section(page, "overview")
+    assert '<div class="verdict kept"' in overview and overview.index("verdict") < overview.index('class="cards"')
+    assert "select the cut (accuracy budget)" in overview and "sweep the cut points" in overview
+    _check_images(page, run)
+
+
+def test_cut_choice_shortfall_is_impossible_to_miss(tiny_run, tmp_path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    written = _fabricate_choice(run, within=False, sweep=False)
+    page = write_run_report(run).read_text(encoding="utf-8")
+    body, overview = _section(page, "choice"), _section(page, "overview")
+    for where in (body, overview):
+        (verdict,) = SHORTFALL.findall(where)
+        assert "not kept" in verdict and "0.4 points short" in verdict
+    assert "Budget not kept (0.4 pts short)" in body
+    assert "NOT within the budget" in overview  # the stage's line too
+    assert "The sweep" not in body and all(c.cut_point.name in body for c in written["select"].candidates)
+    _check_images(page, run)
+
+
+def test_cut_choice_of_a_service_pipeline(tiny_run, tmp_path) -> None:
+    """Jobs of kind select and sweep render: the select job stands for truncate and retrain, its chosen model's
+    pictures shown once, in the slim model's section."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    written = _fabricate_choice(run, within=True, sweep=True)
+    kinds = [
+        ("train", "base"),
+        ("analyze", "analysis"),
+        ("select", "select"),
+        ("compare", "compare"),
+        ("sweep", "sweep"),
+    ]
+    stages = [
+        StageInput(kind, run / folder, status="succeeded", label=f"step {i}: job {kind}", step=i)
+        for i, (kind, folder) in enumerate(kinds)
+    ]
+    page = render_report(stages, "Pipeline")
+    assert Page(page).sections == ["overview", "data", "base", "gbp", "ssim", "choice", "cut", "slim", "compare"]
+    assert "from step 2: job select" in _section(page, "choice")
+    slim = _section(page, "slim")
+    assert 'data-file="training_curves.png"' in slim and 'data-file="trade_off.png"' not in slim
+    assert written["select"].cut_point.name in _section(page, "cut")
+    _check_images(page, run)
+    shown = Page(page).images
+    assert len({img["src"] for img in shown}) == len(shown)  # no picture twice
+    alone = render_report([StageInput("sweep", run / "sweep", status="succeeded", label="job s")], "a sweep job")
+    assert Page(alone).sections == ["overview", "choice"] and "smallest within budget" in _section(alone, "choice")
+    queued = render_report([StageInput("select", None, status="queued")], "queued")
+    assert "Not run yet: the select step is queued" in _section(queued, "choice")
+    running = [
+        stages[1],
+        StageInput("select", None, status="running", step=2, percent=40.0, stage="retrain", message="cut at x"),
+    ]
+    body = _section(render_report(running, "running"), "choice")  # the probe curve shows while the search runs
+    assert "from step 1: job analyze" in body and 'data-file="depth_probes.png"' in body
+    assert "Not run yet: the select step is running (40% · retrain · cut at x)." in body
+
+
+def test_cut_choice_of_a_knee_run_with_depth_probes(tiny_run, tmp_path) -> None:
+    """A run cut at the knee, whose analysis has depth probes: the section follows the analysis, says what the knee
+    and the probes point to, and run.json's rules say which rule cut it."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    _fabricate_choice(run, within=True, sweep=False)
+    shutil.rmtree(run / "select")
+    summary = json.loads((run / "run.json").read_text())
+    summary["cut_point"]["chosen_by"] = "knee"
+    del summary["selection"], summary["verdict"]
+    (run / "run.json").write_text(json.dumps(summary))
+    page = write_run_report(run).read_text(encoding="utf-8")
+    body = _section(page, "choice")
+    assert "from analysis/" in body and 'data-file="depth_probes.png"' in body
+    assert "The knee of the SSIM curve points to" in body and "This run was cut by the knee." in body
+    (this_run,) = _chosen_rows(body)
+    assert this_run.startswith("SSIM knee this run")
+    assert 'class="verdict' not in page
+    _check_images(page, run)
+
+
+def test_older_run_without_probes_select_or_sweep_renders_as_before(tiny_run, tmp_path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    for folder in ("select", "sweep"):
+        shutil.rmtree(run / folder, ignore_errors=True)
+    analysis_path = run / "analysis" / "analysis.json"
+    analysis = json.loads(analysis_path.read_text())
+    analysis.pop("depth_probes", None)
+    analysis_path.write_text(json.dumps(analysis))
+    (run / "analysis" / "depth_probes.png").unlink(missing_ok=True)
+    summary = json.loads((run / "run.json").read_text())
+    for key in ("rules", "selection", "verdict"):
+        summary.pop(key, None)
+    summary["cut_point"]["chosen_by"] = "knee"
+    (run / "run.json").write_text(json.dumps(summary))
+    truncate = json.loads((run / "slim" / "truncate.json").read_text())
+    (run / "slim" / "truncate.json").write_text(json.dumps({**truncate, "chosen_by": "knee"}))
+    page = write_run_report(run).read_text(encoding="utf-8")
+    assert Page(page).sections == SECTIONS
+    assert 'class="verdict' not in page and "select the cut" not in page and "Is this the right cut?" not in page
+    _check_images(page, run)

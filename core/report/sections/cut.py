@@ -30,7 +30,7 @@ def requested(stage: Stage) -> TruncateConfig | None:
 
 
 def why_text(truncate: TruncateResult, analysis: AnalyzeResult | None, cut_asked: Any) -> str:
-    """Why the model was cut where it was: at the analysis's knee, or where the user said."""
+    """Why the model was cut where it was: at the analysis's knee, where the user said, or by the accuracy budget."""
     chosen = truncate.chosen_by
     knee = analysis.knee if analysis is not None else None
     if chosen == "knee":
@@ -45,6 +45,11 @@ def why_text(truncate: TruncateResult, analysis: AnalyzeResult | None, cut_asked
         if knee_cut is not None and knee_cut.name and knee_cut.name != (cut.name if cut else None):
             why += f"; the analysis's knee was {knee_cut.name}"
         return why
+    if chosen == "auto":
+        return (
+            "chosen by the accuracy budget (auto): the smallest retrained candidate whose validation accuracy is "
+            "within the budget, or the best one when none is (see “Is this the right cut?”)"
+        )
     return chosen or "not recorded"
 
 

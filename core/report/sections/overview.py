@@ -1,4 +1,5 @@
-"""The overview: headline cards (accuracy, cut, parameters, latency), facts about the run, and every stage's status."""
+"""The overview: the run's verdict (whether the slim model kept the accuracy budget), headline cards (accuracy, cut,
+parameters, latency), facts about the run, and every stage's status."""
 
 from __future__ import annotations
 
@@ -13,11 +14,15 @@ from layercut.contracts.results import (
     CompareResult,
     DataInfo,
     RetrainResult,
+    RunSummary,
+    SelectResult,
+    SweepResult,
     TrainResult,
     TruncateResult,
 )
 from layercut.report.formats import dec, human, latency_label, ms, pct, speed
 from layercut.report.reading import first, is_number
+from layercut.report.sections.cut_choice import verdict_tone
 from layercut.report.sections.data import training_result
 from layercut.report.stages import STAGE_TITLES, Stage
 from layercut.report.templating import render_template
@@ -60,6 +65,7 @@ def headline_cards(by_kind: Mapping[str, Stage]) -> list[Card]:
     retrain = result_of(by_kind, "retrain", RetrainResult)
     truncate = result_of(by_kind, "truncate", TruncateResult)
     analyze = result_of(by_kind, "analyze", AnalyzeResult)
+    select = result_of(by_kind, "select", SelectResult)
     base = compare.base if compare is not None else None
     slim = compare.slim if compare is not None else None
     cards: list[Card] = []
@@ -70,13 +76,25 @@ def headline_cards(by_kind: Mapping[str, Stage]) -> list[Card]:
     if is_number(slim_acc):
         delta = f"{(slim_acc - base_acc) * 100:+.1f} pts vs base" if is_number(base_acc) else None
         cards.append(Card("Slim test accuracy", pct(slim_acc), delta))
-    cut = (truncate and truncate.cut_point) or (analyze and analyze.cut_point)
+    cut = (truncate and truncate.cut_point) or (select and select.cut_point) or (analyze and analyze.cut_point)
     if cut and cut.name is not None:
-        total = (truncate and truncate.cut_points_total) or (len(analyze.cut_points) if analyze else 0) or None
+        total = (
+            (truncate and truncate.cut_points_total)
+            or (select and select.cut_points_total)
+            or (len(analyze.cut_points) if analyze else 0)
+            or None
+        )
         where = f"cut point {cut.index}" + (f" of 0–{total - 1}" if is_number(total) else "")
-        cards.append(Card("Cut after" if truncate else "Knee at", str(cut.name), where))
-    base_params = first(base and base.params, truncate and truncate.base_params, train and train.params)
-    slim_params = first(slim and slim.params, truncate and truncate.slim_params, retrain and retrain.params)
+        cards.append(Card("Cut after" if truncate or select else "Knee at", str(cut.name), where))
+    base_params = first(
+        base and base.params, truncate and truncate.base_params, select and select.base_params, train and train.params
+    )
+    slim_params = first(
+        slim and slim.params,
+        truncate and truncate.slim_params,
+        select and select.slim_params,
+        retrain and retrain.params,
+    )
     if is_number(base_params) and is_number(slim_params) and base_params:
         cards.append(
             Card("Parameters kept", pct(slim_params / base_params), f"{human(slim_params)} of {human(base_params)}")
@@ -104,6 +122,18 @@ def stage_brief(stage: Stage) -> str:
         truncate = stage.read(TruncateResult)
         cut = truncate.cut_point.name if truncate.cut_point else None
         return f"cut at {cut or '—'}; {pct(truncate.params_kept)} of the parameters kept"
+    if stage.kind == "select":
+        select = stage.read(SelectResult)
+        cut = select.cut_point.name if select.cut_point else None
+        kept = {True: "within the budget", False: "NOT within the budget"}.get(select.within_budget, "")
+        return f"cut at {cut or '—'}, {kept or 'budget not recorded'}; {len(select.candidates)} candidates retrained"
+    if stage.kind == "sweep":
+        sweep = stage.read(SweepResult)
+        smallest = sweep.smallest_within_budget
+        return (
+            f"{len(sweep.candidates)} cut points retrained; smallest within the budget: "
+            f"{smallest.name if smallest is not None else 'none'}"
+        )
     if stage.kind == "compare":
         comparison = stage.read(CompareResult).comparison
         accuracy = comparison.metrics.accuracy if comparison is not None and comparison.metrics is not None else None
@@ -133,8 +163,24 @@ def stage_row(stage: Stage) -> StageRow:
     return StageRow(STAGE_TITLES.get(i.kind, i.kind), stage.state, i.label or "—", detail or "—")
 
 
-def context(ordered: list[Stage], by_kind: Mapping[str, Stage], details: Iterable[tuple[str, Any]]) -> dict[str, Any]:
-    """The cards, the facts (the caller's ``details`` first, then what the results say) and the stage rows."""
+def run_verdict(by_kind: Mapping[str, Stage], run: RunSummary | None) -> tuple[str | None, bool | None]:
+    """The run's verdict in one sentence and whether the budget was kept (None: not known): run.json's, else the
+    select result's."""
+    select = result_of(by_kind, "select", SelectResult)
+    selection = run.selection if run is not None else None
+    within = first(selection and selection.within_budget, select and select.within_budget)
+    text = first(run and run.verdict, selection and selection.verdict, select and select.verdict)
+    return text, within
+
+
+def context(
+    ordered: list[Stage],
+    by_kind: Mapping[str, Stage],
+    details: Iterable[tuple[str, Any]],
+    run: RunSummary | None = None,
+) -> dict[str, Any]:
+    """The verdict, the cards, the facts (the caller's ``details`` first, then what the results say) and the stage
+    rows."""
     facts = list(details)
     given = {label for label, _ in facts}
     results = [s.result for s in ordered if s.ready and s.result is not None]
@@ -159,8 +205,20 @@ def context(ordered: list[Stage], by_kind: Mapping[str, Stage], details: Iterabl
         ("Image size", f"{data.image_size} px" if data is not None and data.image_size else None),
     ]
     facts += [(label, value) for label, value in derived if label not in given]
-    return {"cards": headline_cards(by_kind), "facts": facts, "stages": [stage_row(s) for s in ordered]}
+    verdict, within = run_verdict(by_kind, run)
+    return {
+        "verdict": verdict,
+        "verdict_tone": verdict_tone(within),
+        "cards": headline_cards(by_kind),
+        "facts": facts,
+        "stages": [stage_row(s) for s in ordered],
+    }
 
 
-def render(ordered: list[Stage], by_kind: Mapping[str, Stage], details: Iterable[tuple[str, Any]]) -> Markup:
-    return render_template("overview.html", **context(ordered, by_kind, details))
+def render(
+    ordered: list[Stage],
+    by_kind: Mapping[str, Stage],
+    details: Iterable[tuple[str, Any]],
+    run: RunSummary | None = None,
+) -> Markup:
+    return render_template("overview.html", **context(ordered, by_kind, details, run))
