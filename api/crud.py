@@ -15,12 +15,15 @@ from sqlalchemy.orm import Session
 from layercut.api.common import field_error, not_found
 from layercut.api.schemas.artifacts import ArtifactOut
 from layercut.contracts.jobs import (
+    FAN_OUT_KINDS,
     AnalyzeParams,
     CompareParams,
     ExplainParams,
     JobParams,
     ModelRef,
     RetrainParams,
+    SelectParams,
+    SweepPlanParams,
     TrainParams,
     TruncateParams,
 )
@@ -170,11 +173,11 @@ def check_model_ref(session: Session, tenant: str, ref: ModelRef, loc: Loc) -> N
         )
 
 
-def check_analysis_job(session: Session, tenant: str, params: TruncateParams) -> None:
-    """A truncate's ``analysis_job`` must be an analyze job of the tenant; a cut at the knee needs one."""
+def check_analysis_job(session: Session, tenant: str, params: TruncateParams | SelectParams | SweepPlanParams) -> None:
+    """An ``analysis_job`` must be an analyze job of the tenant; a cut at the knee and a select job need one."""
     loc = (*PARAMS_LOC, "analysis_job")
     if params.analysis_job is None:
-        if params.truncate.cut == "knee":
+        if isinstance(params, TruncateParams) and params.truncate.cut == "knee":
             raise field_error(
                 loc,
                 "cut='knee' needs analysis_job: the analyze job whose knee to "
@@ -189,8 +192,15 @@ def check_analysis_job(session: Session, tenant: str, params: TruncateParams) ->
 
 
 def check_references(session: Session, tenant: str, params: JobParams) -> None:
-    """Every dataset, model and job a job's params name must exist and belong to ``tenant`` (422 naming the field)."""
+    """Every dataset, model and job a job's params name must exist and belong to ``tenant`` (422 naming the field);
+    a sweep runs only inside a pipeline, which its fan-out adds jobs to."""
     base = PARAMS_LOC
+    if params.kind in (*FAN_OUT_KINDS, "sweep_plan"):
+        raise field_error(
+            (*base, "kind"),
+            f"a {params.kind} job is part of a sweep, which fans out inside a pipeline: POST /v1/pipelines with "
+            '"sweep": {"cuts": …} (and "model_id" to sweep an existing model)',
+        )
     if isinstance(params, TrainParams):
         check_dataset(session, tenant, params.data.dataset_id, (*base, "data", "dataset_id"))
     elif isinstance(params, (AnalyzeParams, RetrainParams)):
@@ -198,6 +208,10 @@ def check_references(session: Session, tenant: str, params: JobParams) -> None:
         check_dataset(session, tenant, params.dataset_id, (*base, "dataset_id"))
     elif isinstance(params, TruncateParams):
         check_model_ref(session, tenant, params.model, (*base, "model"))
+        check_analysis_job(session, tenant, params)
+    elif isinstance(params, (SelectParams, SweepPlanParams)):
+        check_model_ref(session, tenant, params.model, (*base, "model"))
+        check_dataset(session, tenant, params.dataset_id, (*base, "dataset_id"))
         check_analysis_job(session, tenant, params)
     elif isinstance(params, ExplainParams):
         check_model_ref(session, tenant, params.model, (*base, "model"))

@@ -10,7 +10,8 @@
     slim = lc.retrain("out/slim/initial.safetensors", data, "out/slim")
     comparison = lc.compare("out/base/model.safetensors", "out/slim/model.safetensors", data, "out/compare")
     model, spec = lc.load_model("out/slim/model.safetensors")
-    summary = lc.run("out/run", source="digits", arch="resnet18", image_size=32)   # all of it at once
+    chosen = lc.select("out/base/model.safetensors", data, "out/analysis/analysis.json", "out/select", max_drop=1.0)
+    summary = lc.run("out/run", source="digits", arch="resnet18", image_size=32)   # all of it, cut by the budget
 
 The functions load torch when first used, so ``import layercut`` (and the torch-free rooms ``layercut.contracts``,
 ``layercut.api``, ``layercut.report``) stay light. The rooms and the arrows between them: docs/architecture.md.
@@ -27,10 +28,21 @@ try:
 except PackageNotFoundError:  # run from a source tree that was never installed
     __version__ = "0+unknown"
 
-PUBLIC_FUNCTIONS = ("load_data", "load_model", "train", "analyze", "truncate", "retrain", "compare", "explain", "run")
+PUBLIC_FUNCTIONS = (
+    "load_data",
+    "load_model",
+    "train",
+    "analyze",
+    "truncate",
+    "retrain",
+    "select",
+    "sweep",
+    "compare",
+    "explain",
+    "run",
+)
 __all__ = [
     "__version__",
-    *PUBLIC_FUNCTIONS,
     "analyze",
     "compare",
     "explain",
@@ -38,12 +50,26 @@ __all__ = [
     "load_model",
     "retrain",
     "run",
+    "select",
+    "sweep",
     "train",
     "truncate",
 ]
 
 if TYPE_CHECKING:
-    from layercut.local import analyze, compare, explain, load_data, load_model, retrain, run, train, truncate
+    from layercut.local import (
+        analyze,
+        compare,
+        explain,
+        load_data,
+        load_model,
+        retrain,
+        run,
+        select,
+        sweep,
+        train,
+        truncate,
+    )
 
 
 def __getattr__(name: str) -> Any:

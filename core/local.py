@@ -14,6 +14,7 @@ typed result (``layercut.contracts.results``: ``TrainResult``, ``AnalyzeResult``
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,28 +28,35 @@ from layercut.contracts.configs import (
     CompareConfig,
     DataConfig,
     ExplainConfig,
+    SelectConfig,
+    SweepConfig,
     TrainConfig,
     TruncateConfig,
 )
 from layercut.contracts.files import RUN_FOLDERS
 from layercut.contracts.kinds import StageKind
-from layercut.contracts.plan import InputRole, PlanStep, pipeline_plan
+from layercut.contracts.plan import InputRole, PlanStep, cut_rule, pipeline_plan
 from layercut.contracts.results import (
     AnalyzeResult,
     CompareResult,
     ExplainBrief,
     ExplainResult,
     ModelBrief,
+    OtherRules,
     ProfiledModel,
     RetrainResult,
     RunCutPoint,
     RunData,
     RunOutputs,
+    RunSelection,
     RunSummary,
+    SelectResult,
     StageResult,
+    SweepResult,
     TrainResult,
     TruncateResult,
 )
+from layercut.contracts.spec import CutPointRef
 from layercut.report import write_run_report
 from layercut.settings import Settings
 from layercut.stages import stages
@@ -56,6 +64,7 @@ from layercut.stages.checkpoint import ModelSpec, load_checkpoint
 from layercut.stages.data import Dataset
 from layercut.stages.explain import explain_stage
 from layercut.stages.progress import SILENT, Reporter
+from layercut.stages.select import link_or_copy, select_stage, sweep_stage
 from layercut.stages.stages import (
     analyze_stage,
     compare_stage,
@@ -68,9 +77,31 @@ from layercut.stages.stages import (
     load_data as load_stage_data,
 )
 
-__all__ = ["load_model", "load_data", "train", "analyze", "truncate", "retrain", "compare", "explain", "run"]
+__all__ = [
+    "load_model",
+    "load_data",
+    "train",
+    "analyze",
+    "truncate",
+    "retrain",
+    "select",
+    "sweep",
+    "compare",
+    "explain",
+    "run",
+]
 
-ResultT = TypeVar("ResultT", TrainResult, RetrainResult, AnalyzeResult, TruncateResult, CompareResult, ExplainResult)
+ResultT = TypeVar(
+    "ResultT",
+    TrainResult,
+    RetrainResult,
+    AnalyzeResult,
+    TruncateResult,
+    CompareResult,
+    ExplainResult,
+    SelectResult,
+    SweepResult,
+)
 """The result model of one stage."""
 
 
@@ -137,6 +168,47 @@ def retrain(
     return stages.retrain_stage(checkpoint, dataset, TrainConfig(**options), out_dir, from_scratch, reporter)
 
 
+def select(
+    checkpoint: str | Path,
+    dataset: Dataset,
+    analysis: str | Path,
+    out_dir: str | Path,
+    max_drop: float = 1.0,
+    min_accuracy: float | None = None,
+    max_retrains: int = 6,
+    dropout: float = 0.2,
+    from_scratch: bool = False,
+    reporter: Reporter = SILENT,
+    **options,
+) -> SelectResult:
+    """The auto cut: the smallest slim model of ``checkpoint`` whose validation accuracy after retraining is within
+    ``max_drop`` points of the base (or at least ``min_accuracy`` percent), found from the depth probes and the knee
+    of ``analysis`` (its analysis.json) and confirmed by retraining (options: the fields of ``TrainConfig``)."""
+    config = SelectConfig(max_drop=max_drop, min_accuracy=min_accuracy, max_retrains=max_retrains)
+    return select_stage(
+        checkpoint, dataset, analysis, config, TrainConfig(**options), out_dir, dropout, from_scratch, reporter
+    )
+
+
+def sweep(
+    checkpoint: str | Path,
+    dataset: Dataset,
+    out_dir: str | Path,
+    cuts: str = "all",
+    analysis: str | Path | None = None,
+    max_drop: float = 1.0,
+    min_accuracy: float | None = None,
+    dropout: float = 0.2,
+    from_scratch: bool = False,
+    reporter: Reporter = SILENT,
+    **options,
+) -> SweepResult:
+    """A slim model retrained at each cut point ``cuts`` names (all, every:K, or "3,5,layer3.1"), with the same
+    training (options: the fields of ``TrainConfig``); sweep.json and the trade-off chart."""
+    config = SweepConfig(cuts=cuts, max_drop=max_drop, min_accuracy=min_accuracy, dropout=dropout)
+    return sweep_stage(checkpoint, dataset, config, TrainConfig(**options), out_dir, analysis, from_scratch, reporter)
+
+
 def compare(
     base: str | Path, slim: str | Path, dataset: Dataset, out_dir: str | Path, reporter: Reporter = SILENT, **options
 ) -> CompareResult:
@@ -163,14 +235,21 @@ def run(
     arch: str = "vgg11",
     image_size: int = 64,
     epochs: int = 5,
+    cut: str | int = "auto",
+    max_drop: float = 1.0,
+    min_accuracy: float | None = None,
     reporter: Reporter = SILENT,
 ) -> RunSummary:
-    """The whole pipeline with default settings; returns the summary also written to run.json."""
+    """The whole pipeline with default settings, cut by ``cut`` (auto: the smallest slim model within ``max_drop``
+    points of the base's validation accuracy, or ``min_accuracy`` percent; knee; or a cut point); returns the
+    summary also written to run.json."""
     return run_pipeline(
         DataConfig(source=source, image_size=image_size),
         arch,
         out_dir,
         train=TrainConfig(epochs=epochs),
+        cut=TruncateConfig(cut=str(cut)),
+        select=SelectConfig(max_drop=max_drop, min_accuracy=min_accuracy),
         reporter=reporter,
     )
 
@@ -187,6 +266,8 @@ class RunInProcess:
     retrain: TrainConfig
     analyze: AnalyzeConfig
     cut: TruncateConfig
+    select: SelectConfig
+    sweep: SweepConfig | None
     compare: CompareConfig
     explain: ExplainConfig
     pretrained: bool
@@ -239,6 +320,42 @@ def _truncate_step(run: RunInProcess, step: PlanStep) -> TruncateResult:
     return result
 
 
+def _select_step(run: RunInProcess, step: PlanStep) -> SelectResult:
+    """The auto cut; the chosen candidate's folder becomes the run's slim/ (as truncate and retrain would write it)."""
+    result = select_stage(
+        run.checkpoint(step, "model"),
+        run.dataset,
+        run.folder("analyze") / files.ANALYSIS_JSON,
+        run.select,
+        run.retrain,
+        run.folder("select"),
+        run.cut.dropout,
+        run.retrain_from_scratch,
+        run.reporter,
+    )
+    slim = run.folder("retrain")
+    shutil.rmtree(slim, ignore_errors=True)
+    chosen = next(c for c in result.candidates if c.cut_point == result.cut_point)
+    shutil.copytree(chosen.folder, slim, copy_function=lambda source, target: link_or_copy(Path(source), Path(target)))
+    run.checkpoints["select"] = slim / files.CHECKPOINT
+    return result
+
+
+def _sweep_step(run: RunInProcess, step: PlanStep) -> SweepResult:
+    """The whole sweep, its cut points one after the other (the service fans them out as jobs from this step)."""
+    assert run.sweep is not None  # the plan has a sweep step only when the run asks for one
+    return sweep_stage(
+        run.checkpoint(step, "model"),
+        run.dataset,
+        run.sweep,
+        run.retrain,
+        run.folder("sweep"),
+        run.folder("analyze") / files.ANALYSIS_JSON,
+        run.retrain_from_scratch,
+        run.reporter,
+    )
+
+
 def _retrain_step(run: RunInProcess, step: PlanStep) -> RetrainResult:
     result = retrain_stage(
         run.checkpoint(step, "model"),
@@ -279,6 +396,8 @@ STEP_RUNNERS: dict[str, Callable[[RunInProcess, PlanStep], StageResult]] = {
     "analyze": _analyze_step,
     "truncate": _truncate_step,
     "retrain": _retrain_step,
+    "select": _select_step,
+    "sweep_plan": _sweep_step,
     "compare": _compare_step,
     "explain": _explain_step,
 }
@@ -298,12 +417,14 @@ def run_pipeline(
     pretrained: bool = False,
     retrain_from_scratch: bool = False,
     reporter: Reporter = SILENT,
+    select: SelectConfig | None = None,
+    sweep: SweepConfig | None = None,
 ) -> RunSummary:
-    """Run the pipeline's plan into ``out_dir`` (base/, analysis/, slim/, compare/, explain/), write run.json and
-    report.html, and return run.json's summary."""
+    """Run the pipeline's plan into ``out_dir`` (base/, analysis/, select/ under the auto cut, slim/, sweep/ when
+    asked, compare/, explain/), write run.json and report.html, and return run.json's summary."""
     out = Path(out_dir)
     cut = cut or TruncateConfig()
-    plan = pipeline_plan(train=True, stop_after="explain", cut_at_knee=cut.cut == "knee")
+    plan = pipeline_plan(train=True, stop_after="explain", cut=cut_rule(cut.cut), sweep=sweep is not None)
     dataset = read_data(data, reporter)
     run = RunInProcess(
         data=data,
@@ -314,6 +435,8 @@ def run_pipeline(
         retrain=retrain or train or TrainConfig(),
         analyze=analyze or AnalyzeConfig(),
         cut=cut,
+        select=select or SelectConfig(),
+        sweep=sweep,
         compare=compare or CompareConfig(),
         explain=explain or ExplainConfig(),
         pretrained=pretrained,
@@ -333,9 +456,31 @@ def run_pipeline(
 
 def _run_summary(run: RunInProcess) -> RunSummary:
     """run.json: the data, both models in brief, the cut and why, the comparison, the explanations, the files."""
-    trained, retrained = run.result("train", TrainResult), run.result("retrain", RetrainResult)
-    analysis, truncated = run.result("analyze", AnalyzeResult), run.result("truncate", TruncateResult)
-    compared = run.result("compare", CompareResult)
+    trained = run.result("train", TrainResult)
+    analysis, compared = run.result("analyze", AnalyzeResult), run.result("compare", CompareResult)
+    slim = run.folder("retrain")
+    retrained = RetrainResult.model_validate_json((slim / files.METRICS_JSON).read_text(encoding="utf-8"))
+    selected = run.results.get("select")
+    if isinstance(selected, SelectResult):
+        rules = selected.rules
+        chosen_by, total = "auto", selected.cut_points_total
+        selection: RunSelection | None = RunSelection(
+            file=f"{RUN_FOLDERS['select']}/{files.SELECT_JSON}",
+            within_budget=selected.within_budget,
+            shortfall=selected.shortfall,
+            verdict=selected.verdict,
+            budget=selected.budget,
+            candidates=selected.candidates,
+        )
+    else:
+        truncated = run.result("truncate", TruncateResult)
+        chosen_by, total, selection = truncated.chosen_by, truncated.cut_points_total, None
+        rules = _rules_without_search(analysis, run.select)
+    swept = run.results.get("sweep_plan")
+    if isinstance(swept, SweepResult) and rules.auto is None:
+        rules = rules.model_copy(update={"auto": swept.smallest_within_budget})
+    cut = compared.slim.cut_point
+    assert cut is not None  # the compared slim model was cut
     return RunSummary(
         data=RunData(
             source=run.data.source,
@@ -346,24 +491,54 @@ def _run_summary(run: RunInProcess) -> RunSummary:
         architecture=run.arch,
         base=_model_summary(trained, compared.base),
         slim=_model_summary(retrained, compared.slim),
-        cut_point=RunCutPoint(
-            index=truncated.cut_point.index,
-            name=truncated.cut_point.name,
-            chosen_by=truncated.chosen_by,
-            of=truncated.cut_points_total,
-        ),
+        cut_point=RunCutPoint(index=cut.index, name=cut.name, chosen_by=chosen_by, of=total),
         knee_found=analysis.knee_found,
         knee=analysis.knee,
+        rules=rules,
+        selection=selection,
+        verdict=_run_verdict(compared, chosen_by, selection),
         comparison=compared.comparison,
         explain=_explain_summary(run.result("explain", ExplainResult), RUN_FOLDERS["explain"]),
         outputs=RunOutputs(
             base_checkpoint=str(run.checkpoints["train"]),
-            slim_checkpoint=str(run.checkpoints["retrain"]),
+            slim_checkpoint=str(slim / files.CHECKPOINT),
             analysis=str(run.folder("analyze") / files.ANALYSIS_JSON),
             compare=str(run.folder("compare") / files.COMPARE_JSON),
             explain=str(run.folder("explain") / files.EXPLAIN_JSON),
             report=str(run.out / files.REPORT_HTML),
         ),
+    )
+
+
+def _rules_without_search(analysis: AnalyzeResult, budget: SelectConfig) -> OtherRules:
+    """What the knee and the probes choose when the auto rule did not run (its choice is then unknown)."""
+    probes = analysis.depth_probes
+    probe = None
+    if probes is not None:
+        threshold = budget.threshold(probes.base_val_accuracy)
+        index = next((p.index for p in probes.points if p.val_accuracy >= threshold), None)
+        probe = None if index is None else CutPointRef(index=index, name=probes.points[index].name)
+    return OtherRules(
+        knee=CutPointRef(index=analysis.cut_point.index, name=analysis.cut_point.name),
+        knee_reason=analysis.knee.reason,
+        probe=probe,
+        auto=None,
+    )
+
+
+def _run_verdict(compared: CompareResult, chosen_by: str, selection: RunSelection | None) -> str:
+    """The run's outcome in one sentence, on the test split: how much accuracy the slim model kept, and at what size."""
+    accuracy = compared.comparison.metrics.accuracy
+    params = compared.comparison.metrics.params
+    drop = (accuracy.base - accuracy.slim) * 100
+    size = f"{params.slim:,} of {params.base:,} parameters ({params.slim / max(params.base, 1):.0%})"
+    tested = f"test accuracy {accuracy.slim:.1%} against the base model's {accuracy.base:.1%}"
+    if selection is not None:
+        return f"{selection.verdict} On the test split: {tested}, with {size}."
+    change = f"{drop:.1f} points lower" if drop > 0 else "no lower"
+    return (
+        f"Cut by the {chosen_by} rule, with no accuracy budget checked: {tested} ({change}), with {size}. "
+        "Use --cut auto to keep the accuracy within a budget."
     )
 
 

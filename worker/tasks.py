@@ -44,6 +44,30 @@ def retrain(self, job_id: str) -> str:
     return _run(self, job_id)
 
 
+@app.task(name=task_name("select"), bind=True)
+def select(self, job_id: str) -> str:
+    """The auto cut: retrain candidate slim models until the smallest within the accuracy budget is certain."""
+    return _run(self, job_id)
+
+
+@app.task(name=task_name("sweep_plan"), bind=True)
+def sweep_plan(self, job_id: str) -> str:
+    """Resolve a sweep's cut points and fan out one sweep_cut job per cut point, plus the job that gathers them."""
+    return _run(self, job_id)
+
+
+@app.task(name=task_name("sweep_cut"), bind=True)
+def sweep_cut(self, job_id: str) -> str:
+    """Cut and retrain one cut point of a sweep."""
+    return _run(self, job_id)
+
+
+@app.task(name=task_name("sweep"), bind=True)
+def sweep(self, job_id: str) -> str:
+    """Gather a sweep's retrained cut points into sweep.json and the trade-off chart."""
+    return _run(self, job_id)
+
+
 @app.task(name=task_name("compare"), bind=True)
 def compare(self, job_id: str) -> str:
     """Compare a base and a slim model."""

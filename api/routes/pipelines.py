@@ -43,11 +43,13 @@ from layercut.contracts.jobs import (
     JobParams,
     ModelRef,
     RetrainParams,
+    SelectParams,
+    SweepPlanParams,
     TrainParams,
     TruncateParams,
 )
 from layercut.contracts.kinds import StageKind
-from layercut.contracts.plan import GIVEN, InputRole, PlanStep, pipeline_plan
+from layercut.contracts.plan import GIVEN, InputRole, PlanStep, cut_rule, pipeline_plan
 from layercut.store.jobs import JobRepository
 from layercut.store.models import FINAL_STATUSES, Job, Pipeline, utcnow
 
@@ -113,6 +115,37 @@ def retrain_params(planned: PlannedPipeline, step: PlanStep) -> RetrainParams:
     )
 
 
+def select_params(planned: PlannedPipeline, step: PlanStep) -> SelectParams:
+    """The auto cut of the base model, from its analysis, each candidate retrained as the slim model would be."""
+    body = planned.body
+    analysis_job = planned.job(step, "analysis")
+    assert analysis_job is not None  # the plan feeds select the analysis
+    return SelectParams(
+        model=planned.model(step, "model"),
+        analysis_job=analysis_job,
+        dataset_id=planned.dataset_id,
+        select=body.select,
+        dropout=body.truncate.dropout,
+        from_scratch=body.from_scratch,
+        train=body.retrain or body.train,
+    )
+
+
+def sweep_plan_params(planned: PlannedPipeline, step: PlanStep) -> SweepPlanParams:
+    """A sweep of the base model (fanned out to one job per cut point when it runs), marked with its analysis's knee
+    and probes."""
+    body = planned.body
+    assert body.sweep is not None  # the plan has a sweep step only when the request asks for one
+    return SweepPlanParams(
+        model=planned.model(step, "model"),
+        analysis_job=planned.job(step, "analysis"),
+        dataset_id=planned.dataset_id,
+        sweep=body.sweep,
+        from_scratch=body.from_scratch,
+        train=body.retrain or body.train,
+    )
+
+
 def compare_params(planned: PlannedPipeline, step: PlanStep) -> CompareParams:
     """Compare the base model with the retrained slim one."""
     return CompareParams(
@@ -138,6 +171,8 @@ STEP_PARAMS: dict[StageKind, Callable[[PlannedPipeline, PlanStep], JobParams]] =
     "analyze": analyze_params,
     "truncate": truncate_params,
     "retrain": retrain_params,
+    "select": select_params,
+    "sweep_plan": sweep_plan_params,
     "compare": compare_params,
     "explain": explain_params,
 }
@@ -148,7 +183,10 @@ def plan_steps(body: PipelineCreate) -> list[tuple[uuid.UUID, JobParams]]:
     """(job id, params) per step of the pipeline's plan, in its order, linked by ``from_job`` references (and
     ``analysis_job``) to the ids of the earlier steps' jobs made here."""
     plan = pipeline_plan(
-        train=body.model_id is None, stop_after=body.stop_after, cut_at_knee=body.truncate.cut == "knee"
+        train=body.model_id is None,
+        stop_after=body.stop_after,
+        cut=cut_rule(body.truncate.cut),
+        sweep=body.sweep is not None,
     )
     planned = PlannedPipeline(body, {step.kind: uuid.uuid4() for step in plan.steps})
     return [(planned.ids[step.kind], STEP_PARAMS[step.kind](planned, step)) for step in plan.steps]
@@ -175,6 +213,7 @@ def pipeline_out(session: Session, row: Pipeline) -> PipelineOut:
                 stage=j.stage,
                 percent=round(max(0.0, min(1.0, j.progress or 0.0)) * 100, 2),
                 depends_on=j.depends_on,
+                waits_for=[uuid.UUID(str(job_id)) for job_id in j.waits_for or []],
                 error_code=j.error_code,
                 error_message=j.error_message,
             )
@@ -203,9 +242,13 @@ def create_pipeline(
 ) -> PipelineOut:
     """Creates the pipeline and its steps as jobs (`pipeline_id`, `step`, `depends_on` the step before, model
     references `from_job` the step that makes the model) and dispatches the first step only. With `model_id`
-    there is no train step; `stop_after: "analyze"` ends after the analysis; `truncate.cut` other than
-    `"knee"` cuts where the user says instead of at the analysis's knee; `stop_after: "compare"` leaves out the
-    explain step (the same test images explained by base and slim side by side)."""
+    there is no train step; `stop_after: "analyze"` ends after the analysis. `truncate.cut` is `"auto"` by
+    default: one `select` step retrains candidate slim models until the smallest within the accuracy budget
+    (`select.max_drop` points of validation accuracy, or `select.min_accuracy`) is certain, and its result says
+    whether the budget was kept; `"knee"` cuts at the analysis's knee and a cut point index or name cuts there
+    (truncate, then retrain), with no budget checked. `sweep` adds a step that retrains a slim model at each chosen
+    cut point; `stop_after: "compare"` leaves out the explain step (the same test images explained by base and
+    slim side by side)."""
     key = check_idempotency_key(idempotency_key)
     params_json = body.model_dump(mode="json")
     digest = request_hash(params_json)

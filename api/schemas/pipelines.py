@@ -10,6 +10,8 @@ from layercut.contracts.configs import (
     ArchitectureName,
     CompareConfig,
     ExplainConfig,
+    SelectConfig,
+    SweepConfig,
     TrainConfig,
     TruncateConfig,
 )
@@ -21,8 +23,21 @@ _M = "7c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f"
 
 PIPELINE_EXAMPLES = {
     "full": {
-        "summary": "train → analyze → truncate at the knee → retrain → compare → explain",
+        "summary": "train → analyze → the auto cut (smallest slim model within 1 point) → compare → explain",
         "value": {"data": {"dataset_id": _D, "image_size": 64}, "arch": "vgg11", "train": {"epochs": 5}},
+    },
+    "budget_and_sweep": {
+        "summary": "the auto cut within 2 points of the base, and a sweep of every second cut point",
+        "value": {
+            "data": {"dataset_id": _D, "image_size": 32},
+            "arch": "resnet18",
+            "select": {"max_drop": 2.0},
+            "sweep": {"cuts": "every:2"},
+        },
+    },
+    "knee": {
+        "summary": "the paper's rule: cut at the knee of the SSIM curve (no accuracy budget)",
+        "value": {"data": {"dataset_id": _D}, "arch": "vgg11", "truncate": {"cut": "knee"}},
     },
     "from_model": {
         "summary": "slim an imported model (no train step)",
@@ -47,7 +62,16 @@ class PipelineCreate(BaseModel):
     pretrained: bool = False
     train: TrainConfig = Field(default_factory=TrainConfig)
     analyze: AnalyzeConfig = Field(default_factory=AnalyzeConfig)
-    truncate: TruncateConfig = Field(default_factory=TruncateConfig)
+    truncate: TruncateConfig = Field(
+        default_factory=TruncateConfig,
+        description="where to cut: auto (default: the accuracy budget of `select`), knee, or a cut point",
+    )
+    select: SelectConfig = Field(
+        default_factory=SelectConfig, description="the accuracy budget of the auto cut (truncate.cut = auto)"
+    )
+    sweep: SweepConfig | None = Field(
+        None, description="also retrain a slim model at these cut points after the analysis (the trade-off chart)"
+    )
     retrain: TrainConfig | None = Field(None, description="default: the same settings as train")
     from_scratch: bool = False
     compare: CompareConfig = Field(default_factory=CompareConfig)
@@ -66,6 +90,9 @@ class PipelineStep(BaseModel):
     stage: str | None
     percent: float
     depends_on: uuid.UUID | None
+    waits_for: list[uuid.UUID] = Field(
+        default_factory=list, description="a fan-in step (a sweep's gather) waits for these steps to succeed"
+    )
     error_code: str | None
     error_message: str | None
 

@@ -21,7 +21,7 @@ from layercut.cli.options import option_for
 from layercut.cli.output import err_console, print_error
 from layercut.cli.run import run
 from layercut.cli.service import migrate, serve
-from layercut.cli.stages import analyze, compare, explain, retrain, train, truncate
+from layercut.cli.stages import analyze, compare, explain, retrain, select, sweep, train, truncate
 from layercut.contracts.errors import Cancelled, LayercutError
 from layercut.settings import Settings
 
@@ -41,6 +41,8 @@ COMMANDS: tuple[tuple[str, Callable[..., Any]], ...] = (
     ("analyze", analyze),
     ("truncate", truncate),
     ("retrain", retrain),
+    ("select", select),
+    ("sweep", sweep),
     ("compare", compare),
     ("explain", explain),
     ("layers", layers),

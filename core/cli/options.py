@@ -17,8 +17,11 @@ from layercut.contracts.configs import (
     ARCHITECTURE_NAMES,
     EXPLAIN_METHODS,
     AnalyzeConfig,
+    BudgetConfig,
     DataConfig,
     ExplainConfig,
+    SelectConfig,
+    SweepConfig,
     TrainConfig,
     TruncateConfig,
 )
@@ -105,6 +108,7 @@ LABEL_SMOOTHING = field_option(TrainConfig, "label_smoothing")
 AUGMENT = field_option(TrainConfig, "augment", "--augment/--no-augment")
 PATIENCE = field_option(TrainConfig, "patience", more_help=" (0: never)")
 DEVICE = field_option(TrainConfig, "device")
+HEAD_INIT = field_option(TrainConfig, "head_init")
 PRETRAINED = typer.Option(
     False, "--pretrained", help="start from torchvision's ImageNet weights (must be in the local TORCH_HOME cache)"
 )
@@ -117,8 +121,16 @@ KNEE_CURVE = field_option(AnalyzeConfig, "curve")
 SSIM_DATA_RANGE = field_option(AnalyzeConfig, "ssim_data_range", "--data-range")
 KNEE_SENSITIVITY = field_option(AnalyzeConfig, "knee_sensitivity", "--sensitivity", "-S")
 
-# Truncation (run, truncate).
+# Truncation (run, truncate) and the accuracy budget (run, select, sweep).
 CUT = field_option(TruncateConfig, "cut", more_help=" (see `layercut layers`)")
+TRUNCATE_CUT = field_option(
+    TruncateConfig, "cut", default="knee", more_help=" (see `layercut layers`; auto needs `layercut select`)"
+)
+MAX_DROP = field_option(BudgetConfig, "max_drop")
+MIN_ACCURACY = field_option(BudgetConfig, "min_accuracy")
+MAX_RETRAINS = field_option(SelectConfig, "max_retrains")
+SWEEP_CUTS = field_option(SweepConfig, "cuts")
+DROPOUT = field_option(TruncateConfig, "dropout")
 
 # Explanations (run, explain): the methods are parsed from a comma-separated list (see configs.parse_methods).
 METHODS_HELP = f"comma-separated: {', '.join(EXPLAIN_METHODS)}, or all; {field_help(ExplainConfig, 'methods')}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -18,6 +19,8 @@ from rich.table import Table
 
 from layercut.contracts.results import (
     AnalyzeResult,
+    Budget,
+    Candidate,
     CompareResult,
     ExplainResult,
     RetrainResult,
@@ -25,6 +28,7 @@ from layercut.contracts.results import (
     TrainResult,
     TruncateResult,
 )
+from layercut.contracts.spec import CutPointRef
 
 out_console = Console()
 err_console = Console(stderr=True)
@@ -89,10 +93,53 @@ def print_run(summary: RunSummary, out: Path) -> None:
         device, batch = label.split("_b")
         table.add_row(f"{device.upper()} latency, batch {batch}", f"{b:.2f} ms", f"{s:.2f} ms", f"{b / s:.2f}× faster")
     found = "knee found by kneed" if summary.knee_found else f"no knee found: {summary.knee.reason}"
+    rules = summary.rules
+    others = ""
+    if rules is not None:
+        named = [("knee", rules.knee), ("probe", rules.probe), ("auto", rules.auto)]
+        others = "; " + ", ".join(f"{rule} → {ref.name}" for rule, ref in named if ref is not None)
     table.caption = (
-        f"cut after {cut.name} (cut point {cut.index} of {cut.of}, {cut.chosen_by}; {found}). Results in {out}/"
+        f"cut after {cut.name} (cut point {cut.index} of {cut.of}, chosen by {cut.chosen_by}{others}; {found}). "
+        f"Results in {out}/"
     )
+    if summary.selection is not None:
+        print_candidates(summary.selection.candidates, summary.selection.budget, cut, "the auto cut's candidates")
     out_console.print(table)
+    if summary.verdict is not None:
+        print_verdict(summary.verdict, summary.selection is None or summary.selection.within_budget)
+
+
+CANDIDATE_TABLE_WIDTH = 132
+"""The candidates table is printed at least this wide (a log file or a narrow terminal would fold its ten columns)."""
+
+
+def print_candidates(candidates: Sequence[Candidate], budget: Budget, chosen: CutPointRef | None, title: str) -> None:
+    """One row per retrained slim model: where it is cut, its size and speed, its accuracy against the budget."""
+    table = Table(title=f"{title}: {budget.description} (threshold {budget.threshold:.2%})")
+    for column in ("cut point", "why", "params", "MACs", "CPU ms", "probe", "val acc", "test acc", "F1", "budget"):
+        table.add_column(column, justify="left" if column in ("cut point", "why") else "right")
+    for c in sorted(candidates, key=lambda c: c.cut_point.index):
+        mark = " ◀" if chosen is not None and c.cut_point.index == chosen.index else ""
+        table.add_row(
+            f"{c.cut_point.index} {c.cut_point.name}{mark}",
+            ", ".join(c.reasons),
+            human(c.params),
+            human(c.macs),
+            f"{c.latency_ms:.2f}",
+            "–" if c.probe_accuracy is None else f"{c.probe_accuracy:.1%}",
+            f"{c.val_accuracy:.2%}",
+            f"{c.accuracy:.2%}",
+            f"{c.macro_f1:.3f}",
+            "within" if c.within_budget else f"{(c.val_accuracy - budget.threshold) * 100:+.1f} pts",
+        )
+    table.caption = f"base model: validation accuracy {budget.base_val_accuracy:.2%}"
+    wide = Console(width=max(out_console.width, CANDIDATE_TABLE_WIDTH), file=out_console.file)
+    wide.print(table)
+
+
+def print_verdict(verdict: str, kept: bool) -> None:
+    """The outcome in a sentence, loud when the accuracy budget was not kept."""
+    out_console.print(f"[bold green]{verdict}[/]" if kept else f"[bold red]{verdict}[/]", soft_wrap=True)
 
 
 def print_trained(summary: TrainResult | RetrainResult) -> None:

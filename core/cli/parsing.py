@@ -93,9 +93,12 @@ def train_config(
     patience: int,
     seed: int,
     device: str,
+    head_init: str = "probe",
 ) -> TrainConfig:
-    """The TrainConfig of ``run``, ``train`` and ``retrain``; a patience of 0 turns early stopping off."""
+    """The TrainConfig of ``run``, ``train``, ``retrain``, ``select`` and ``sweep``; a patience of 0 turns early
+    stopping off."""
     return TrainConfig(
+        head_init=head_init,
         epochs=epochs,
         batch_size=batch_size,
         optimizer=optimizer,

@@ -1,5 +1,5 @@
-"""``layercut run``: the whole pipeline in this process (train → analyze → truncate → retrain → compare →
-explain), its options on the command line or in a --config file."""
+"""``layercut run``: the whole pipeline in this process (train → analyze → the cut: select under the accuracy
+budget, or truncate → retrain → compare → explain), its options on the command line or in a --config file."""
 
 from __future__ import annotations
 
@@ -13,7 +13,14 @@ from layercut.cli.config_file import CONFIG
 from layercut.cli.output import print_result, print_run
 from layercut.cli.parsing import data_config, parse_methods, train_config
 from layercut.cli.progress import stage_bars
-from layercut.contracts.configs import AnalyzeConfig, CompareConfig, ExplainConfig, TruncateConfig
+from layercut.contracts.configs import (
+    AnalyzeConfig,
+    CompareConfig,
+    ExplainConfig,
+    SelectConfig,
+    SweepConfig,
+    TruncateConfig,
+)
 
 
 def run(
@@ -21,7 +28,7 @@ def run(
     out: Path = typer.Option(
         Path("layercut-data/run"),
         "--out",
-        help="output folder (base/, analysis/, slim/, compare/, explain/, run.json, report.html)",
+        help="output folder (base/, analysis/, select/, slim/, compare/, explain/, run.json, report.html)",
     ),
     data: str = options.DATA_SOURCE,
     arch: str = options.ARCH,
@@ -40,6 +47,14 @@ def run(
     patience: int = options.PATIENCE,
     pretrained: bool = options.PRETRAINED,
     cut: str = options.CUT,
+    max_drop: float = options.MAX_DROP,
+    min_accuracy: Optional[float] = options.MIN_ACCURACY,
+    max_retrains: int = options.MAX_RETRAINS,
+    sweep: Optional[str] = typer.Option(
+        None,
+        "--sweep",
+        help="also retrain a slim model at these cut points (all | every:K | 3,5,7) and chart the whole trade-off",
+    ),
     curve: str = options.KNEE_CURVE,
     probes_per_class: int = options.PROBES_PER_CLASS,
     max_probes: int = options.MAX_PROBES,
@@ -57,15 +72,28 @@ def run(
     allow_mixed_sizes: bool = options.ALLOW_MIXED_SIZES,
     data_root: Optional[str] = options.DATA_ROOT,
     device: str = options.DEVICE,
+    head_init: str = options.HEAD_INIT,
     as_json: bool = options.JSON,
     quiet: bool = options.QUIET,
 ) -> None:
-    """Run the whole pipeline: train → analyze → truncate at the knee → retrain → compare → explain."""
+    """Run the whole pipeline: train → analyze → cut (by default the smallest slim model within the accuracy
+    budget, confirmed by retraining) → compare → explain."""
     from layercut.local import run_pipeline
 
     data_settings = data_config(data, image_size, seed, classes, skip_unreadable, allow_mixed_sizes, data_root)
     train_settings = train_config(
-        epochs, batch_size, optimizer, lr, weight_decay, schedule, label_smoothing, augment, patience, seed, device
+        epochs,
+        batch_size,
+        optimizer,
+        lr,
+        weight_decay,
+        schedule,
+        label_smoothing,
+        augment,
+        patience,
+        seed,
+        device,
+        head_init,
     )
     explain_settings = ExplainConfig(
         methods=parse_methods(explain_methods, "--explain-methods"), images=explain_images, device=device
@@ -82,6 +110,10 @@ def run(
             retrain=train_settings.model_copy(update={"epochs": retrain_epochs or epochs}),
             analyze=analyze_settings,
             cut=TruncateConfig(cut=cut),
+            select=SelectConfig(max_drop=max_drop, min_accuracy=min_accuracy, max_retrains=max_retrains),
+            sweep=(
+                SweepConfig(cuts=sweep, max_drop=max_drop, min_accuracy=min_accuracy) if sweep is not None else None
+            ),
             compare=CompareConfig(device=device),
             explain=explain_settings,
             pretrained=pretrained,

@@ -1,4 +1,5 @@
-"""One command per stage: ``train``, ``analyze``, ``truncate``, ``retrain``, ``compare`` and ``explain``.
+"""One command per stage: ``train``, ``analyze``, ``truncate``, ``retrain``, ``select``, ``sweep``, ``compare`` and
+``explain``.
 
 Each reads and writes files, so the stages can be run one at a time and inspected in between; a command that
 starts from a checkpoint reads the images the model was trained on unless --data names another source.
@@ -15,11 +16,13 @@ import typer
 from layercut.cli import options
 from layercut.cli.output import (
     print_analysis,
+    print_candidates,
     print_comparison,
     print_explanation,
     print_result,
     print_trained,
     print_truncation,
+    print_verdict,
 )
 from layercut.cli.parsing import data_config, parse_methods, parse_target, train_config
 from layercut.cli.progress import stage_bars
@@ -28,6 +31,8 @@ from layercut.contracts.configs import (
     CompareConfig,
     DataConfig,
     ExplainConfig,
+    SelectConfig,
+    SweepConfig,
     TruncateConfig,
 )
 from layercut.stages.progress import Reporter
@@ -153,9 +158,9 @@ def analyze(
 def truncate(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="the trained base model"),
     out: Path = typer.Option(..., "--out", help="where to write the slim checkpoint (.safetensors)"),
-    cut: str = options.CUT,
+    cut: str = options.TRUNCATE_CUT,
     analysis: Optional[Path] = typer.Option(None, "--analysis", help="analysis.json of this model, for --cut knee"),
-    dropout: float = options.field_option(TruncateConfig, "dropout"),
+    dropout: float = options.DROPOUT,
     as_json: bool = options.JSON,
 ) -> None:
     """Keep the layers up to a cut point with their weights and attach a new head (GAP, dropout, linear)."""
@@ -187,6 +192,7 @@ def retrain(
     seed: int = options.SEED,
     data_root: Optional[str] = options.DATA_ROOT,
     device: str = options.DEVICE,
+    head_init: str = options.HEAD_INIT,
     as_json: bool = options.JSON,
     quiet: bool = options.QUIET,
 ) -> None:
@@ -194,7 +200,18 @@ def retrain(
     from layercut.stages.stages import retrain_stage
 
     config = train_config(
-        epochs, batch_size, optimizer, lr, weight_decay, schedule, label_smoothing, augment, patience, seed, device
+        epochs,
+        batch_size,
+        optimizer,
+        lr,
+        weight_decay,
+        schedule,
+        label_smoothing,
+        augment,
+        patience,
+        seed,
+        device,
+        head_init,
     )
     with stage_bars(not quiet) as reporter:
         dataset = _load_checkpoint_data(checkpoint, data, data_root, reporter)
@@ -203,6 +220,127 @@ def retrain(
         print_result(summary, WITHOUT_HISTORY)
     else:
         print_trained(summary)
+
+
+def select(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="the trained base model"),
+    analysis: Path = typer.Option(..., "--analysis", help="analysis.json of this model (its depth probes and knee)"),
+    out: Path = typer.Option(
+        ..., "--out", help="output folder: select.json, trade_off.png, candidates/, the chosen model.safetensors"
+    ),
+    data: Optional[str] = options.CHECKPOINT_DATA,
+    max_drop: float = options.MAX_DROP,
+    min_accuracy: Optional[float] = options.MIN_ACCURACY,
+    max_retrains: int = options.MAX_RETRAINS,
+    dropout: float = options.DROPOUT,
+    from_scratch: bool = typer.Option(
+        False, "--from-scratch", help="re-initialise each candidate instead of fine-tuning its kept weights"
+    ),
+    epochs: int = options.EPOCHS,
+    batch_size: int = options.BATCH_SIZE,
+    optimizer: str = options.OPTIMIZER,
+    lr: Optional[float] = options.LEARNING_RATE,
+    weight_decay: float = options.WEIGHT_DECAY,
+    schedule: str = options.SCHEDULE,
+    label_smoothing: float = options.LABEL_SMOOTHING,
+    augment: bool = options.AUGMENT,
+    patience: int = options.PATIENCE,
+    seed: int = options.SEED,
+    data_root: Optional[str] = options.DATA_ROOT,
+    device: str = options.DEVICE,
+    head_init: str = options.HEAD_INIT,
+    as_json: bool = options.JSON,
+    quiet: bool = options.QUIET,
+) -> None:
+    """The auto cut: the smallest slim model whose validation accuracy after retraining stays within the budget
+    (candidates from the depth probes and the knee, retrained smallest first until the answer is certain)."""
+    from layercut.stages.select import select_stage
+
+    config = SelectConfig(max_drop=max_drop, min_accuracy=min_accuracy, max_retrains=max_retrains)
+    training = train_config(
+        epochs,
+        batch_size,
+        optimizer,
+        lr,
+        weight_decay,
+        schedule,
+        label_smoothing,
+        augment,
+        patience,
+        seed,
+        device,
+        head_init,
+    )
+    with stage_bars(not quiet) as reporter:
+        dataset = _load_checkpoint_data(checkpoint, data, data_root, reporter)
+        result = select_stage(checkpoint, dataset, analysis, config, training, out, dropout, from_scratch, reporter)
+    if as_json:
+        print_result(result)
+    else:
+        print_candidates(result.candidates, result.budget, result.cut_point, f"auto cut → {out}/")
+        print_verdict(result.verdict, result.within_budget)
+
+
+def sweep(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="the trained base model"),
+    out: Path = typer.Option(..., "--out", help="output folder: sweep.json, trade_off.png, candidates/"),
+    cuts: str = options.SWEEP_CUTS,
+    analysis: Optional[Path] = typer.Option(
+        None, "--analysis", help="analysis.json of this model, to mark the knee and the probe curve on the chart"
+    ),
+    data: Optional[str] = options.CHECKPOINT_DATA,
+    max_drop: float = options.MAX_DROP,
+    min_accuracy: Optional[float] = options.MIN_ACCURACY,
+    dropout: float = options.DROPOUT,
+    from_scratch: bool = typer.Option(
+        False, "--from-scratch", help="re-initialise each slim model instead of fine-tuning its kept weights"
+    ),
+    epochs: int = options.EPOCHS,
+    batch_size: int = options.BATCH_SIZE,
+    optimizer: str = options.OPTIMIZER,
+    lr: Optional[float] = options.LEARNING_RATE,
+    weight_decay: float = options.WEIGHT_DECAY,
+    schedule: str = options.SCHEDULE,
+    label_smoothing: float = options.LABEL_SMOOTHING,
+    augment: bool = options.AUGMENT,
+    patience: int = options.PATIENCE,
+    seed: int = options.SEED,
+    data_root: Optional[str] = options.DATA_ROOT,
+    device: str = options.DEVICE,
+    head_init: str = options.HEAD_INIT,
+    as_json: bool = options.JSON,
+    quiet: bool = options.QUIET,
+) -> None:
+    """Retrain a slim model at each chosen cut point with the same budget: the whole accuracy/size trade-off on
+    one chart (sweep.json and trade_off.png)."""
+    from layercut.stages.checkpoint import load_checkpoint
+    from layercut.stages.select import sweep_indices, sweep_stage
+
+    config = SweepConfig(cuts=cuts, max_drop=max_drop, min_accuracy=min_accuracy, dropout=dropout)
+    training = train_config(
+        epochs,
+        batch_size,
+        optimizer,
+        lr,
+        weight_decay,
+        schedule,
+        label_smoothing,
+        augment,
+        patience,
+        seed,
+        device,
+        head_init,
+    )
+    sweep_indices(load_checkpoint(checkpoint)[0], config.cuts)  # a wrong cut point name fails before the data loads
+    with stage_bars(not quiet) as reporter:
+        dataset = _load_checkpoint_data(checkpoint, data, data_root, reporter)
+        result = sweep_stage(checkpoint, dataset, config, training, out, analysis, from_scratch, reporter)
+    if as_json:
+        print_result(result)
+    else:
+        print_candidates(
+            result.candidates, result.budget, result.smallest_within_budget, f"sweep → {out}/{result.chart}"
+        )
 
 
 def compare(

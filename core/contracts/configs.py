@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 ArchitectureName = Literal[
     "smallcnn",
@@ -44,8 +45,8 @@ class DataConfig(_Config):
 
     source: str = Field(
         "textures",
-        description="textures | digits | a torchvision dataset name (cifar10 …) | a folder: one sub-folder per class "
-        "(optionally inside train/ val/ test/), or flat {label}_{id}.jpg files with the class names given",
+        description="textures | digits | scenes | a torchvision dataset name (cifar10 …) | a folder: one sub-folder "
+        "per class (optionally inside train/ val/ test/), or flat {label}_{id}.jpg files with the class names given",
     )
     image_size: int = Field(64, ge=32, le=1024, description="square input size in pixels (at least 32)")
     seed: int = Field(0, description="seed of the train/validation/test split")
@@ -88,6 +89,11 @@ class TrainConfig(_Config):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="where to run: auto (CUDA when available), cpu or cuda"
     )
+    head_init: Literal["probe", "random"] = Field(
+        "probe",
+        description="how a slim model's new head starts when it is retrained: probe (a logistic regression fitted on "
+        "its pooled training features, then fine-tuned with the rest) or random; a base model ignores it",
+    )
     amp: bool = Field(True, description="mixed precision (CUDA only)")
     channels_last: bool = Field(True, description="channels_last memory format (CUDA only)")
 
@@ -122,6 +128,14 @@ class AnalyzeConfig(_Config):
         "increasing", description="increasing | decreasing (kneed's direction)"
     )
     batch_size: int = Field(16, ge=1, description="probe images per GBP batch")
+    depth_probes: bool = Field(
+        True,
+        description="fit a linear classifier on every cut point's pooled features (the probe curve the auto cut "
+        "starts from; one forward pass over the training and validation images, no backward)",
+    )
+    depth_probe_images: int = Field(
+        2000, ge=20, le=50000, description="at most this many training images (a class-balanced sample) for them"
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="where to run: auto (CUDA when available), cpu or cuda"
     )
@@ -129,8 +143,87 @@ class AnalyzeConfig(_Config):
 
 
 class TruncateConfig(_Config):
-    cut: str = Field("knee", description="'knee' (from an analysis), a cut point index, or a cut point name")
+    """Where a model is cut and the dropout of its new head."""
+
+    cut: str = Field(
+        "auto",
+        min_length=1,
+        max_length=200,
+        description="auto: the smallest slim model within the accuracy budget, confirmed by retraining (pipelines "
+        "only); knee: the SSIM curve's knee (the paper's rule); or a cut point index or name",
+    )
     dropout: float = Field(0.2, ge=0, lt=1, description="dropout of the new head")
+
+
+CUT_RULES = ("auto", "knee")
+"""The cut rules a pipeline can be given by name; any other ``cut`` is a cut point's index or name."""
+
+
+class BudgetConfig(_Config):
+    """How much validation accuracy a slim model may lose: the budget the ``auto`` cut keeps to, and that a sweep
+    marks on its chart."""
+
+    max_drop: float = Field(
+        1.0, ge=0, le=100, description="percentage points of validation accuracy below the base model allowed"
+    )
+    min_accuracy: float | None = Field(
+        None,
+        le=100,
+        description="instead of max_drop: the lowest validation accuracy accepted, in percent (e.g. 97.5)",
+    )
+
+    @field_validator("min_accuracy")
+    @classmethod
+    def _min_accuracy_is_in_percent(cls, value: float | None) -> float | None:
+        if value is not None and value <= 1:
+            raise ValueError(f"min_accuracy is in percent: give e.g. {max(value, 0) * 100:g} for {value:g} (above 1)")
+        return value
+
+    def threshold(self, base_accuracy: float) -> float:
+        """The validation accuracy (a fraction) a slim model must reach, given the base model's (a fraction)."""
+        if self.min_accuracy is not None:
+            return self.min_accuracy / 100.0
+        return base_accuracy - self.max_drop / 100.0
+
+    def describe(self) -> str:
+        """The budget in words, e.g. "at most 1.0 point below the base model"."""
+        if self.min_accuracy is not None:
+            return f"validation accuracy at least {self.min_accuracy:g} %"
+        points = "point" if self.max_drop == 1 else "points"
+        return f"at most {self.max_drop:g} {points} of validation accuracy below the base model"
+
+
+class SelectConfig(BudgetConfig):
+    """The ``auto`` cut: candidates from the depth probes and the knee, retrained smallest first until the answer
+    is certain."""
+
+    max_retrains: int = Field(
+        6, ge=1, le=64, description="most slim models the auto cut retrains (it usually stops after 2-4)"
+    )
+
+
+SweepCuts = str
+"""Which cut points a sweep retrains: ``all``, ``every:K`` (every K-th, the last always), or ``3,5,layer3.1``."""
+
+
+class SweepConfig(BudgetConfig):
+    """A sweep: one slim model per chosen cut point, retrained with the same budget."""
+
+    cuts: SweepCuts = Field(
+        "all", max_length=1000, description="all | every:K | a comma-separated list of cut point indices or names"
+    )
+    dropout: float = Field(0.2, ge=0, lt=1, description="dropout of each slim model's new head")
+
+    @field_validator("cuts")
+    @classmethod
+    def _cuts_are_a_known_form(cls, value: str) -> str:
+        text = value.replace(" ", "")
+        if text == "all" or re.fullmatch(r"every:[1-9][0-9]*", text):
+            return text
+        items = text.split(",")
+        if text.startswith("every") or not all(re.fullmatch(r"-?[0-9]+|[A-Za-z_][\w.]*", item) for item in items):
+            raise ValueError("give all, every:K (K ≥ 1), or a comma-separated list of cut point indices or names")
+        return text
 
 
 class CompareConfig(_Config):

@@ -18,6 +18,14 @@ GBP_MAPS_NPZ = "gbp_maps.npz"
 TRUNCATE_JSON = "truncate.json"
 COMPARE_JSON = "compare.json"
 EXPLAIN_JSON = "explain.json"
+SELECT_JSON = "select.json"
+SWEEP_JSON = "sweep.json"
+TRADE_OFF_PNG = "trade_off.png"
+"""A select or sweep folder's chart: accuracy against MACs and parameters, one point per retrained cut point."""
+DEPTH_PROBES_PNG = "depth_probes.png"
+"""An analysis folder's chart of the probe curve beside the SSIM cut curve."""
+CANDIDATES_FOLDER = "candidates"
+"""Inside a select or sweep folder: one sub-folder per retrained candidate (``cut-05-layer3.0``)."""
 RUN_JSON = "run.json"
 REPORT_HTML = "report.html"
 
@@ -28,6 +36,10 @@ RESULT_JSON: dict[str, str] = {
     "truncate": TRUNCATE_JSON,
     "compare": COMPARE_JSON,
     "explain": EXPLAIN_JSON,
+    "select": SELECT_JSON,
+    "sweep_plan": "sweep_plan.json",
+    "sweep_cut": METRICS_JSON,
+    "sweep": SWEEP_JSON,
 }
 """The JSON file in which each stage records its result."""
 
@@ -38,6 +50,8 @@ ARTIFACT_KINDS: dict[str, ArtifactKind] = {
     ANALYSIS_JSON: "analysis",
     COMPARE_JSON: "report",
     TRUNCATE_JSON: "report",
+    SELECT_JSON: "report",
+    SWEEP_JSON: "report",
     GBP_MAPS_NPZ: "maps",
 }
 """Artifact kinds by file name (others go by extension)."""
@@ -47,7 +61,12 @@ RUN_FOLDERS: dict[str, str] = {
     "analyze": "analysis",
     "truncate": "slim",
     "retrain": "slim",
+    "select": "select",
+    "sweep_plan": "sweep",
+    "sweep_cut": "sweep",
+    "sweep": "sweep",
     "compare": "compare",
     "explain": "explain",
 }
-"""The folder of each stage inside a run folder (truncate and retrain share ``slim/``)."""
+"""The folder of each stage inside a run folder (truncate and retrain share ``slim/``; the auto cut's search
+writes ``select/`` and moves its chosen model's folder to ``slim/``)."""

@@ -17,6 +17,8 @@ from layercut.contracts.configs import (
     ArchitectureName,
     CompareConfig,
     ExplainConfig,
+    SelectConfig,
+    SweepConfig,
     TrainConfig,
     TruncateConfig,
 )
@@ -67,8 +69,60 @@ class AnalyzeParams(_Params):
 class TruncateParams(_Params):
     kind: Literal["truncate"] = "truncate"
     model: ModelRef
-    truncate: TruncateConfig = Field(default_factory=TruncateConfig)
+    truncate: TruncateConfig = Field(default_factory=lambda: TruncateConfig(cut="knee"))
     analysis_job: uuid.UUID | None = Field(None, description="the analyze job whose knee to cut at (for cut='knee')")
+
+    @model_validator(mode="after")
+    def _not_auto(self) -> TruncateParams:
+        if self.truncate.cut == "auto":
+            raise ValueError(
+                "truncate cannot cut 'auto' (that retrains candidates): use a select job or a pipeline, or give "
+                "truncate.cut knee, a cut point index or a name"
+            )
+        return self
+
+
+class SelectParams(_Params):
+    kind: Literal["select"] = "select"
+    model: ModelRef
+    analysis_job: uuid.UUID = Field(description="the analyze job of this model: its depth probes and knee")
+    dataset_id: uuid.UUID | None = Field(None, description="default: the dataset the model was trained on")
+    select: SelectConfig = Field(default_factory=SelectConfig)
+    dropout: float = Field(0.2, ge=0, lt=1, description="dropout of each candidate's new head")
+    from_scratch: bool = False
+    train: TrainConfig = Field(default_factory=TrainConfig, description="how each candidate is retrained")
+
+
+class SweepPlanParams(_Params):
+    kind: Literal["sweep_plan"] = "sweep_plan"
+    model: ModelRef
+    analysis_job: uuid.UUID | None = Field(None, description="the analyze job of this model, to mark knee and probes")
+    dataset_id: uuid.UUID | None = Field(None, description="default: the dataset the model was trained on")
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
+    from_scratch: bool = False
+    train: TrainConfig = Field(default_factory=TrainConfig, description="how each slim model is retrained")
+
+
+class SweepCutParams(_Params):
+    kind: Literal["sweep_cut"] = "sweep_cut"
+    model: ModelRef = Field(description="the base model")
+    cut: int = Field(ge=0, le=10_000, description="the cut point index")
+    dataset_id: uuid.UUID | None = Field(None, description="default: the dataset the model was trained on")
+    threshold: float = Field(ge=0, le=1, description="the validation accuracy the budget asks (a fraction)")
+    probe_accuracy: float | None = Field(None, ge=0, le=1, description="the depth probe at this cut point")
+    dropout: float = Field(0.2, ge=0, lt=1)
+    from_scratch: bool = False
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+class SweepParams(_Params):
+    kind: Literal["sweep"] = "sweep"
+    plan_job: uuid.UUID = Field(description="the sweep_plan job that fanned out")
+    cut_jobs: list[uuid.UUID] = Field(min_length=1, max_length=10_000, description="its sweep_cut jobs, gathered here")
+
+
+FAN_OUT_KINDS = ("sweep_cut", "sweep")
+"""Kinds only a running sweep_plan job creates (a client asks for a sweep through a pipeline)."""
 
 
 class RetrainParams(_Params):
@@ -98,6 +152,17 @@ class ExplainParams(_Params):
 
 
 JobParams = Annotated[
-    Union[TrainParams, AnalyzeParams, TruncateParams, RetrainParams, CompareParams, ExplainParams],
+    Union[
+        TrainParams,
+        AnalyzeParams,
+        TruncateParams,
+        RetrainParams,
+        SelectParams,
+        SweepPlanParams,
+        SweepCutParams,
+        SweepParams,
+        CompareParams,
+        ExplainParams,
+    ],
     Field(discriminator="kind"),
 ]

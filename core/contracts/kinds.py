@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-StageKind = Literal["train", "analyze", "truncate", "retrain", "compare", "explain"]
-"""One stage of the pipeline, run as one job."""
+StageKind = Literal[
+    "train", "analyze", "truncate", "retrain", "select", "sweep_plan", "sweep_cut", "sweep", "compare", "explain"
+]
+"""One stage of the pipeline, run as one job. A sweep in the service fans out: ``sweep_plan`` adds one
+``sweep_cut`` job per cut point (run in parallel by as many workers as there are) and a ``sweep`` job that gathers
+them into sweep.json and its chart."""
 
 STAGE_KINDS: tuple[StageKind, ...] = get_args(StageKind)
 
-MODEL_MAKING_KINDS: tuple[StageKind, ...] = ("train", "truncate", "retrain")
+MODEL_MAKING_KINDS: tuple[StageKind, ...] = ("train", "truncate", "retrain", "select", "sweep_cut")
 """The kinds whose job produces a model version (a checkpoint)."""
 
 QUEUES: dict[StageKind, str] = {
@@ -17,6 +21,10 @@ QUEUES: dict[StageKind, str] = {
     "analyze": "gpu",
     "truncate": "cpu",
     "retrain": "gpu",
+    "select": "gpu",
+    "sweep_plan": "gpu",
+    "sweep_cut": "gpu",
+    "sweep": "cpu",
     "compare": "gpu",
     "explain": "gpu",
 }

@@ -3,12 +3,15 @@
 ``layercut run`` and ``layercut.run`` execute it in this process; the API turns it into linked jobs when a
 pipeline is created, and the job engine advances those jobs in its order. Both read the same steps::
 
-    train → analyze → truncate → retrain → compare → explain
+    train → analyze → truncate → retrain → compare → explain      (a cut at the knee or a named cut point)
+    train → analyze → select → compare → explain                  (the auto cut: select retrains candidates)
 
 - A pipeline that starts from a model (``model_id`` in the service) has no train step: every input that would
   come from ``train`` comes from ``GIVEN``, the model it was given.
 - ``stop_after="analyze"`` ends after the analysis, ``"compare"`` leaves out the explanations.
 - A cut at the knee reads the analysis (``truncate``'s ``analysis`` input); a cut the user names does not.
+- The auto cut (the default) is one ``select`` step that reads the analysis (its depth probes and knee), cuts
+  and retrains candidates until the smallest one within the accuracy budget is certain, and makes the slim model.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from layercut.contracts.kinds import StageKind
 
 GIVEN = "given"
 """The source of an input that is the model the pipeline was started from (instead of a train step)."""
+
+CutRule = Literal["auto", "knee", "user"]
+"""How a pipeline chooses its cut: the accuracy budget, the SSIM curve's knee, or a cut point the user names."""
 
 InputRole = Literal["model", "analysis", "base", "slim", "compare_with"]
 """What an input is to its step: the model it works on, the analysis to cut at, the two models compared,
@@ -69,21 +75,38 @@ class PipelinePlan(BaseModel):
         return next((step for step in self.steps if step.kind == kind), None)
 
 
-def pipeline_plan(*, train: bool = True, stop_after: StopAfter = "explain", cut_at_knee: bool = True) -> PipelinePlan:
+def cut_rule(cut: str) -> CutRule:
+    """The rule a pipeline's ``cut`` setting names: ``auto``, ``knee``, or else a cut point the user names."""
+    return "auto" if cut == "auto" else "knee" if cut == "knee" else "user"
+
+
+def pipeline_plan(
+    *, train: bool = True, stop_after: StopAfter = "explain", cut: CutRule = "auto", sweep: bool = False
+) -> PipelinePlan:
     """The slimming pipeline: train (unless started from a given model), analyze, then — unless it stops after
-    the analysis — truncate, retrain the slim model, compare it with the base and explain both side by side."""
+        the analysis — make the slim model (select under the auto cut, else truncate and retrain), compare it with the
+        base and explain both side by side. ``sweep`` adds a sweep of the base model right after the analysis (a
+    ``sweep_plan`` step, which fans out to one ``sweep_cut`` job per cut point and a ``sweep`` job that gathers them;
+    the next step of the plan starts beside them)."""
     base = "train" if train else GIVEN
     steps: list[PlanStep] = [PlanStep(kind="train")] if train else []
     steps.append(PlanStep(kind="analyze", inputs={"model": base}))
+    if sweep:
+        steps.append(PlanStep(kind="sweep_plan", inputs={"model": base, "analysis": "analyze"}))
     if stop_after != "analyze":
-        truncate_inputs: dict[InputRole, str] = {"model": base}
-        if cut_at_knee:
-            truncate_inputs["analysis"] = "analyze"
-        steps += [
-            PlanStep(kind="truncate", inputs=truncate_inputs),
-            PlanStep(kind="retrain", inputs={"model": "truncate"}),
-            PlanStep(kind="compare", inputs={"base": base, "slim": "retrain"}),
-        ]
+        if cut == "auto":
+            steps.append(PlanStep(kind="select", inputs={"model": base, "analysis": "analyze"}))
+            slim = "select"
+        else:
+            truncate_inputs: dict[InputRole, str] = {"model": base}
+            if cut == "knee":
+                truncate_inputs["analysis"] = "analyze"
+            steps += [
+                PlanStep(kind="truncate", inputs=truncate_inputs),
+                PlanStep(kind="retrain", inputs={"model": "truncate"}),
+            ]
+            slim = "retrain"
+        steps.append(PlanStep(kind="compare", inputs={"base": base, "slim": slim}))
         if stop_after == "explain":
-            steps.append(PlanStep(kind="explain", inputs={"model": base, "compare_with": "retrain"}))
+            steps.append(PlanStep(kind="explain", inputs={"model": base, "compare_with": slim}))
     return PipelinePlan(steps=tuple(steps))

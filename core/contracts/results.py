@@ -18,6 +18,8 @@ from layercut.contracts.configs import (
     DataConfig,
     ExplainConfig,
     ExplainMethod,
+    SelectConfig,
+    SweepConfig,
     TrainConfig,
 )
 from layercut.contracts.kinds import StageKind
@@ -242,7 +244,11 @@ class _TrainingResult(_Result):
     params: int = Field(ge=0)
     accuracy: float = Field(description="test accuracy")
     macro_f1: float = Field(description="test macro F1")
-    best_epoch: int = Field(ge=0, description="the epoch whose weights were kept (best validation accuracy)")
+    best_epoch: int = Field(
+        ge=0,
+        description="the epoch whose weights were kept (best validation accuracy); 0: the starting weights, a slim "
+        "model whose fitted head no epoch of fine-tuning improved on",
+    )
     best_val_accuracy: float
     stopped_early: bool
     epochs_run: int = Field(ge=1)
@@ -344,9 +350,16 @@ class Knee(_Result):
     """The knee of the chosen curve, how it was found and the kneed settings used."""
 
     curve_mode: Literal["cut", "adjacent"] = Field(description="the curve the knee was picked on")
-    index: int = Field(ge=0, description="index into the curve (= the cut point's index)")
+    index: int = Field(
+        ge=0,
+        description="the cut point's index: an index into the curve, or one past its end (the last cut point) "
+        "when the curve has no rise and the whole network is kept",
+    )
     found: bool = Field(description="kneed found it; false when a fallback rule chose it")
-    rule: Literal["kneed", "fallback:rise-fraction", "fallback:last"]
+    rule: Literal["kneed", "fallback:rise-fraction", "fallback:whole-network", "fallback:last"] = Field(
+        description="fallback:whole-network: the curve is flat or falls, so no depth levels off and every cut "
+        "point is kept; fallback:last is the rule of older analyses (the curve's last index)"
+    )
     reason: str | None = Field(description="why a fallback rule was used; null when kneed found the knee")
     S: float = Field(description="kneed's sensitivity")
     curve: Literal["concave", "convex"]
@@ -360,6 +373,40 @@ class AnalyzeSeconds(_Result):
     gbp: float
     ssim: float
     total: float
+    depth_probes: float | None = Field(None, exclude_if=_is_none, description="the depth probes, when computed")
+
+
+class DepthProbe(_Result):
+    """A linear classifier fitted on one cut point's globally pooled features: how readable the classes are there."""
+
+    index: int = Field(ge=0)
+    name: str
+    features: int = Field(ge=1, description="length of the pooled feature vector (the cut point's channels)")
+    train_accuracy: float
+    val_accuracy: float
+
+
+class DepthProbeSeconds(_Result):
+    """Wall-clock seconds of the depth probes: the forward pass over the images and the classifier fits."""
+
+    features: float
+    fit: float
+
+
+class DepthProbes(_Result):
+    """The probe curve: per cut point, the validation accuracy of a linear classifier on its pooled features."""
+
+    method: str = Field(description="the classifier and the features it reads, in words")
+    train_images: int = Field(ge=1, description="training images the classifiers were fitted on")
+    val_images: int = Field(ge=1, description="validation images they were scored on")
+    base_val_accuracy: float = Field(description="the whole model's validation accuracy, for reference")
+    points: list[DepthProbe]
+    seconds: DepthProbeSeconds
+
+    @property
+    def curve(self) -> list[float]:
+        """Validation accuracy per cut point, shallowest first."""
+        return [point.val_accuracy for point in self.points]
 
 
 class AnalyzeResult(_Result):
@@ -380,12 +427,18 @@ class AnalyzeResult(_Result):
     knee: Knee
     knee_found: bool = Field(description="the same as knee.found")
     cut_point: ChosenCutPoint
+    depth_probes: DepthProbes | None = Field(
+        None, exclude_if=_is_none, description="the probe curve (absent when the analysis was run without it)"
+    )
     device: str
     seconds: AnalyzeSeconds
     config: AnalyzeConfig
 
 
 # ----------------------------------------------------------------------------------------- truncate
+
+CutRuleName = Literal["auto", "knee", "user"]
+"""The rule that chose a cut: the accuracy budget (auto), the SSIM curve's knee, or the user naming a cut point."""
 
 
 class TruncateResult(_Result):
@@ -394,7 +447,9 @@ class TruncateResult(_Result):
     stage: Literal["truncate"]
     checkpoint: str = Field(description="path of the slim checkpoint as cut")
     cut_point: CutPointRef
-    chosen_by: Literal["knee", "user"] = Field(description="knee: the analysis' knee; user: a cut point named")
+    chosen_by: CutRuleName = Field(
+        description="knee: the analysis' knee; user: a cut point named; auto: a candidate of the accuracy budget"
+    )
     base_params: int = Field(ge=0)
     slim_params: int = Field(ge=0)
     params_kept: float = Field(description="slim_params / base_params")
@@ -606,6 +661,131 @@ class ExplainResult(_Result):
     config: ExplainConfig
 
 
+# ----------------------------------------------------------------------------------------- select and sweep
+
+CandidateReason = Literal["knee", "probe", "neighbour", "deeper", "shallower", "sweep"]
+"""Why a cut point was retrained: the knee, the shallowest cut whose probe is within the budget, a neighbour of
+it, a deeper (or shallower) step of the search, or one cut point of a sweep."""
+
+
+class Budget(_Result):
+    """The accuracy budget and the validation accuracy it sets, from the base model's."""
+
+    description: str = Field(description="the budget in words")
+    max_drop: float | None = Field(description="points of validation accuracy allowed below the base; null with min")
+    min_accuracy: float | None = Field(description="the lowest validation accuracy accepted (percent); or null")
+    base_val_accuracy: float = Field(description="the base model's validation accuracy (a fraction)")
+    threshold: float = Field(description="the validation accuracy a slim model must reach (a fraction)")
+
+
+class Candidate(_Result):
+    """One slim model retrained by a search or a sweep: where it is cut, its size, speed and accuracy."""
+
+    cut_point: CutPointRef
+    reasons: list[CandidateReason] = Field(description="why it was retrained")
+    params: int = Field(ge=0)
+    macs: int = Field(ge=0, description="multiply-accumulates of one forward pass of one image")
+    latency_ms: float = Field(description="median CPU milliseconds for one image")
+    val_accuracy: float = Field(description="validation accuracy after retraining (what the budget is checked on)")
+    val_macro_f1: float
+    accuracy: float = Field(description="test accuracy after retraining")
+    macro_f1: float = Field(description="test macro-F1 after retraining")
+    probe_accuracy: float | None = Field(description="the depth probe's validation accuracy at this cut point")
+    within_budget: bool
+    epochs_run: int = Field(ge=1)
+    seconds: float = Field(description="wall-clock seconds of its cut and retraining")
+    folder: str = Field(description="the folder of its retraining (model.safetensors, metrics.json, pictures)")
+
+
+class OtherRules(_Result):
+    """What each rule chose, or would have chosen: the same for every run, whichever rule decided."""
+
+    knee: CutPointRef | None = Field(
+        description="the knee of the SSIM curve (the paper's rule); null when no analysis was given (a sweep)"
+    )
+    knee_reason: str | None = Field(description="why a fallback chose the knee's cut; null when kneed found it")
+    probe: CutPointRef | None = Field(
+        description="the shallowest cut point whose depth probe is within the budget; null when none is, or "
+        "the analysis had no probes"
+    )
+    auto: CutPointRef | None = Field(description="the auto rule's choice, when it ran (or a sweep can tell)")
+
+
+class SelectResult(_Result):
+    """select.json: the auto cut, the smallest retrained slim model within the accuracy budget, and every candidate
+    the search retrained on the way."""
+
+    stage: Literal["select"]
+    checkpoint: str = Field(description="the chosen slim model, retrained")
+    initial_checkpoint: str = Field(description="the chosen slim model as cut, before retraining")
+    cut_point: CutPointRef
+    cut_points_total: int = Field(ge=1)
+    within_budget: bool
+    shortfall: float | None = Field(
+        description="points of validation accuracy the chosen model lacks to reach the budget; null within it"
+    )
+    verdict: str = Field(description="the outcome in one sentence, said wherever the run is reported")
+    budget: Budget
+    candidates: list[Candidate] = Field(description="every retrained candidate, in the order retrained")
+    stopped: str = Field(description="why the search stopped")
+    rules: OtherRules
+    base_params: int = Field(ge=0)
+    slim_params: int = Field(ge=0)
+    params_kept: float
+    seconds: float
+    config: SelectConfig
+    retrain: TrainConfig
+
+
+class SweepBase(_Result):
+    """The base model a sweep cuts, measured the same way as its candidates."""
+
+    params: int = Field(ge=0)
+    macs: int = Field(ge=0)
+    latency_ms: float
+    val_accuracy: float
+    val_macro_f1: float
+    accuracy: float
+    macro_f1: float
+
+
+class SweepPlanResult(_Result):
+    """What a service sweep fanned out: its cut points, one sweep_cut job each, the job that gathers them, and the base
+    model and budget they are measured against."""
+
+    stage: Literal["sweep_plan"]
+    cut_points: list[CutPointRef]
+    cut_jobs: list[str] = Field(description="the sweep_cut job of each cut point, in the same order")
+    gather_job: str = Field(description="the sweep job that gathers them")
+    base: SweepBase
+    budget: Budget
+
+
+class SweepCutResult(_Result):
+    """One cut point of a sweep, cut and retrained (a job of the service's fan-out)."""
+
+    stage: Literal["sweep_cut"]
+    checkpoint: str
+    candidate: Candidate
+
+
+class SweepResult(_Result):
+    """sweep.json: one slim model per chosen cut point, retrained with the same budget; the whole trade-off."""
+
+    stage: Literal["sweep"]
+    architecture: str
+    base_checkpoint: str
+    base: SweepBase
+    budget: Budget
+    candidates: list[Candidate] = Field(description="one per swept cut point, shallowest first")
+    smallest_within_budget: CutPointRef | None = Field(description="the fewest-MACs candidate within the budget")
+    rules: OtherRules
+    chart: str = Field(description="file name of the trade-off chart")
+    seconds: float
+    config: SweepConfig
+    retrain: TrainConfig
+
+
 # ----------------------------------------------------------------------------------------- run.json
 
 
@@ -634,8 +814,19 @@ class ModelBrief(_Result):
 class RunCutPoint(CutPointRef):
     """The cut of a run and the rule that chose it."""
 
-    chosen_by: Literal["knee", "user"]
+    chosen_by: CutRuleName
     of: int = Field(ge=1, description="cut points of the base model")
+
+
+class RunSelection(_Result):
+    """How the auto rule chose the cut of a run: the budget, whether it was kept, every candidate retrained."""
+
+    file: str = Field(description="select.json, relative to the run folder")
+    within_budget: bool
+    shortfall: float | None
+    verdict: str
+    budget: Budget
+    candidates: list[Candidate]
 
 
 class ExplainBrief(_Result):
@@ -672,6 +863,13 @@ class RunSummary(_Result):
     cut_point: RunCutPoint
     knee_found: bool
     knee: Knee
+    rules: OtherRules | None = Field(
+        None, exclude_if=_is_none, description="what each rule chose or would have chosen (older runs lack it)"
+    )
+    selection: RunSelection | None = Field(None, exclude_if=_is_none, description="the auto rule's search")
+    verdict: str | None = Field(
+        None, exclude_if=_is_none, description="the outcome in one sentence: whether the slim model kept the accuracy"
+    )
     comparison: Comparison
     explain: ExplainBrief
     outputs: RunOutputs
@@ -680,7 +878,16 @@ class RunSummary(_Result):
 # ----------------------------------------------------------------------------------------- every stage
 
 StageResult = Annotated[
-    TrainResult | RetrainResult | AnalyzeResult | TruncateResult | CompareResult | ExplainResult,
+    TrainResult
+    | RetrainResult
+    | AnalyzeResult
+    | TruncateResult
+    | CompareResult
+    | ExplainResult
+    | SelectResult
+    | SweepPlanResult
+    | SweepCutResult
+    | SweepResult,
     Field(discriminator="stage"),
 ]
 """The result of any stage, told apart by ``stage`` (what a job records)."""
@@ -692,10 +899,25 @@ RESULT_MODELS: dict[StageKind, type[BaseModel]] = {
     "retrain": RetrainResult,
     "compare": CompareResult,
     "explain": ExplainResult,
+    "select": SelectResult,
+    "sweep_plan": SweepPlanResult,
+    "sweep_cut": SweepCutResult,
+    "sweep": SweepResult,
 }
 """The result model of each stage kind (train and retrain write metrics.json, read it with ``TRAINING_RESULT``)."""
 
-STAGE_RESULT: TypeAdapter[TrainResult | RetrainResult | AnalyzeResult | TruncateResult | CompareResult | ExplainResult]
+STAGE_RESULT: TypeAdapter[
+    TrainResult
+    | RetrainResult
+    | AnalyzeResult
+    | TruncateResult
+    | CompareResult
+    | ExplainResult
+    | SelectResult
+    | SweepPlanResult
+    | SweepCutResult
+    | SweepResult
+]
 STAGE_RESULT = TypeAdapter(StageResult)
 """Validates any stage's result (``STAGE_RESULT.validate_json(text)``) into the model its ``stage`` names."""
 

@@ -7,6 +7,8 @@ earlier steps that feed them (``{"from_job": id}``, and ``analysis_job`` for a c
 the API dispatches only the first step. From then on, following ``depends_on``:
 
 - a step that succeeds dispatches the queued jobs that depend on it;
+- a fan-out step (``sweep_plan``) adds jobs to its pipeline while it runs (``layercut.jobs.fanout``): jobs that
+  depend on it, sent when it succeeds, and one that ``waits_for`` all of them, sent when the last one succeeds;
 - a step that fails or is cancelled cancels every still-queued step of the pipeline and ends the
   pipeline ``failed`` or ``cancelled``;
 - when every step has succeeded, the pipeline ends ``succeeded``.
@@ -45,11 +47,22 @@ def mark_running(session: Session, job: Job) -> None:
 
 
 def ready(session: Session, job: Job) -> bool:
-    """Whether a queued job may run: it depends on nothing, or on a job that has finished."""
-    if job.depends_on is None:
-        return True
-    status = session.execute(select(Job.status).where(Job.id == job.depends_on)).scalar_one_or_none()
-    return status is None or status in FINAL_STATUSES
+    """Whether a queued job may run: what it depends on has finished (or it depends on nothing), and every job it
+    waits for (a fan-in) has succeeded."""
+    if job.depends_on is not None:
+        status = session.execute(select(Job.status).where(Job.id == job.depends_on)).scalar_one_or_none()
+        if status is not None and status not in FINAL_STATUSES:
+            return False
+    waited = waits_for(job)
+    if waited:
+        statuses = session.scalars(select(Job.status).where(Job.id.in_(waited))).all()
+        return len(statuses) == len(waited) and all(status == "succeeded" for status in statuses)
+    return True
+
+
+def waits_for(job: Job) -> list[uuid.UUID]:
+    """The jobs a fan-in job gathers (none for a plain step)."""
+    return [uuid.UUID(str(job_id)) for job_id in job.waits_for or []]
 
 
 def job_finished(settings: Settings, job_id: uuid.UUID, dispatcher: Dispatcher | None) -> str | None:
@@ -72,8 +85,19 @@ def job_finished(settings: Settings, job_id: uuid.UUID, dispatcher: Dispatcher |
 
 
 def send_dependents(session: Session, job: Job, dispatcher: Dispatcher | None) -> None:
-    """Dispatch the queued jobs whose ``depends_on`` is ``job`` (a failed send is left to the reaper)."""
-    dependents = list(session.scalars(select(Job).where(Job.depends_on == job.id, Job.status == "queued")))
+    """Dispatch the queued jobs whose ``depends_on`` is ``job``, and the fan-in jobs of its pipeline that wait for it
+    and are now ready (a failed send is left to the reaper; a fan-in sent twice by two finishing jobs runs once)."""
+    dependents = [
+        other
+        for other in session.scalars(select(Job).where(Job.depends_on == job.id, Job.status == "queued"))
+        if ready(session, other)  # a fan-in that still waits for other jobs is sent by the last of them
+    ]
+    fan_ins = session.scalars(
+        select(Job).where(Job.pipeline_id == job.pipeline_id, Job.status == "queued", Job.waits_for.is_not(None))
+    )
+    dependents += [
+        other for other in fan_ins if job.id in waits_for(other) and other not in dependents and ready(session, other)
+    ]
     if dispatcher is None:
         if dependents:
             log.info("pipeline %s: no dispatcher here; the reaper sends the next step", job.pipeline_id)

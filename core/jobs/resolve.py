@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from layercut.contracts.configs import DataConfig
 from layercut.contracts.errors import LayercutError, MissingResourceError
 from layercut.contracts.files import ANALYSIS_JSON
-from layercut.contracts.jobs import ModelRef, TruncateParams
+from layercut.contracts.jobs import ModelRef, SelectParams, SweepPlanParams, TruncateParams
 from layercut.contracts.spec import ModelSpec
 from layercut.store.models import Dataset, Job, ModelVersion
 
@@ -96,9 +96,10 @@ class Resolver:
             base["classes"] = list(spec.classes)
         return DataConfig.model_validate({k: v for k, v in base.items() if k in DataConfig.model_fields})
 
-    def analysis_path(self, params: TruncateParams) -> Path | None:
-        """analysis.json of ``analysis_job``, or of the analyze step of this job's pipeline (for cut='knee')."""
-        if params.truncate.cut != "knee":
+    def analysis_path(self, params: TruncateParams | SelectParams | SweepPlanParams) -> Path | None:
+        """analysis.json of ``analysis_job``, or of the analyze step of this job's pipeline: what a cut at the knee
+        and the auto cut read (a sweep reads it when it has one, to mark the knee and the probes)."""
+        if isinstance(params, TruncateParams) and params.truncate.cut != "knee":
             return None
         analysis_job = params.analysis_job
         if analysis_job is None and self.job.pipeline_id is not None:
@@ -106,7 +107,9 @@ class Resolver:
                 select(Job.id).where(Job.pipeline_id == self.job.pipeline_id, Job.kind == "analyze").order_by(Job.step)
             ).first()
         if analysis_job is None:
-            raise LayercutError("truncate with cut='knee' needs analysis_job (an analyze job of this model)")
+            if isinstance(params, SweepPlanParams):
+                return None
+            raise LayercutError(f"{params.kind} needs analysis_job (an analyze job of this model)")
         producer = self.producing_job(analysis_job, "analysis")
         path = self.root / producer.tenant / str(producer.id) / ANALYSIS_JSON
         if not path.is_file():

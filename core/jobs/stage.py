@@ -20,17 +20,31 @@ from layercut.contracts.jobs import (
     CompareParams,
     ExplainParams,
     JobParams,
+    ModelRef,
     RetrainParams,
+    SelectParams,
+    SweepCutParams,
+    SweepParams,
+    SweepPlanParams,
     TrainParams,
     TruncateParams,
 )
 from layercut.contracts.kinds import StageKind
-from layercut.contracts.results import RetrainResult, StageResult, TrainResult, TruncateResult
+from layercut.contracts.results import (
+    RetrainResult,
+    SelectResult,
+    StageResult,
+    SweepCutResult,
+    SweepPlanResult,
+    TrainResult,
+    TruncateResult,
+)
+from layercut.jobs.fanout import add_fan_out, child_id
 from layercut.jobs.outputs import ProducedModel
 from layercut.jobs.progress import JobProgress
 from layercut.jobs.resolve import Resolver
 from layercut.settings import Settings
-from layercut.store.models import ModelVersion
+from layercut.store.models import Job, ModelVersion, utcnow
 
 if TYPE_CHECKING:
     from layercut.stages.data import Dataset
@@ -169,6 +183,163 @@ def run_retrain(params: RetrainParams, run: StageRun) -> StageOutcome:
     return StageOutcome(result, produced)
 
 
+def select_metrics(result: SelectResult) -> dict[str, Any]:
+    """The metrics of the auto cut's chosen slim model kept on the model version it made."""
+    chosen = next(c for c in result.candidates if c.cut_point == result.cut_point)
+    return {
+        "accuracy": chosen.accuracy,
+        "macro_f1": chosen.macro_f1,
+        "val_accuracy": chosen.val_accuracy,
+        "within_budget": result.within_budget,
+        "shortfall": result.shortfall,
+        "candidates": len(result.candidates),
+        "params_kept": result.params_kept,
+    }
+
+
+def run_select(params: SelectParams, run: StageRun) -> StageOutcome:
+    """The auto cut: the smallest slim model within the accuracy budget, retrained; the model version it makes
+    descends from the base model."""
+    from layercut.stages.select import select_stage
+
+    model = run.resolver.model(params.model)
+    analysis = run.resolver.analysis_path(params)
+    assert analysis is not None  # a select job always has an analysis (analysis_path raises otherwise)
+    dataset = run.data_for(params.dataset_id, model)
+    result = select_stage(
+        run.resolver.checkpoint(model),
+        dataset,
+        analysis,
+        params.select,
+        params.train,
+        run.out,
+        params.dropout,
+        params.from_scratch,
+        run.working,
+    )
+    dataset_id = params.dataset_id or model.dataset_id
+    produced = run.produced(True, dataset_id, model.id, result.slim_params, select_metrics(result))
+    return StageOutcome(result, produced)
+
+
+def run_sweep_plan(params: SweepPlanParams, run: StageRun) -> StageOutcome:
+    """Resolve a sweep's cut points and measure the base model, then fan out: one sweep_cut job per cut point and
+    the sweep job that gathers them, added to this job's pipeline (``layercut.jobs.fanout``)."""
+    from layercut.stages.devices import resolve_device
+    from layercut.stages.select import plan_sweep
+
+    if run.resolver.job.pipeline_id is None:
+        raise LayercutError("a sweep fans out inside a pipeline: start it with POST /v1/pipelines and `sweep`")
+    model = run.resolver.model(params.model)
+    dataset = run.data_for(params.dataset_id, model)
+    analysis = run.resolver.analysis_path(params)
+    plan = plan_sweep(
+        run.resolver.checkpoint(model),
+        dataset,
+        params.sweep,
+        analysis,
+        resolve_device(params.train.device),
+        run.working,
+    )
+    parent = run.resolver.job.id
+    base = ModelRef(model_id=model.id)
+    branches: list[tuple[uuid.UUID, JobParams]] = [
+        (
+            child_id(parent, f"cut-{ref.index}"),
+            SweepCutParams(
+                model=base,
+                cut=ref.index,
+                dataset_id=params.dataset_id,
+                threshold=plan.budget.threshold,
+                probe_accuracy=plan.probe.get(ref.index),
+                dropout=params.sweep.dropout,
+                from_scratch=params.from_scratch,
+                train=params.train,
+            ),
+        )
+        for ref in plan.cut_points
+    ]
+    gather_id = child_id(parent, "gather")
+    gather = SweepParams(plan_job=parent, cut_jobs=[job_id for job_id, _ in branches])
+    add_fan_out(run.resolver.session, run.resolver.job, branches, (gather_id, gather))
+    run.reporter.update("sweep", 1.0, f"{len(branches)} cut points sent to the workers")
+    return StageOutcome(
+        SweepPlanResult(
+            stage="sweep_plan",
+            cut_points=plan.cut_points,
+            cut_jobs=[str(job_id) for job_id, _ in branches],
+            gather_job=str(gather_id),
+            base=plan.base,
+            budget=plan.budget,
+        )
+    )
+
+
+def run_sweep_cut(params: SweepCutParams, run: StageRun) -> StageOutcome:
+    """One cut point of a sweep, cut and retrained; its model version descends from the base model."""
+    from layercut.stages.select import sweep_cut_stage
+
+    model = run.resolver.model(params.model)
+    dataset = run.data_for(params.dataset_id, model)
+    result = sweep_cut_stage(
+        run.resolver.checkpoint(model),
+        dataset,
+        params.cut,
+        params.threshold,
+        params.probe_accuracy,
+        params.train,
+        run.out,
+        params.dropout,
+        params.from_scratch,
+        run.working,
+    )
+    candidate = result.candidate
+    metrics = {"accuracy": candidate.accuracy, "macro_f1": candidate.macro_f1, "val_accuracy": candidate.val_accuracy}
+    dataset_id = params.dataset_id or model.dataset_id
+    return StageOutcome(result, run.produced(True, dataset_id, model.id, candidate.params, metrics))
+
+
+def run_sweep(params: SweepParams, run: StageRun) -> StageOutcome:
+    """Gather a sweep's retrained cut points into sweep.json and its trade-off chart."""
+    from layercut.stages.select import SweepPlan, gather_sweep
+
+    plan_job = run.resolver.producing_job(params.plan_job, "sweep plan")
+    planned = SweepPlanResult.model_validate(stored_result(plan_job))
+    plan_params = SweepPlanParams.model_validate(plan_job.params)
+    swept = [
+        SweepCutResult.model_validate(stored_result(run.resolver.producing_job(job_id, "sweep cut"))).candidate
+        for job_id in params.cut_jobs
+    ]
+    model = run.resolver.model(plan_params.model)
+    analysis = run.resolver.analysis_path(plan_params)
+    plan = SweepPlan(
+        cut_points=planned.cut_points,
+        base=planned.base,
+        budget=planned.budget,
+        probe={c.cut_point.index: c.probe_accuracy for c in swept if c.probe_accuracy is not None},
+    )
+    started = plan_job.started_at or run.resolver.job.started_at
+    seconds = (utcnow() - started).total_seconds() if started is not None else 0.0
+    result = gather_sweep(
+        run.resolver.checkpoint(model),
+        str(model.architecture),
+        plan,
+        swept,
+        analysis,
+        plan_params.sweep,
+        plan_params.train,
+        run.out,
+        seconds,
+    )
+    run.reporter.update("sweep", 1.0, f"{len(swept)} cut points gathered")
+    return StageOutcome(result)
+
+
+def stored_result(job: Job) -> dict[str, Any]:
+    """A finished job's result as stored, without what the job engine adds to it (the model id)."""
+    return {key: value for key, value in (job.result or {}).items() if key != "model_id"}
+
+
 def run_compare(params: CompareParams, run: StageRun) -> StageOutcome:
     """Compare a base and a slim model on the base model's data."""
     from layercut.stages.stages import compare_stage
@@ -209,6 +380,10 @@ STAGE_RUNNERS: dict[StageKind, Callable[[Any, StageRun], StageOutcome]] = {
     "analyze": run_analyze,
     "truncate": run_truncate,
     "retrain": run_retrain,
+    "select": run_select,
+    "sweep_plan": run_sweep_plan,
+    "sweep_cut": run_sweep_cut,
+    "sweep": run_sweep,
     "compare": run_compare,
     "explain": run_explain,
 }

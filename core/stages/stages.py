@@ -53,6 +53,7 @@ from layercut.stages.devices import resolve_device
 from layercut.stages.gbp import guided_backprop_maps, map_images
 from layercut.stages.knee import find_knee
 from layercut.stages.metrics import PAIR_EXAMPLES, classification_report, confused_pairs, roc_curves, to_probabilities
+from layercut.stages.probes import depth_probes, fit_head
 from layercut.stages.profiling import checkpoint_bytes, compare_models, count_macs, count_parameters, measure_latency
 from layercut.stages.progress import SILENT, Reporter
 from layercut.stages.ssim import similarity_matrix
@@ -145,13 +146,16 @@ def _fit_and_record(
     out_dir: Path,
     reporter: Reporter,
     result_type: type[TrainingResultT],
+    keep_start: bool = False,
     **extra: Any,
 ) -> TrainingResultT:
     """Train, save the best checkpoint, evaluate and draw the pictures; shared by train and retrain, whose
     ``result_type`` (TrainResult or RetrainResult) is built from the common record plus its own ``extra`` fields."""
     stage = "train" if result_type is TrainResult else "retrain"
     info = data_info(dataset)
-    trained = train_model(model, dataset.train, dataset.val, spec.mean, spec.std, config, reporter, stage=stage)
+    trained = train_model(
+        model, dataset.train, dataset.val, spec.mean, spec.std, config, reporter, stage=stage, keep_start=keep_start
+    )
     device = torch.device(trained.device)
     checkpoint = save_checkpoint(model.cpu(), spec, out_dir / CHECKPOINT_NAME)
     model.to(device)
@@ -282,9 +286,13 @@ def retrain_stage(
     """Fine-tune a slim model from its kept weights (or from scratch); same outputs as ``train_stage``."""
     model, spec = load_checkpoint(checkpoint_path)
     check_dataset_fits(spec, dataset)
+    head_fitted = not from_scratch and spec.is_slim and config.head_init == "probe"
     if from_scratch:
         seed_everything(config.seed)
         reinitialise(model)
+    elif head_fitted:
+        device = resolve_device(config.device)
+        fit_head(model.to(device), dataset.train, spec.mean, spec.std, device, seed=config.seed, reporter=reporter)
     return _fit_and_record(
         model,
         spec,
@@ -293,6 +301,7 @@ def retrain_stage(
         Path(out_dir),
         reporter,
         RetrainResult,
+        keep_start=head_fitted,
         from_scratch=from_scratch,
         initial_checkpoint=str(checkpoint_path),
     )
@@ -324,15 +333,39 @@ def analyze_stage(
     std = torch.tensor(spec.std).view(1, -1, 1, 1)
     probes = normalise(probe_uint8, mean, std)
 
+    gbp_end, ssim_end = (0.6, 0.8) if config.depth_probes else (0.7, 1.0)
     t0 = time.perf_counter()
     raw = guided_backprop_maps(
-        model, probes.to(device), rule=config.gbp_rule, batch_size=config.batch_size, reporter=reporter.scaled(0.0, 0.7)
+        model,
+        probes.to(device),
+        rule=config.gbp_rule,
+        batch_size=config.batch_size,
+        reporter=reporter.scaled(0.0, gbp_end),
     )
     t_gbp = time.perf_counter() - t0
     images = map_images(raw, grayscale=config.grayscale)
     t0 = time.perf_counter()
-    matrix = similarity_matrix(images.to(device), data_range=config.ssim_data_range, reporter=reporter.scaled(0.7, 1.0))
+    matrix = similarity_matrix(
+        images.to(device), data_range=config.ssim_data_range, reporter=reporter.scaled(gbp_end, ssim_end)
+    )
     t_ssim = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    probed = (
+        depth_probes(
+            model,
+            dataset.train,
+            dataset.val,
+            spec.mean,
+            spec.std,
+            device,
+            max_train_images=config.depth_probe_images,
+            seed=config.probe_seed,
+            reporter=reporter.scaled(ssim_end, 1.0),
+        )
+        if config.depth_probes
+        else None
+    )
+    t_probes = time.perf_counter() - t0 if probed is not None else None
     curves = {"cut": cut_curve(matrix), "adjacent": adjacent_curve(matrix)}
     knee = find_knee(
         curves[config.curve], S=config.knee_sensitivity, curve=config.knee_curve, direction=config.knee_direction
@@ -391,10 +424,12 @@ def analyze_stage(
         knee=Knee(curve_mode=config.curve, **knee.to_dict()),
         knee_found=knee.found,
         cut_point=ChosenCutPoint(
-            **points_info[chosen.index].model_dump(), curve_value=float(curves[config.curve][knee.index])
+            **points_info[chosen.index].model_dump(),
+            curve_value=float(curves[config.curve][min(knee.index, len(curves[config.curve]) - 1)]),
         ),
+        depth_probes=probed,
         device=str(device),
-        seconds=AnalyzeSeconds(gbp=t_gbp, ssim=t_ssim, total=time.perf_counter() - started),
+        seconds=AnalyzeSeconds(gbp=t_gbp, ssim=t_ssim, depth_probes=t_probes, total=time.perf_counter() - started),
         config=config,
     )
     write_result(out_dir / files.ANALYSIS_JSON, analysis)
@@ -429,6 +464,18 @@ def _analysis_pictures(
         out_dir / "similarity_matrix.png",
         f"{model_name}: SSIM of GBP maps between cut points",
     )
+    if analysis.depth_probes is not None:
+        plots.plot_depth_probes(
+            analysis.depth_probes.curve,
+            analysis.curves.cut,
+            names,
+            knee_index=knee.index,
+            threshold=None,
+            base_accuracy=analysis.depth_probes.base_val_accuracy,
+            probe_index=None,
+            path=out_dir / files.DEPTH_PROBES_PNG,
+            title=f"{model_name}: depth probes (linear classifier on pooled features) beside the SSIM cut curve",
+        )
     rows = min(config.grid_rows, images.shape[0])
     plots.plot_gbp_grid(
         images[:rows].numpy(),
@@ -450,6 +497,11 @@ def truncate_stage(
 
     Writes the slim checkpoint to ``out_path``; the caller records the result (truncate.json) where it keeps it.
     """
+    if config.cut == "auto":
+        raise LayercutError(
+            "cut 'auto' retrains candidate slim models to keep the accuracy budget, which truncate alone cannot: "
+            "use `layercut select` (or `layercut run`), or give truncate knee, a cut point index or a name"
+        )
     model, spec = load_checkpoint(checkpoint_path)
     if spec.is_slim:
         raise LayercutError(

@@ -109,8 +109,12 @@ def train_model(
     config: TrainConfig,
     reporter: Reporter = SILENT,
     stage: str = "train",
+    keep_start: bool = False,
 ) -> TrainResult:
     """Train ``model`` in place; at the end it holds the weights of the epoch with the best validation accuracy.
+
+    With ``keep_start`` the starting weights compete as epoch 0 (a slim model whose head was fitted before
+    fine-tuning is never handed back worse than it started).
 
     Ties in validation accuracy go to the lower validation loss. Early stopping ends training after
     ``config.patience`` epochs without improvement. Mixed precision and channels_last apply on CUDA only.
@@ -136,6 +140,12 @@ def train_model(
 
     history: list[dict] = []
     best = (-1.0, math.inf)
+    if keep_start:
+        start_logits = predict(model, val, mean, std, device)
+        best = (
+            float((start_logits.argmax(1) == val.labels).float().mean()),
+            float(nn.functional.cross_entropy(start_logits, val.labels)),
+        )
     best_state = copy.deepcopy(model.state_dict())
     best_epoch, epochs_without_gain, stopped_early = 0, 0, False
     seen_images, train_seconds = 0, 0.0

@@ -23,6 +23,7 @@ from layercut.stages.cutpoints import (
 )
 
 DEFAULT_DROPOUT = 0.2
+HEAD_SEED = 0x5EED
 
 
 class SlimNet(nn.Module):
@@ -80,9 +81,15 @@ def truncate(
     dropout: float = DEFAULT_DROPOUT,
     image_size: int = 64,
 ) -> SlimNet:
-    """A ``SlimNet`` that shares nothing with ``model`` but holds copies of its weights up to ``point``."""
+    """A ``SlimNet`` that shares nothing with ``model`` but holds copies of its weights up to ``point``.
+
+    The new head's initial weights are drawn from a generator seeded by the cut point's index, so cutting the same
+    model at the same point always gives the same slim model (and its retraining the same result).
+    """
     sequence = feature_sequence(model)[: point.position + 1]
     kept = [(name, copy.deepcopy(module)) for name, module in sequence]
     names = [p.name for p in cut_points(model) if p.position <= point.position]
     channels = cut_channels(model, point, image_size=max(image_size, 32))
-    return SlimNet(kept, names, channels, num_classes, dropout)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(HEAD_SEED + point.index)
+        return SlimNet(kept, names, channels, num_classes, dropout)

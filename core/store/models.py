@@ -111,6 +111,7 @@ class Job(Base):
     pipeline_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("pipelines.id", ondelete="CASCADE"), index=True)
     step: Mapped[int | None] = mapped_column(Integer)  # position in its pipeline
     depends_on: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    waits_for: Mapped[list[Any] | None] = mapped_column(JSON)  # job ids (str) a fan-in job gathers
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     request_hash: Mapped[str | None] = mapped_column(String(64))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)

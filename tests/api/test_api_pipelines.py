@@ -7,10 +7,51 @@ import uuid
 from layercut.store.models import Job
 
 
+def test_default_pipeline_cuts_by_the_accuracy_budget_in_one_select_step(env):
+    dataset_id = env.dataset()
+    body = {"data": {"dataset_id": dataset_id}, "arch": "smallcnn", "select": {"max_drop": 2.5, "max_retrains": 3}}
+    response = env.client.post("/v1/pipelines", json=body, headers=env.headers)
+    assert response.status_code == 201, response.text
+    steps = response.json()["steps"]
+    assert [s["kind"] for s in steps] == ["train", "analyze", "select", "compare", "explain"]
+    ids = [uuid.UUID(s["id"]) for s in steps]
+    with env.session() as s:
+        train, analyze, select, compare, explain = (s.get(Job, i).params for i in ids)
+    assert select["model"]["from_job"] == str(ids[0]) and select["analysis_job"] == str(ids[1])
+    assert select["select"] == {"max_drop": 2.5, "min_accuracy": None, "max_retrains": 3}
+    assert select["train"] == train["train"] and select["dataset_id"] == dataset_id
+    assert compare["slim"]["from_job"] == str(ids[2]) and explain["compare_with"]["from_job"] == str(ids[2])
+    swept = env.client.post(
+        "/v1/pipelines", json={**body, "sweep": {"cuts": "every:2"}, "stop_after": "compare"}, headers=env.headers
+    ).json()["steps"]
+    assert [s["kind"] for s in swept] == ["train", "analyze", "sweep_plan", "select", "compare"]
+    with env.session() as s:
+        sweep = s.get(Job, uuid.UUID(swept[2]["id"])).params
+    assert sweep["sweep"]["cuts"] == "every:2" and sweep["analysis_job"] == swept[1]["id"]
+
+
+def test_a_bad_budget_or_sweep_is_refused_naming_the_field(env):
+    dataset = {"dataset_id": env.dataset()}
+    for body, loc in (
+        ({"data": dataset, "select": {"min_accuracy": 0.95}}, ["body", "select", "min_accuracy"]),
+        ({"data": dataset, "select": {"max_drop": -1}}, ["body", "select", "max_drop"]),
+        ({"data": dataset, "select": {"max_retrains": 1000}}, ["body", "select", "max_retrains"]),
+        ({"data": dataset, "sweep": {"cuts": "every:0"}}, ["body", "sweep", "cuts"]),
+    ):
+        response = env.client.post("/v1/pipelines", json=body, headers=env.headers)
+        assert response.status_code == 422, body
+        assert response.json()["detail"][0]["loc"] == loc
+    job = {"params": {"kind": "truncate", "model": {"model_id": env.model()}, "truncate": {"cut": "auto"}}}
+    response = env.client.post("/v1/jobs", json=job, headers=env.headers)
+    assert response.status_code == 422 and "select job" in response.text
+
+
 def test_full_pipeline_makes_linked_jobs_and_dispatches_only_the_first(env):
     dataset_id = env.dataset()
     response = env.client.post(
-        "/v1/pipelines", json={"data": {"dataset_id": dataset_id}, "arch": "smallcnn"}, headers=env.headers
+        "/v1/pipelines",
+        json={"data": {"dataset_id": dataset_id}, "arch": "smallcnn", "truncate": {"cut": "knee"}},
+        headers=env.headers,
     )
     assert response.status_code == 201, response.text
     body = response.json()
@@ -105,15 +146,15 @@ def test_pipeline_idempotency(env):
 def test_plan_steps_follow_the_plan_for_every_variant():
     from layercut.api.routes.pipelines import plan_steps
     from layercut.api.schemas.pipelines import PipelineCreate
-    from layercut.contracts.plan import pipeline_plan
+    from layercut.contracts.plan import cut_rule, pipeline_plan
 
     model_id, dataset_id = uuid.uuid4(), uuid.uuid4()
     for stop_after in ("analyze", "compare", "explain"):
-        for cut in ("knee", "2"):
+        for cut in ("auto", "knee", "2"):
             for start in ({"data": {"dataset_id": str(dataset_id)}}, {"model_id": str(model_id)}):
                 body = PipelineCreate.model_validate({**start, "stop_after": stop_after, "truncate": {"cut": cut}})
                 steps = plan_steps(body)
-                plan = pipeline_plan(train="data" in start, stop_after=stop_after, cut_at_knee=cut == "knee")
+                plan = pipeline_plan(train="data" in start, stop_after=stop_after, cut=cut_rule(cut))
                 assert [params.kind for _, params in steps] == list(plan.kinds)
                 ids = {params.kind: job_id for job_id, params in steps}
                 base = {"from_job": ids["train"]} if "data" in start else {"model_id": model_id}
@@ -123,4 +164,7 @@ def test_plan_steps_follow_the_plan_for_every_variant():
                     assert by_kind["truncate"].analysis_job == (ids["analyze"] if cut == "knee" else None)
                     assert by_kind["retrain"].model.from_job == ids["truncate"]
                     assert by_kind["compare"].slim.from_job == ids["retrain"]
+                if "select" in by_kind:
+                    assert by_kind["select"].analysis_job == ids["analyze"] and cut == "auto"
+                    assert by_kind["compare"].slim.from_job == ids["select"]
                 assert ("explain" in by_kind) == (stop_after == "explain")

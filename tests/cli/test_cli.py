@@ -69,7 +69,12 @@ def test_run_writes_checkpoints_analysis_and_pictures(tiny_run) -> None:
         "analysis/ssim_curve.png",
         "analysis/similarity_matrix.png",
         "analysis/gbp_grid.png",
+        "analysis/depth_probes.png",
+        "select/select.json",
+        "select/trade_off.png",
+        "select/model.safetensors",
         "slim/initial.safetensors",
+        "slim/truncate.json",
         "slim/model.safetensors",
         "slim/metrics.json",
         "compare/compare.json",
@@ -90,7 +95,7 @@ def test_run_writes_checkpoints_analysis_and_pictures(tiny_run) -> None:
     assert np.array(analysis["similarity_matrix"]).shape == (n_points, n_points)
     assert len(analysis["curves"]["cut"]) == len(analysis["curves"]["adjacent"]) == n_points - 1
     assert analysis["knee"]["found"] == analysis["knee_found"] == summary["knee_found"]
-    assert analysis["cut_point"]["name"] == summary["cut_point"]["name"]
+    assert analysis["cut_point"]["name"] == summary["rules"]["knee"]["name"]  # the knee; the auto rule may differ
     for key in ("rule",):
         assert key in analysis["gbp"]
     assert analysis["ssim"]["data_range"] == 1.0 and analysis["ssim"]["win_size"] == 7
@@ -113,13 +118,35 @@ def test_run_writes_checkpoints_analysis_and_pictures(tiny_run) -> None:
     assert len(metrics["history"]) == 1
 
 
-def test_knee_command_repicks_from_an_analysis(tiny_run) -> None:
+def test_run_cuts_by_the_accuracy_budget_and_says_what_every_rule_chose(tiny_run) -> None:
     out, summary = tiny_run
+    selection = json.loads((out / "select/select.json").read_text())
+    assert summary["cut_point"]["chosen_by"] == "auto"
+    assert summary["cut_point"]["name"] == selection["cut_point"]["name"] == summary["rules"]["auto"]["name"]
+    analysis = json.loads((out / "analysis/analysis.json").read_text())
+    assert summary["rules"]["knee"]["name"] == analysis["cut_point"]["name"]
+    assert len(analysis["depth_probes"]["points"]) == len(analysis["cut_points"])
+    assert summary["selection"]["within_budget"] == selection["within_budget"]
+    assert summary["verdict"].startswith(
+        "Kept the accuracy" if selection["within_budget"] else "No slim model kept the accuracy"
+    )
+    retrained = {c["cut_point"]["name"] for c in selection["candidates"]}
+    assert summary["cut_point"]["name"] in retrained
+    for candidate in selection["candidates"]:  # every candidate is kept with its model and pictures
+        assert (Path(candidate["folder"]) / "model.safetensors").is_file()
+        assert (Path(candidate["folder"]) / "training_curves.png").is_file()
+    chosen = next(c for c in selection["candidates"] if c["cut_point"] == selection["cut_point"])
+    assert json.loads((out / "slim/metrics.json").read_text())["best_val_accuracy"] == chosen["val_accuracy"]
+
+
+def test_knee_command_repicks_from_an_analysis(tiny_run) -> None:
+    out, _ = tiny_run
+    analysis = json.loads((out / "analysis/analysis.json").read_text())
     result = layercut("knee", "--curve", out / "analysis/analysis.json", "--json")
     assert result.returncode == 0, result.stderr
     payload = json.loads(result.stdout)
-    assert payload["chosen"] == summary["cut_point"]["index"]
-    assert payload["cut_point"] == summary["cut_point"]["name"]
+    assert payload["chosen"] == analysis["cut_point"]["index"]
+    assert payload["cut_point"] == analysis["cut_point"]["name"]
 
 
 def test_stages_one_by_one(tmp_path: Path) -> None:
@@ -181,6 +208,58 @@ def test_stages_one_by_one(tmp_path: Path) -> None:
     assert_clean_error(
         layercut("truncate", "--checkpoint", base / "model.safetensors", "--out", tmp_path / "x.safetensors"),
         "--analysis",
+    )
+    assert_clean_error(
+        layercut(
+            "truncate", "--checkpoint", base / "model.safetensors", "--cut", "auto", "--out", tmp_path / "x.safetensors"
+        ),
+        "layercut select",
+    )
+    # the auto cut and the sweep, one command each
+    result = layercut(
+        "select",
+        "--checkpoint",
+        base / "model.safetensors",
+        "--analysis",
+        analysis / "analysis.json",
+        "--out",
+        tmp_path / "select",
+        "--min-accuracy",
+        "100",
+        "--max-retrains",
+        "2",
+        "--epochs",
+        "1",
+        "--quiet",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "No slim model kept the accuracy" in " ".join(result.stdout.split())  # 100 % is out of reach: said plainly
+    selected = json.loads((tmp_path / "select/select.json").read_text())
+    assert len(selected["candidates"]) == 2 and selected["within_budget"] is False and selected["shortfall"] > 0
+    result = layercut(
+        "sweep",
+        "--checkpoint",
+        base / "model.safetensors",
+        "--cuts",
+        "every:2",
+        "--out",
+        tmp_path / "sweep",
+        "--epochs",
+        "1",
+        "--quiet",
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    swept = json.loads(result.stdout)
+    assert [c["cut_point"]["index"] for c in swept["candidates"]] == [0, 2, 3]  # every second, and the last
+    assert swept["rules"]["knee"] is None and (tmp_path / "sweep/trade_off.png").is_file()
+    assert_clean_error(
+        layercut("sweep", "--checkpoint", base / "model.safetensors", "--cuts", "every:x", "--out", tmp_path / "s2"),
+        "every:K",
+    )
+    assert_clean_error(
+        layercut("sweep", "--checkpoint", base / "model.safetensors", "--cuts", "3,nowhere", "--out", tmp_path / "s3"),
+        "nowhere",
     )
 
 
@@ -266,6 +345,18 @@ def test_bad_options_give_clear_messages(tmp_path: Path) -> None:
 
 
 def test_every_command_has_help() -> None:
-    for command in ("run", "train", "analyze", "truncate", "retrain", "compare", "layers", "curve", "knee"):
+    for command in (
+        "run",
+        "train",
+        "analyze",
+        "truncate",
+        "retrain",
+        "select",
+        "sweep",
+        "compare",
+        "layers",
+        "curve",
+        "knee",
+    ):
         result = layercut(command, "--help")
         assert result.returncode == 0 and "Usage" in result.stdout, command

@@ -20,6 +20,7 @@ from layercut.contracts.configs import (
     CompareConfig,
     DataConfig,
     ExplainConfig,
+    SweepConfig,
     TrainConfig,
 )
 from layercut.contracts.kinds import STAGE_KINDS
@@ -33,6 +34,8 @@ from layercut.contracts.results import (
     ExplainResult,
     RetrainResult,
     RunSummary,
+    SelectResult,
+    SweepResult,
     TrainResult,
     TruncateResult,
 )
@@ -42,10 +45,13 @@ RUN_FILES: dict[str, tuple[str, type[BaseModel]]] = {
     "analyze": (f"analysis/{files.ANALYSIS_JSON}", AnalyzeResult),
     "truncate": (f"slim/{files.TRUNCATE_JSON}", TruncateResult),
     "retrain": (f"slim/{files.METRICS_JSON}", RetrainResult),
+    "select": (f"select/{files.SELECT_JSON}", SelectResult),
+    "sweep": (f"sweep/{files.SWEEP_JSON}", SweepResult),
     "compare": (f"compare/{files.COMPARE_JSON}", CompareResult),
     "explain": (f"explain/{files.EXPLAIN_JSON}", ExplainResult),
 }
-"""Where a run folder keeps each stage's result, and the model that reads it."""
+"""Where a run folder keeps each stage's result, and the model that reads it (under the auto cut, slim/ holds the
+truncate.json and metrics.json of the chosen candidate, written by the select step)."""
 
 
 def assert_same_json(got: Any, want: Any, where: str = "$") -> None:
@@ -109,8 +115,8 @@ def _folder_dataset(root: Path, pre_split: bool = False, per_class: int = 10) ->
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, BaseModel], RunSummary]:
-    """One real pipeline (a 24-image folder at 32 px, smallcnn, 1 epoch, CPU): its folder, what each stage returned,
-    and run.json's summary."""
+    """One real pipeline (a 24-image folder at 32 px, smallcnn, 1 epoch, CPU, the default auto cut and a sweep of two
+    cut points): its folder, what each stage returned, and run.json's summary."""
     from layercut import local
 
     tmp = tmp_path_factory.mktemp("results")
@@ -136,6 +142,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, BaseM
             analyze=AnalyzeConfig(probes_per_class=1, device="cpu"),
             compare=CompareConfig(device="cpu", latency_batches=[1], latency_repeats=1, latency_warmup=0),
             explain=ExplainConfig(images=2, methods=["gradcam", "saliency"], feature_maps=1, device="cpu"),
+            sweep=SweepConfig(cuts="0,-1"),
         )
     return out, returned, summary
 
@@ -165,12 +172,13 @@ def test_every_model_forbids_unknown_keys_says_what_it_is_and_has_a_json_schema(
 def test_each_stage_result_and_its_file_are_described_exactly(run, kind: str) -> None:
     out, returned, _ = run
     name, model = RUN_FILES[kind]
-    parsed = check_exact(model, returned[kind], out / name)
+    parsed = check_exact(model, returned.get(kind), out / name)
     assert type(STAGE_RESULT.validate_json((out / name).read_text())) is model
     if kind in ("train", "retrain"):
         assert type(TRAINING_RESULT.validate_json((out / name).read_text())) is model
-    assert isinstance(returned[kind], model), f"the {kind} step returned a {type(returned[kind]).__name__}"
-    dumped = returned[kind].model_dump(mode="json")
+    produced = returned.get(kind, parsed)  # truncate and retrain ran inside select, which returned its own result
+    assert isinstance(produced, model), f"the {kind} step returned a {type(produced).__name__}"
+    dumped = produced.model_dump(mode="json")
     assert non_json_values(dumped) == [], f"the {kind} stage returns values that are not plain JSON"
     assert parsed.model_dump(mode="json")["stage"] == kind
 
@@ -179,7 +187,9 @@ def test_run_json_is_described_exactly(run) -> None:
     out, _, summary = run
     parsed = check_exact(RunSummary, summary, out / files.RUN_JSON)
     assert isinstance(parsed, RunSummary) and isinstance(summary, RunSummary)
-    assert parsed.cut_point.chosen_by == "knee" and parsed.explain.layers.keys() == {"base", "slim"}
+    assert parsed.cut_point.chosen_by == "auto" and parsed.explain.layers.keys() == {"base", "slim"}
+    assert parsed.selection is not None and parsed.rules is not None and parsed.verdict
+    assert parsed.cut_point.index == parsed.rules.auto.index  # the run's cut is the auto rule's choice
     assert non_json_values(summary.model_dump(mode="json")) == []
 
 
@@ -244,7 +254,7 @@ def test_the_builtin_data_info_is_described_exactly(source: str) -> None:
 
 def test_an_unknown_or_missing_key_is_an_error(run) -> None:
     out, returned, _ = run
-    truncated = returned["truncate"].model_dump(mode="json")
+    truncated = json.loads((out / "slim" / files.TRUNCATE_JSON).read_text())
     with pytest.raises(ValidationError, match="extra_forbidden"):
         TruncateResult.model_validate({**truncated, "surprise": 1})
     with pytest.raises(ValidationError, match="missing"):
