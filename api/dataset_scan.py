@@ -37,6 +37,14 @@ BUILTINS: dict[str, dict] = {
         },
         "layout": "builtin (scikit-learn's 8x8 digits; split seeded and stratified by the job's fractions)",
     },
+    "scenes": {
+        "classes": ["none-inside", "one-inside", "two-inside", "three-inside"],
+        "counts": {
+            split: {c: n for c in ("none-inside", "one-inside", "two-inside", "three-inside")}
+            for split, n in (("train", 1000), ("val", 150), ("test", 150))
+        },
+        "layout": "builtin (drawn scenes: a closed fence and three dots, classed by how many dots are inside)",
+    },
 }
 
 

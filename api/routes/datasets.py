@@ -149,7 +149,7 @@ def create_dataset(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", description=IDEMPOTENCY_HEADER_DOC)] = None,
 ) -> DatasetOut:
     """`{"kind": "folder", "path": …}` registers a server folder that lies (after resolving symlinks) under one of
-    the configured dataset roots; `{"kind": "builtin", "builtin": "textures" | "digits"}` an offline set. The
+    the configured dataset roots; `{"kind": "builtin", "builtin": "textures" | "digits" | "scenes"}` an offline set. The
     folder is scanned (names only): the answer gives the classes and the image count per split and class."""
     key = check_idempotency_key(idempotency_key)
     digest = request_hash(body.model_dump(mode="json"))

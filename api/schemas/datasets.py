@@ -32,7 +32,7 @@ class BuiltinDatasetCreate(BaseModel):
         extra="forbid", json_schema_extra={"examples": [{"kind": "builtin", "builtin": "textures"}]}
     )
     kind: Literal["builtin"]
-    builtin: Literal["textures", "digits"]
+    builtin: Literal["textures", "digits", "scenes"]
     name: Name | None = Field(None, description="default: the builtin's name")
 
 

@@ -1,8 +1,8 @@
 """The data stage: turn a ``source`` string into decoded, resized, split images held in memory.
 
 Sources are folders (one sub-folder per class, optionally already split into train/val/test, or a flat
-folder of ``{label}_{id}.{ext}`` files plus a class list), the built-in offline sets ``textures`` and
-``digits``, and torchvision's named datasets stored under a data root the caller passes. Every image is
+folder of ``{label}_{id}.{ext}`` files plus a class list), the built-in offline sets ``textures``, ``digits``
+and ``scenes``, and torchvision's named datasets stored under a data root the caller passes. Every image is
 decoded once, converted to one mode for the whole dataset, resized to ``image_size`` and kept as a uint8
 tensor. Problems with the data raise ``DataError`` with a message that names the file or class to fix.
 

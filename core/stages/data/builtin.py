@@ -1,6 +1,8 @@
-"""The built-in offline sets: ``textures`` (patches of scikit-image's photographs) and ``digits`` (scikit-learn's).
+"""The built-in offline sets: ``textures`` (patches of scikit-image's photographs), ``digits`` (scikit-learn's)
+and ``scenes`` (drawn by ``scenes.py``).
 
-Both ship with installed packages, so they load on a machine with no network and no data folder.
+All three come with installed packages or are drawn on the spot, so they load on a machine with no network and
+no data folder.
 """
 
 from __future__ import annotations
@@ -10,12 +12,13 @@ import torch
 
 from layercut.stages.data.arrays import assemble, select_classes
 from layercut.stages.data.decoding import resize_batch
+from layercut.stages.data.scenes import describe_scenes, make_scenes
 from layercut.stages.data.splitting import stratified_carve
 from layercut.stages.data.textures import make_textures
 from layercut.stages.data.types import SPLITS, STAGE, Dataset, Split, finish_dataset
 from layercut.stages.progress import Reporter
 
-BUILTIN_DATASETS: tuple[str, ...] = ("textures", "digits")
+BUILTIN_DATASETS: tuple[str, ...] = ("textures", "digits", "scenes")
 
 
 def load_textures(image_size: int, seed: int, classes: list[str] | None, reporter: Reporter) -> Dataset:
@@ -67,3 +70,28 @@ def load_digits(
         },
     }
     return assemble("digits", names, values[:, None], labels, sources, parts, image_size, info)
+
+
+def load_scenes(image_size: int, seed: int, classes: list[str] | None, reporter: Reporter) -> Dataset:
+    """The ``scenes`` set: two objects whose shared shape and colour make the class (see ``scenes.py``)."""
+    reporter.update(STAGE, 0.1, "drawing scenes")
+    made = make_scenes(seed)
+    arrays = {s: (made.images[s], made.labels[s], made.sources[s]) for s in SPLITS}
+    names, arrays = select_classes(made.classes, classes, arrays, "scenes")
+    splits = {}
+    for s in SPLITS:
+        images, labels, sources = arrays[s]
+        splits[s] = Split(resize_batch(images, image_size), torch.from_numpy(labels), sources)
+    info = {
+        "source": "scenes",
+        "kind": "builtin",
+        "origin": describe_scenes(),
+        "split": {
+            "method": "given",
+            "seed": seed,
+            "given": list(SPLITS),
+            "note": "val_fraction/test_fraction do not apply: each split and class is drawn from its own stream "
+            "seeded by (seed, split, class)",
+        },
+    }
+    return finish_dataset("scenes", names, splits, image_size, 3, info)

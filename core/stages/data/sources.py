@@ -9,7 +9,7 @@ from pathlib import Path
 
 from layercut.contracts.errors import DataError, LayercutError
 from layercut.stages.architectures import check_image_size
-from layercut.stages.data.builtin import load_digits, load_textures
+from layercut.stages.data.builtin import load_digits, load_scenes, load_textures
 from layercut.stages.data.catalog import dataset_key, source_help
 from layercut.stages.data.folders import load_folder
 from layercut.stages.data.torchvision_sets import TORCHVISION_DATASETS, load_torchvision
@@ -31,7 +31,7 @@ def load_dataset(
     allow_download: bool = True,
     reporter: Reporter | None = None,
 ) -> Dataset:
-    """Load ``source`` (a folder, ``textures``, ``digits`` or a torchvision name) into memory, split and resized.
+    """Load ``source`` (a folder, ``textures``, ``digits``, ``scenes`` or a torchvision name), split and resized.
 
     ``classes`` is the class list of a flat folder; for other sources it selects and orders classes.
     A torchvision dataset is read from ``data_root/<name>/`` (required for those) and fetched there only
@@ -45,6 +45,8 @@ def load_dataset(
         dataset = load_textures(image_size, seed, classes, reporter)
     elif key == "digits":
         dataset = load_digits(image_size, seed, val_fraction, test_fraction, classes, reporter)
+    elif key == "scenes":
+        dataset = load_scenes(image_size, seed, classes, reporter)
     elif key in TORCHVISION_DATASETS:
         dataset = load_torchvision(key, image_size, seed, val_fraction, classes, data_root, allow_download, reporter)
     else:
