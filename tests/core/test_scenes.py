@@ -81,6 +81,34 @@ def test_class_is_not_readable_from_global_colour_statistics(medium: scenes.Scen
     assert accuracy < chance + 0.08, f"global statistics give {accuracy:.1%} (chance {chance:.0%})"
 
 
+def test_only_the_arrangement_of_the_dots_depends_on_the_class() -> None:
+    """From the same random state every class draws the same background, clutter, fence, dot size, colours and
+    noise; only which dots lie inside the fence differs, so the scenes differ in a few small patches only."""
+    scenes_by_class = [scenes.draw_scene(np.random.default_rng(7), inside=k) for k in range(scenes.DOTS + 1)]
+    for scene in scenes_by_class[1:]:
+        changed = np.any(scene != scenes_by_class[0], axis=2).mean()
+        assert 0 < changed < 0.08
+
+
+def test_dots_keep_clear_of_the_fence_and_of_each_other() -> None:
+    rng = np.random.default_rng(11)
+    size, radius = scenes.NATIVE_SIZE, 2.75
+    for _ in range(50):
+        fence = scenes.draw_fence(rng, size)
+        places = scenes.dot_places(rng, fence, radius, size)
+        if places is None:
+            continue
+        clearance = fence.half_width + radius + scenes.DOT_CLEARANCE
+        for sign, dots in zip((-1, 1), places):
+            assert len(dots) == scenes.DOTS
+            points = np.asarray(dots)
+            distance = fence.signed_distance(points[:, 0] - fence.centre[0], points[:, 1] - fence.centre[1])
+            assert np.all(sign * distance > clearance)
+            assert points.min() >= size * scenes.DOT_MARGIN and points.max() <= size * (1 - scenes.DOT_MARGIN)
+            gaps = np.hypot(*(points[:, None, :] - points[None, :, :]).transpose(2, 0, 1))
+            assert gaps[~np.eye(len(points), dtype=bool)].min() >= scenes.DOT_SEPARATION
+
+
 @pytest.mark.usefixtures("small_scenes")
 @pytest.mark.parametrize("image_size", [32, 64, 96])
 def test_loads_offline_at_any_size(monkeypatch: pytest.MonkeyPatch, image_size: int) -> None:

@@ -73,7 +73,10 @@ def load_digits(
 
 
 def load_scenes(image_size: int, seed: int, classes: list[str] | None, reporter: Reporter) -> Dataset:
-    """The ``scenes`` set: two objects whose shared shape and colour make the class (see ``scenes.py``)."""
+    """The ``scenes`` set: a fence and three dots, classed by how many dots are inside (see ``scenes.py``).
+
+    Its splits are its own (disjoint seeded streams), so the val/test fractions do not apply.
+    """
     reporter.update(STAGE, 0.1, "drawing scenes")
     made = make_scenes(seed)
     arrays = {s: (made.images[s], made.labels[s], made.sources[s]) for s in SPLITS}

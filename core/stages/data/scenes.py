@@ -19,7 +19,7 @@ disjoint and the same seed gives the same bytes.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -52,13 +52,12 @@ STREAM = 0x5CE7E5  # keeps these streams apart from other seeded draws that use 
 
 @dataclass
 class SceneImages:
-    """Native-size RGB images per split (uint8, (N, 3, S, S)), their labels and synthetic source ids, plus info."""
+    """Native-size RGB images per split (uint8, (N, 3, S, S)), their labels and synthetic source ids."""
 
     classes: list[str]
     images: dict[str, np.ndarray]
     labels: dict[str, np.ndarray]
     sources: dict[str, list[str]]
-    info: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -217,7 +216,8 @@ def draw_scene(rng: np.random.Generator, inside: int, size: int = NATIVE_SIZE) -
 
 
 def make_scenes(seed: int = 0, images_per_class: dict[str, int] | None = None) -> SceneImages:
-    """Draw every split's scenes, class by class, each split and class from its own seeded stream."""
+    """Draw every split's scenes, class by class, each split and class from its own seeded stream, and round
+    them to uint8 (N, 3, S, S) at the native size."""
     counts = dict(IMAGES_PER_CLASS if images_per_class is None else images_per_class)
     images: dict[str, np.ndarray] = {}
     labels: dict[str, np.ndarray] = {}
