@@ -268,9 +268,9 @@ def test_pipeline_started_from_the_form_runs_live_and_succeeds(server, browser):
     assert "running" in seen_status, seen_status
     assert ("train", "running") in seen_steps, seen_steps
     assert seen_percent, "a running job's percent was shown"
-    assert len(snapshot["jobs"]) == len(kinds) and all(j[0] == "succeeded" and j[1] == "100%" for j in snapshot["jobs"]), (
-        snapshot["jobs"]
-    )
+    assert len(snapshot["jobs"]) == len(kinds) and all(
+        j[0] == "succeeded" and j[1] == "100%" for j in snapshot["jobs"]
+    ), snapshot["jobs"]
     truth = httpx.get(f"{base}/v1/pipelines/{pipeline['id']}", headers=auth, timeout=10).json()
     assert truth["status"] == "succeeded" and all(s["status"] == "succeeded" for s in truth["steps"])
 
