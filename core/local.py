@@ -56,7 +56,6 @@ from layercut.contracts.results import (
     TrainResult,
     TruncateResult,
 )
-from layercut.contracts.spec import CutPointRef
 from layercut.report import write_run_report
 from layercut.settings import Settings
 from layercut.stages import stages
@@ -64,7 +63,7 @@ from layercut.stages.checkpoint import ModelSpec, load_checkpoint
 from layercut.stages.data import Dataset
 from layercut.stages.explain import explain_stage
 from layercut.stages.progress import SILENT, Reporter
-from layercut.stages.select import link_or_copy, select_stage, sweep_stage
+from layercut.stages.select import link_or_copy, other_rules, select_stage, sweep_stage
 from layercut.stages.stages import (
     analyze_stage,
     compare_stage,
@@ -512,18 +511,8 @@ def _run_summary(run: RunInProcess) -> RunSummary:
 
 def _rules_without_search(analysis: AnalyzeResult, budget: SelectConfig) -> OtherRules:
     """What the knee and the probes choose when the auto rule did not run (its choice is then unknown)."""
-    probes = analysis.depth_probes
-    probe = None
-    if probes is not None:
-        threshold = budget.threshold(probes.base_val_accuracy)
-        index = next((p.index for p in probes.points if p.val_accuracy >= threshold), None)
-        probe = None if index is None else CutPointRef(index=index, name=probes.points[index].name)
-    return OtherRules(
-        knee=CutPointRef(index=analysis.cut_point.index, name=analysis.cut_point.name),
-        knee_reason=analysis.knee.reason,
-        probe=probe,
-        auto=None,
-    )
+    base_accuracy = analysis.depth_probes.base_val_accuracy if analysis.depth_probes is not None else 1.0
+    return other_rules(analysis, budget.threshold(base_accuracy), None)
 
 
 def _run_verdict(compared: CompareResult, chosen_by: str, selection: RunSelection | None) -> str:

@@ -877,7 +877,7 @@ class RunSummary(_Result):
 
 # ----------------------------------------------------------------------------------------- every stage
 
-StageResult = Annotated[
+AnyStageResult = (
     TrainResult
     | RetrainResult
     | AnalyzeResult
@@ -887,9 +887,11 @@ StageResult = Annotated[
     | SelectResult
     | SweepPlanResult
     | SweepCutResult
-    | SweepResult,
-    Field(discriminator="stage"),
-]
+    | SweepResult
+)
+"""One stage's result model, any of them."""
+
+StageResult = Annotated[AnyStageResult, Field(discriminator="stage")]
 """The result of any stage, told apart by ``stage`` (what a job records)."""
 
 RESULT_MODELS: dict[StageKind, type[BaseModel]] = {
@@ -906,19 +908,7 @@ RESULT_MODELS: dict[StageKind, type[BaseModel]] = {
 }
 """The result model of each stage kind (train and retrain write metrics.json, read it with ``TRAINING_RESULT``)."""
 
-STAGE_RESULT: TypeAdapter[
-    TrainResult
-    | RetrainResult
-    | AnalyzeResult
-    | TruncateResult
-    | CompareResult
-    | ExplainResult
-    | SelectResult
-    | SweepPlanResult
-    | SweepCutResult
-    | SweepResult
-]
-STAGE_RESULT = TypeAdapter(StageResult)
+STAGE_RESULT: TypeAdapter[AnyStageResult] = TypeAdapter(StageResult)
 """Validates any stage's result (``STAGE_RESULT.validate_json(text)``) into the model its ``stage`` names."""
 
 TRAINING_RESULT: TypeAdapter[TrainResult | RetrainResult] = TypeAdapter(TrainingResult)

@@ -191,16 +191,19 @@ def probe_curve(analysis: AnalyzeResult | None) -> dict[int, float]:
     return {point.index: point.val_accuracy for point in analysis.depth_probes.points}
 
 
-def other_rules(analysis: AnalyzeResult | None, candidates: Candidates, auto: CutPointRef | None) -> OtherRules:
-    """What the knee, the probes and the auto rule choose for this base model (knee and probe need an analysis)."""
+def other_rules(analysis: AnalyzeResult | None, threshold: float, auto: CutPointRef | None) -> OtherRules:
+    """What the knee, the probes (the shallowest cut point whose probe reaches ``threshold``) and the auto rule
+    choose for a base model; without its analysis only the auto rule's choice is known."""
     if analysis is None:
-        raise LayercutError("the rules need the analysis of the base model")
+        return OtherRules(knee=None, knee_reason=None, probe=None, auto=auto)
     curve = probe_curve(analysis)
-    probe_index = probe_choice([curve[i] for i in sorted(curve)], candidates.threshold) if curve else None
+    probe_index = probe_choice([curve[i] for i in sorted(curve)], threshold) if curve else None
     return OtherRules(
         knee=CutPointRef(index=analysis.cut_point.index, name=analysis.cut_point.name),
         knee_reason=analysis.knee.reason,
-        probe=candidates.ref(probe_index) if probe_index is not None else None,
+        probe=None
+        if probe_index is None
+        else CutPointRef(index=probe_index, name=analysis.cut_points[probe_index].name),
         auto=auto,
     )
 
@@ -257,6 +260,7 @@ def select_stage(
     reporter.update("select", 0.0, "measuring the base model on the validation split")
     base = measure_base(model, spec, dataset, resolve_device(retrain.device))
     budget = budget_record(config, base.val_accuracy)
+    curve = probe_curve(analysis)
     candidates = Candidates(
         base_checkpoint,
         dataset,
@@ -265,10 +269,9 @@ def select_stage(
         from_scratch,
         out_dir / files.CANDIDATES_FOLDER,
         budget.threshold,
-        probe_curve(analysis),
+        curve,
     )
     total = len(candidates.points)
-    curve = probe_curve(analysis)
 
     def retrain_candidate(index: int, reasons: list[CandidateReason]) -> Trial:
         done = len(candidates.done)
@@ -293,7 +296,7 @@ def select_stage(
     verdict, shortfall = _verdict(chosen, budget, total, base_params)
     if chosen.within_budget and not outcome.certain:
         verdict += f" (Not certain to be the smallest: {outcome.stopped}.)"
-    rules = other_rules(analysis, candidates, chosen.cut_point)
+    rules = other_rules(analysis, budget.threshold, chosen.cut_point)
     ordered = [candidates.done[trial.index] for trial in outcome.trials]
     plots.plot_trade_off(
         ordered,
@@ -426,18 +429,7 @@ def gather_sweep(
     swept = sorted(swept, key=lambda c: c.cut_point.index)
     within = sorted((c for c in swept if c.within_budget), key=lambda c: (c.macs, c.params, c.cut_point.index))
     smallest = within[0].cut_point if within else None
-    rules = OtherRules(knee=None, knee_reason=None, probe=None, auto=smallest)
-    if analysis is not None:
-        curve = probe_curve(analysis)
-        probe_index = probe_choice([curve[i] for i in sorted(curve)], plan.budget.threshold) if curve else None
-        rules = OtherRules(
-            knee=CutPointRef(index=analysis.cut_point.index, name=analysis.cut_point.name),
-            knee_reason=analysis.knee.reason,
-            probe=None
-            if probe_index is None
-            else CutPointRef(index=probe_index, name=analysis.cut_points[probe_index].name),
-            auto=smallest,
-        )
+    rules = other_rules(analysis, plan.budget.threshold, smallest)
     plots.plot_trade_off(
         swept,
         plan.budget,
