@@ -765,8 +765,11 @@ def _cut_name(names: Sequence[str], index: int) -> str:
     return names[index] if 0 <= index < len(names) else str(index)
 
 
-def _budget_band(ax: Axes, threshold: float | None, base_accuracy: float | None, label: bool = True) -> None:
-    """The base model's validation accuracy as a line and the accepted band (threshold up to the base) shaded (%)."""
+def _budget_band(
+    ax: Axes, threshold: float | None, base_accuracy: float | None, label: bool = True, name: str = "budget"
+) -> None:
+    """The base model's validation accuracy as a line and the accepted band (threshold up to the base) shaded (%);
+    ``name`` starts the band's legend entry ("budget", or "default budget" where no budget was given)."""
     if base_accuracy is not None:
         ax.axhline(
             100 * base_accuracy,
@@ -777,7 +780,7 @@ def _budget_band(ax: Axes, threshold: float | None, base_accuracy: float | None,
         )
     if threshold is None:
         return
-    budget = f"budget: validation ≥ {100 * threshold:.1f}%"
+    budget = f"{name}: validation ≥ {100 * threshold:.1f}%"
     ax.axhline(100 * threshold, color=BUDGET_FILL, linestyle=":", linewidth=1.4, zorder=2)
     if base_accuracy is not None and base_accuracy > threshold:
         ax.axhspan(
@@ -813,6 +816,7 @@ def plot_depth_probes(
     probe_index: int | None,
     path: str | Path,
     title: str,
+    budget_name: str = "budget",
 ) -> Path:
     """The probe curve (validation accuracy of a linear classifier per cut point) against depth, the SSIM cut curve
     lighter on a right axis, the base model's accuracy and the budget band, the knee and the probe's choice marked.
@@ -839,7 +843,7 @@ def plot_depth_probes(
         )
     ax_ssim.set_ylabel("SSIM of the GBP maps (cut curve)", color="0.45")
     ax_ssim.tick_params(axis="y", colors="0.45", labelsize=8)
-    _budget_band(ax, threshold, base_accuracy)
+    _budget_band(ax, threshold, base_accuracy, name=budget_name)
     ax.plot(
         range(len(probe)),
         [100 * v for v in probe],

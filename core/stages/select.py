@@ -42,7 +42,14 @@ from layercut.stages.devices import resolve_device
 from layercut.stages.metrics import classification_report
 from layercut.stages.profiling import count_macs, count_parameters, measure_latency
 from layercut.stages.progress import SILENT, Reporter
-from layercut.stages.stages import check_dataset_fits, read_analysis, retrain_stage, truncate_stage, write_result
+from layercut.stages.stages import (
+    check_dataset_fits,
+    depth_probes_picture,
+    read_analysis,
+    retrain_stage,
+    truncate_stage,
+    write_result,
+)
 from layercut.stages.training import predict
 from layercut.stages.truncation import truncate
 
@@ -208,6 +215,12 @@ def other_rules(analysis: AnalyzeResult | None, threshold: float, auto: CutPoint
     )
 
 
+def budget_pictures(analysis: AnalyzeResult | None, budget: Budget, out_dir: Path) -> None:
+    """The analysis' depth-probe picture drawn again with this budget's band and the probe's choice under it."""
+    if analysis is not None and analysis.depth_probes is not None:
+        depth_probes_picture(analysis, budget.threshold, budget.base_val_accuracy, out_dir / files.DEPTH_PROBES_PNG)
+
+
 def _analysis_for(path: str | Path | None, spec: ModelSpec, points: int) -> AnalyzeResult | None:
     if path is None:
         return None
@@ -297,6 +310,7 @@ def select_stage(
     if chosen.within_budget and not outcome.certain:
         verdict += f" (Not certain to be the smallest: {outcome.stopped}.)"
     rules = other_rules(analysis, budget.threshold, chosen.cut_point)
+    budget_pictures(analysis, budget, out_dir)
     ordered = [candidates.done[trial.index] for trial in outcome.trials]
     plots.plot_trade_off(
         ordered,
@@ -430,6 +444,7 @@ def gather_sweep(
     within = sorted((c for c in swept if c.within_budget), key=lambda c: (c.macs, c.params, c.cut_point.index))
     smallest = within[0].cut_point if within else None
     rules = other_rules(analysis, plan.budget.threshold, smallest)
+    budget_pictures(analysis, plan.budget, out_dir)
     plots.plot_trade_off(
         swept,
         plan.budget,

@@ -18,7 +18,14 @@ from pydantic import BaseModel, ValidationError
 from torch import nn
 
 from layercut.contracts import files
-from layercut.contracts.configs import AnalyzeConfig, CompareConfig, DataConfig, TrainConfig, TruncateConfig
+from layercut.contracts.configs import (
+    AnalyzeConfig,
+    BudgetConfig,
+    CompareConfig,
+    DataConfig,
+    TrainConfig,
+    TruncateConfig,
+)
 from layercut.contracts.errors import LayercutError, first_error
 from layercut.contracts.results import (
     AnalyzeResult,
@@ -47,6 +54,7 @@ from layercut.stages import plots
 from layercut.stages.architectures import IMAGENET_MEAN, IMAGENET_STD, build_model, check_architecture
 from layercut.stages.checkpoint import load_checkpoint, save_checkpoint
 from layercut.stages.curves import adjacent_curve, cut_curve
+from layercut.stages.cut_search import probe_choice
 from layercut.stages.cutpoints import cut_points, describe_cut_points, resolve_cut_point
 from layercut.stages.data import SPLITS, Dataset, dataset_statistics, load_dataset, stratified_sample
 from layercut.stages.devices import resolve_device
@@ -465,16 +473,13 @@ def _analysis_pictures(
         f"{model_name}: SSIM of GBP maps between cut points",
     )
     if analysis.depth_probes is not None:
-        plots.plot_depth_probes(
-            analysis.depth_probes.curve,
-            analysis.curves.cut,
-            names,
-            knee_index=knee.index,
-            threshold=None,
-            base_accuracy=analysis.depth_probes.base_val_accuracy,
-            probe_index=None,
-            path=out_dir / files.DEPTH_PROBES_PNG,
-            title=f"{model_name}: depth probes (linear classifier on pooled features) beside the SSIM cut curve",
+        default = BudgetConfig()
+        depth_probes_picture(
+            analysis,
+            default.threshold(analysis.depth_probes.base_val_accuracy),
+            analysis.depth_probes.base_val_accuracy,
+            out_dir / files.DEPTH_PROBES_PNG,
+            budget_name=f"default budget ({default.max_drop:g} point)",
         )
     rows = min(config.grid_rows, images.shape[0])
     plots.plot_gbp_grid(
@@ -484,6 +489,27 @@ def _analysis_pictures(
         out_dir / "gbp_grid.png",
         f"{model_name}: guided backprop maps across depth",
         knee.index,
+    )
+
+
+def depth_probes_picture(
+    analysis: AnalyzeResult, threshold: float, base_accuracy: float, path: Path, budget_name: str = "budget"
+) -> Path:
+    """The probe curve beside the SSIM cut curve, with the budget band (validation ≥ ``threshold``) and the probe's
+    choice under it: drawn by analyze with the default budget, and again by select and sweep with the user's."""
+    assert analysis.depth_probes is not None, "an analysis with depth probes"
+    curve = analysis.depth_probes.curve
+    return plots.plot_depth_probes(
+        curve,
+        analysis.curves.cut,
+        [point.name for point in analysis.cut_points],
+        knee_index=analysis.knee.index,
+        threshold=threshold,
+        base_accuracy=base_accuracy,
+        probe_index=probe_choice(curve, threshold),
+        path=path,
+        title=f"{analysis.architecture}: depth probes (a linear classifier per cut point) beside the SSIM curve",
+        budget_name=budget_name,
     )
 
 

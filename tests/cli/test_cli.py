@@ -72,6 +72,7 @@ def test_run_writes_checkpoints_analysis_and_pictures(tiny_run) -> None:
         "analysis/depth_probes.png",
         "select/select.json",
         "select/trade_off.png",
+        "select/depth_probes.png",
         "select/model.safetensors",
         "slim/initial.safetensors",
         "slim/truncate.json",

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from layercut.contracts.results import AnalyzeResult, Budget, DepthProbes
 from layercut.report import StageInput, render_report, write_run_report
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -199,11 +200,17 @@ def _digest(data: bytes) -> str:
 def test_images_are_embedded_pngs_of_existing_files(report, tiny_run) -> None:
     """Every picture of the run is in the report, and none twice. Copies count once (the select stage keeps the chosen
     slim model's pictures beside select.json, and the run copies them to slim/); the pictures of each candidate's
-    retraining (select/candidates/…) are summed up by the candidates' table, not shown."""
+    retraining (select/candidates/…) are summed up by the candidates' table, not shown; the analysis' depth-probe
+    picture (drawn with the default budget) gives way to select's (drawn with the run's budget)."""
     _, page = report
     images = _check_images(page, tiny_run)
     shown = [_digest(base64.b64decode(img["src"].split(",", 1)[1])) for img in images]
-    pictures = [p for p in tiny_run.rglob("*.png") if "candidates" not in p.relative_to(tiny_run).parts]
+    superseded = (
+        {tiny_run / "analysis" / "depth_probes.png"} if (tiny_run / "select" / "depth_probes.png").is_file() else set()
+    )
+    pictures = [
+        p for p in tiny_run.rglob("*.png") if "candidates" not in p.relative_to(tiny_run).parts and p not in superseded
+    ]
     assert {_digest(p.read_bytes()) for p in pictures} == set(shown)
     assert len(shown) == len(set(shown))
 
@@ -626,6 +633,7 @@ def _fabricate_choice(run: Path, *, within: bool, sweep: bool) -> dict:
         if file.suffix in (".json", ".png"):
             shutil.copy(file, folder / file.name)
     (folder / "select.json").write_text(select.model_dump_json(indent=2))
+    _budget_probe_picture(probes, analysis, budget, folder / "depth_probes.png", "select's budget")
     plots.plot_trade_off(candidates, budget, rules, folder / "trade_off.png", "auto", chosen=select.cut_point)
     written: dict = {"select": select, "names": names}
     if sweep:
@@ -655,6 +663,7 @@ def _fabricate_choice(run: Path, *, within: bool, sweep: bool) -> dict:
         )
         (run / "sweep").mkdir()
         (run / "sweep" / "sweep.json").write_text(result.model_dump_json(indent=2))
+        _budget_probe_picture(probes, analysis, budget, run / "sweep" / "depth_probes.png", "sweep's budget")
         plots.plot_trade_off(
             swept, budget, rules, run / "sweep" / "trade_off.png", "sweep", base=base, chosen=swept[2].cut_point
         )
@@ -672,6 +681,27 @@ def _fabricate_choice(run: Path, *, within: bool, sweep: bool) -> dict:
     summary = summary.model_copy(update={"cut_point": cut, "rules": rules, "selection": selection, "verdict": verdict})
     (run / "run.json").write_text(summary.model_dump_json(indent=2))
     return written
+
+
+def _budget_probe_picture(probes: DepthProbes, analysis: AnalyzeResult, budget: Budget, path: Path, title: str) -> None:
+    """A depth-probe picture as select and sweep draw it (the budget band and the probe's choice), titled apart."""
+    from layercut.stages import plots
+
+    plots.plot_depth_probes(
+        probes.curve,
+        analysis.curves.cut,
+        [p.name for p in analysis.cut_points],
+        knee_index=analysis.knee.index,
+        threshold=budget.threshold,
+        base_accuracy=budget.base_val_accuracy,
+        probe_index=3,
+        path=path,
+        title=title,
+    )
+
+
+def _embedded(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
 
 
 def _chosen_rows(body: str) -> list[str]:
@@ -692,6 +722,11 @@ def test_cut_choice_within_budget_with_a_sweep(tiny_run, tmp_path) -> None:
     body = _section(page, "choice")
     assert "Is this the right cut?" in page and "from select/" in body
     assert 'data-file="depth_probes.png"' in body and "depth_probes.png" not in _section(page, "ssim")
+    # one depth-probe picture on the page: the one select drew with the run's budget, not the analysis' or sweep's
+    assert page.count('data-file="depth_probes.png"') == 1
+    assert _embedded(run / "select" / "depth_probes.png") in body
+    assert _embedded(run / "analysis" / "depth_probes.png") not in page
+    assert _embedded(run / "sweep" / "depth_probes.png") not in page
     assert body.count('data-file="trade_off.png"') == 2  # the search's chart and the sweep's
     assert '<div class="verdict kept"' in body and select.verdict.replace("'", "&#x27;") in body
     assert not SHORTFALL.search(page)

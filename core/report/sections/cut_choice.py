@@ -27,6 +27,7 @@ from layercut.contracts.results import (
     TruncateResult,
 )
 from layercut.contracts.spec import CutPointRef
+from layercut.report.figures import Figure
 from layercut.report.formats import MISSING, human, integer, ms, pct
 from layercut.report.reading import first, is_number
 from layercut.report.sections import MAX_TABLE_ROWS, pending
@@ -39,7 +40,14 @@ PROBE_FIGURES = [
     (
         DEPTH_PROBES_PNG,
         "Depth probes: validation accuracy of a linear classifier on each cut point's pooled features, beside the "
-        "SSIM cut curve (right axis), with the knee marked",
+        "SSIM cut curve (right axis), with the knee and the probe's choice under the default budget (1 point) marked",
+    )
+]
+BUDGET_PROBE_FIGURES = [
+    (
+        DEPTH_PROBES_PNG,
+        "Depth probes: validation accuracy of a linear classifier on each cut point's pooled features, beside the "
+        "SSIM cut curve (right axis), with this run's budget, the knee and the probe's choice under the budget",
     )
 ]
 SELECT_FIGURES = [
@@ -110,6 +118,15 @@ def followed_stage(by_kind: Mapping[str, Stage]) -> Stage | None:
         analyze = None
     present = [by_kind[kind] for kind in ("select", "sweep") if kind in by_kind]
     return next((stage for stage in present if stage.ready), None) or analyze or next(iter(present), None)
+
+
+def probe_pictures(analyze: Stage | None, *budgeted: Stage | None) -> list[Figure]:
+    """The depth-probe picture: the first drawn with the run's budget (select's, else the sweep's), else the
+    analysis' own (with the default budget); the analysis' copy is claimed either way so that it is not shown
+    twice, nor the sweep's beside select's."""
+    own = analyze.take(PROBE_FIGURES) if analyze is not None and analyze.ready else []
+    drawn = [stage.take(BUDGET_PROBE_FIGURES) for stage in budgeted if stage is not None]
+    return next((pictures for pictures in drawn if pictures), own)
 
 
 def done(stage: Stage | None, model: type[M]) -> M | None:
@@ -366,7 +383,7 @@ def context(by_kind: Mapping[str, Stage], followed: Stage, run: RunSummary | Non
     return {
         "sentence": rules_sentence(analysis, rules, budget, RULE_NAMES.get(decided_by or "", decided_by)),
         "probe_method": probe_facts,
-        "probe_pictures": analyze.take(PROBE_FIGURES) if analyze is not None and analyze.ready else [],
+        "probe_pictures": probe_pictures(analyze, select_stage if select else None, sweep_stage if sweep else None),
         "select": select_context(select_stage, rules) if select is not None else None,
         "select_pending": pending.render(select_stage) if select_stage is not None and select is None else None,
         "sweep": sweep_context(sweep_stage, rules) if sweep is not None else None,
