@@ -19,7 +19,7 @@ from fastapi import APIRouter, HTTPException, Request, Response, status
 from fastapi.responses import RedirectResponse
 
 from layercut.api.schemas.datasets import BuiltinDatasetCreate
-from layercut.contracts.configs import ARCHITECTURE_NAMES, TrainConfig
+from layercut.contracts.configs import ARCHITECTURE_NAMES, SelectConfig, TrainConfig
 from layercut.contracts.jobs import DataParams
 
 router = APIRouter(include_in_schema=False)
@@ -79,6 +79,7 @@ def _config() -> bytes:
             "builtins": list(get_args(BuiltinDatasetCreate.model_fields["builtin"].annotation)),
             "image_size": _schema_range(DataParams, "image_size"),
             "epochs": _schema_range(TrainConfig, "epochs"),
+            "max_drop": _schema_range(SelectConfig, "max_drop"),
         }
     ).encode()
 

@@ -20,7 +20,7 @@ const PIPELINE_LIMIT = 20;
 const JOB_LIMIT = 50;
 const FIELD_LABELS = {
   "data.dataset_id": "dataset", "data.image_size": "image size", "train.epochs": "epochs", arch: "architecture",
-  stop_after: "stop after analyze",
+  stop_after: "stop after analyze", "truncate.cut": "cut", "select.max_drop": "max accuracy drop",
 };
 
 const $ = (id) => document.getElementById(id);
@@ -195,6 +195,17 @@ async function loadConfig() {
   epochs.value = state.config.epochs.default ?? 5;
   if (state.config.epochs.min != null) epochs.min = state.config.epochs.min;
   if (state.config.epochs.max != null) epochs.max = state.config.epochs.max;
+  const drop = $("max-drop");
+  drop.value = state.config.max_drop.default ?? 1;
+  if (state.config.max_drop.min != null) drop.min = state.config.max_drop.min;
+  if (state.config.max_drop.max != null) drop.max = state.config.max_drop.max;
+  $("cut").value = "auto";
+  onCutChange();
+}
+
+function onCutChange() {
+  // The budget only applies to the auto cut; the knee ignores it.
+  $("max-drop").disabled = $("cut").value !== "auto";
 }
 
 // --- sign in / out -----------------------------------------------------------------------------------
@@ -461,6 +472,8 @@ async function onStartPipeline(event) {
     data: { dataset_id: $("dataset").value, image_size: numberValue($("image-size")) },
     arch: $("arch").value,
     train: { epochs: numberValue($("epochs")) },
+    truncate: { cut: $("cut").value },
+    ...($("cut").value === "auto" ? { select: { max_drop: numberValue($("max-drop")) } } : {}),
     stop_after: $("stop-after").checked ? "analyze" : "explain",
   };
   const text = JSON.stringify(body);
@@ -613,7 +626,18 @@ function pipelineTitle(p) {
   if (params.data && params.data.image_size) parts.push(`${params.data.image_size} px`);
   if (params.train && params.train.epochs) parts.push(`${params.train.epochs} epoch${params.train.epochs === 1 ? "" : "s"}`);
   if (params.stop_after === "analyze") parts.push("stops after analyze");
+  else parts.push(cutSummary(params));
   return parts.join(" · ");
+}
+
+function cutSummary(params) {
+  const cut = (params.truncate && params.truncate.cut) || "auto";
+  if (cut === "knee") return "cut at the knee";
+  if (cut !== "auto") return `cut at ${cut}`;
+  const budget = params.select || {};
+  if (budget.min_accuracy != null) return `auto cut, validation ≥ ${budget.min_accuracy}%`;
+  const drop = budget.max_drop ?? 1;
+  return `auto cut, ≤ ${drop} pt${drop === 1 ? "" : "s"} drop`;
 }
 
 function makePipelineCard(p) {
@@ -775,6 +799,7 @@ async function main() {
   $("login-form").addEventListener("submit", onLogin);
   $("pipeline-form").addEventListener("submit", onStartPipeline);
   $("register-form").addEventListener("submit", onRegister);
+  $("cut").addEventListener("change", onCutChange);
   $("sign-out").addEventListener("click", () => signOut("Signed out. The key was removed from this browser."));
   $("refresh").addEventListener("click", () => { state.datasetsAt = 0; refreshNow(); });
   document.addEventListener("visibilitychange", () => { if (!document.hidden && state.key) refreshNow(); else schedule(); });

@@ -208,6 +208,9 @@ def test_pipeline_started_from_the_form_runs_live_and_succeeds(server, browser):
     Select(browser.find_element(By.ID, "arch")).select_by_value("smallcnn")
     set_value(browser.find_element(By.ID, "image-size"), "16")
     set_value(browser.find_element(By.ID, "epochs"), "1")
+    assert Select(browser.find_element(By.ID, "cut")).first_selected_option.get_attribute("value") == "auto"
+    assert browser.find_element(By.ID, "max-drop").get_attribute("value") == "1"  # the API's default budget
+    set_value(browser.find_element(By.ID, "max-drop"), "-2")
     browser.find_element(By.ID, "pipeline-submit").click()
     field_error = wait_for(
         browser,
@@ -215,9 +218,16 @@ def test_pipeline_started_from_the_form_runs_live_and_succeeds(server, browser):
         message="no 422 message next to the image size",
     )
     assert "data.image_size" in field_error.text and "greater than or equal to 32" in field_error.text
+    drop_error = browser.find_element(By.CSS_SELECTOR, '.field[data-field="select.max_drop"] .field-error')
+    assert drop_error.is_displayed() and "select.max_drop" in drop_error.text, "the budget's 422 beside its field"
     assert "data.image_size" in browser.find_element(By.ID, "pipeline-errors").text
     assert httpx.get(f"{base}/v1/pipelines", headers=auth, timeout=10).json()["items"] == []
 
+    # The knee ignores the budget (its field is disabled); back to the auto cut with a budget of 2.5 points.
+    Select(browser.find_element(By.ID, "cut")).select_by_value("knee")
+    assert not browser.find_element(By.ID, "max-drop").is_enabled()
+    Select(browser.find_element(By.ID, "cut")).select_by_value("auto")
+    set_value(browser.find_element(By.ID, "max-drop"), "2.5")
     set_value(browser.find_element(By.ID, "image-size"), "32")
     browser.find_element(By.ID, "pipeline-submit").click()
     wait_for(browser, visible(browser, "#pipeline-ok"), message="no 'started' message")
@@ -229,6 +239,7 @@ def test_pipeline_started_from_the_form_runs_live_and_succeeds(server, browser):
     assert pipeline["params"]["arch"] == "smallcnn" and pipeline["params"]["data"]["image_size"] == 32
     assert pipeline["params"]["train"]["epochs"] == 1 and pipeline["params"]["stop_after"] == "explain"
     assert pipeline["params"]["data"]["dataset_id"] == datasets[0]["id"]
+    assert pipeline["params"]["truncate"]["cut"] == "auto" and pipeline["params"]["select"]["max_drop"] == 2.5
     card_css = f'[data-pipeline-id="{pipeline["id"]}"]'
     wait_for(browser, visible(browser, card_css), message="the pipeline never appeared in the list")
 
@@ -273,6 +284,8 @@ def test_pipeline_started_from_the_form_runs_live_and_succeeds(server, browser):
     ), snapshot["jobs"]
     truth = httpx.get(f"{base}/v1/pipelines/{pipeline['id']}", headers=auth, timeout=10).json()
     assert truth["status"] == "succeeded" and all(s["status"] == "succeeded" for s in truth["steps"])
+    title_text = browser.find_element(By.CSS_SELECTOR, f"{card_css} .p-title").text
+    assert "auto cut, ≤ 2.5 pts drop" in title_text, title_text  # the card names the budget
 
     # The report link is there; it is fetched with the key and shown from a blob: URL in a new tab.
     card = browser.find_element(By.CSS_SELECTOR, card_css)

@@ -101,6 +101,7 @@ def test_ui_config_lists_the_pipeline_form_choices(client):
     assert "textures" in body["builtins"]
     assert body["image_size"] == {"default": 64, "min": 32, "max": 1024}
     assert body["epochs"]["min"] == 1
+    assert body["max_drop"] == {"default": 1.0, "min": 0, "max": 100}  # the budget field: SelectConfig.max_drop
 
 
 def test_ui_needs_no_key_is_cacheable_and_refuses_other_paths(client):
