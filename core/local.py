@@ -62,6 +62,7 @@ from layercut.stages import stages
 from layercut.stages.checkpoint import ModelSpec, load_checkpoint
 from layercut.stages.data import Dataset
 from layercut.stages.explain import explain_stage
+from layercut.stages.preflight import check_run_inputs
 from layercut.stages.progress import SILENT, Reporter
 from layercut.stages.select import link_or_copy, other_rules, select_stage, sweep_stage
 from layercut.stages.stages import (
@@ -424,6 +425,7 @@ def run_pipeline(
     out = Path(out_dir)
     cut = cut or TruncateConfig()
     plan = pipeline_plan(train=True, stop_after="explain", cut=cut_rule(cut.cut), sweep=sweep is not None)
+    check_run_inputs(data, arch, cut, sweep, pretrained)
     dataset = read_data(data, reporter)
     run = RunInProcess(
         data=data,

@@ -6,6 +6,8 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from layercut.contracts.sources import BuiltinDataset
+
 Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
 
@@ -32,7 +34,7 @@ class BuiltinDatasetCreate(BaseModel):
         extra="forbid", json_schema_extra={"examples": [{"kind": "builtin", "builtin": "textures"}]}
     )
     kind: Literal["builtin"]
-    builtin: Literal["textures", "digits", "scenes"]
+    builtin: BuiltinDataset
     name: Name | None = Field(None, description="default: the builtin's name")
 
 

@@ -25,6 +25,7 @@ from layercut.contracts.configs import (
     TrainConfig,
     TruncateConfig,
 )
+from layercut.contracts.sources import source_problem
 
 OPTION_NAMES: defaultdict[tuple[str, str], set[str]] = defaultdict(set)
 """(config model name, field) → the options that fill it, to name the option in a validation error."""
@@ -73,8 +74,24 @@ def option_for(model_name: str, field: str) -> str:
 
 ARCHITECTURES_HELP = "one of " + ", ".join(ARCHITECTURE_NAMES)
 
+
+def known_architecture(name: str) -> str:
+    """--arch checked before anything heavy is imported, so that a typo fails at once."""
+    if name not in ARCHITECTURE_NAMES:
+        raise typer.BadParameter(f"unknown architecture {name!r}; choose {ARCHITECTURES_HELP}")
+    return name
+
+
+def readable_source(source: str) -> str:
+    """--data checked before anything heavy is imported: a known data set or an existing folder."""
+    problem = source_problem(source)
+    if problem is not None:
+        raise typer.BadParameter(problem)
+    return source
+
+
 # Data: where the images come from (run, train).
-DATA_SOURCE = field_option(DataConfig, "source", "--data")
+DATA_SOURCE = field_option(DataConfig, "source", "--data", callback=readable_source)
 IMAGE_SIZE = field_option(DataConfig, "image_size")
 CLASSES = field_option(DataConfig, "classes", more_help="; comma-separated, or a text file with one name per line")
 SEED = typer.Option(
@@ -91,13 +108,14 @@ DATA_ROOT = field_option(DataConfig, "data_root")
 CHECKPOINT_DATA = typer.Option(
     None,
     "--data",
+    callback=lambda source: None if source is None else readable_source(source),
     help="read the images from this source instead of the data the model was trained on; "
     + field_help(DataConfig, "source"),
 )
 record_option("--data", (DataConfig, "source"))
 
 # Training (run, train, retrain).
-ARCH = typer.Option("vgg11", "--arch", help=f"architecture: {ARCHITECTURES_HELP}")
+ARCH = typer.Option("vgg11", "--arch", help=f"architecture: {ARCHITECTURES_HELP}", callback=known_architecture)
 EPOCHS = field_option(TrainConfig, "epochs")
 BATCH_SIZE = field_option(TrainConfig, "batch_size")
 OPTIMIZER = field_option(TrainConfig, "optimizer")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from pydantic import ValidationError
 
 from layercut.cli import options
 from layercut.cli.config_file import CONFIG
@@ -21,6 +22,17 @@ from layercut.contracts.configs import (
     SweepConfig,
     TruncateConfig,
 )
+from layercut.contracts.errors import LayercutError, first_error
+
+
+def sweep_config(cuts: str, max_drop: float, min_accuracy: float | None) -> SweepConfig:
+    """The sweep of ``--sweep CUTS``; a wrong list is named as --sweep (the sweep command calls it --cuts)."""
+    try:
+        return SweepConfig(cuts=cuts, max_drop=max_drop, min_accuracy=min_accuracy)
+    except ValidationError as exc:
+        if any(error["loc"] == ("cuts",) for error in exc.errors()):
+            raise LayercutError(f"--sweep: {first_error(exc).removeprefix('cuts: ')}") from None
+        raise
 
 
 def run(
@@ -78,8 +90,6 @@ def run(
 ) -> None:
     """Run the whole pipeline: train → analyze → cut (by default the smallest slim model within the accuracy
     budget, confirmed by retraining) → compare → explain."""
-    from layercut.local import run_pipeline
-
     data_settings = data_config(data, image_size, seed, classes, skip_unreadable, allow_mixed_sizes, data_root)
     train_settings = train_config(
         epochs,
@@ -101,6 +111,10 @@ def run(
     analyze_settings = AnalyzeConfig(
         probes_per_class=probes_per_class, max_probes=max_probes, gbp_rule=gbp_rule, curve=curve, device=device
     )
+    select_settings = SelectConfig(max_drop=max_drop, min_accuracy=min_accuracy, max_retrains=max_retrains)
+    sweep_settings = sweep_config(sweep, max_drop, min_accuracy) if sweep is not None else None
+    from layercut.local import run_pipeline  # only now: every option above is checked in well under a second
+
     with stage_bars(not quiet) as reporter:
         summary = run_pipeline(
             data_settings,
@@ -110,10 +124,8 @@ def run(
             retrain=train_settings.model_copy(update={"epochs": retrain_epochs or epochs}),
             analyze=analyze_settings,
             cut=TruncateConfig(cut=cut),
-            select=SelectConfig(max_drop=max_drop, min_accuracy=min_accuracy, max_retrains=max_retrains),
-            sweep=(
-                SweepConfig(cuts=sweep, max_drop=max_drop, min_accuracy=min_accuracy) if sweep is not None else None
-            ),
+            select=select_settings,
+            sweep=sweep_settings,
             compare=CompareConfig(device=device),
             explain=explain_settings,
             pretrained=pretrained,

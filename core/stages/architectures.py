@@ -96,25 +96,34 @@ def _replace_last_linear(model: nn.Module, num_classes: int) -> None:
     classifier[-1] = nn.Linear(last.in_features, num_classes)
 
 
+def check_pretrained(arch: str) -> Path:
+    """Where the cached ImageNet weights of ``arch`` are; an error saying where to put them when they are not
+    (layercut never downloads weights)."""
+    check_architecture(arch)
+    if arch == "smallcnn":
+        raise LayercutError("smallcnn has no pretrained weights; drop --pretrained")
+    path = pretrained_weights_path(arch)
+    if not path.is_file():
+        raise MissingResourceError(
+            f"pretrained weights for {arch} are not in the local cache: put {path.name} "
+            f"(from {_TORCHVISION[arch][1].DEFAULT.url}) into {path.parent} (or set TORCH_HOME to a folder whose "
+            f"hub/checkpoints holds it), or train from scratch without --pretrained"
+        )
+    return path
+
+
 def build_model(arch: str, num_classes: int, pretrained: bool = False) -> nn.Module:
     """Build ``arch`` for ``num_classes`` classes, loading cached ImageNet weights if ``pretrained``."""
     check_architecture(arch)
     if num_classes < 2:
         raise LayercutError(f"a classifier needs at least 2 classes, got {num_classes}")
+    if pretrained:
+        path = check_pretrained(arch)
     if arch == "smallcnn":
-        if pretrained:
-            raise LayercutError("smallcnn has no pretrained weights; drop --pretrained")
         return SmallCNN(num_classes)
-    builder, weights_enum = _TORCHVISION[arch]
+    builder, _ = _TORCHVISION[arch]
     if not pretrained:
         return builder(weights=None, num_classes=num_classes)
-    path = pretrained_weights_path(arch)
-    if not path.is_file():
-        raise MissingResourceError(
-            f"pretrained weights for {arch} are not in the local cache: put {path.name} "
-            f"(from {weights_enum.DEFAULT.url}) into {path.parent} (or set TORCH_HOME to a folder whose "
-            f"hub/checkpoints holds it), or train from scratch without --pretrained"
-        )
     model = builder(weights=None)
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     _replace_last_linear(model, num_classes)

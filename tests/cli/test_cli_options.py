@@ -206,3 +206,69 @@ def test_debug_setting_shows_the_error_itself(tmp_path, monkeypatch, capsys) -> 
     monkeypatch.setenv("LAYERCUT_DEBUG", "0")
     code, text = run_main(monkeypatch, capsys, "curve", "--maps", tmp_path / "no-maps")
     assert code == 2 and "no-maps" in text
+
+
+FAST_CHECK = """
+import sys
+from layercut.cli.main import main
+sys.argv = ["layercut", *sys.argv[1:]]
+try:
+    main()
+except SystemExit as exit_info:
+    print("exit", exit_info.code, "torch imported" if "torch" in sys.modules else "torch not imported")
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["run", "--arch", "resnet81"], "unknown architecture 'resnet81'"),
+        (["run", "--data", "no/such/folder"], "neither an existing folder nor a known dataset"),
+        (["train", "--data", "cifar1O"], "neither an existing folder nor a known dataset"),
+        (["run", "--max-drop", "-1"], "--max-drop"),
+        (["run", "--sweep", "every:0"], "--sweep"),
+        (["analyze", "base.safetensors", "--data", "nowhere"], "neither an existing folder nor a known dataset"),
+    ],
+)
+def test_argument_errors_fail_before_torch_is_imported(tmp_path, args, said) -> None:
+    """A wrong architecture, data source or budget is refused before anything heavy is imported (so in well under
+    2 s), with the message that says what to fix, and nothing is written."""
+    done = subprocess.run(
+        [sys.executable, "-c", FAST_CHECK, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert done.stdout.strip().endswith("exit 2 torch not imported"), (done.stdout, done.stderr)
+    assert said in plain(done.stderr), done.stderr
+    assert not list(tmp_path.iterdir()), "nothing written"
+
+
+def test_a_wrong_cut_point_fails_before_the_data_is_read(tmp_path) -> None:
+    """A cut point the architecture does not have is refused before any data is read or model trained, naming the
+    cut points there are, and the run folder is not made."""
+    out = tmp_path / "run"
+    done = layercut_command("run", "--arch", "resnet18", "--cut", "layer9.0", "--out", str(out), "--epochs", "1")
+    assert done.returncode == 2, done.stderr
+    assert "no cut point named 'layer9.0'" in done.stderr and "layer4.1" in done.stderr
+    assert "data" not in done.stderr.split("error:")[0], "the data stage never started"
+    assert not out.exists()
+    done = layercut_command("run", "--arch", "smallcnn", "--sweep", "0,99", "--out", str(out))
+    assert done.returncode == 2 and "cut point index 99 is out of range" in done.stderr, done.stderr
+    assert not out.exists()
+
+
+def test_python_run_checks_its_inputs_before_the_data(tmp_path) -> None:
+    """``lc.run`` and ``run_pipeline`` refuse a cut point the architecture lacks, or missing pretrained weights,
+    before the data stage reports anything."""
+    from layercut.stages.progress import Reporter
+
+    updates: list[str] = []
+    reporter = Reporter(callback=lambda stage, fraction, message: updates.append(stage))
+    with pytest.raises(LayercutError, match="no cut point named 'nope'"):
+        layercut.run(tmp_path / "run", arch="smallcnn", cut="nope", reporter=reporter)
+    with pytest.raises(LayercutError, match="smallcnn has no pretrained weights"):
+        layercut.local.run_pipeline(DataConfig(), "smallcnn", tmp_path / "run", pretrained=True, reporter=reporter)
+    assert updates == [] and not (tmp_path / "run").exists()

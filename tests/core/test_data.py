@@ -421,3 +421,15 @@ def test_no_stage_reads_the_environment() -> None:
         if "os.environ" in path.read_text() or "getenv" in path.read_text()
     ]
     assert readers == []
+
+
+def test_the_torch_free_catalog_names_every_dataset_the_loaders_read() -> None:
+    """The command line and the API check a source against ``layercut.contracts.sources`` without importing torch:
+    its names are exactly the ones the loaders read."""
+    from layercut.contracts.sources import BUILTIN_DATASETS, TORCHVISION_DATASET_NAMES, dataset_key
+    from layercut.stages.data import BUILTIN_DATASETS as LOADED_BUILTINS
+    from layercut.stages.data import TORCHVISION_DATASETS
+
+    assert tuple(TORCHVISION_DATASETS) == TORCHVISION_DATASET_NAMES
+    assert LOADED_BUILTINS == BUILTIN_DATASETS == ("textures", "digits", "scenes")
+    assert dataset_key("Fashion-MNIST") == "fashionmnist" and dataset_key("./digits") == ""

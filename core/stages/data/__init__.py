@@ -13,7 +13,7 @@ resizing images), ``splitting`` (seeded, stratified splits and samples), ``types
 
 from __future__ import annotations
 
-from layercut.stages.data.builtin import BUILTIN_DATASETS
+from layercut.contracts.sources import BUILTIN_DATASETS
 from layercut.stages.data.sources import load_dataset
 from layercut.stages.data.splitting import stratified_sample
 from layercut.stages.data.torchvision_sets import TORCHVISION_DATASETS

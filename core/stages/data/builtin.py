@@ -18,8 +18,6 @@ from layercut.stages.data.textures import make_textures
 from layercut.stages.data.types import SPLITS, STAGE, Dataset, Split, finish_dataset
 from layercut.stages.progress import Reporter
 
-BUILTIN_DATASETS: tuple[str, ...] = ("textures", "digits", "scenes")
-
 
 def load_textures(image_size: int, seed: int, classes: list[str] | None, reporter: Reporter) -> Dataset:
     """The ``textures`` set: patches from disjoint row bands of three photographs (see ``textures.py``)."""

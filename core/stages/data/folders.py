@@ -18,7 +18,7 @@ import torch
 from layercut.contracts import layout
 from layercut.contracts.errors import DataError
 from layercut.contracts.layout import IMAGE_EXTENSIONS, SPLIT_FOLDER_NAMES
-from layercut.stages.data.catalog import source_help
+from layercut.contracts.sources import source_help
 from layercut.stages.data.decoding import GRAYSCALE_MODES, decode_splits, read_headers, unreadable_message
 from layercut.stages.data.splitting import assign_splits
 from layercut.stages.data.types import SPLITS, STAGE, Dataset, Split, finish_dataset

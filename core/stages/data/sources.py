@@ -8,9 +8,9 @@ from collections import Counter
 from pathlib import Path
 
 from layercut.contracts.errors import DataError, LayercutError
+from layercut.contracts.sources import dataset_key, source_problem
 from layercut.stages.architectures import check_image_size
 from layercut.stages.data.builtin import load_digits, load_scenes, load_textures
-from layercut.stages.data.catalog import dataset_key, source_help
 from layercut.stages.data.folders import load_folder
 from layercut.stages.data.torchvision_sets import TORCHVISION_DATASETS, load_torchvision
 from layercut.stages.data.types import SPLITS, STAGE, Dataset
@@ -50,15 +50,11 @@ def load_dataset(
     elif key in TORCHVISION_DATASETS:
         dataset = load_torchvision(key, image_size, seed, val_fraction, classes, data_root, allow_download, reporter)
     else:
-        root = Path(source).expanduser()
-        if not root.exists():
-            raise DataError(
-                f"dataset source {source!r} is neither an existing folder nor a known dataset. {source_help()}"
-            )
-        if not root.is_dir():
-            raise DataError(f"dataset source {source!r} is a file, not a folder. {source_help()}")
+        problem = source_problem(source)
+        if problem is not None:
+            raise DataError(problem)
         dataset = load_folder(
-            root.resolve(),
+            Path(source).expanduser().resolve(),
             image_size,
             seed,
             val_fraction,

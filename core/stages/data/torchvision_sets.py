@@ -16,8 +16,8 @@ import torch
 from torchvision import datasets as tv_datasets
 
 from layercut.contracts.errors import LayercutError, MissingResourceError
+from layercut.contracts.sources import BUILTIN_DATASETS
 from layercut.stages.data.arrays import assemble, select_classes
-from layercut.stages.data.builtin import BUILTIN_DATASETS
 from layercut.stages.data.splitting import stratified_carve
 from layercut.stages.data.types import STAGE, Dataset
 from layercut.stages.progress import Reporter
