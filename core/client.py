@@ -35,6 +35,16 @@ FINAL_STATUSES = ("succeeded", "failed", "cancelled")
 RETRY_STATUSES = (429, 500, 502, 503, 504)
 
 
+def progress_signature(record: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What a job's or a pipeline's record shows of its progress: status, stage and percent, of every step too."""
+
+    def of(item: Mapping[str, Any]) -> tuple[Any, ...]:
+        return (item.get("status"), item.get("stage"), item.get("percent"))
+
+    steps = record.get("steps") or []
+    return (of(record), *(of(step) for step in steps if isinstance(step, Mapping)))
+
+
 class LayercutError(Exception):
     """Base class of the client's errors."""
 
@@ -331,7 +341,11 @@ class LayercutClient:
         on_update: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
         """Poll a job or a pipeline (``kind`` "job" | "pipeline"; by default a job, then a pipeline if no
-        job has that id) until it ends, with exponential backoff from ``poll`` to ``poll_cap`` seconds.
+        job has that id) until it ends, with exponential backoff from ``poll`` to ``poll_cap`` seconds (back to
+        ``poll`` whenever something moved).
+
+        ``on_update`` gets the record whenever what it shows changes: the status, the stage or the percent of the
+        job, or of any step of the pipeline.
 
         Returns the final record when it succeeded; raises JobFailed when it failed or was cancelled
         (unless ``raise_on_failure`` is False) and WaitTimeout after ``timeout`` seconds.
@@ -348,11 +362,15 @@ class LayercutClient:
         fetch = self.get_job if kind == "job" else self.get_pipeline
         deadline = self._clock() + timeout
         delays = backoff_delays(poll, 1.6, poll_cap, jitter=0.1)
-        last_status = None
+        shown: tuple[Any, ...] | None = None
         while True:
-            if on_update and record.get("status") != last_status:
-                on_update(record)
-            last_status = record.get("status")
+            now_shown = progress_signature(record)
+            if now_shown != shown:
+                if on_update:
+                    on_update(record)
+                if shown is not None:
+                    delays = backoff_delays(poll, 1.6, poll_cap, jitter=0.1)  # it moves: look again soon
+                shown = now_shown
             if record.get("status") in FINAL_STATUSES:
                 if record["status"] != "succeeded" and raise_on_failure:
                     raise JobFailed(record, kind)

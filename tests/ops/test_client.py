@@ -152,6 +152,42 @@ def test_wait_backs_off_with_a_cap_and_stops_at_success():
     assert clock.sleeps[-1] >= 4.0 * 0.9
 
 
+def test_wait_reports_every_step_and_percent_change_and_polls_sooner_when_it_moves():
+    """``on_update`` fires when the pipeline's status, or any step's status, stage or percent changes (not only
+    when the overall status does), once per change; after a change the polling starts again from ``poll``."""
+
+    def pipeline(status, *steps):
+        return {"id": "p1", "status": status, "steps": [dict(zip(("status", "stage", "percent"), s)) for s in steps]}
+
+    records = iter(
+        [
+            pipeline("running", ("running", "train", 10.0), ("queued", None, 0.0)),
+            pipeline("running", ("running", "train", 10.0), ("queued", None, 0.0)),  # nothing moved
+            pipeline("running", ("running", "train", 10.0), ("queued", None, 0.0)),  # nothing moved
+            pipeline("running", ("running", "train", 55.0), ("queued", None, 0.0)),  # percent
+            pipeline("running", ("succeeded", "train", 100.0), ("running", "analyze", 0.0)),  # next step
+            pipeline("running", ("succeeded", "train", 100.0), ("running", "depth probes", 80.0)),  # stage
+            pipeline("succeeded", ("succeeded", "train", 100.0), ("succeeded", "depth probes", 100.0)),
+        ]
+    )
+
+    def handler(request):
+        return httpx.Response(200, json=next(records))
+
+    seen = []
+    clock = FakeClock()
+    make_client(handler, clock).wait("p1", kind="pipeline", poll=1.0, poll_cap=8.0, on_update=seen.append)
+    assert [[(s["stage"], s["percent"]) for s in r["steps"]] for r in seen] == [
+        [("train", 10.0), (None, 0.0)],
+        [("train", 55.0), (None, 0.0)],
+        [("train", 100.0), ("analyze", 0.0)],
+        [("train", 100.0), ("depth probes", 80.0)],
+        [("train", 100.0), ("depth probes", 100.0)],
+    ]
+    assert clock.sleeps[1] > clock.sleeps[0] * 1.3 and clock.sleeps[2] > clock.sleeps[1]  # backing off while idle
+    assert clock.sleeps[3] < clock.sleeps[2] / 1.3  # moved: sooner again
+
+
 @pytest.mark.parametrize("final", ["failed", "cancelled"])
 def test_wait_raises_on_failed_or_cancelled(final):
     states = iter(["running", final])
