@@ -56,6 +56,7 @@ from layercut.contracts.results import (
     TrainResult,
     TruncateResult,
 )
+from layercut.progress_display import shown
 from layercut.report import write_run_report
 from layercut.settings import Settings
 from layercut.stages import stages
@@ -118,16 +119,25 @@ def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[nn.Module, 
     return load_checkpoint(checkpoint, device)
 
 
-def load_data(source: str = "textures", image_size: int = 64, **options) -> Dataset:
+def load_data(
+    source: str = "textures", image_size: int = 64, reporter: Reporter | None = None, progress: bool = True, **options
+) -> Dataset:
     """Decode a dataset once (options: the fields of ``DataConfig``, e.g. seed, classes)."""
     config = DataConfig(source=source, image_size=image_size, **options)
-    dataset = read_data(config)
+    with shown(reporter, progress) as reporter:
+        dataset = read_data(config, reporter)
     dataset.info["data_config"] = config.model_dump()  # so train() records exactly how it was loaded
     return dataset
 
 
 def train(
-    dataset: Dataset, arch: str, out_dir: str | Path, pretrained: bool = False, reporter: Reporter = SILENT, **options
+    dataset: Dataset,
+    arch: str,
+    out_dir: str | Path,
+    pretrained: bool = False,
+    reporter: Reporter | None = None,
+    progress: bool = True,
+    **options,
 ) -> TrainResult:
     """Train a base model (options: the fields of ``TrainConfig``, e.g. epochs, lr)."""
     data_config = (
@@ -135,14 +145,23 @@ def train(
         if "data_config" in dataset.info
         else DataConfig(source=str(dataset.info.get("source", "custom")), image_size=dataset.image_size)
     )
-    return stages.train_stage(dataset, data_config, arch, TrainConfig(**options), out_dir, pretrained, reporter)
+    config = TrainConfig(**options)
+    with shown(reporter, progress) as reporter:
+        return stages.train_stage(dataset, data_config, arch, config, out_dir, pretrained, reporter)
 
 
 def analyze(
-    checkpoint: str | Path, dataset: Dataset, out_dir: str | Path, reporter: Reporter = SILENT, **options
+    checkpoint: str | Path,
+    dataset: Dataset,
+    out_dir: str | Path,
+    reporter: Reporter | None = None,
+    progress: bool = True,
+    **options,
 ) -> AnalyzeResult:
-    """GBP maps, SSIM matrix, curves and knee (options: the fields of ``AnalyzeConfig``)."""
-    return stages.analyze_stage(checkpoint, dataset, AnalyzeConfig(**options), out_dir, reporter)
+    """GBP maps, SSIM matrix, curves, knee and depth probes (options: the fields of ``AnalyzeConfig``)."""
+    config = AnalyzeConfig(**options)
+    with shown(reporter, progress) as reporter:
+        return stages.analyze_stage(checkpoint, dataset, config, out_dir, reporter)
 
 
 def truncate(
@@ -161,11 +180,14 @@ def retrain(
     dataset: Dataset,
     out_dir: str | Path,
     from_scratch: bool = False,
-    reporter: Reporter = SILENT,
+    reporter: Reporter | None = None,
+    progress: bool = True,
     **options,
 ) -> RetrainResult:
     """Fine-tune (or train from scratch) a slim model (options: the fields of ``TrainConfig``)."""
-    return stages.retrain_stage(checkpoint, dataset, TrainConfig(**options), out_dir, from_scratch, reporter)
+    config = TrainConfig(**options)
+    with shown(reporter, progress) as reporter:
+        return stages.retrain_stage(checkpoint, dataset, config, out_dir, from_scratch, reporter)
 
 
 def select(
@@ -178,16 +200,17 @@ def select(
     max_retrains: int = 6,
     dropout: float = 0.2,
     from_scratch: bool = False,
-    reporter: Reporter = SILENT,
+    reporter: Reporter | None = None,
+    progress: bool = True,
     **options,
 ) -> SelectResult:
     """The auto cut: the smallest slim model of ``checkpoint`` whose validation accuracy after retraining is within
     ``max_drop`` points of the base (or at least ``min_accuracy`` percent), found from the depth probes and the knee
     of ``analysis`` (its analysis.json) and confirmed by retraining (options: the fields of ``TrainConfig``)."""
     config = SelectConfig(max_drop=max_drop, min_accuracy=min_accuracy, max_retrains=max_retrains)
-    return select_stage(
-        checkpoint, dataset, analysis, config, TrainConfig(**options), out_dir, dropout, from_scratch, reporter
-    )
+    retrain = TrainConfig(**options)
+    with shown(reporter, progress) as reporter:
+        return select_stage(checkpoint, dataset, analysis, config, retrain, out_dir, dropout, from_scratch, reporter)
 
 
 def sweep(
@@ -200,20 +223,31 @@ def sweep(
     min_accuracy: float | None = None,
     dropout: float = 0.2,
     from_scratch: bool = False,
-    reporter: Reporter = SILENT,
+    reporter: Reporter | None = None,
+    progress: bool = True,
     **options,
 ) -> SweepResult:
     """A slim model retrained at each cut point ``cuts`` names (all, every:K, or "3,5,layer3.1"), with the same
     training (options: the fields of ``TrainConfig``); sweep.json and the trade-off chart."""
     config = SweepConfig(cuts=cuts, max_drop=max_drop, min_accuracy=min_accuracy, dropout=dropout)
-    return sweep_stage(checkpoint, dataset, config, TrainConfig(**options), out_dir, analysis, from_scratch, reporter)
+    retrain = TrainConfig(**options)
+    with shown(reporter, progress) as reporter:
+        return sweep_stage(checkpoint, dataset, config, retrain, out_dir, analysis, from_scratch, reporter)
 
 
 def compare(
-    base: str | Path, slim: str | Path, dataset: Dataset, out_dir: str | Path, reporter: Reporter = SILENT, **options
+    base: str | Path,
+    slim: str | Path,
+    dataset: Dataset,
+    out_dir: str | Path,
+    reporter: Reporter | None = None,
+    progress: bool = True,
+    **options,
 ) -> CompareResult:
     """Accuracy, F1, parameters, MACs, size and latency of two models (options: ``CompareConfig``)."""
-    return stages.compare_stage(base, slim, dataset, CompareConfig(**options), out_dir, reporter)
+    config = CompareConfig(**options)
+    with shown(reporter, progress) as reporter:
+        return stages.compare_stage(base, slim, dataset, config, out_dir, reporter)
 
 
 def explain(
@@ -221,12 +255,15 @@ def explain(
     dataset: Dataset,
     out_dir: str | Path,
     compare_with: str | Path | None = None,
-    reporter: Reporter = SILENT,
+    reporter: Reporter | None = None,
+    progress: bool = True,
     **options,
 ) -> ExplainResult:
     """CAMs, guided backprop, saliency, feature maps and receptive fields of test images, a second model
     (``compare_with``) beside it on the same images (options: the fields of ``ExplainConfig``)."""
-    return explain_stage(checkpoint, dataset, ExplainConfig(**options), out_dir, reporter, compare_with)
+    config = ExplainConfig(**options)
+    with shown(reporter, progress) as reporter:
+        return explain_stage(checkpoint, dataset, config, out_dir, reporter, compare_with)
 
 
 def run(
@@ -238,11 +275,13 @@ def run(
     cut: str | int = "auto",
     max_drop: float = 1.0,
     min_accuracy: float | None = None,
-    reporter: Reporter = SILENT,
+    reporter: Reporter | None = None,
+    progress: bool = True,
 ) -> RunSummary:
     """The whole pipeline with default settings, cut by ``cut`` (auto: the smallest slim model within ``max_drop``
     points of the base's validation accuracy, or ``min_accuracy`` percent; knee; or a cut point); returns the
-    summary also written to run.json."""
+    summary also written to run.json. Progress shows as bars (notebook, terminal) or lines (a log) unless
+    ``progress`` is False or a ``reporter`` is given."""
     return run_pipeline(
         DataConfig(source=source, image_size=image_size),
         arch,
@@ -251,6 +290,7 @@ def run(
         cut=TruncateConfig(cut=str(cut)),
         select=SelectConfig(max_drop=max_drop, min_accuracy=min_accuracy),
         reporter=reporter,
+        progress=progress,
     )
 
 
@@ -416,43 +456,46 @@ def run_pipeline(
     explain: ExplainConfig | None = None,
     pretrained: bool = False,
     retrain_from_scratch: bool = False,
-    reporter: Reporter = SILENT,
+    reporter: Reporter | None = None,
     select: SelectConfig | None = None,
     sweep: SweepConfig | None = None,
+    progress: bool = True,
 ) -> RunSummary:
     """Run the pipeline's plan into ``out_dir`` (base/, analysis/, select/ under the auto cut, slim/, sweep/ when
-    asked, compare/, explain/), write run.json and report.html, and return run.json's summary."""
+    asked, compare/, explain/), write run.json and report.html, and return run.json's summary. Every input that
+    can be checked without data is checked first; progress shows as with ``run``."""
     out = Path(out_dir)
     cut = cut or TruncateConfig()
     plan = pipeline_plan(train=True, stop_after="explain", cut=cut_rule(cut.cut), sweep=sweep is not None)
     check_run_inputs(data, arch, cut, sweep, pretrained)
-    dataset = read_data(data, reporter)
-    run = RunInProcess(
-        data=data,
-        arch=arch,
-        out=out,
-        dataset=dataset,
-        train=train or TrainConfig(),
-        retrain=retrain or train or TrainConfig(),
-        analyze=analyze or AnalyzeConfig(),
-        cut=cut,
-        select=select or SelectConfig(),
-        sweep=sweep,
-        compare=compare or CompareConfig(),
-        explain=explain or ExplainConfig(),
-        pretrained=pretrained,
-        retrain_from_scratch=retrain_from_scratch,
-        reporter=reporter,
-    )
-    for step in plan.steps:
-        run.results[step.kind] = STEP_RUNNERS[step.kind](run, step)
+    with shown(reporter, progress) as reporter:
+        dataset = read_data(data, reporter)
+        run = RunInProcess(
+            data=data,
+            arch=arch,
+            out=out,
+            dataset=dataset,
+            train=train or TrainConfig(),
+            retrain=retrain or train or TrainConfig(),
+            analyze=analyze or AnalyzeConfig(),
+            cut=cut,
+            select=select or SelectConfig(),
+            sweep=sweep,
+            compare=compare or CompareConfig(),
+            explain=explain or ExplainConfig(),
+            pretrained=pretrained,
+            retrain_from_scratch=retrain_from_scratch,
+            reporter=reporter,
+        )
+        for step in plan.steps:
+            run.results[step.kind] = STEP_RUNNERS[step.kind](run, step)
 
-    summary = _run_summary(run)
-    write_result(out / files.RUN_JSON, summary)
-    reporter.update("report", 0.0, f"writing {files.REPORT_HTML}")
-    write_run_report(out)
-    reporter.update("report", 1.0, f"{files.REPORT_HTML} written")
-    return summary
+        summary = _run_summary(run)
+        write_result(out / files.RUN_JSON, summary)
+        reporter.update("report", 0.0, f"writing {files.REPORT_HTML}")
+        write_run_report(out)
+        reporter.update("report", 1.0, f"{files.REPORT_HTML} written")
+        return summary
 
 
 def _run_summary(run: RunInProcess) -> RunSummary:

@@ -113,9 +113,11 @@ def run(
     )
     select_settings = SelectConfig(max_drop=max_drop, min_accuracy=min_accuracy, max_retrains=max_retrains)
     sweep_settings = sweep_config(sweep, max_drop, min_accuracy) if sweep is not None else None
-    from layercut.local import run_pipeline  # only now: every option above is checked in well under a second
-
     with stage_bars(not quiet) as reporter:
+        reporter.update("start", 0.0, "loading torch and the stages")
+        from layercut.local import run_pipeline  # only now: every option above is checked in well under a second
+
+        reporter.update("start", 1.0, "checking the architecture and the cut")
         summary = run_pipeline(
             data_settings,
             arch,

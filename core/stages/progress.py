@@ -7,9 +7,11 @@ cancellation check says so, which makes every progress update a cancellation poi
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TextIO
 
 from layercut.contracts.errors import Cancelled
 
@@ -43,3 +45,89 @@ class Reporter:
 
 
 SILENT = Reporter()
+
+
+def _duration(seconds: float) -> str:
+    """'42s', '3m05s', '1h02m'."""
+    seconds = max(int(round(seconds)), 0)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class PlainLines:
+    """Progress as plain lines for a log file or CI, where bars would only be dumped at the end: a line when a
+    stage starts, then at most one every ``every`` seconds (stage, percent, elapsed, ETA, message), and while a
+    stage says nothing, the last line again after ``heartbeat`` seconds, so the output is never silent for longer.
+
+    A callback for ``Reporter``; use it as a context manager (``with PlainLines(sys.stderr) as lines:``) so that
+    the heartbeat thread runs and a last line closes the stage.
+    """
+
+    def __init__(
+        self,
+        stream: TextIO,
+        every: float = 5.0,
+        heartbeat: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.stream, self.every, self.heartbeat, self.clock = stream, every, heartbeat, clock
+        self.started = clock()
+        self.stage: str | None = None
+        self.stage_started = self.started
+        self.fraction, self.message = 0.0, ""
+        self.last_line = float("-inf")
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def __call__(self, stage: str, fraction: float, message: str) -> None:
+        with self.lock:
+            now = self.clock()
+            new_stage = stage != self.stage
+            if new_stage and self.stage is not None and self.fraction < 1.0:
+                self.fraction = 1.0  # a new stage means the earlier one is done
+                self._write(now, "done")
+            if new_stage:
+                self.stage, self.stage_started = stage, now
+            finished = fraction >= 1.0 and self.fraction < 1.0
+            self.fraction, self.message = fraction, message
+            if new_stage or finished or now - self.last_line >= self.every:
+                self._write(now)
+
+    def _write(self, now: float, note: str = "") -> None:
+        elapsed = now - self.stage_started
+        eta = ""
+        if 0.02 <= self.fraction < 1.0 and elapsed > 0:
+            eta = f"  ETA {_duration(elapsed * (1 - self.fraction) / self.fraction)}"
+        text = note or self.message
+        line = f"[{_duration(now - self.started):>6}] {self.stage:<12} {100 * self.fraction:5.1f}%{eta}  {text}"
+        try:
+            self.stream.write(line.rstrip() + "\n")
+            self.stream.flush()
+        except (OSError, ValueError):  # a closed or broken stream never stops the work
+            pass
+        self.last_line = now
+
+    def _beat(self) -> None:
+        while not self.stopped.wait(min(1.0, self.heartbeat / 4)):
+            with self.lock:
+                now = self.clock()
+                if self.stage is not None and now - self.last_line >= self.heartbeat:
+                    self._write(now, (self.message + " " if self.message else "") + "(still working)")
+
+    def __enter__(self) -> PlainLines:
+        self.thread = threading.Thread(target=self._beat, name="layercut-progress-lines", daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stopped.set()
+        if self.thread is not None:
+            self.thread.join(timeout=2)
+        with self.lock:
+            if self.stage is not None and self.fraction < 1.0 and exc_info[0] is None:
+                self.fraction = 1.0
+                self._write(self.clock(), "done")

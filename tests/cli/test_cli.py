@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,12 +38,71 @@ def assert_clean_error(result: subprocess.CompletedProcess, *fragments: str) -> 
         assert fragment in message, f"{fragment!r} not in {message!r}"
 
 
+@dataclass
+class LoggedRun:
+    """A run whose stderr went to a file, as in a log or CI: each line with the seconds after the start at which
+    it appeared in the file."""
+
+    lines: list[tuple[float, str]]
+    seconds: float
+
+
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> tuple[Path, dict]:
+def logged_run(tmp_path_factory) -> tuple[Path, dict, LoggedRun]:
+    """`layercut run` on the tiny model with progress on (no --quiet) and stderr redirected to a file."""
     out = tmp_path_factory.mktemp("run")
-    result = layercut("run", "--data", "textures", *TINY, "--out", out, "--json")
-    assert result.returncode == 0, result.stderr
-    return out, json.loads(result.stdout)
+    log_path = out.parent / f"{out.name}.stderr.log"
+    tiny = [arg for arg in TINY if arg != "--quiet"]
+    started = time.monotonic()
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "layercut.cli.main", "run", "--data", "textures", *tiny, "--out", out, "--json"],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
+        stdout_chunks: list[str] = []
+        reader = threading.Thread(target=lambda: stdout_chunks.append(process.stdout.read()), daemon=True)
+        reader.start()
+        lines: list[tuple[float, str]] = []
+        seen = ""
+        while True:
+            finished = process.poll() is not None
+            text = log_path.read_text()
+            complete = text[: text.rfind("\n") + 1]
+            for line in complete[len(seen) :].splitlines():
+                lines.append((time.monotonic() - started, line))
+            seen = complete
+            if finished:
+                break
+            assert time.monotonic() - started < 600, "the tiny run took more than 10 minutes"
+            time.sleep(0.1)
+        reader.join(timeout=10)
+    assert process.returncode == 0, log_path.read_text()
+    return out, json.loads("".join(stdout_chunks)), LoggedRun(lines, time.monotonic() - started)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(logged_run) -> tuple[Path, dict]:
+    out, summary, _ = logged_run
+    return out, summary
+
+
+def test_progress_in_a_log_file_is_plain_lines_never_silent_for_10_s(logged_run) -> None:
+    """With stderr redirected to a file, progress arrives as plain lines while the run runs: the first within 10 s
+    of the start, then never 10 s without one, each whole (no bar characters, carriage returns or colour codes),
+    every stage named."""
+    _, _, logged = logged_run
+    assert logged.lines, "no progress at all"
+    times = [0.0] + [at for at, _ in logged.lines]
+    gaps = [later - earlier for earlier, later in zip(times, times[1:])]
+    assert logged.lines[0][0] < 10, f"first line after {logged.lines[0][0]:.1f} s"
+    assert max(gaps) < 10, f"silent for {max(gaps):.1f} s: {logged.lines}"
+    text = "\n".join(line for _, line in logged.lines)
+    assert "\r" not in text and "\x1b" not in text and "━" not in text
+    for stage in ("start", "data", "train", "analyze", "select", "compare", "explain", "report"):
+        assert re.search(rf"\] {stage}\s+\d+\.\d%", text), f"no line for {stage}: {text}"
+    assert any("ETA" in line for _, line in logged.lines)
 
 
 def test_run_json_has_every_field(tiny_run) -> None:
