@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-OUT ?= layercut-data/demo
+OUT ?= layercut-demo
 
 .PHONY: setup demo test lint bench browser clean
 
@@ -43,4 +43,4 @@ bench: setup
 	$(PY) bench/train.py
 
 clean:
-	rm -rf $(VENV) layercut-data .pytest_cache build
+	rm -rf $(VENV) layercut-demo layercut-run .pytest_cache build

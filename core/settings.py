@@ -1,7 +1,9 @@
 """The one settings class, read from LAYERCUT_* environment variables (pydantic-settings).
 
-With no database or broker configured, layercut runs embedded: SQLite under ./layercut-data and
-jobs executed in-process. Point LAYERCUT_DATABASE_URL at Postgres and LAYERCUT_BROKER_URL at Redis
+With no database or broker configured, layercut runs embedded: SQLite in the user's data directory
+(``LAYERCUT_DATA_DIR``, else the platform's per-user folder, e.g. ~/.local/share/layercut — never the current
+directory, so that ``layercut serve`` and ``layercut keys`` agree wherever they are run) and jobs executed
+in-process. Point LAYERCUT_DATABASE_URL at Postgres and LAYERCUT_BROKER_URL at Redis
 for the service.
 """
 
@@ -14,10 +16,22 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+def default_data_dir() -> Path:
+    """The per-user data folder of layercut (platformdirs: ~/.local/share/layercut on Linux, ~/Library/Application
+    Support/layercut on macOS, %LOCALAPPDATA%\\layercut on Windows)."""
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("layercut", appauthor=False))
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LAYERCUT_", env_file=None, extra="ignore")
 
-    data_dir: Path = Field(Path("layercut-data"), description="base folder for the embedded database and artifacts")
+    data_dir: Path = Field(
+        default_factory=lambda: default_data_dir(),
+        description="base folder for the embedded database and artifacts; default: the per-user data folder "
+        "(~/.local/share/layercut on Linux)",
+    )
     database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite file in data_dir")
     broker_url: str | None = Field(None, description="Celery broker (redis://…); unset: jobs run in-process")
     artifact_root: Path | None = Field(None, description="shared artifact volume; default: data_dir/artifacts")
@@ -66,11 +80,11 @@ class Settings(BaseSettings):
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
-        return f"sqlite:///{(self.data_dir / 'layercut.db').resolve()}"
+        return f"sqlite:///{(self.data_dir.expanduser() / 'layercut.db').resolve()}"
 
     @property
     def resolved_artifact_root(self) -> Path:
-        return (self.artifact_root or self.data_dir / "artifacts").resolve()
+        return (self.artifact_root or self.data_dir / "artifacts").expanduser().resolve()
 
     @property
     def resolved_data_root(self) -> Path:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# The tests never read or write the user's own data directory (~/.local/share/layercut).
+os.environ["LAYERCUT_DATA_DIR"] = tempfile.mkdtemp(prefix="layercut-tests-")
 
 from layercut.testing import services
 

@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from layercut.cli.database import fail_on_database_error, open_session
+from layercut.cli.database import fail_on_database_error, open_session, safe_url
 from layercut.cli.output import err_console, fail, out_console
 from layercut.settings import Settings
 
@@ -23,6 +23,13 @@ keys_app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def where(settings: Settings) -> str:
+    """The database the keys live in, as a server started with the same environment uses it."""
+    return f"the database {safe_url(settings.resolved_database_url)}" + (
+        "" if settings.database_url else " (set LAYERCUT_DATA_DIR to use another)"
+    )
 
 
 @keys_app.command("create")
@@ -58,7 +65,8 @@ def keys_create(
         sys.stdout.write(json.dumps(created) + "\n")
         return
     err_console.print(
-        f"API key for tenant [bold]{row.tenant}[/] (prefix {row.prefix}); store it now, it is not shown again:",
+        f"API key for tenant [bold]{row.tenant}[/] (prefix {row.prefix}) in {where(settings)}; store it now, it is "
+        "not shown again:",
         highlight=False,
         soft_wrap=True,
     )
@@ -106,7 +114,11 @@ def keys_list(
         sys.stdout.write(json.dumps(listed, indent=2) + "\n")
         return
     if not rows:
-        err_console.print("no keys" + (f" for tenant {tenant}" if tenant else ""), highlight=False)
+        err_console.print(
+            "no keys" + (f" for tenant {tenant}" if tenant else "") + f" in {where(settings)}",
+            highlight=False,
+            soft_wrap=True,
+        )
         return
     table = Table(title=f"{len(rows)} API key(s)")
     for column in ("prefix", "tenant", "name", "created", "revoked"):

@@ -38,7 +38,7 @@ def sweep_config(cuts: str, max_drop: float, min_accuracy: float | None) -> Swee
 def run(
     config_file: Optional[Path] = CONFIG,
     out: Path = typer.Option(
-        Path("layercut-data/run"),
+        Path("layercut-run"),
         "--out",
         help="output folder (base/, analysis/, select/, slim/, compare/, explain/, run.json, report.html)",
     ),

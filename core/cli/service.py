@@ -44,7 +44,7 @@ def describe_mode(settings: Settings) -> list[str]:
             "a time (others wait queued), SQLite (one machine, one API process, no concurrent writers), "
             "no GPU scheduling; a job running when the process stops is re-run or failed on the next "
             "start. For more, set LAYERCUT_DATABASE_URL (Postgres) and LAYERCUT_BROKER_URL (Redis) and "
-            "run `celery -A worker.app worker -Q gpu,cpu` — or `docker compose up`."
+            "run `celery -A layercut.worker.app worker -Q gpu,cpu` — or `docker compose up`."
         )
     elif settings.embedded:
         lines.append(
@@ -58,7 +58,7 @@ def describe_mode(settings: Settings) -> list[str]:
         lines.append(
             f"mode: service — database {db}, broker {safe_url(settings.broker_url or '')}, artifacts in "
             f"{settings.resolved_artifact_root}; jobs run on Celery workers "
-            "(`celery -A worker.app worker -Q gpu,cpu`), none run in this process"
+            "(`celery -A layercut.worker.app worker -Q gpu,cpu`), none run in this process"
         )
     return lines
 
@@ -93,7 +93,8 @@ def serve(
         False, "--no-migrate", help="embedded mode: do not create/upgrade the SQLite database"
     ),
 ) -> None:
-    """Run the HTTP API. With no LAYERCUT_DATABASE_URL / LAYERCUT_BROKER_URL: embedded (SQLite under ./layercut-data, jobs run in-process)."""
+    """Run the HTTP API. With no LAYERCUT_DATABASE_URL / LAYERCUT_BROKER_URL: embedded (SQLite in the data directory,
+    LAYERCUT_DATA_DIR or ~/.local/share/layercut; jobs run in-process)."""
     settings = Settings()
     embedded_db = not settings.database_url
     if workers < 1:

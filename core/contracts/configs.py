@@ -62,7 +62,7 @@ class DataConfig(_Config):
     data_root: str | None = Field(
         None,
         description="where torchvision datasets (cifar10 …) are stored; default: $LAYERCUT_DATA_ROOT, else "
-        "datasets/ in $LAYERCUT_DATA_DIR (./layercut-data)",
+        "datasets/ in the data directory ($LAYERCUT_DATA_DIR, else ~/.local/share/layercut)",
     )
 
 

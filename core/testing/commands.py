@@ -46,9 +46,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving_embedded(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], Path]]:
-    """`layercut serve` (embedded) on a free port in ``tmp_path``: yields (base URL, env, folder); SIGINT after."""
-    env = clean_env(tmp_path)
+def serving_embedded(tmp_path: Path, env: dict[str, str] | None = None) -> Iterator[tuple[str, dict[str, str], Path]]:
+    """`layercut serve` (embedded) on a free port in ``tmp_path`` (``env``: default a clean one with its data under
+    ``tmp_path``): yields (base URL, env, folder); SIGINT after."""
+    env = env if env is not None else clean_env(tmp_path)
     port = free_port()
     log_path = tmp_path / "serve.log"
     log = log_path.open("w")
