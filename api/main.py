@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request, status
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from sqlalchemy.exc import IntegrityError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -27,8 +28,9 @@ log = logging.getLogger("layercut.api")
 
 
 DESCRIPTION = """
-Slim image classifiers by cutting them where their layers stop learning new features
-(guided backprop + SSIM, knee of the curve), then retrain and compare.
+Slim image classifiers to the smallest model that keeps their accuracy: see what every layer learned (guided
+backprop, SSIM between depths, the knee, depth probes), cut where the retrained slim model stays within the accuracy
+budget (or at the knee), retrain, and compare — with the evidence.
 
 * **Auth**: every `/v1` route needs `Authorization: Bearer <key>` (make one with `layercut keys create --tenant T`).
   Objects of another tenant are 404.
@@ -83,7 +85,10 @@ def create_app(settings: Settings | None = None, run_embedded_jobs: bool = True)
             get_dispatcher(resolved)
         yield
 
-    app = FastAPI(title="layercut", version=__version__, description=DESCRIPTION, openapi_tags=TAGS, lifespan=lifespan)
+    # /docs and /redoc from files installed with fastapi-offline, not a CDN: they work on a machine offline.
+    app = FastAPIOffline(
+        title="layercut", version=__version__, description=DESCRIPTION, openapi_tags=TAGS, lifespan=lifespan
+    )
     if settings is not None:
         app.dependency_overrides[settings_dep] = lambda: settings
 

@@ -86,3 +86,19 @@ def test_openapi_has_examples_for_every_job_kind(env):
     assert "bearer" in str(spec["components"]["securitySchemes"]).lower()
     for path in spec["paths"]:
         assert path in OPEN_PATHS or path.startswith("/v1/")
+
+
+def test_the_api_docs_load_nothing_from_outside(env):
+    """/docs (Swagger UI) and /redoc work offline: every script, style sheet and icon they name is served by the
+    API itself, and the pages name no other host."""
+    import re
+
+    for page in ("/docs", "/redoc"):
+        html = env.client.get(page)
+        assert html.status_code == 200 and html.headers["content-type"].startswith("text/html")
+        assert not re.search(r"https?://", html.text), f"{page} loads from another host"
+        assets = re.findall(r'(?:src|href)="([^"]+)"', html.text)
+        assert any(a.endswith(".js") for a in assets), assets
+        for asset in assets:
+            served = env.client.get(asset)
+            assert served.status_code == 200 and len(served.content) > 500, (page, asset, served.status_code)
