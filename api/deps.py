@@ -11,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from layercut import telemetry
 from layercut.api.read_cache import ReadCache, read_cache_for
 from layercut.jobs.dispatch import Dispatcher
 from layercut.jobs.service import get_dispatcher
@@ -79,6 +80,7 @@ async def tenant_dep(
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED, "unknown or revoked API key", headers={"WWW-Authenticate": "Bearer"}
         )
+    telemetry.CONTEXT["tenant"].set(tenant)  # this request's log lines name the tenant (the task's own context)
     return tenant
 
 

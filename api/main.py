@@ -18,11 +18,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from layercut import __version__
 from layercut.api.common import strict_query
 from layercut.api.deps import settings_dep
+from layercut.api.observe import RequestContext
 from layercut.api.routes import artifacts, datasets, health, jobs, models, pipelines, reports, ui
 from layercut.contracts.errors import LayercutError
 from layercut.contracts.kinds import STAGE_KINDS
 from layercut.jobs.service import get_dispatcher
 from layercut.settings import Settings, get_settings
+from layercut.telemetry import configure_logging
 
 log = logging.getLogger("layercut.api")
 
@@ -52,9 +54,9 @@ TAGS = [
 ]
 
 
-def _allowed_methods(app: FastAPI, path: str) -> set[str]:
-    """Every method the OpenAPI document lists for ``path`` (Starlette names only the first matching route's)."""
-    table = getattr(app.state, "allow_table", None)
+def _path_table(app: FastAPI) -> list[tuple[str, re.Pattern[str], set[str]]]:
+    """Every path template of the OpenAPI document, its pattern and its methods (built once per app)."""
+    table = getattr(app.state, "path_table", None)
     if table is None:
         table = [
             (
@@ -64,12 +66,24 @@ def _allowed_methods(app: FastAPI, path: str) -> set[str]:
             )
             for template, operations in app.openapi().get("paths", {}).items()
         ]
-        app.state.allow_table = table
-    matches = [(template.count("{"), methods) for template, pattern, methods in table if pattern.match(path)]
+        app.state.path_table = table
+    return table
+
+
+def _allowed_methods(app: FastAPI, path: str) -> set[str]:
+    """Every method the OpenAPI document lists for ``path`` (Starlette names only the first matching route's)."""
+    matches = [(template.count("{"), methods) for template, pattern, methods in _path_table(app) if pattern.match(path)]
     if not matches:
         return set()
     fewest = min(n for n, _ in matches)  # a literal path (/v1/models/import) beats a template (/v1/models/{id})
     return set().union(*(methods for n, methods in matches if n == fewest))
+
+
+def _route_template(app: FastAPI, path: str) -> str | None:
+    """The OpenAPI path template a request path answers to (``/v1/jobs/{job_id}``), the most literal when several
+    match; None for a path outside the OpenAPI document."""
+    matches = [(template.count("{"), template) for template, pattern, _ in _path_table(app) if pattern.match(path)]
+    return min(matches)[1] if matches else None
 
 
 def create_app(settings: Settings | None = None, run_embedded_jobs: bool = True) -> FastAPI:
@@ -79,6 +93,7 @@ def create_app(settings: Settings | None = None, run_embedded_jobs: bool = True)
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         resolved = settings or get_settings()
+        configure_logging(resolved.log_format, resolved.log_level)
         if resolved.embedded and run_embedded_jobs:
             # Embedded mode runs jobs in this process: start the executor and its reaper now, so jobs
             # left running by a crash are recovered without waiting for the next submission.
@@ -91,6 +106,7 @@ def create_app(settings: Settings | None = None, run_embedded_jobs: bool = True)
     )
     if settings is not None:
         app.dependency_overrides[settings_dep] = lambda: settings
+    app.add_middleware(RequestContext, route_of=lambda path: _route_template(app, path))
 
     app.include_router(health.router)
     for module in (datasets, jobs, pipelines, models, artifacts, reports):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -42,6 +43,13 @@ class Settings(BaseSettings):
         None, description="where torchvision datasets (cifar10, mnist, …) are stored; default: data_dir/datasets"
     )
     no_download: bool = Field(False, description="never try to download a torchvision dataset that is not in data_root")
+    log_format: Literal["json", "text"] = Field(
+        "json", description="the service's log lines: one JSON object per line, or plain text"
+    )
+    log_level: str = Field("INFO", description="the least severe log level written (DEBUG, INFO, WARNING, …)")
+    worker_metrics_port: int = Field(
+        9101, ge=0, le=65535, description="port of a Celery worker's Prometheus /metrics (0: none)"
+    )
     debug: bool = Field(False, description="the command line prints the traceback of an error, not only its message")
 
     upload_max_bytes: int = Field(2 * 1024**3, description="largest accepted upload (compressed)")

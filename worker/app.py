@@ -8,15 +8,23 @@ beat process, on a timer inside every worker process. Importing this module does
 
 from __future__ import annotations
 
-import logging
+import os
+import sys
+import tempfile
 
-from celery import Celery, signals
+if "prometheus_client" not in sys.modules:  # before anything imports it: the pool's children write metric files
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="layercut-worker-metrics-"))
 
-from layercut.contracts.kinds import QUEUES, REAP_TASK, task_name
-from layercut.jobs.dispatch import broker_transport_options
-from layercut.jobs.service import start_reaper
-from layercut.settings import get_settings
-from layercut.store.db import get_engine
+import logging  # noqa: E402
+
+from celery import Celery, signals  # noqa: E402
+
+from layercut import telemetry  # noqa: E402
+from layercut.contracts.kinds import QUEUES, REAP_TASK, task_name  # noqa: E402
+from layercut.jobs.dispatch import broker_transport_options  # noqa: E402
+from layercut.jobs.service import start_reaper  # noqa: E402
+from layercut.settings import get_settings  # noqa: E402
+from layercut.store.db import get_engine  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +87,40 @@ def _child_started(**_: object) -> None:
     """A prefork child: drop database connections inherited from the parent, start this process's reaper timer."""
     get_engine(settings.resolved_database_url).dispose(close=False)
     start_reaper(settings)
+
+
+@signals.setup_logging.connect
+def _logging(**_: object) -> None:
+    """Celery's own logging set-up is replaced by layercut's: JSON lines (or text) with job and pipeline ids."""
+    telemetry.configure_logging(settings.log_format, settings.log_level)
+
+
+@signals.worker_init.connect
+def _serve_metrics(**_: object) -> None:
+    """Prometheus /metrics of this worker (every pool process's job durations, failures and GPU peaks summed) on
+    LAYERCUT_WORKER_METRICS_PORT."""
+    if settings.worker_metrics_port:
+        from prometheus_client import start_http_server
+
+        try:
+            start_http_server(settings.worker_metrics_port, registry=telemetry.metrics_registry())
+        except OSError as exc:  # another worker on this machine has the port: say so, keep working
+            log.warning(
+                "no /metrics on port %d (%s); give each worker its own LAYERCUT_WORKER_METRICS_PORT",
+                settings.worker_metrics_port,
+                exc,
+            )
+        else:
+            log.info("metrics on port %d", settings.worker_metrics_port)
+
+
+@signals.worker_process_shutdown.connect
+def _process_gone(pid: int | None = None, **_: object) -> None:
+    """A pool process that exits stops counting towards the gauges (its counters stay summed)."""
+    if telemetry.MULTIPROCESS:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid or os.getpid())
 
 
 @signals.worker_ready.connect

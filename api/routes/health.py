@@ -5,11 +5,12 @@ from __future__ import annotations
 import concurrent.futures
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import text
 
 from layercut.api.deps import SettingsDep
+from layercut.api.observe import metrics_answer
 from layercut.settings import Settings
 from layercut.store.db import get_engine
 
@@ -79,3 +80,11 @@ def readyz(settings: SettingsDep):
     ok = all(v == "ok" or v.startswith("skipped") for v in checks.values())
     body = Readiness(status="ok" if ok else "unavailable", checks=checks)
     return body if ok else JSONResponse(body.model_dump(), status_code=503)
+
+
+@router.get("/metrics", include_in_schema=False)
+def metrics(settings: SettingsDep) -> Response:
+    """Prometheus: requests by route and status, their latency, job durations and failures, jobs by kind and
+    status, queued jobs per queue and the broker's queue depth (no key: restrict it at the proxy if needed)."""
+    body, content_type = metrics_answer(settings)
+    return Response(body, media_type=content_type)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from datetime import datetime
@@ -14,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from layercut import telemetry
 from layercut.api.common import (
     IDEMPOTENCY_HEADER_DOC,
     as_utc,
@@ -28,7 +30,15 @@ from layercut.api.common import (
 from layercut.api.crud import artifact_out, check_references, dispatch, get_tenant_job, job_artifacts
 from layercut.api.deps import DispatcherDep, ReadCacheDep, SessionDep, SettingsDep, TenantDep
 from layercut.api.schemas.common import Page
-from layercut.api.schemas.jobs import JOB_CREATE_EXAMPLES, JobCreate, JobError, JobOut, JobSummary
+from layercut.api.schemas.jobs import (
+    JOB_CREATE_EXAMPLES,
+    JobCreate,
+    JobError,
+    JobLogLine,
+    JobLogs,
+    JobOut,
+    JobSummary,
+)
 from layercut.contracts.kinds import STAGE_KINDS
 from layercut.settings import Settings
 from layercut.store.db import get_sessionmaker
@@ -176,6 +186,56 @@ async def get_job(
     if found is None or found[0] != tenant:
         raise not_found("job", job_id)
     return Response(found[1], media_type="application/json")
+
+
+LOG_PAGE_MAX = 1000
+
+
+@router.get(
+    "/{job_id}/logs", response_model=JobLogs, responses=error_responses(401, 404), summary="Read a job's log lines"
+)
+def job_logs(
+    job_id: uuid.UUID,
+    session: SessionDep,
+    settings: SettingsDep,
+    tenant: TenantDep,
+    offset: Annotated[int, Query(ge=0, description="the first line to return (0: the oldest)")] = 0,
+    limit: Annotated[int, Query(ge=1, le=LOG_PAGE_MAX, description="most lines returned")] = 200,
+) -> JobLogs:
+    """The lines the job's runs logged (start, progress of note, end, errors with their codes), oldest first,
+    every attempt in turn; empty while the job has not started."""
+    job = get_tenant_job(session, tenant, job_id)
+    path = telemetry.job_log_path(settings.resolved_artifact_root, job.tenant, job.id)
+    items: list[JobLogLine] = []
+    more = False
+    if path.is_file():
+        with path.open(encoding="utf-8", errors="replace") as lines:
+            for number, line in enumerate(lines):
+                if number < offset:
+                    continue
+                if len(items) == limit:
+                    more = True
+                    break
+                items.append(log_line(line))
+    return JobLogs(items=items, next_offset=offset + len(items) if more else None)
+
+
+def log_line(text: str) -> JobLogLine:
+    """A stored JSON log line as the API shows it (a line that is not JSON becomes its message)."""
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return JobLogLine(message=text.rstrip("\n"))
+    if not isinstance(record, dict):
+        return JobLogLine(message=text.rstrip("\n"))
+    known = {name: record.pop(name, None) for name in ("time", "level", "logger", "message")}
+    return JobLogLine(
+        time=known["time"],
+        level=known["level"],
+        logger=known["logger"],
+        message=str(known["message"] or ""),
+        fields={key: value for key, value in record.items() if value is not None},
+    )
 
 
 @router.get("", response_model=Page[JobSummary], responses=error_responses(401), summary="List jobs")

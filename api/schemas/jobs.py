@@ -127,3 +127,22 @@ class JobOut(JobSummary):
     result: dict[str, Any] | None = Field(description="what the job produced (model ids, metrics …) once it succeeded")
     metrics: dict[str, Any] | None = Field(description="result.metrics, when the result has them")
     artifacts: list[ArtifactOut]
+
+
+class JobLogLine(BaseModel):
+    """One log line of a job, as its worker wrote it."""
+
+    time: str | None = Field(None, description="ISO 8601 with offset, e.g. 2026-12-06T01:02:03+0000")
+    level: str | None = Field(None, examples=["INFO"])
+    logger: str | None = Field(None, examples=["layercut.jobs.runner"])
+    message: str = Field(examples=["job started: train, attempt 1, on host:1234"])
+    fields: dict[str, Any] = Field(
+        default_factory=dict, description="the line's other keys: kind, status, seconds, error_code, request_id …"
+    )
+
+
+class JobLogs(BaseModel):
+    """A page of a job's log lines, oldest first."""
+
+    items: list[JobLogLine]
+    next_offset: int | None = Field(description="pass as `offset` for the next page; null at the end so far")

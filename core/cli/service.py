@@ -6,6 +6,8 @@ Nothing here imports FastAPI, Celery or torch at import time, so ``layercut --he
 from __future__ import annotations
 
 import os
+import sys
+import tempfile
 
 import typer
 
@@ -110,14 +112,26 @@ def serve(
 
     import uvicorn
 
+    os.environ["LAYERCUT_LOG_LEVEL"] = log_level.upper()  # the API processes configure their logging from it
+    if workers > 1 and "prometheus_client" not in sys.modules:  # every API process's metrics summed on /metrics
+        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="layercut-api-metrics-"))
+    from layercut.telemetry import configure_logging
+
     settings.resolved_artifact_root.mkdir(parents=True, exist_ok=True)
-    err_console.print(f"serving http://{host}:{port} (docs at /docs, health at /healthz)", highlight=False)
+    err_console.print(
+        f"serving http://{host}:{port} (docs at /docs, health at /healthz, metrics at /metrics); "
+        f"logs: {settings.log_format} lines on stderr (LAYERCUT_LOG_FORMAT)",
+        highlight=False,
+    )
+    configure_logging(settings.log_format, log_level)
     uvicorn.run(
         "layercut.api.main:app",
         host=host,
         port=port,
         workers=workers,
         log_level=log_level,
+        log_config=None,  # uvicorn's loggers go through ours: one format, with request ids
+        access_log=False,  # the API logs one line per request itself (layercut.api.observe)
         proxy_headers=True,
         forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
     )

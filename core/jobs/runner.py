@@ -13,12 +13,14 @@ import logging
 import os
 import shutil
 import socket
+import time
 import uuid
 from pathlib import Path
 
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.orm import Session
 
+from layercut import telemetry
 from layercut.contracts.errors import Cancelled, LayercutError
 from layercut.contracts.jobs import JobParams
 from layercut.jobs import pipelines
@@ -27,7 +29,7 @@ from layercut.jobs.lifecycle import finished
 from layercut.jobs.outputs import job_result, record_outputs
 from layercut.jobs.progress import Heartbeat, JobProgress, LostClaim
 from layercut.jobs.resolve import Resolver
-from layercut.jobs.stage import run_stage
+from layercut.jobs.stage import gpu_peak_bytes, run_stage
 from layercut.settings import Settings, get_settings
 from layercut.store.db import get_sessionmaker
 from layercut.store.jobs import JobRepository
@@ -74,10 +76,47 @@ def execute_job(
         job = repo.get(job_id)
         assert job is not None  # we just claimed it
         pipelines.mark_running(session, job)
-        with Heartbeat(settings.resolved_database_url, job_id, settings.heartbeat_seconds):
-            status = run_claimed(session, repo, job, settings, worker)
+        ids = {
+            "job_id": str(job.id),
+            "tenant": job.tenant,
+            "pipeline_id": str(job.pipeline_id) if job.pipeline_id else None,
+        }
+        with (
+            telemetry.bound(**ids),
+            telemetry.job_log_file(
+                telemetry.job_log_path(settings.resolved_artifact_root, job.tenant, job.id), str(job.id)
+            ),
+            Heartbeat(settings.resolved_database_url, job_id, settings.heartbeat_seconds),
+        ):
+            status = run_logged(session, repo, job, settings, worker)
     if status in FINAL_STATUSES:
         finished(settings, job_id, dispatcher)
+    return status
+
+
+def run_logged(session: Session, repo: JobRepository, job: Job, settings: Settings, worker: str) -> str:
+    """``run_claimed`` between a start line and an end line (status, seconds, error code), its time observed."""
+    kind, started = job.kind, time.perf_counter()
+    log.info(
+        "job started: %s, attempt %d, on %s",
+        kind,
+        job.attempts,
+        worker,
+        extra=telemetry.log_extra(kind=kind, attempt=job.attempts, worker=worker),
+    )
+    status = run_claimed(session, repo, job, settings, worker)
+    seconds = time.perf_counter() - started
+    ended = repo.get(job.id)
+    code = ended.error_code if ended is not None else None
+    fields = telemetry.log_extra(kind=kind, status=status, seconds=round(seconds, 3), error_code=code)
+    if status == "failed":
+        log.warning(
+            "job failed after %.1f s: %s: %s", seconds, code, ended.error_message if ended else "", extra=fields
+        )
+    else:
+        log.info("job %s after %.1f s", status, seconds, extra=fields)
+    if status in FINAL_STATUSES:
+        telemetry.observe_job(kind, status, seconds, code, gpu_peak_bytes())
     return status
 
 

@@ -402,3 +402,16 @@ def run_stage(
         raise LayercutError(f"unknown job kind {params.kind!r}")
     reporter = Reporter(callback=progress.write, should_cancel=progress.should_cancel)
     return runner(params, StageRun(resolver, out, reporter, settings))
+
+
+def gpu_peak_bytes() -> int | None:
+    """The GPU memory peak of the job that just ran in this process (CUDA's max_memory_allocated, reset for the
+    next), or None when torch was not loaded or has no GPU."""
+    import sys
+
+    torch = sys.modules.get("torch")  # never import torch just to ask
+    if torch is None or not torch.cuda.is_available():
+        return None
+    peak = int(torch.cuda.max_memory_allocated())
+    torch.cuda.reset_peak_memory_stats()
+    return peak

@@ -11,7 +11,7 @@ from layercut.api.main import create_app
 from layercut.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
-OPEN_PATHS = {"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+OPEN_PATHS = {"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 
 
 def test_api_imports_without_torch():

@@ -38,6 +38,7 @@ def worker_env(postgres_url: str, redis_url: str, tmp_path_factory) -> Callable[
             "LAYERCUT_PROGRESS_INTERVAL_SECONDS": "0.5",
             "LAYERCUT_MAX_ATTEMPTS": "3",
             "LAYERCUT_CALLBACK_ATTEMPTS": "2",
+            "LAYERCUT_WORKER_METRICS_PORT": "0",  # a test that reads a worker's /metrics gives it a free port
             "CUDA_VISIBLE_DEVICES": "",
             "OMP_NUM_THREADS": "1",
             "MPLBACKEND": "Agg",

@@ -3,11 +3,14 @@ and a Redis restart that loses every queued message."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from pathlib import Path
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
 from layercut.jobs.dispatch import CeleryDispatcher, DispatchError
@@ -15,6 +18,7 @@ from layercut.jobs.outputs import file_sha256
 from layercut.jobs.runner import execute_job
 from layercut.store.models import Artifact, Job, ModelVersion, Pipeline
 from layercut.testing import services
+from layercut.testing.commands import free_port
 from layercut.testing.workers import (
     TINY_ANALYZE,
     TINY_COMPARE,
@@ -42,7 +46,7 @@ def artifact_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def env(worker_env, artifact_root) -> dict[str, str]:
-    return worker_env(BROKER_DB, artifact_root)
+    return worker_env(BROKER_DB, artifact_root, worker_metrics_port=free_port())
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +69,7 @@ def dispatcher(settings) -> CeleryDispatcher:
     return CeleryDispatcher(settings)
 
 
-def test_pipeline_of_linked_jobs_runs_to_success(worker, settings, dispatcher, postgres_url, artifact_root):
+def test_pipeline_of_linked_jobs_runs_to_success(worker, env, settings, dispatcher, postgres_url, artifact_root):
     tenant = "t-pipeline"
     dataset_id = add_dataset(postgres_url, tenant)
     steps = [
@@ -126,6 +130,7 @@ def test_pipeline_of_linked_jobs_runs_to_success(worker, settings, dispatcher, p
         assert row.status == "succeeded" and row.progress == 1.0 and row.stage is not None, row.kind
         assert row.attempts == 1 and row.finished_at >= row.started_at and row.worker.startswith("pipeline@")
     train, analyze, truncate, retrain, compare, explain = rows
+    _check_what_an_operator_sees(env, artifact_root, worker, rows, pipeline_id, tenant)
     assert explain.result["figures"] and explain.result["methods"]
     assert truncate.result["chosen_by"] == "knee"
     assert truncate.result["cut_point"]["name"] == analyze.result["cut_point"]["name"]
@@ -176,6 +181,30 @@ def test_pipeline_of_linked_jobs_runs_to_success(worker, settings, dispatcher, p
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "not run yet" not in page.text.lower() and page.text.count("data:image/png;base64,") >= 10
     assert 'id="explanations"' in page.text or "Explanations" in page.text
+
+
+def _check_what_an_operator_sees(env, artifact_root, worker, rows, pipeline_id, tenant) -> None:
+    """The worker's JSON log lines carry each job's ids and say when it started and ended; each job's own lines are
+    in its log file; the worker's /metrics has every run's duration (summed over its pool processes)."""
+    lines = [json.loads(line) for line in worker.tail(10**7).splitlines() if line.startswith("{")]
+    for row in rows:
+        mine = [line for line in lines if line.get("job_id") == str(row.id)]
+        said = [line["message"] for line in mine]
+        assert any(m.startswith(f"job started: {row.kind}") for m in said), (row.kind, said)
+        assert any(m.startswith("job succeeded after") for m in said), (row.kind, said)
+        assert all(line["pipeline_id"] == str(pipeline_id) and line["tenant"] == tenant for line in mine)
+        own = (artifact_root / tenant / "logs" / f"{row.id}.log").read_text().splitlines()
+        assert [json.loads(line)["message"] for line in own] == said
+    port = env["LAYERCUT_WORKER_METRICS_PORT"]
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    counts = {
+        (sample.labels["kind"], sample.labels["outcome"]): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "layercut_job_duration_seconds_count"
+    }
+    for row in rows:
+        assert counts.get((row.kind, "succeeded"), 0) >= 1, (row.kind, counts)
 
 
 def test_redelivered_message_does_nothing(worker, settings, postgres_url):
