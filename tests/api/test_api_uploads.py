@@ -84,7 +84,9 @@ def test_good_archive_is_extracted_and_scanned(env, fmt):
 
 def test_upload_idempotency(env):
     headers = {**env.headers, "Idempotency-Key": "up-1"}
-    archive = zip_bytes(GOOD)  # built once: a zip stamps its members with the time (2 s steps), so two builds can differ
+    archive = zip_bytes(
+        GOOD
+    )  # built once: a zip stamps its members with the time (2 s steps), so two builds can differ
     first, again = upload(env, archive, headers=headers), upload(env, archive, headers=headers)
     assert (first.status_code, again.status_code) == (201, 200) and first.json()["id"] == again.json()["id"]
     other = upload(env, zip_bytes(GOOD + [("data/train/dog/2.png", PNG)]), headers=headers)
