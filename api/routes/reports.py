@@ -63,7 +63,7 @@ def stage_input(tenant_folder: Path | None, job: Job) -> StageInput:
                 folder = candidate
         except (OSError, RuntimeError, ValueError):
             folder = None
-    where = f"step {job.step}: job {job.id}" if job.step is not None else f"job {job.id}"
+    where = f"step {job.step + 1}: job {job.id}" if job.step is not None else f"job {job.id}"  # 1-based, as in /ui
     return StageInput(
         kind=job.kind,
         folder=folder,
@@ -105,7 +105,7 @@ def job_report(job_id: uuid.UUID, session: SessionDep, tenant: TenantDep, settin
     job = get_tenant_job(session, tenant, job_id)
     details = [("Job", str(job.id)), ("Kind", job.kind), ("Status", job.status)]
     if job.pipeline_id is not None:
-        details.append(("Pipeline", f"{job.pipeline_id} (step {job.step})"))
+        details.append(("Pipeline", f"{job.pipeline_id} (step {job.step + 1 if job.step is not None else '?'})"))
     details += [("Created", _when(job.created_at)), ("Finished", _when(job.finished_at))]
     page = render_report(
         [stage_input(_tenant_folder(settings, tenant), job)],

@@ -156,7 +156,7 @@ class Stage:
 
 
 def result_name(stage: StageInput, file: Path) -> str:
-    """How the page names a stage's result file: "base/metrics.json", or "metrics.json of step 0: job 3f0c…"."""
+    """How the page names a stage's result file: "base/metrics.json", or "metrics.json of step 1: job 3f0c…"."""
     label = stage.label or ""
     if not label or label.endswith("/"):
         return f"{label}{file.name}"

@@ -370,8 +370,8 @@ def test_damaged_result_file_is_named_and_the_rest_renders(env):
     assert_self_contained(page)
     for ident in ("gbp", "ssim"):
         body = section(page, ident)
-        assert f"analysis.json of step 1: job {ids[1]} is not valid JSON" in body
-        assert f"The stored result of step 1: job {ids[1]} does not match the analyze result" in body
+        assert f"analysis.json of step 2: job {ids[1]} is not valid JSON" in body  # steps counted from 1, as in /ui
+        assert f"The stored result of step 2: job {ids[1]} does not match the analyze result" in body
         assert "Not run yet" not in body and "badge-succeeded" in body
     assert 'data-file="gbp_grid.png"' in section(page, "gbp") and "features.10" in section(page, "gbp")
     assert "80.0%" in section(page, "base") and "features.6" in section(page, "cut")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html
 import inspect
 import io
 import json
@@ -842,3 +843,20 @@ def test_older_run_without_probes_select_or_sweep_renders_as_before(tiny_run, tm
     assert Page(page).sections == SECTIONS
     assert 'class="verdict' not in page and "select the cut" not in page and "Is this the right cut?" not in page
     _check_images(page, run)
+
+
+def test_a_slower_slim_model_says_why_in_the_overview(tiny_run, tmp_path) -> None:
+    """The overview's latency card of a slim model that timed slower than its base says so and why (fewer MACs
+    but overhead and noise at this size), instead of a bare "× slower"."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "report.html").unlink(missing_ok=True)
+    path = run / "compare" / "compare.json"
+    compared = json.loads(path.read_text())
+    for change in compared["comparison"]["latency"].values():
+        change["speedup"], change["slim_ms"] = 0.5, 2 * change["base_ms"]
+    compared["comparison"]["reduction_percent"]["macs"] = 80.0
+    path.write_text(json.dumps(compared))
+    overview = _section(write_run_report(run).read_text(encoding="utf-8"), "overview")
+    text = html.unescape(" ".join(re.sub(r"<[^>]+>", " ", overview).split()))
+    assert "2.00× slower" in text and "slower although it does 20.0% of the base's MACs" in text, text

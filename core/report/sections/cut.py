@@ -79,7 +79,7 @@ def context(stage: Stage, analyze: Stage | None) -> dict[str, Any]:
         + (f" to {len(classes)} classes" if classes else " to the classes")
     )
     context: dict[str, Any] = {
-        "cut_after": f"{name or '—'} — cut point {index}" + (f" of 0–{total - 1}" if is_number(total) else ""),
+        "cut_after": f"{name or '—'} — cut point {index}" + (f" of {total}" if is_number(total) else ""),
         "why": why_text(truncate, analysis, asked.cut if asked is not None else None),
         "params": params_text,
         "head": head + " (untrained until the retrain step)",

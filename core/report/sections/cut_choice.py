@@ -301,7 +301,7 @@ def select_context(stage: Stage, rules: OtherRules | None) -> dict[str, Any]:
     total = select.cut_points_total
     where = cut_text(chosen)
     if chosen is not None and chosen.index is not None and is_number(total):
-        where = f"{chosen.name} (cut point {chosen.index} of 0–{total - 1})"
+        where = f"{chosen.name} (cut point {chosen.index} of {total})"
     params = None
     if is_number(select.base_params) and is_number(select.slim_params):
         params = f"{integer(select.slim_params)} of {integer(select.base_params)} ({pct(select.params_kept)} kept)"

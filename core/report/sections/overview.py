@@ -84,7 +84,7 @@ def headline_cards(by_kind: Mapping[str, Stage]) -> list[Card]:
             or (len(analyze.cut_points) if analyze else 0)
             or None
         )
-        where = f"cut point {cut.index}" + (f" of 0–{total - 1}" if is_number(total) else "")
+        where = f"cut point {cut.index}" + (f" of {total}" if is_number(total) else "")
         cards.append(Card("Cut after" if truncate or select else "Knee at", str(cut.name), where))
     base_params = first(
         base and base.params, truncate and truncate.base_params, select and select.base_params, train and train.params
@@ -105,8 +105,22 @@ def headline_cards(by_kind: Mapping[str, Stage]) -> list[Card]:
         entry = latency[key]
         if is_number(entry.speedup) and entry.speedup > 0:
             label = f"{latency_label(key, entry.batch_size)} latency"
-            cards.append(Card(label, speed(entry.speedup), f"{ms(entry.base_ms)} → {ms(entry.slim_ms)}"))
+            detail = f"{ms(entry.base_ms)} → {ms(entry.slim_ms)}"
+            if entry.speedup < 1:
+                detail += "; " + slower_why(compare)
+            cards.append(Card(label, speed(entry.speedup), detail))
     return cards
+
+
+def slower_why(compare: CompareResult) -> str:
+    """Why a slim model can time slower than its base, in a few words, from what the comparison measured."""
+    saved = compare.comparison.reduction_percent.macs
+    if is_number(saved) and saved > 0:
+        return (
+            f"slower although it does {pct(1 - saved / 100)} of the base's MACs: at this size the time is overhead "
+            "and noise more than arithmetic (see Base vs slim)"
+        )
+    return "the slim model does no fewer MACs than the base here (see Base vs slim)"
 
 
 def stage_brief(stage: Stage) -> str:
@@ -126,7 +140,7 @@ def stage_brief(stage: Stage) -> str:
         select = stage.read(SelectResult)
         cut = select.cut_point.name if select.cut_point else None
         kept = {True: "within the budget", False: "NOT within the budget"}.get(select.within_budget, "")
-        return f"cut at {cut or '—'}, {kept or 'budget not recorded'}; {len(select.candidates)} candidates retrained"
+        return f"cut at {cut or '—'}, {kept or 'budget not recorded'}; {len(select.candidates)} candidate{'' if len(select.candidates) == 1 else 's'} retrained"
     if stage.kind == "sweep":
         sweep = stage.read(SweepResult)
         smallest = sweep.smallest_within_budget
