@@ -149,8 +149,10 @@ def create_dataset(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", description=IDEMPOTENCY_HEADER_DOC)] = None,
 ) -> DatasetOut:
     """`{"kind": "folder", "path": …}` registers a server folder that lies (after resolving symlinks) under one of
-    the configured dataset roots; `{"kind": "builtin", "builtin": "textures" | "digits" | "scenes"}` an offline set. The
-    folder is scanned (names only): the answer gives the classes and the image count per split and class."""
+    the configured dataset roots; `{"kind": "builtin", "builtin": "textures" | "digits" | "scenes"}` an offline set
+    (registered once per tenant: the same built-in again answers 200 with the existing dataset, unless a `name` is
+    given). The folder is scanned (names only): the answer gives the classes and the image count per split and
+    class."""
     key = check_idempotency_key(idempotency_key)
     digest = request_hash(body.model_dump(mode="json"))
     if isinstance(body, FolderDatasetCreate):
@@ -167,6 +169,20 @@ def create_dataset(
         )
     else:
         assert isinstance(body, BuiltinDatasetCreate)
+        if body.name is None:  # the same built-in again is the same dataset (name one to register another copy)
+            existing = session.scalars(
+                select(Dataset)
+                .where(
+                    Dataset.tenant == tenant,
+                    Dataset.kind == "builtin",
+                    Dataset.location == body.builtin,
+                    Dataset.name == body.builtin,
+                )
+                .order_by(Dataset.created_at)
+            ).first()
+            if existing is not None:
+                response.status_code = status.HTTP_200_OK
+                return dataset_out(existing)
         scan = builtin_scan(body.builtin)
         row = Dataset(
             tenant=tenant,

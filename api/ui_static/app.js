@@ -364,9 +364,10 @@ function datasetName(id) {
 function renderDatasets() {
   const select = $("dataset");
   const previous = select.value;
+  // Two datasets may share a name (an upload and a folder, say): the short id tells them apart.
   const options = state.datasets.map((d) => el("option", {
     value: d.id,
-    text: `${d.name} · ${d.classes.length} classes · ${d.total_images} images`,
+    text: `${d.name} · ${d.classes.length} classes · ${d.total_images} images · ${shortId(d.id)}`,
   }));
   if (!options.length) options.push(el("option", { value: "", text: "no datasets registered yet" }));
   select.replaceChildren(...options);
@@ -377,7 +378,12 @@ function renderDatasets() {
   const list = $("datasets-list");
   list.replaceChildren(...state.datasets.map((d) => el("li", { dataset: { datasetId: d.id } },
     el("span", { class: "ds-name", text: d.name }),
-    el("span", { class: "muted small", text: `${d.kind} · ${d.classes.length} classes · ${d.total_images} images` }))));
+    el("span", { class: "muted small", text: `${d.kind} · ${d.classes.length} classes · ${d.total_images} images` }),
+    el("span", {
+      class: "muted small ds-id",
+      text: `${shortId(d.id)} · added ${parseTime(d.created_at)?.toLocaleString() ?? d.created_at}`,
+      title: d.id,
+    }))));
   const none = !state.datasets.length;
   show($("datasets-empty"), none);
   if (none) $("register-box").open = true;

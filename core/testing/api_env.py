@@ -62,9 +62,10 @@ class Env:
         return root
 
     def dataset(self, headers: dict | None = None) -> str:
-        response = self.client.post(
-            "/v1/datasets", json={"kind": "builtin", "builtin": "textures"}, headers=headers or self.headers
-        )
+        """A new dataset of the tenant: the built-in textures under a name of its own (the same built-in without
+        a name is registered once)."""
+        body = {"kind": "builtin", "builtin": "textures", "name": f"textures-{uuid.uuid4().hex[:8]}"}
+        response = self.client.post("/v1/datasets", json=body, headers=headers or self.headers)
         assert response.status_code == 201, response.text
         return response.json()["id"]
 

@@ -122,3 +122,17 @@ def test_idempotent_registration(env):
         headers={**env.other_headers, "Idempotency-Key": "ds-1"},
     )
     assert theirs.status_code == 201
+
+
+def test_the_same_builtin_again_is_the_same_dataset_unless_named(env):
+    """Registering a built-in set twice gives back the first (200), so lists do not fill with identical entries;
+    a name registers another copy under that name."""
+    first = env.client.post("/v1/datasets", json={"kind": "builtin", "builtin": "scenes"}, headers=env.headers)
+    again = env.client.post("/v1/datasets", json={"kind": "builtin", "builtin": "scenes"}, headers=env.headers)
+    named = env.client.post(
+        "/v1/datasets", json={"kind": "builtin", "builtin": "scenes", "name": "scenes-b"}, headers=env.headers
+    )
+    assert (first.status_code, again.status_code, named.status_code) == (201, 200, 201)
+    assert again.json()["id"] == first.json()["id"] != named.json()["id"]
+    listed = env.client.get("/v1/datasets", headers=env.headers).json()["items"]
+    assert sorted(d["name"] for d in listed if d["kind"] == "builtin") == ["scenes", "scenes-b"]

@@ -203,6 +203,14 @@ def test_pipeline_started_from_the_form_runs_live_and_succeeds(server, browser):
     assert [d["name"] for d in datasets] == ["textures"]
     assert browser.find_element(By.ID, "dataset").get_attribute("value") == datasets[0]["id"]
     assert "textures" in browser.find_element(By.ID, "datasets-list").text
+    assert datasets[0]["id"][:8] in browser.find_element(By.ID, "datasets-list").text  # ids tell entries apart
+    # Registering the same built-in again gives back the same dataset: still one entry.
+    if not browser.find_element(By.ID, "register-submit").is_displayed():
+        browser.find_element(By.CSS_SELECTOR, "#register-box summary").click()
+    browser.find_element(By.ID, "register-submit").click()
+    time.sleep(1.0)
+    assert len(httpx.get(f"{base}/v1/datasets", headers=auth, timeout=10).json()["items"]) == 1
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#datasets-list li")) == 1
 
     # The form: a value the API refuses comes back as a 422 shown next to the field it names.
     Select(browser.find_element(By.ID, "arch")).select_by_value("smallcnn")
