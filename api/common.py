@@ -5,13 +5,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from fastapi import HTTPException, Request, status
+from fastapi import HTTPException, Query, Request, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 from sqlalchemy import tuple_
@@ -83,38 +84,70 @@ def idempotency_mismatch() -> RequestValidationError:
 # --- cursor pagination -----------------------------------------------------------------------------
 
 
-def encode_cursor(created_at: datetime, ident: uuid.UUID) -> str:
-    raw = f"{created_at.isoformat()}|{ident}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+Sort = Literal["-created_at", "created_at"]
+SortQuery = Annotated[Sort, Query(description="-created_at: newest first (the default); created_at: oldest first")]
+"""The order of every list; a cursor carries it, so the next page keeps it."""
+
+ASCENDING = "asc"
+
+LabelQuery = Annotated[
+    list[str] | None,
+    Query(max_length=20, description="key=value: only what carries this label; repeat to require several"),
+]
+LABEL_KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")
 
 
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+def with_labels(statement, model, labels: list[str] | None):
+    """``statement`` narrowed to the rows whose labels hold every ``key=value`` given (422 on a malformed one)."""
+    for given in labels or []:
+        key, sep, value = given.partition("=")
+        if not sep or not LABEL_KEY_PATTERN.match(key):
+            raise field_error(("query", "label"), f"give label=key=value with a valid key; got {given[:80]!r}")
+        statement = statement.where(model.labels[key].as_string() == value)
+    return statement
+
+
+def encode_cursor(created_at: datetime, ident: uuid.UUID, sort: Sort = "-created_at") -> str:
+    raw = f"{created_at.isoformat()}|{ident}" + (f"|{ASCENDING}" if sort == "created_at" else "")
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID, Sort]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        when, ident = raw.split("|", 1)
-        created_at = datetime.fromisoformat(when)
+        parts = raw.split("|")
+        if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != ASCENDING):
+            raise ValueError(raw)
+        created_at = datetime.fromisoformat(parts[0])
         if created_at.tzinfo is None:
             created_at = created_at.replace(tzinfo=timezone.utc)
-        return created_at, uuid.UUID(ident)
+        sort: Sort = "created_at" if len(parts) == 3 else "-created_at"
+        return created_at, uuid.UUID(parts[1]), sort
     except Exception:
         raise field_error(
             ("query", "cursor"), "invalid cursor: pass the next_cursor of a previous page unchanged"
         ) from None
 
 
-def paginate(statement, model, cursor: str | None, limit: int):
-    """Newest first, keyset on (created_at, id): returns (statement for limit+1 rows)."""
-    statement = statement.order_by(model.created_at.desc(), model.id.desc())
+def paginate(statement, model, cursor: str | None, limit: int, sort: Sort = "-created_at"):
+    """Keyset pagination on (created_at, id), newest first unless ``sort`` is ``created_at``: the statement for
+    limit + 1 rows. A cursor made for the other order is a 422."""
+    ascending = sort == "created_at"
+    keys = (model.created_at, model.id)
+    statement = statement.order_by(*(key.asc() if ascending else key.desc() for key in keys))
     if cursor:
-        created_at, ident = decode_cursor(cursor)
-        statement = statement.where(tuple_(model.created_at, model.id) < tuple_(created_at, ident))
+        created_at, ident, made_for = decode_cursor(cursor)
+        if made_for != sort:
+            raise field_error(("query", "cursor"), f"this cursor was made for sort={made_for}: pass that sort with it")
+        after = tuple_(*keys) > tuple_(created_at, ident) if ascending else tuple_(*keys) < tuple_(created_at, ident)
+        statement = statement.where(after)
     return statement.limit(limit + 1)
 
 
-def page(rows: list, limit: int) -> tuple[list, str | None]:
+def page(rows: list, limit: int, sort: Sort = "-created_at") -> tuple[list, str | None]:
     if len(rows) > limit:
         rows = rows[:limit]
-        return rows, encode_cursor(rows[-1].created_at, rows[-1].id)
+        return rows, encode_cursor(rows[-1].created_at, rows[-1].id, sort)
     return rows, None
 
 

@@ -244,6 +244,7 @@ def add_pipeline_jobs(
                 pipeline_id=pipeline.id,
                 step=index,
                 depends_on=previous,
+                labels=pipeline.labels,
             )
         )
         session.flush()

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from layercut.api.common import (
     IDEMPOTENCY_HEADER_DOC,
+    SortQuery,
     check_idempotency_key,
     error_responses,
     field_error,
@@ -280,10 +281,10 @@ def list_datasets(
     tenant: TenantDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
+    sort: SortQuery = "-created_at",
 ) -> Page[DatasetOut]:
-    rows, next_cursor = page(
-        list(session.scalars(paginate(select(Dataset).where(Dataset.tenant == tenant), Dataset, cursor, limit))), limit
-    )
+    statement = paginate(select(Dataset).where(Dataset.tenant == tenant), Dataset, cursor, limit, sort)
+    rows, next_cursor = page(list(session.scalars(statement)), limit, sort)
     return Page[DatasetOut](items=[dataset_out(r) for r in rows], next_cursor=next_cursor)
 
 

@@ -18,6 +18,8 @@ from starlette.concurrency import run_in_threadpool
 from layercut import telemetry
 from layercut.api.common import (
     IDEMPOTENCY_HEADER_DOC,
+    LabelQuery,
+    SortQuery,
     as_utc,
     check_idempotency_key,
     error_responses,
@@ -26,6 +28,7 @@ from layercut.api.common import (
     page,
     paginate,
     request_hash,
+    with_labels,
 )
 from layercut.api.crud import artifact_out, check_references, dispatch, get_tenant_job, job_artifacts
 from layercut.api.deps import DispatcherDep, ReadCacheDep, SessionDep, SettingsDep, TenantDep
@@ -80,6 +83,7 @@ def _summary_fields(job: Job) -> dict[str, Any]:
         started_at=job.started_at,
         finished_at=job.finished_at,
         updated_at=job.updated_at,
+        labels=job.labels or {},
     )
 
 
@@ -130,7 +134,11 @@ def create_job(
     key = check_idempotency_key(idempotency_key)
     params_json = body.params.model_dump(mode="json")
     digest = request_hash(
-        {"params": params_json, "callback_url": str(body.callback_url) if body.callback_url else None}
+        {
+            "params": params_json,
+            "callback_url": str(body.callback_url) if body.callback_url else None,
+            **({"labels": body.labels} if body.labels else {}),
+        }
     )
     check_references(session, tenant, body.params)
     job = Job(
@@ -139,6 +147,7 @@ def create_job(
         kind=body.params.kind,
         status="queued",
         params=params_json,
+        labels=body.labels or None,
         callback_url=str(body.callback_url) if body.callback_url else None,
         idempotency_key=key,
         request_hash=digest if key else None,
@@ -249,9 +258,12 @@ def list_jobs(
     created_before: Annotated[IsoDateTime | None, Query(description="exclusive; ISO 8601, naive times are UTC")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=500, description="next_cursor of the previous page")] = None,
+    sort: SortQuery = "-created_at",
+    label: LabelQuery = None,
 ) -> Page[JobSummary]:
-    """Newest first, cursor-paginated (keyset on creation time and id, stable under inserts)."""
-    statement = select(Job).where(Job.tenant == tenant)
+    """Newest first (``sort=created_at`` for oldest first), cursor-paginated (keyset on creation time and id,
+    stable under inserts); ``label=key=value`` (repeatable) keeps the jobs that carry every label given."""
+    statement = with_labels(select(Job).where(Job.tenant == tenant), Job, label)
     if status_:
         statement = statement.where(Job.status == status_)
     if kind:
@@ -262,7 +274,7 @@ def list_jobs(
         statement = statement.where(Job.created_at >= as_utc(created_after, "created_after"))
     if created_before is not None:
         statement = statement.where(Job.created_at < as_utc(created_before, "created_before"))
-    rows, next_cursor = page(list(session.scalars(paginate(statement, Job, cursor, limit))), limit)
+    rows, next_cursor = page(list(session.scalars(paginate(statement, Job, cursor, limit, sort))), limit, sort)
     return Page[JobSummary](items=[job_summary(j) for j in rows], next_cursor=next_cursor)
 
 

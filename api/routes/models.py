@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 
 from layercut.api.common import (
     IDEMPOTENCY_HEADER_DOC,
+    SortQuery,
     check_idempotency_key,
     error_responses,
     field_error,
@@ -65,15 +66,10 @@ def list_models(
     tenant: TenantDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
+    sort: SortQuery = "-created_at",
 ) -> Page[ModelOut]:
-    rows, next_cursor = page(
-        list(
-            session.scalars(
-                paginate(select(ModelVersion).where(ModelVersion.tenant == tenant), ModelVersion, cursor, limit)
-            )
-        ),
-        limit,
-    )
+    statement = paginate(select(ModelVersion).where(ModelVersion.tenant == tenant), ModelVersion, cursor, limit, sort)
+    rows, next_cursor = page(list(session.scalars(statement)), limit, sort)
     return Page[ModelOut](items=[model_out(request, r) for r in rows], next_cursor=next_cursor)
 
 

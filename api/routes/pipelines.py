@@ -16,6 +16,8 @@ from sqlalchemy.orm import Session
 
 from layercut.api.common import (
     IDEMPOTENCY_HEADER_DOC,
+    LabelQuery,
+    SortQuery,
     check_idempotency_key,
     error_responses,
     field_error,
@@ -23,6 +25,7 @@ from layercut.api.common import (
     page,
     paginate,
     request_hash,
+    with_labels,
 )
 from layercut.api.crud import (
     add_pipeline_jobs,
@@ -200,6 +203,7 @@ def pipeline_out(session: Session, row: Pipeline) -> PipelineOut:
         status=derived_status(steps),
         stored_status=row.status,
         params=row.params or {},
+        labels=row.labels or {},
         callback_url=row.callback_url,
         created_at=row.created_at,
         updated_at=row.updated_at,
@@ -265,6 +269,7 @@ def create_pipeline(
         tenant=tenant,
         status="queued",
         params=params_json,
+        labels=body.labels or None,
         callback_url=str(body.callback_url) if body.callback_url else None,
         idempotency_key=key,
         request_hash=digest if key else None,
@@ -301,11 +306,13 @@ def list_pipelines(
     tenant: TenantDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
+    sort: SortQuery = "-created_at",
+    label: LabelQuery = None,
 ) -> Page[PipelineOut]:
-    rows, next_cursor = page(
-        list(session.scalars(paginate(select(Pipeline).where(Pipeline.tenant == tenant), Pipeline, cursor, limit))),
-        limit,
-    )
+    """Newest first (``sort=created_at`` for oldest first), cursor-paginated; ``label=key=value`` (repeatable)
+    keeps the pipelines that carry every label given."""
+    statement = with_labels(select(Pipeline).where(Pipeline.tenant == tenant), Pipeline, label)
+    rows, next_cursor = page(list(session.scalars(paginate(statement, Pipeline, cursor, limit, sort))), limit, sort)
     return Page[PipelineOut](items=[pipeline_out(session, r) for r in rows], next_cursor=next_cursor)
 
 

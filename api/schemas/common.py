@@ -1,8 +1,8 @@
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+from typing import Annotated, Generic, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StringConstraints
 
 T = TypeVar("T")
 
@@ -12,3 +12,18 @@ class Page(BaseModel, Generic[T]):
 
     items: list[T]
     next_cursor: str | None = Field(None, description="opaque; null when this is the last page")
+
+
+LABEL_KEY = r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$"
+MAX_LABELS = 20
+LabelKey = Annotated[str, StringConstraints(pattern=LABEL_KEY)]
+LabelValue = Annotated[str, StringConstraints(max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")]
+Labels = Annotated[
+    dict[LabelKey, LabelValue],
+    Field(
+        max_length=MAX_LABELS,
+        description=f"up to {MAX_LABELS} key=value labels (keys: letters, digits, . _ / -; values up to 200 "
+        "characters) to find this again with `?label=key=value`",
+        examples=[{"team": "vision", "ticket": "ML-42"}],
+    ),
+]

@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
 from layercut.api.schemas.artifacts import ArtifactOut
+from layercut.api.schemas.common import Labels
 from layercut.contracts.jobs import JobParams
 
 _D = "2b9f6a1e-8c3d-4e5f-9a0b-1c2d3e4f5a6b"
@@ -53,6 +54,7 @@ class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [JOB_CREATE_EXAMPLES["train"]["value"]]})
     params: JobParams
     callback_url: AnyHttpUrl | None = Field(None, description="receives a signed POST when the job ends")
+    labels: Labels = Field(default_factory=dict)
 
 
 class JobError(BaseModel):
@@ -104,6 +106,7 @@ class JobSummary(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime
+    labels: dict[str, str] = Field(default_factory=dict, description="the labels given at creation")
 
 
 class JobOut(JobSummary):

@@ -5,6 +5,7 @@ from datetime import datetime
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
+from layercut.api.schemas.common import Labels
 from layercut.contracts.configs import (
     AnalyzeConfig,
     ArchitectureName,
@@ -80,6 +81,7 @@ class PipelineCreate(BaseModel):
         "explain", description="the last step: analyze, compare, or explain (base and slim side by side)"
     )
     callback_url: AnyHttpUrl | None = None
+    labels: Labels = Field(default_factory=dict)
 
 
 class PipelineStep(BaseModel):
@@ -135,6 +137,7 @@ class PipelineOut(BaseModel):
     )
     stored_status: str = Field(description="the status column the job runner keeps")
     params: dict
+    labels: dict[str, str] = Field(default_factory=dict, description="the labels given at creation")
     callback_url: str | None
     created_at: datetime
     updated_at: datetime

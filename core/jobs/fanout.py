@@ -61,4 +61,5 @@ def _job(job_id: uuid.UUID, parent: Job, params: JobParams, step: int, depends_o
         pipeline_id=parent.pipeline_id,
         step=step,
         depends_on=depends_on,
+        labels=parent.labels,
     )

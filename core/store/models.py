@@ -72,6 +72,7 @@ class Pipeline(Base):
     tenant: Mapped[str] = mapped_column(String(64), index=True)
     status: Mapped[str] = mapped_column(String(16), default="queued")
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    labels: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # key → value, given at creation
     callback_url: Mapped[str | None] = mapped_column(Text)
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     request_hash: Mapped[str | None] = mapped_column(String(64))
@@ -112,6 +113,7 @@ class Job(Base):
     step: Mapped[int | None] = mapped_column(Integer)  # position in its pipeline
     depends_on: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
     waits_for: Mapped[list[Any] | None] = mapped_column(JSON)  # job ids (str) a fan-in job gathers
+    labels: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # key → value (a pipeline's jobs carry its labels)
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     request_hash: Mapped[str | None] = mapped_column(String(64))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)

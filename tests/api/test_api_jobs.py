@@ -247,3 +247,61 @@ def test_concurrent_duplicates_make_one_row(env):
             == 1
         )
     assert len(env.dispatcher.sent) == 1
+
+
+def walk(env, path: str, **params) -> list[str]:
+    """Every id of a list, page by page (3 a page), following next_cursor."""
+    seen, cursor = [], None
+    while True:
+        page = env.client.get(
+            path, params={"limit": 3, **params, **({"cursor": cursor} if cursor else {})}, headers=env.headers
+        )
+        assert page.status_code == 200, page.text
+        seen += [item["id"] for item in page.json()["items"]]
+        cursor = page.json()["next_cursor"]
+        if not cursor:
+            return seen
+
+
+def test_labels_find_jobs_and_pipelines_and_every_list_sorts_both_ways(env):
+    """Labels given at creation come back and filter lists (every label given must match); a pipeline's steps
+    carry its labels; every list walks oldest first with sort=created_at, and a cursor keeps its order."""
+    dataset_id = env.dataset()
+    tagged = [
+        env.client.post(
+            "/v1/jobs", json={**train(dataset_id), "labels": {"team": "vision", "run": str(i)}}, headers=env.headers
+        ).json()
+        for i in range(4)
+    ]
+    plain = env.client.post("/v1/jobs", json=train(dataset_id), headers=env.headers).json()
+    assert tagged[0]["labels"] == {"team": "vision", "run": "0"} and plain["labels"] == {}
+    ids = [job["id"] for job in tagged]
+    assert walk(env, "/v1/jobs", label="team=vision") == list(reversed(ids))
+    assert walk(env, "/v1/jobs", label=["team=vision", "run=2"]) == [ids[2]]
+    assert walk(env, "/v1/jobs", label="team=audio") == []
+    assert walk(env, "/v1/jobs", sort="created_at") == [*ids, plain["id"]]
+    assert walk(env, "/v1/jobs", sort="created_at", label="team=vision") == ids
+    first = env.client.get("/v1/jobs", params={"limit": 2, "sort": "created_at"}, headers=env.headers).json()
+    mixed = env.client.get("/v1/jobs", params={"cursor": first["next_cursor"]}, headers=env.headers)
+    assert mixed.status_code == 422 and "sort=created_at" in mixed.text
+    for bad in ("team", "=vision", "bad key=1"):
+        answer = env.client.get("/v1/jobs", params={"label": bad}, headers=env.headers)
+        assert answer.status_code == 422 and loc(answer) == ["query", "label"], bad
+    too_many = {f"k{i}": "v" for i in range(21)}
+    answer = env.client.post("/v1/jobs", json={**train(dataset_id), "labels": too_many}, headers=env.headers)
+    assert answer.status_code == 422 and loc(answer)[:2] == ["body", "labels"]
+    answer = env.client.post("/v1/jobs", json={**train(dataset_id), "labels": {"bad key": "x"}}, headers=env.headers)
+    assert answer.status_code == 422
+
+    pipeline = env.client.post(
+        "/v1/pipelines",
+        json={"data": {"dataset_id": dataset_id, "image_size": 32}, "arch": "smallcnn", "labels": {"team": "vision"}},
+        headers=env.headers,
+    ).json()
+    assert pipeline["labels"] == {"team": "vision"}
+    assert walk(env, "/v1/pipelines", label="team=vision") == [pipeline["id"]]
+    steps = {step["id"] for step in pipeline["steps"]}
+    assert set(walk(env, "/v1/jobs", label="team=vision", pipeline_id=pipeline["id"])) == steps
+    for path in ("/v1/datasets", "/v1/models", "/v1/pipelines"):
+        newest = walk(env, path)
+        assert walk(env, path, sort="created_at") == list(reversed(newest)), path
