@@ -43,6 +43,11 @@ class Settings(BaseSettings):
         None, description="where torchvision datasets (cifar10, mnist, …) are stored; default: data_dir/datasets"
     )
     no_download: bool = Field(False, description="never try to download a torchvision dataset that is not in data_root")
+    retention_days: float = Field(
+        0,
+        ge=0,
+        description="finished jobs and pipelines older than this many days are deleted with their files (0: kept)",
+    )
     log_format: Literal["json", "text"] = Field(
         "json", description="the service's log lines: one JSON object per line, or plain text"
     )

@@ -43,6 +43,7 @@ from layercut.api.schemas.jobs import (
     JobSummary,
 )
 from layercut.contracts.kinds import STAGE_KINDS
+from layercut.jobs.retention import InUse, delete_jobs
 from layercut.settings import Settings
 from layercut.store.db import get_sessionmaker
 from layercut.store.jobs import JobRepository
@@ -294,3 +295,29 @@ def cancel_job(
         cache.evict("job", str(job.id))
     session.refresh(job)
     return job_out(request, session, job)
+
+
+@router.delete(
+    "/{job_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=error_responses(401, 404, 409),
+    summary="Delete a finished job",
+)
+def delete_job(
+    job_id: uuid.UUID, session: SessionDep, settings: SettingsDep, tenant: TenantDep, cache: ReadCacheDep
+) -> Response:
+    """Delete an ended job with its artifacts, the model versions it made and its log. 409 while it runs, when an
+    unfinished job reads what it made, or when it is a step of a pipeline (delete the pipeline)."""
+    job = get_tenant_job(session, tenant, job_id)
+    if job.pipeline_id is not None:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, f"job {job_id} is a step of pipeline {job.pipeline_id}: delete the pipeline"
+        )
+    try:
+        delete_jobs(session, [job], settings.resolved_artifact_root)
+    except InUse as exc:
+        session.rollback()
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    if cache is not None:
+        cache.evict("job", str(job_id))
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -33,6 +33,7 @@ from layercut.api.schemas.common import Page
 from layercut.api.schemas.models import ImportSpec, ModelOut
 from layercut.api.uploads import UploadRejected, save_upload
 from layercut.contracts.spec import SPEC_KEY
+from layercut.jobs.retention import InUse, delete_model
 from layercut.store.models import ModelVersion
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -200,3 +201,21 @@ async def import_model(
         response.status_code = status.HTTP_200_OK
         return model_out(request, existing)
     return model_out(request, row)
+
+
+@router.delete(
+    "/{model_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=error_responses(401, 404, 409),
+    summary="Delete an imported model",
+)
+def delete_model_route(model_id: uuid.UUID, session: SessionDep, settings: SettingsDep, tenant: TenantDep) -> Response:
+    """Delete an imported model and its checkpoint. 409 while an unfinished job uses it; a model a job made is
+    deleted with that job (or its pipeline)."""
+    row = get_tenant_model(session, tenant, model_id)
+    try:
+        delete_model(session, row, settings.resolved_artifact_root)
+    except InUse as exc:
+        session.rollback()
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

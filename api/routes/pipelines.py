@@ -36,7 +36,7 @@ from layercut.api.crud import (
     get_tenant_pipeline,
     pipeline_jobs,
 )
-from layercut.api.deps import DispatcherDep, SessionDep, TenantDep
+from layercut.api.deps import DispatcherDep, ReadCacheDep, SessionDep, SettingsDep, TenantDep
 from layercut.api.schemas.common import Page
 from layercut.api.schemas.pipelines import PIPELINE_EXAMPLES, PipelineCreate, PipelineOut, PipelineStep
 from layercut.contracts.jobs import (
@@ -53,6 +53,7 @@ from layercut.contracts.jobs import (
 )
 from layercut.contracts.kinds import StageKind
 from layercut.contracts.plan import GIVEN, InputRole, PlanStep, cut_rule, pipeline_plan
+from layercut.jobs.retention import InUse, delete_pipeline
 from layercut.store.jobs import JobRepository
 from layercut.store.models import FINAL_STATUSES, Job, Pipeline, utcnow
 
@@ -346,3 +347,27 @@ def cancel_pipeline(pipeline_id: uuid.UUID, session: SessionDep, tenant: TenantD
             row.finished_at = utcnow()
         session.commit()
     return pipeline_out(session, row)
+
+
+@router.delete(
+    "/{pipeline_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=error_responses(401, 404, 409),
+    summary="Delete a finished pipeline",
+)
+def delete_pipeline_route(
+    pipeline_id: uuid.UUID, session: SessionDep, settings: SettingsDep, tenant: TenantDep, cache: ReadCacheDep
+) -> Response:
+    """Delete a pipeline whose every step has ended, with its jobs, their artifacts, models and logs. 409 while a
+    step runs or is queued (cancel the pipeline first), or when an unfinished job reads what it made."""
+    row = get_tenant_pipeline(session, tenant, pipeline_id)
+    steps = [job.id for job in pipeline_jobs(session, row)]
+    try:
+        delete_pipeline(session, row, settings.resolved_artifact_root)
+    except InUse as exc:
+        session.rollback()
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+    if cache is not None:
+        for job_id in steps:
+            cache.evict("job", str(job_id))
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

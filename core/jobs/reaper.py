@@ -20,6 +20,7 @@ from datetime import timedelta
 from layercut.jobs import pipelines
 from layercut.jobs.dispatch import Dispatcher, DispatchError, InspectableDispatcher
 from layercut.jobs.lifecycle import finished
+from layercut.jobs.retention import expire
 from layercut.settings import Settings
 from layercut.store.db import get_sessionmaker
 from layercut.store.jobs import JobRepository
@@ -50,12 +51,16 @@ def reap(settings: Settings, dispatcher: Dispatcher) -> dict[str, list[str]]:
                 not_sent.append(str(job.id))
     for job_id in outcome["failed"] + outcome["cancelled"]:
         finished(settings, job_id, dispatcher)
+    expired = expire(settings)
     result = {
         "requeued": [str(i) for i in outcome["requeued"]],
         "failed": [str(i) for i in outcome["failed"]],
         "cancelled": [str(i) for i in outcome["cancelled"]],
         "dispatched": sent,
         "not_dispatched": not_sent,
+        "expired": [f"{expired['jobs']} job(s)", f"{expired['pipelines']} pipeline(s)"]
+        if any(expired.values())
+        else [],
     }
     if any(result.values()):
         log.info("reaper: %s", {k: len(v) for k, v in result.items()})

@@ -1,0 +1,154 @@
+"""Forgetting finished work: delete jobs, pipelines and imported models with their files, on request (the API's
+DELETE routes) or when they are older than the retention setting (``LAYERCUT_RETENTION_DAYS``, run by the reaper).
+
+Only finished work is deleted, and nothing an unfinished job still reads: a job whose models or outputs a queued
+or running job names, a model such a job uses. The rows go first (one transaction), then the files, so a crash in
+between leaves files without rows (harmless, never served) rather than rows without files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from layercut import telemetry
+from layercut.settings import Settings
+from layercut.store.db import get_sessionmaker
+from layercut.store.models import FINAL_STATUSES, Artifact, Job, ModelVersion, Pipeline
+
+log = logging.getLogger(__name__)
+
+EXPIRE_BATCH = 100
+"""Most jobs or pipelines one retention pass deletes (the next pass goes on)."""
+
+
+class InUse(Exception):
+    """What was asked to be deleted is not finished, or an unfinished job still reads it; the message says which."""
+
+
+def _mentions(params: object, ids: set[str]) -> bool:
+    """Whether a job's params name any of ``ids`` (a model id, a job whose output it reads)."""
+    text = json.dumps(params, default=str)
+    return any(ident in text for ident in ids)
+
+
+def _unfinished_readers(session: Session, tenant: str, ids: set[str], exclude: set[uuid.UUID]) -> list[uuid.UUID]:
+    active = session.scalars(select(Job).where(Job.tenant == tenant, Job.status.notin_(FINAL_STATUSES))).all()
+    return [job.id for job in active if job.id not in exclude and _mentions(job.params or {}, ids)]
+
+
+def check_deletable(session: Session, jobs: list[Job]) -> None:
+    """Raise ``InUse`` unless every job has ended and no other unfinished job reads what they made."""
+    running = [job for job in jobs if job.status not in FINAL_STATUSES]
+    if running:
+        raise InUse(
+            f"job {running[0].id} has not ended ({running[0].status}); cancel it or wait for it to end, then delete"
+        )
+    if not jobs:
+        return
+    ids = {str(job.id) for job in jobs}
+    models = session.scalars(select(ModelVersion.id).where(ModelVersion.job_id.in_([job.id for job in jobs]))).all()
+    ids |= {str(model) for model in models}
+    readers = _unfinished_readers(session, jobs[0].tenant, ids, {job.id for job in jobs})
+    if readers:
+        raise InUse(
+            f"unfinished job(s) {', '.join(map(str, readers[:5]))} read what this made; cancel them or wait, "
+            "then delete"
+        )
+
+
+def delete_jobs(session: Session, jobs: list[Job], artifact_root: Path) -> int:
+    """Delete ``jobs`` (checked with ``check_deletable`` first), their artifacts, the model versions they made
+    and their files; commits. Returns how many jobs were deleted."""
+    check_deletable(session, jobs)
+    if not jobs:
+        return 0
+    ids = [job.id for job in jobs]
+    folders = [(job.tenant, job.id) for job in jobs]
+    session.execute(update(Job).where(Job.depends_on.in_(ids)).values(depends_on=None))
+    made = session.scalars(select(ModelVersion.id).where(ModelVersion.job_id.in_(ids))).all()
+    if made:
+        session.execute(update(ModelVersion).where(ModelVersion.parent_id.in_(made)).values(parent_id=None))
+        session.execute(delete(ModelVersion).where(ModelVersion.id.in_(made)))
+    session.execute(delete(Artifact).where(Artifact.job_id.in_(ids)))
+    session.execute(delete(Job).where(Job.id.in_(ids)))
+    session.commit()
+    for tenant, job_id in folders:
+        shutil.rmtree(artifact_root / tenant / str(job_id), ignore_errors=True)
+        telemetry.job_log_path(artifact_root, tenant, job_id).unlink(missing_ok=True)
+    return len(ids)
+
+
+def delete_pipeline(session: Session, pipeline: Pipeline, artifact_root: Path) -> int:
+    """Delete a pipeline whose every step has ended, with its jobs and their files; returns the jobs deleted."""
+    jobs = list(session.scalars(select(Job).where(Job.pipeline_id == pipeline.id)))
+    check_deletable(session, jobs)
+    count = delete_jobs(session, jobs, artifact_root)
+    session.execute(delete(Pipeline).where(Pipeline.id == pipeline.id))
+    session.commit()
+    return count
+
+
+def delete_model(session: Session, model: ModelVersion, artifact_root: Path) -> None:
+    """Delete an imported model and its files; a model a job made goes with that job (``InUse`` says which)."""
+    if model.job_id is not None:
+        raise InUse(f"model {model.id} is an output of job {model.job_id}: delete that job (or its pipeline)")
+    readers = _unfinished_readers(session, model.tenant, {str(model.id)}, set())
+    if readers:
+        raise InUse(f"unfinished job(s) {', '.join(map(str, readers[:5]))} use model {model.id}; cancel or wait")
+    checkpoint = artifact_root / model.checkpoint
+    session.execute(update(ModelVersion).where(ModelVersion.parent_id == model.id).values(parent_id=None))
+    session.delete(model)
+    session.commit()
+    folder = checkpoint.parent
+    if folder.name == str(model.id) and folder.resolve().is_relative_to(artifact_root.resolve()):
+        shutil.rmtree(folder, ignore_errors=True)
+    else:
+        checkpoint.unlink(missing_ok=True)
+
+
+def expire(settings: Settings, now: datetime | None = None) -> dict[str, int]:
+    """One retention pass: delete finished jobs (outside pipelines) and finished pipelines that ended more than
+    ``retention_days`` ago, at most ``EXPIRE_BATCH`` of each; what is still read by unfinished work is kept."""
+    if settings.retention_days <= 0:
+        return {"jobs": 0, "pipelines": 0}
+    cutoff = (now or datetime.now(timezone.utc)) - timedelta(days=settings.retention_days)
+    root = settings.resolved_artifact_root
+    deleted = {"jobs": 0, "pipelines": 0}
+    with get_sessionmaker(settings.resolved_database_url)() as session:
+        old_jobs = session.scalars(
+            select(Job)
+            .where(Job.pipeline_id.is_(None), Job.status.in_(FINAL_STATUSES), Job.finished_at < cutoff)
+            .limit(EXPIRE_BATCH)
+        ).all()
+        for job in old_jobs:
+            try:
+                deleted["jobs"] += delete_jobs(session, [job], root)
+            except InUse as exc:
+                session.rollback()
+                log.info("retention keeps job %s: %s", job.id, exc)
+        old_pipelines = session.scalars(
+            select(Pipeline).where(Pipeline.finished_at.is_not(None), Pipeline.finished_at < cutoff).limit(EXPIRE_BATCH)
+        ).all()
+        for pipeline in old_pipelines:
+            try:
+                delete_pipeline(session, pipeline, root)
+                deleted["pipelines"] += 1
+            except InUse as exc:
+                session.rollback()
+                log.info("retention keeps pipeline %s: %s", pipeline.id, exc)
+    if any(deleted.values()):
+        log.info(
+            "retention: deleted %d job(s) and %d pipeline(s) older than %g days",
+            deleted["jobs"],
+            deleted["pipelines"],
+            settings.retention_days,
+        )
+    return deleted
