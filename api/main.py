@@ -94,6 +94,7 @@ def create_app(settings: Settings | None = None, run_embedded_jobs: bool = True)
     async def lifespan(_app: FastAPI):
         resolved = settings or get_settings()
         configure_logging(resolved.log_format, resolved.log_level)
+        resolved.refuse_insecure_defaults("the API")
         if resolved.embedded and run_embedded_jobs:
             # Embedded mode runs jobs in this process: start the executor and its reaper now, so jobs
             # left running by a crash are recovered without waiting for the next submission.

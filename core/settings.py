@@ -25,6 +25,10 @@ def default_data_dir() -> Path:
     return Path(user_data_dir("layercut", appauthor=False))
 
 
+DEFAULT_CALLBACK_SECRET = "change-me"
+WELL_KNOWN_PASSWORDS = {"layercut", "postgres", "password", "change-me", "changeme", "secret"}
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LAYERCUT_", env_file=None, extra="ignore")
 
@@ -85,7 +89,12 @@ class Settings(BaseSettings):
     read_cache_entries: int = Field(10_000, ge=1, description="most entries one API process caches")
     read_cache_seconds: float = Field(30.0, gt=0, description="longest an entry is served, even without a notification")
 
-    callback_secret: str = Field("change-me", description="HMAC key that signs job callbacks")
+    callback_secret: str = Field(DEFAULT_CALLBACK_SECRET, description="HMAC key that signs job callbacks")
+    allow_insecure_defaults: bool = Field(
+        False,
+        description="development only: let the service (a database or broker configured) run with the default "
+        "callback secret or a well-known database password",
+    )
     callback_attempts: int = 5
     callback_timeout_seconds: float = 10.0
 
@@ -104,10 +113,48 @@ class Settings(BaseSettings):
         """The folder of torchvision datasets: ``data_root``, or ``datasets`` under ``data_dir``."""
         return (self.data_root or self.data_dir / "datasets").expanduser()
 
+    def insecure_defaults(self) -> list[str]:
+        """What makes this service configuration unsafe to expose: the default callback secret, a well-known
+        database password. Empty for the embedded default (no database or broker configured) and when
+        ``allow_insecure_defaults`` is set."""
+        if self.allow_insecure_defaults or not (self.database_url or self.broker_url):
+            return []
+        problems = []
+        if self.callback_secret == DEFAULT_CALLBACK_SECRET:
+            problems.append("LAYERCUT_CALLBACK_SECRET is the default 'change-me': set a long random secret")
+        password = _database_password(self.database_url)
+        if password is not None and password.lower() in WELL_KNOWN_PASSWORDS:
+            problems.append("the database password in LAYERCUT_DATABASE_URL is a well-known default: set your own")
+        return problems
+
+    def refuse_insecure_defaults(self, who: str) -> None:
+        """Stop ``who`` (the API, a worker) from starting on insecure defaults, saying what to set."""
+        problems = self.insecure_defaults()
+        if problems:
+            raise InsecureDefaults(
+                f"{who} refuses to start: " + "; ".join(problems) + " (or, for development only, "
+                "LAYERCUT_ALLOW_INSECURE_DEFAULTS=1)"
+            )
+
     @property
     def embedded(self) -> bool:
         """Jobs run in-process (no broker configured)."""
         return not self.broker_url
+
+
+class InsecureDefaults(RuntimeError):
+    """The service was asked to start with a default secret or password."""
+
+
+def _database_password(url: str | None) -> str | None:
+    if not url:
+        return None
+    from urllib.parse import urlsplit
+
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
 
 
 @lru_cache

@@ -29,6 +29,7 @@ from layercut.store.db import get_engine  # noqa: E402
 log = logging.getLogger(__name__)
 
 settings = get_settings()
+settings.refuse_insecure_defaults("the worker")
 
 app = Celery("layercut", broker=settings.broker_url, include=["layercut.worker.tasks"])
 app.conf.update(

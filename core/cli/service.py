@@ -106,6 +106,10 @@ def serve(
             "--workers > 1 needs a database (LAYERCUT_DATABASE_URL) and a broker (LAYERCUT_BROKER_URL): "
             "in-process jobs and SQLite allow one API process"
         )
+    if settings.insecure_defaults():
+        fail(
+            "; ".join(settings.insecure_defaults()) + " (or, for development only, LAYERCUT_ALLOW_INSECURE_DEFAULTS=1)"
+        )
     for line in describe_mode(settings):
         err_console.print(line, highlight=False, soft_wrap=True)
     prepare_database(settings.resolved_database_url, migrate_embedded=embedded_db and not no_migrate)

@@ -39,6 +39,7 @@ def test_readyz_reports_what_failed(postgres_url, tmp_path):
         database_url="postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=1",
         broker_url="redis://127.0.0.1:1/0",
         artifact_root=tmp_path,
+        callback_secret="a-secret-of-this-test",
     )
     with TestClient(create_app(settings)) as client:
         ready = client.get("/readyz")
@@ -102,3 +103,27 @@ def test_the_api_docs_load_nothing_from_outside(env):
         for asset in assets:
             served = env.client.get(asset)
             assert served.status_code == 200 and len(served.content) > 500, (page, asset, served.status_code)
+
+
+def test_the_service_refuses_default_secrets_unless_told_it_is_development(tmp_path):
+    """With a database or broker configured (the service), the API does not start on the default callback secret or
+    a well-known database password, and says what to set; the embedded default and the development flag start."""
+    import pytest
+    from fastapi.testclient import TestClient
+
+    from layercut.settings import InsecureDefaults
+
+    service = Settings(
+        database_url="postgresql+psycopg://layercut:layercut@127.0.0.1:1/none", broker_url="redis://127.0.0.1:1/0"
+    )
+    problems = service.insecure_defaults()
+    assert len(problems) == 2 and "LAYERCUT_CALLBACK_SECRET" in problems[0] and "database password" in problems[1]
+    with pytest.raises(InsecureDefaults, match="LAYERCUT_ALLOW_INSECURE_DEFAULTS"):
+        with TestClient(create_app(service, run_embedded_jobs=False)):
+            pass
+    assert Settings(data_dir=tmp_path).insecure_defaults() == []  # embedded: one user's machine
+    assert service.model_copy(update={"allow_insecure_defaults": True}).insecure_defaults() == []
+    safe = service.model_copy(
+        update={"callback_secret": "x" * 32, "database_url": "postgresql+psycopg://layercut:S3cr3t-r4nd0m@db/l"}
+    )
+    assert safe.insecure_defaults() == []

@@ -21,7 +21,9 @@ from layercut.store.keys import hash_key
 from layercut.store.models import ApiKey
 from layercut.testing.api_env import RecordingDispatcher
 
-SETTINGS = Settings(upload_max_bytes=100_000, upload_max_unpacked_bytes=100_000, upload_max_members=100)
+SETTINGS = Settings(
+    upload_max_bytes=100_000, upload_max_unpacked_bytes=100_000, upload_max_members=100, callback_secret="fuzzed-api"
+)
 APP = create_app(SETTINGS, run_embedded_jobs=False)  # dispatch is faked: no executor, no reaper
 APP.dependency_overrides[dispatcher_dep] = RecordingDispatcher
 SECRET = f"lc_fuzz_{uuid.uuid4().hex}"  # known at import: schemathesis applies auth while collecting

@@ -45,7 +45,8 @@ def env(service: str) -> dict[str, str]:
 
 
 def resolve(value: str) -> str:
-    """Compose's ${VAR:-default} with no variables set."""
+    """Compose's ${VAR:-default} with no variables set, and a required ${VAR:?message} as given ("given-VAR")."""
+    value = re.sub(r"\$\{([A-Z0-9_]+):\?[^}]*\}", r"given-\1", value)
     return re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", value)
 
 
@@ -203,3 +204,21 @@ def test_dockerignore_keeps_what_the_image_needs():
         assert not ignored(needed), needed
     for excluded in (".venv", ".git", "layercut-data"):
         assert ignored(excluded), excluded
+
+
+def test_no_secret_has_a_default_and_secrets_stay_out_of_git_and_the_image():
+    text = (ROOT / "docker-compose.yml").read_text()
+    for secret in ("POSTGRES_PASSWORD", "LAYERCUT_CALLBACK_SECRET"):
+        assert "${" + secret + ":?" in text and "${" + secret + ":-" not in text, secret
+    assert "change-me" not in text
+    assert (
+        ".env" in (ROOT / ".gitignore").read_text().split() and ".env" in (ROOT / ".dockerignore").read_text().split()
+    )
+
+
+def test_api_is_healthy_when_ready_and_the_worker_when_it_answers_its_broker():
+    api = " ".join(SERVICES["api"]["healthcheck"]["test"])
+    assert "/readyz" in api and "/healthz" not in api
+    worker = SERVICES["worker"]["healthcheck"]
+    assert not worker.get("disable") and "inspect ping" in " ".join(worker["test"])
+    assert "celery@$$HOSTNAME" in " ".join(worker["test"])  # $$: the container's own name, not compose's variable

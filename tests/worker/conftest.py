@@ -38,7 +38,8 @@ def worker_env(postgres_url: str, redis_url: str, tmp_path_factory) -> Callable[
             "LAYERCUT_PROGRESS_INTERVAL_SECONDS": "0.5",
             "LAYERCUT_MAX_ATTEMPTS": "3",
             "LAYERCUT_CALLBACK_ATTEMPTS": "2",
-            "LAYERCUT_WORKER_METRICS_PORT": "0",  # a test that reads a worker's /metrics gives it a free port
+            "LAYERCUT_WORKER_METRICS_PORT": "0",
+            "LAYERCUT_ALLOW_INSECURE_DEFAULTS": "1",  # the tests' callback secret is the default  # a test that reads a worker's /metrics gives it a free port
             "CUDA_VISIBLE_DEVICES": "",
             "OMP_NUM_THREADS": "1",
             "MPLBACKEND": "Agg",
