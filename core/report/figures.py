@@ -26,10 +26,11 @@ class Figure:
     width: int = 0
     height: int = 0
     problem: str | None = None
+    full_width: bool = False  # a grid of many small panels, whose labels need the whole row to be read
 
     @property
     def wide(self) -> bool:
-        return self.height > 0 and self.width / self.height >= WIDE_RATIO
+        return self.full_width or (self.height > 0 and self.width / self.height >= WIDE_RATIO)
 
 
 def inside(path: Path, folder: Path) -> bool:

@@ -314,6 +314,8 @@ def test_real_explanations_side_by_side(tiny_run, tmp_path) -> None:
     assert "Base vs slim, side by side" in body and 'data-file="base_vs_slim.png"' in body
     pairs = re.search(r'<div class="figs pairs">(.*?)</div>', body, re.S).group(1)
     assert 'data-file="cams_base.png"' in pairs and 'data-file="cams_slim.png"' in pairs
+    for grid in ("cams_base.png", "cams_slim.png"):  # methods × images grids take the whole row to stay legible
+        assert re.search(rf'<figure class="wide"><img [^>]*data-file="{grid}"', body), grid
     assert "base prediction" in body and "slim prediction" in body
     assert EVIL_CLASS not in page
     _check_images(page, run)

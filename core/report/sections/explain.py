@@ -10,6 +10,7 @@ pictures are files, worth showing whatever the list looks like.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -175,8 +176,8 @@ class Pictures:
                     "field_layer": (field_layer(m) if m is not None else None) or layer or "the layer",
                 }
                 item = self.show(f"{prefix}_{key}", f"{who}: {caption.format(**layers)}")
-                if item is not None:
-                    group.append(item)
+                if item is not None:  # a grid of methods × images: at half width its labels cannot be read
+                    group.append(replace(item, full_width=True))
             if group:
                 out.append(FigureFamily(heading, group))
         return out
