@@ -10,6 +10,7 @@ import re
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request, status
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -52,6 +53,26 @@ TAGS = [
     {"name": "reports", "description": "self-contained HTML reports of jobs and pipelines"},
     {"name": "health", "description": "liveness and readiness, no key"},
 ]
+
+
+def _openapi(app: FastAPI) -> dict:
+    """FastAPI's OpenAPI document, once, with file fields declared as ``format: binary`` too (OpenAPI 3.0 style,
+    beside 3.1's ``contentMediaType``), so that client generators send them as files."""
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title,
+            version=app.version,
+            description=app.description,
+            routes=app.routes,
+            tags=app.openapi_tags,
+            separate_input_output_schemas=app.separate_input_output_schemas,
+        )
+        for component in schema.get("components", {}).get("schemas", {}).values():
+            for prop in component.get("properties", {}).values():
+                if prop.get("type") == "string" and prop.get("contentMediaType") == "application/octet-stream":
+                    prop["format"] = "binary"
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
 def _path_table(app: FastAPI) -> list[tuple[str, re.Pattern[str], set[str]]]:
@@ -103,8 +124,16 @@ def create_app(settings: Settings | None = None, run_embedded_jobs: bool = True)
 
     # /docs and /redoc from files installed with fastapi-offline, not a CDN: they work on a machine offline.
     app = FastAPIOffline(
-        title="layercut", version=__version__, description=DESCRIPTION, openapi_tags=TAGS, lifespan=lifespan
+        title="layercut",
+        version=__version__,
+        description=DESCRIPTION,
+        openapi_tags=TAGS,
+        lifespan=lifespan,
+        # operationId = the route function's name (create_pipeline, not create_pipeline_v1_pipelines_post): the
+        # method names of a generated client
+        generate_unique_id_function=lambda route: route.name,
     )
+    app.openapi = lambda: _openapi(app)
     if settings is not None:
         app.dependency_overrides[settings_dep] = lambda: settings
     app.add_middleware(RequestContext, route_of=lambda path: _route_template(app, path))

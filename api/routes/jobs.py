@@ -204,7 +204,7 @@ LOG_PAGE_MAX = 1000
 @router.get(
     "/{job_id}/logs", response_model=JobLogs, responses=error_responses(401, 404), summary="Read a job's log lines"
 )
-def job_logs(
+def get_job_logs(
     job_id: uuid.UUID,
     session: SessionDep,
     settings: SettingsDep,

@@ -33,7 +33,7 @@ from layercut.api.schemas.common import Page
 from layercut.api.schemas.models import ImportSpec, ModelOut
 from layercut.api.uploads import UploadRejected, save_upload
 from layercut.contracts.spec import SPEC_KEY
-from layercut.jobs.retention import InUse, delete_model
+from layercut.jobs import retention
 from layercut.store.models import ModelVersion
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -209,13 +209,13 @@ async def import_model(
     responses=error_responses(401, 404, 409),
     summary="Delete an imported model",
 )
-def delete_model_route(model_id: uuid.UUID, session: SessionDep, settings: SettingsDep, tenant: TenantDep) -> Response:
+def delete_model(model_id: uuid.UUID, session: SessionDep, settings: SettingsDep, tenant: TenantDep) -> Response:
     """Delete an imported model and its checkpoint. 409 while an unfinished job uses it; a model a job made is
     deleted with that job (or its pipeline)."""
     row = get_tenant_model(session, tenant, model_id)
     try:
-        delete_model(session, row, settings.resolved_artifact_root)
-    except InUse as exc:
+        retention.delete_model(session, row, settings.resolved_artifact_root)
+    except retention.InUse as exc:
         session.rollback()
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -53,7 +53,7 @@ from layercut.contracts.jobs import (
 )
 from layercut.contracts.kinds import StageKind
 from layercut.contracts.plan import GIVEN, InputRole, PlanStep, cut_rule, pipeline_plan
-from layercut.jobs.retention import InUse, delete_pipeline
+from layercut.jobs import retention
 from layercut.store.jobs import JobRepository
 from layercut.store.models import FINAL_STATUSES, Job, Pipeline, utcnow
 
@@ -355,7 +355,7 @@ def cancel_pipeline(pipeline_id: uuid.UUID, session: SessionDep, tenant: TenantD
     responses=error_responses(401, 404, 409),
     summary="Delete a finished pipeline",
 )
-def delete_pipeline_route(
+def delete_pipeline(
     pipeline_id: uuid.UUID, session: SessionDep, settings: SettingsDep, tenant: TenantDep, cache: ReadCacheDep
 ) -> Response:
     """Delete a pipeline whose every step has ended, with its jobs, their artifacts, models and logs. 409 while a
@@ -363,8 +363,8 @@ def delete_pipeline_route(
     row = get_tenant_pipeline(session, tenant, pipeline_id)
     steps = [job.id for job in pipeline_jobs(session, row)]
     try:
-        delete_pipeline(session, row, settings.resolved_artifact_root)
-    except InUse as exc:
+        retention.delete_pipeline(session, row, settings.resolved_artifact_root)
+    except retention.InUse as exc:
         session.rollback()
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     if cache is not None:

@@ -99,7 +99,7 @@ def _dataset_name(session: Session, tenant: str, dataset_id: Any) -> str | None:
     summary="HTML report of a job",
     responses={200: HTML_200, **ERRORS},
 )
-def job_report(job_id: uuid.UUID, session: SessionDep, tenant: TenantDep, settings: SettingsDep) -> HTMLResponse:
+def get_job_report(job_id: uuid.UUID, session: SessionDep, tenant: TenantDep, settings: SettingsDep) -> HTMLResponse:
     """The job's outputs as one self-contained HTML page (e.g. a train job: its data, metrics and pictures). A job
     that has not finished says so; a failed one shows its error."""
     job = get_tenant_job(session, tenant, job_id)
@@ -123,7 +123,7 @@ def job_report(job_id: uuid.UUID, session: SessionDep, tenant: TenantDep, settin
     summary="HTML report of a pipeline",
     responses={200: HTML_200, **ERRORS},
 )
-def pipeline_report(
+def get_pipeline_report(
     pipeline_id: uuid.UUID, session: SessionDep, tenant: TenantDep, settings: SettingsDep
 ) -> HTMLResponse:
     """The whole pipeline on one self-contained HTML page: the data, the base model and its metrics, the GBP maps

@@ -1,9 +1,10 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from layercut.api.schemas.common import UtcDateTime
 
 
 class ArtifactOut(BaseModel):
@@ -32,5 +33,5 @@ class ArtifactOut(BaseModel):
     bytes: int
     sha256: str
     content_type: str
-    created_at: datetime
+    created_at: UtcDateTime
     download_url: str

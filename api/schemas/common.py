@@ -1,8 +1,9 @@
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Annotated, Generic, TypeVar
 
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 
 T = TypeVar("T")
 
@@ -27,3 +28,12 @@ Labels = Annotated[
         examples=[{"team": "vision", "ticket": "ML-42"}],
     ),
 ]
+
+
+def _aware_utc(value: datetime) -> datetime:
+    """A time as UTC with its offset: the database may hand back naive UTC times (SQLite, timestamp columns)."""
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+UtcDateTime = Annotated[datetime, AfterValidator(_aware_utc)]
+"""Every time the API answers with: ISO 8601 in UTC, always with its offset (…Z), so clients can compare them."""

@@ -1,11 +1,11 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from layercut.api.schemas.common import UtcDateTime
 from layercut.contracts.sources import BuiltinDataset
 
 Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
@@ -73,4 +73,4 @@ class DatasetOut(BaseModel):
     total_images: int
     layout: str | None = None
     warnings: list[str] = Field(default_factory=list)
-    created_at: datetime
+    created_at: UtcDateTime

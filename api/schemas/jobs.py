@@ -1,13 +1,12 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Any
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
 from layercut.api.schemas.artifacts import ArtifactOut
-from layercut.api.schemas.common import Labels
+from layercut.api.schemas.common import Labels, UtcDateTime
 from layercut.contracts.jobs import JobParams
 
 _D = "2b9f6a1e-8c3d-4e5f-9a0b-1c2d3e4f5a6b"
@@ -102,10 +101,10 @@ class JobSummary(BaseModel):
     step: int | None
     depends_on: uuid.UUID | None
     cancel_requested: bool
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    updated_at: datetime
+    created_at: UtcDateTime
+    started_at: UtcDateTime | None
+    finished_at: UtcDateTime | None
+    updated_at: UtcDateTime
     labels: dict[str, str] = Field(default_factory=dict, description="the labels given at creation")
 
 

@@ -1,11 +1,11 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from layercut.api.schemas.common import UtcDateTime
 from layercut.contracts.spec import CutPointRef, ModelSpec
 
 ImportSpec = ModelSpec
@@ -48,5 +48,5 @@ class ModelOut(BaseModel):
     job_id: uuid.UUID | None
     dataset_id: uuid.UUID | None
     parent_id: uuid.UUID | None
-    created_at: datetime
+    created_at: UtcDateTime
     checkpoint_url: str

@@ -1,11 +1,10 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
-from layercut.api.schemas.common import Labels
+from layercut.api.schemas.common import Labels, UtcDateTime
 from layercut.contracts.configs import (
     AnalyzeConfig,
     ArchitectureName,
@@ -139,7 +138,7 @@ class PipelineOut(BaseModel):
     params: dict
     labels: dict[str, str] = Field(default_factory=dict, description="the labels given at creation")
     callback_url: str | None
-    created_at: datetime
-    updated_at: datetime
-    finished_at: datetime | None
+    created_at: UtcDateTime
+    updated_at: UtcDateTime
+    finished_at: UtcDateTime | None
     steps: list[PipelineStep]
