@@ -93,6 +93,7 @@ class ContextFilter(logging.Filter):
         for name, var in CONTEXT.items():
             if getattr(record, name, None) is None:
                 setattr(record, name, var.get())
+        record.__dict__.pop("color_message", None)  # uvicorn's copy of the message with terminal colours
         return True
 
 
@@ -122,9 +123,12 @@ def configure_logging(log_format: str = "json", level: str = "INFO") -> None:
     setattr(handler, HANDLER_MARK, True)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "celery"):
+    for name in ("uvicorn", "uvicorn.error", "celery"):
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
+    access = logging.getLogger("uvicorn.access")  # the API logs one richer line per answer itself (api/observe.py)
+    access.handlers.clear()
+    access.propagate = False
 
 
 class _OneJob(logging.Filter):
