@@ -153,7 +153,7 @@ def test_run_reads_a_toml_config(tmp_path, monkeypatch, capsys, pipeline_calls) 
     "name, content, message",
     [
         ("unknown.yaml", "epochs: 2\nepoch: 3\n", "'epoch' is not an option of `layercut run`; did you mean 'epochs'?"),
-        ("bad.yaml", "epochs: many\n", "epochs: Input should be a valid integer"),
+        ("bad.yaml", "epochs: many\n", "epochs: 'many' is not a valid int"),
         ("bad.toml", 'optimizer = "adagrad"\n', "--optimizer: Input should be 'adam' or 'sgd'"),
         ("broken.toml", "epochs = \n", "is not valid TOML"),
         ("list.yaml", "- epochs\n", "expected a mapping of option names to values"),

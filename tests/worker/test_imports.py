@@ -35,6 +35,7 @@ def test_worker_and_dispatch_import_without_torch():
     env = {
         **os.environ,
         "LAYERCUT_BROKER_URL": "redis://127.0.0.1:6379/9",
+        "LAYERCUT_CALLBACK_SECRET": "a-secret-of-this-test",  # the service refuses the default
         "LAYERCUT_WORKER_MAX_TASKS_PER_CHILD": "7",
         "LAYERCUT_WORKER_MAX_MEMORY_PER_CHILD_KIB": "123456",
         "LAYERCUT_WORKER_POOL_CHECK_SECONDS": "0.5",
@@ -89,3 +90,16 @@ def test_every_stage_kind_has_a_runner():
     from layercut.jobs.stage import STAGE_RUNNERS
 
     assert set(STAGE_RUNNERS) == set(STAGE_KINDS)
+
+
+def test_a_worker_refuses_the_default_callback_secret():
+    """A worker (service mode: a broker configured) does not start on the default callback secret; it says what
+    to set, and the development flag lets it start."""
+    code = "import layercut.worker.app"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAYERCUT_")}
+    env["LAYERCUT_BROKER_URL"] = "redis://127.0.0.1:6379/9"
+    refused = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert refused.returncode != 0 and "LAYERCUT_CALLBACK_SECRET is the default" in refused.stderr
+    env["LAYERCUT_ALLOW_INSECURE_DEFAULTS"] = "1"
+    allowed = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert allowed.returncode == 0, allowed.stderr
