@@ -130,6 +130,7 @@ class ReadCache:
             keepalives_idle=5,
             keepalives_interval=2,
             keepalives_count=2,
+            application_name=LISTENER_NAME,  # how operators (and the tests) find it in pg_stat_activity
         ) as conn:
             installed = {
                 row[0]
@@ -153,6 +154,8 @@ class ReadCache:
                     quiet_since = time.monotonic()
         self._set_live(False)
 
+
+LISTENER_NAME = "layercut-read-cache"
 
 _caches: dict[tuple[str, int], ReadCache] = {}
 _caches_lock = threading.Lock()

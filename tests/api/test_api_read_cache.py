@@ -118,7 +118,7 @@ def test_when_the_listener_is_cut_off_reads_go_to_the_database_until_it_is_back(
     with psycopg.connect(env.url.replace("postgresql+psycopg", "postgresql"), autocommit=True) as admin:
         killed = admin.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+            "WHERE datname = current_database() AND application_name = 'layercut-read-cache'"
         ).fetchall()
         assert killed, "no listener connection found"
         _eventually(
