@@ -79,6 +79,7 @@ class PlainLines:
         self.stage_started = self.started
         self.fraction, self.message = 0.0, ""
         self.last_line = float("-inf")
+        self.news = False  # an update arrived since the last line
         self.lock = threading.Lock()
         self.stopped = threading.Event()
         self.thread: threading.Thread | None = None
@@ -93,7 +94,7 @@ class PlainLines:
             if new_stage:
                 self.stage, self.stage_started = stage, now
             finished = fraction >= 1.0 and self.fraction < 1.0
-            self.fraction, self.message = fraction, message
+            self.fraction, self.message, self.news = fraction, message, True
             if new_stage or finished or now - self.last_line >= self.every:
                 self._write(now)
 
@@ -109,14 +110,16 @@ class PlainLines:
             self.stream.flush()
         except (OSError, ValueError):  # a closed or broken stream never stops the work
             pass
-        self.last_line = now
+        self.last_line, self.news = now, False
 
     def _beat(self) -> None:
         while not self.stopped.wait(min(1.0, self.heartbeat / 4)):
             with self.lock:
                 now = self.clock()
                 if self.stage is not None and now - self.last_line >= self.heartbeat:
-                    self._write(now, (self.message + " " if self.message else "") + "(still working)")
+                    # news not printed yet (throttled): print it; none at all: say the stage is still at work
+                    still = "" if self.news else (self.message + " " if self.message else "") + "(still working)"
+                    self._write(now, still)
 
     def __enter__(self) -> PlainLines:
         self.thread = threading.Thread(target=self._beat, name="layercut-progress-lines", daemon=True)

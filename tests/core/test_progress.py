@@ -103,3 +103,15 @@ def test_plain_lines_give_no_eta_before_the_stage_has_moved(fraction: float) -> 
     clock.now += 6
     lines("train", fraction, "slow start")
     assert "ETA" not in out.getvalue()
+
+
+def test_plain_lines_say_still_working_only_when_nothing_moved() -> None:
+    """A stage that keeps reporting (faster than lines are written) gets its latest state on the heartbeat, not
+    "(still working)"."""
+    out = io.StringIO()
+    with PlainLines(out, every=1e9, heartbeat=0.2) as lines:
+        for step in range(12):
+            lines("train", step / 20, f"batch {step}")
+            time.sleep(0.05)
+    printed = out.getvalue().splitlines()
+    assert len(printed) >= 3 and not any("still working" in line for line in printed), printed
