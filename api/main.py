@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from layercut import __version__
-from layercut.api.common import strict_query
+from layercut.api.common import ErrorOut, strict_query
 from layercut.api.deps import settings_dep
 from layercut.api.observe import RequestContext
 from layercut.api.routes import artifacts, datasets, health, jobs, models, pipelines, reports, ui
@@ -140,7 +140,12 @@ def create_app(settings: Settings | None = None, run_embedded_jobs: bool = True)
 
     app.include_router(health.router)
     for module in (datasets, jobs, pipelines, models, artifacts, reports):
-        app.include_router(module.router, prefix="/v1", dependencies=[Depends(strict_query)])
+        app.include_router(
+            module.router,
+            prefix="/v1",
+            dependencies=[Depends(strict_query)],
+            responses={503: {"model": ErrorOut, "description": "the database is unavailable; retry later"}},
+        )
     app.include_router(ui.router)
 
     @app.exception_handler(StarletteHTTPException)

@@ -92,11 +92,27 @@ def job_summary(job: Job) -> JobSummary:
     return JobSummary(**_summary_fields(job))
 
 
+HEADLINE = ("accuracy", "macro_f1", "best_val_accuracy", "val_accuracy", "params", "params_kept", "shortfall")
+"""The numbers of a result that JobOut.metrics lifts to the top, when the result has them."""
+
+
+def headline_metrics(result: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A result's headline numbers: its own ``metrics`` mapping, plus the top-level numbers of ``HEADLINE``."""
+    if not result:
+        return None
+    found = dict(result["metrics"]) if isinstance(result.get("metrics"), dict) else {}
+    for key in HEADLINE:
+        value = result.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            found.setdefault(key, value)
+    return found or None
+
+
 def job_out(request: Request, session: Session, job: Job) -> JobOut:
     # Artifacts are recorded as a job finishes, so an unfinished job (what polls mostly see) has none.
     artifacts = job_artifacts(session, job) if job.status in FINAL_STATUSES else []
     result = job.result if isinstance(job.result, dict) else None
-    metrics = result.get("metrics") if result and isinstance(result.get("metrics"), dict) else None
+    metrics = headline_metrics(result)
     return JobOut(
         **_summary_fields(job),
         params=job.params or {},

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Annotated, Generic, TypeVar
+from typing import Annotated, Generic, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 
@@ -37,3 +37,7 @@ def _aware_utc(value: datetime) -> datetime:
 
 UtcDateTime = Annotated[datetime, AfterValidator(_aware_utc)]
 """Every time the API answers with: ISO 8601 in UTC, always with its offset (…Z), so clients can compare them."""
+
+
+JobStatus = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+"""A job's (and a pipeline's) status; succeeded, failed and cancelled are final."""

@@ -6,8 +6,9 @@ from typing import Any
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
 from layercut.api.schemas.artifacts import ArtifactOut
-from layercut.api.schemas.common import Labels, UtcDateTime
+from layercut.api.schemas.common import JobStatus, Labels, UtcDateTime
 from layercut.contracts.jobs import JobParams
+from layercut.contracts.kinds import StageKind
 
 _D = "2b9f6a1e-8c3d-4e5f-9a0b-1c2d3e4f5a6b"
 _M = "7c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f"
@@ -89,8 +90,8 @@ class JobSummary(BaseModel):
     )
 
     id: uuid.UUID
-    kind: str
-    status: str = Field(description="queued | running | cancelling | succeeded | failed | cancelled")
+    kind: StageKind
+    status: JobStatus = Field(description="queued | running | cancelling | succeeded | failed | cancelled")
     stage: str | None
     percent: float = Field(description="progress of the current run, 0-100")
     eta_seconds: float | None
@@ -127,7 +128,9 @@ class JobOut(JobSummary):
     params: dict[str, Any]
     callback_url: str | None
     result: dict[str, Any] | None = Field(description="what the job produced (model ids, metrics …) once it succeeded")
-    metrics: dict[str, Any] | None = Field(description="result.metrics, when the result has them")
+    metrics: dict[str, Any] | None = Field(
+        description="the result's headline numbers (accuracy, macro_f1, params, …) once the job has a result"
+    )
     artifacts: list[ArtifactOut]
 
 

@@ -4,7 +4,7 @@ import uuid
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
-from layercut.api.schemas.common import Labels, UtcDateTime
+from layercut.api.schemas.common import JobStatus, Labels, UtcDateTime
 from layercut.contracts.configs import (
     AnalyzeConfig,
     ArchitectureName,
@@ -16,6 +16,7 @@ from layercut.contracts.configs import (
     TruncateConfig,
 )
 from layercut.contracts.jobs import DataParams
+from layercut.contracts.kinds import StageKind
 from layercut.contracts.plan import StopAfter
 
 _D = "2b9f6a1e-8c3d-4e5f-9a0b-1c2d3e4f5a6b"
@@ -86,8 +87,8 @@ class PipelineCreate(BaseModel):
 class PipelineStep(BaseModel):
     id: uuid.UUID
     step: int
-    kind: str
-    status: str
+    kind: StageKind
+    status: JobStatus
     stage: str | None
     percent: float
     depends_on: uuid.UUID | None
@@ -130,7 +131,7 @@ class PipelineOut(BaseModel):
     )
 
     id: uuid.UUID
-    status: str = Field(
+    status: JobStatus = Field(
         description="from the steps: failed if one failed, cancelled if one was cancelled, "
         "succeeded when all did, running while one runs, else queued"
     )

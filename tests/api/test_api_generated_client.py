@@ -84,4 +84,6 @@ def test_a_generated_client_uploads_starts_and_reads_back(env, generated) -> Non
         assert moment.tzinfo is not None and now - timedelta(minutes=5) < moment <= now + timedelta(seconds=5)
     assert read.created_at == created.parsed.created_at  # the same time on create and on a later read
     step = get_job.sync(client=client, job_id=read.steps[0].id)
-    assert step.kind == "train" and step.created_at.tzinfo is not None and step.labels.to_dict() == {"via": "gen"}
+    assert step.kind.value == "train" and step.status.value == "queued"  # enums, not plain strings
+    assert step.created_at.tzinfo is not None and step.labels.to_dict() == {"via": "gen"}
+    assert read.status.value == "queued" and [s.kind.value for s in read.steps][:2] == ["train", "analyze"]

@@ -117,6 +117,8 @@ def test_a_jobs_log_lines_are_read_through_the_api(env) -> None:
     assert env.client.get(f"/v1/jobs/{job_id}/logs", params={"limit": 5000}, headers=env.headers).status_code == 422
     found = samples(env.client.get("/metrics").text)
     assert found[("layercut_job_duration_seconds_count", (("kind", "train"), ("outcome", "succeeded")))] >= 1
+    job = env.client.get(f"/v1/jobs/{job_id}", headers=env.headers).json()
+    assert job["metrics"]["accuracy"] == job["result"]["accuracy"] and job["metrics"]["params"] > 0  # headline
 
 
 SUMMED = """
