@@ -7,7 +7,8 @@ import hashlib
 import json
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -16,8 +17,10 @@ from fastapi import HTTPException, Query, Request, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 from sqlalchemy import tuple_
+from sqlalchemy.orm import Session
 
 from layercut.api.deps import TenantDep
+from layercut.jobs.retention import InUse
 from layercut.settings import Settings
 
 
@@ -206,3 +209,14 @@ async def strict_query(request: Request, _tenant: TenantDep) -> None:
                 + (f"; this route takes {', '.join(sorted(known))}" if known else ""),
                 "extra_forbidden",
             )
+
+
+@contextmanager
+def conflict_when_in_use(session: Session) -> Iterator[None]:
+    """A deletion refused because the object runs or unfinished work reads it (``retention.InUse``) becomes a 409
+    saying which, with the session rolled back."""
+    try:
+        yield
+    except InUse as exc:
+        session.rollback()
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None

@@ -10,7 +10,6 @@ import re
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request, status
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -59,19 +58,11 @@ def _openapi(app: FastAPI) -> dict:
     """FastAPI's OpenAPI document, once, with file fields declared as ``format: binary`` too (OpenAPI 3.0 style,
     beside 3.1's ``contentMediaType``), so that client generators send them as files."""
     if app.openapi_schema is None:
-        schema = get_openapi(
-            title=app.title,
-            version=app.version,
-            description=app.description,
-            routes=app.routes,
-            tags=app.openapi_tags,
-            separate_input_output_schemas=app.separate_input_output_schemas,
-        )
+        schema = FastAPI.openapi(app)  # builds and caches app.openapi_schema; the loop below edits it in place
         for component in schema.get("components", {}).get("schemas", {}).values():
             for prop in component.get("properties", {}).values():
                 if prop.get("type") == "string" and prop.get("contentMediaType") == "application/octet-stream":
                     prop["format"] = "binary"
-        app.openapi_schema = schema
     return app.openapi_schema
 
 

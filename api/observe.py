@@ -85,7 +85,8 @@ class ServiceFigures(Collector):
         for kind, status, count in rows:
             jobs.add_metric([kind, status], count)
             if status == "queued":
-                per_queue[QUEUES.get(kind, "cpu")] = per_queue.get(QUEUES.get(kind, "cpu"), 0) + count
+                queue = QUEUES.get(kind, "cpu")
+                per_queue[queue] = per_queue.get(queue, 0) + count
         for queue, count in per_queue.items():
             waiting.add_metric([queue], count)
         yield jobs

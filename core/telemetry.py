@@ -120,9 +120,10 @@ def configure_logging(log_format: str = "json", level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(ContextFilter())
     handler.setFormatter(formatter(log_format))
+    handler.setLevel(level.upper())  # the console's level; the root lets INFO through for the job log files
     setattr(handler, HANDLER_MARK, True)
     root.addHandler(handler)
-    root.setLevel(level.upper())
+    root.setLevel(min(logging.getLevelName(level.upper()), logging.INFO))
     for name in ("uvicorn", "uvicorn.error", "celery"):
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
@@ -149,15 +150,18 @@ def job_log_file(path: Path, job_id: str) -> Iterator[Path]:
     handler.addFilter(_OneJob(job_id))
     handler.addFilter(ContextFilter())
     handler.setFormatter(formatter("json"))
+    handler.setLevel(logging.INFO)
     root = logging.getLogger()
     root.addHandler(handler)
-    if root.level > logging.INFO or root.level == logging.NOTSET:
+    previous = root.level
+    if previous > logging.INFO or previous == logging.NOTSET:  # a process that never configured logging
         root.setLevel(logging.INFO)
     try:
         yield path
     finally:
         root.removeHandler(handler)
         handler.close()
+        root.setLevel(previous)
 
 
 LOGS_FOLDER = "logs"

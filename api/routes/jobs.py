@@ -22,6 +22,7 @@ from layercut.api.common import (
     SortQuery,
     as_utc,
     check_idempotency_key,
+    conflict_when_in_use,
     error_responses,
     idempotency_mismatch,
     not_found,
@@ -43,7 +44,7 @@ from layercut.api.schemas.jobs import (
     JobSummary,
 )
 from layercut.contracts.kinds import STAGE_KINDS
-from layercut.jobs.retention import InUse, delete_jobs
+from layercut.jobs.retention import delete_jobs
 from layercut.settings import Settings
 from layercut.store.db import get_sessionmaker
 from layercut.store.jobs import JobRepository
@@ -329,11 +330,8 @@ def delete_job(
         raise HTTPException(
             status.HTTP_409_CONFLICT, f"job {job_id} is a step of pipeline {job.pipeline_id}: delete the pipeline"
         )
-    try:
+    with conflict_when_in_use(session):
         delete_jobs(session, [job], settings.resolved_artifact_root)
-    except InUse as exc:
-        session.rollback()
-        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     if cache is not None:
         cache.evict("job", str(job_id))
     return Response(status_code=status.HTTP_204_NO_CONTENT)

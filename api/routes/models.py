@@ -17,6 +17,7 @@ from layercut.api.common import (
     IDEMPOTENCY_HEADER_DOC,
     SortQuery,
     check_idempotency_key,
+    conflict_when_in_use,
     error_responses,
     field_error,
     idempotency_mismatch,
@@ -213,9 +214,6 @@ def delete_model(model_id: uuid.UUID, session: SessionDep, settings: SettingsDep
     """Delete an imported model and its checkpoint. 409 while an unfinished job uses it; a model a job made is
     deleted with that job (or its pipeline)."""
     row = get_tenant_model(session, tenant, model_id)
-    try:
+    with conflict_when_in_use(session):
         retention.delete_model(session, row, settings.resolved_artifact_root)
-    except retention.InUse as exc:
-        session.rollback()
-        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     return Response(status_code=status.HTTP_204_NO_CONTENT)

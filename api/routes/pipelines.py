@@ -19,6 +19,7 @@ from layercut.api.common import (
     LabelQuery,
     SortQuery,
     check_idempotency_key,
+    conflict_when_in_use,
     error_responses,
     field_error,
     idempotency_mismatch,
@@ -362,11 +363,8 @@ def delete_pipeline(
     step runs or is queued (cancel the pipeline first), or when an unfinished job reads what it made."""
     row = get_tenant_pipeline(session, tenant, pipeline_id)
     steps = [job.id for job in pipeline_jobs(session, row)]
-    try:
+    with conflict_when_in_use(session):
         retention.delete_pipeline(session, row, settings.resolved_artifact_root)
-    except retention.InUse as exc:
-        session.rollback()
-        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
     if cache is not None:
         for job_id in steps:
             cache.evict("job", str(job_id))

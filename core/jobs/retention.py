@@ -64,14 +64,13 @@ def check_deletable(session: Session, jobs: list[Job]) -> None:
         )
 
 
-def delete_jobs(session: Session, jobs: list[Job], artifact_root: Path) -> int:
-    """Delete ``jobs`` (checked with ``check_deletable`` first), their artifacts, the model versions they made
-    and their files; commits. Returns how many jobs were deleted."""
-    check_deletable(session, jobs)
-    if not jobs:
-        return 0
+def _delete_job_rows(session: Session, jobs: list[Job]) -> list[tuple[str, uuid.UUID]]:
+    """Delete the rows of ``jobs``, their artifacts and the model versions they made (not committed); returns the
+    (tenant, job id) whose files go once the rows are gone."""
     ids = [job.id for job in jobs]
     folders = [(job.tenant, job.id) for job in jobs]
+    if not ids:
+        return folders
     session.execute(update(Job).where(Job.depends_on.in_(ids)).values(depends_on=None))
     made = session.scalars(select(ModelVersion.id).where(ModelVersion.job_id.in_(ids))).all()
     if made:
@@ -79,21 +78,35 @@ def delete_jobs(session: Session, jobs: list[Job], artifact_root: Path) -> int:
         session.execute(delete(ModelVersion).where(ModelVersion.id.in_(made)))
     session.execute(delete(Artifact).where(Artifact.job_id.in_(ids)))
     session.execute(delete(Job).where(Job.id.in_(ids)))
-    session.commit()
+    return folders
+
+
+def _delete_job_files(folders: list[tuple[str, uuid.UUID]], artifact_root: Path) -> None:
     for tenant, job_id in folders:
         shutil.rmtree(artifact_root / tenant / str(job_id), ignore_errors=True)
         telemetry.job_log_path(artifact_root, tenant, job_id).unlink(missing_ok=True)
-    return len(ids)
+
+
+def delete_jobs(session: Session, jobs: list[Job], artifact_root: Path) -> int:
+    """Delete ``jobs`` (checked with ``check_deletable`` first), their artifacts, the model versions they made
+    and their files, in one transaction. Returns how many jobs were deleted."""
+    check_deletable(session, jobs)
+    folders = _delete_job_rows(session, jobs)
+    session.commit()
+    _delete_job_files(folders, artifact_root)
+    return len(folders)
 
 
 def delete_pipeline(session: Session, pipeline: Pipeline, artifact_root: Path) -> int:
-    """Delete a pipeline whose every step has ended, with its jobs and their files; returns the jobs deleted."""
+    """Delete a pipeline whose every step has ended, with its jobs and their files, in one transaction; returns
+    the jobs deleted."""
     jobs = list(session.scalars(select(Job).where(Job.pipeline_id == pipeline.id)))
     check_deletable(session, jobs)
-    count = delete_jobs(session, jobs, artifact_root)
+    folders = _delete_job_rows(session, jobs)
     session.execute(delete(Pipeline).where(Pipeline.id == pipeline.id))
     session.commit()
-    return count
+    _delete_job_files(folders, artifact_root)
+    return len(folders)
 
 
 def delete_model(session: Session, model: ModelVersion, artifact_root: Path) -> None:

@@ -154,3 +154,19 @@ def test_metrics_of_forked_processes_are_summed(tmp_path) -> None:
     found = samples(done.stdout)
     assert found[("layercut_job_duration_seconds_count", (("kind", "train"), ("outcome", "succeeded")))] == 3
     assert found[("layercut_job_duration_seconds_sum", (("kind", "train"), ("outcome", "succeeded")))] == 6.0
+
+
+def test_a_quiet_console_still_leaves_the_jobs_own_lines_in_its_file(console, tmp_path) -> None:
+    """LAYERCUT_LOG_LEVEL=WARNING quiets stderr, not the job's log file (its start and end lines are INFO)."""
+    telemetry.configure_logging("json", "WARNING")
+    path = tmp_path / "logs" / "j1.log"
+    with telemetry.bound(job_id="j1"), telemetry.job_log_file(path, "j1"):
+        logging.getLogger("layercut.jobs.runner").info("job started: train")
+        logging.getLogger("layercut.jobs.runner").warning("job failed")
+    logging.getLogger("layercut.jobs.runner").info("another job's line")
+    assert [json.loads(line)["message"] for line in path.read_text().splitlines()] == [
+        "job started: train",
+        "job failed",
+    ]
+    shown = console()
+    assert "job failed" in shown and "job started" not in shown and "another job" not in shown
