@@ -69,10 +69,13 @@ class Env:
         assert response.status_code == 201, response.text
         return response.json()["id"]
 
-    def model(self, tenant: str | None = None, content: bytes = b"weights") -> str:
+    def model(self, tenant: str | None = None, content: bytes = b"weights", made_by: str | None = None) -> str:
+        """A model version with its checkpoint file: imported, or the output of job ``made_by`` (in its folder)."""
         tenant = tenant or self.tenant
         model_id = uuid.uuid4()
-        relative = f"{tenant}/models/{model_id}/model.safetensors"
+        relative = (
+            f"{tenant}/{made_by}/model.safetensors" if made_by else f"{tenant}/models/{model_id}/model.safetensors"
+        )
         path = self.settings.resolved_artifact_root / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content)
@@ -81,6 +84,7 @@ class Env:
                 ModelVersion(
                     id=model_id,
                     tenant=tenant,
+                    job_id=uuid.UUID(made_by) if made_by else None,
                     checkpoint=relative,
                     architecture="smallcnn",
                     classes=["a", "b"],

@@ -10,7 +10,7 @@ from sqlalchemy import select, update
 
 from layercut import telemetry
 from layercut.jobs.retention import expire
-from layercut.store.models import Artifact, Job, ModelVersion, Pipeline
+from layercut.store.models import Artifact, Job, Pipeline
 
 
 def train(dataset_id: str, **params) -> dict:
@@ -40,21 +40,7 @@ def test_unfinished_work_and_what_it_reads_are_kept(env) -> None:
     answer = env.client.delete(f"/v1/jobs/{queued}", headers=env.headers)
     assert answer.status_code == 409 and "has not ended" in answer.json()["detail"]
     maker = env.finished_job()
-    with env.session() as s:
-        model = ModelVersion(
-            tenant=env.tenant,
-            job_id=uuid.UUID(maker),
-            checkpoint=f"{env.tenant}/{maker}/model.safetensors",
-            architecture="smallcnn",
-            classes=["a", "b"],
-            image_size=32,
-            params=10,
-            trained=True,
-            metrics={},
-        )
-        s.add(model)
-        s.commit()
-        model_id = str(model.id)
+    model_id = env.model(made_by=maker)
     reader = env.client.post(
         "/v1/jobs", json={"params": {"kind": "analyze", "model": {"model_id": model_id}}}, headers=env.headers
     )
