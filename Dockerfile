@@ -40,4 +40,5 @@ USER layercut
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
   CMD ["python", "-c", "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4).status != 200)"]
-CMD ["uvicorn", "layercut.api.main:app", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers", "--forwarded-allow-ips", "*"]
+# Forwarded headers are believed only from FORWARDED_ALLOW_IPS (uvicorn's variable; default 127.0.0.1).
+CMD ["uvicorn", "layercut.api.main:app", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import re
 import uuid
 from collections.abc import Iterator, Sequence
@@ -20,6 +21,7 @@ from sqlalchemy import tuple_
 from sqlalchemy.orm import Session
 
 from layercut.api.deps import TenantDep
+from layercut.contracts.callback_urls import AllowList, CallbackUrlRefused, check_callback_url
 from layercut.jobs.retention import InUse
 from layercut.settings import Settings
 
@@ -37,7 +39,7 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         403: "forbidden",
         404: "not found (or owned by another tenant)",
         409: "conflict with the object's state",
-        413: "upload too large",
+        413: "body or upload too large",
         415: "unsupported upload",
     }
     return {code: {"model": ErrorOut, "description": descriptions.get(code, "error")} for code in codes}
@@ -46,6 +48,41 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 def field_error(loc: Sequence[str | int], msg: str, type_: str = "value_error") -> RequestValidationError:
     """A 422 shaped like FastAPI's own: ``{"detail": [{"loc": [...], "msg": ..., "type": ...}]}``."""
     return RequestValidationError([{"loc": tuple(loc), "msg": msg, "type": type_, "input": None}])
+
+
+def finite_json(value: Any) -> Any:
+    """``value`` with every NaN or infinite float as text ("nan", "inf"): JSON has no such numbers, and a 422 that
+    echoes a NaN it refused must still be sent."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_json(v) for v in value]
+    return value
+
+
+def link_for(request: Request, name: str, **params: str) -> str:
+    """The URL of route ``name`` for an answer's body: under ``LAYERCUT_PUBLIC_URL`` when it is set, else relative to
+    the server (``/v1/artifacts/…``). Never built from the request's ``Host`` header, which the caller chooses."""
+    path = request.scope.get("root_path", "") + request.app.url_path_for(name, **params)
+    settings_of = getattr(request.app.state, "settings_of", None)
+    public = settings_of().public_url if settings_of is not None else None
+    return public.rstrip("/") + path if public else path
+
+
+def checked_callback_url(settings: Settings, url: Any) -> str | None:
+    """The callback URL a job or pipeline was given, as text; a 422 on ``callback_url`` unless the service may post
+    to it (``layercut.contracts.callback_urls``: http(s), no credentials, not too long, a public host or one the
+    operator allowed). The job engine checks again at delivery, after resolving the name."""
+    if url is None:
+        return None
+    text = str(url)
+    try:
+        check_callback_url(text, AllowList.parse(settings.callback_allowed_hosts.split(",")))
+    except CallbackUrlRefused as exc:
+        raise field_error(("body", "callback_url"), str(exc), "value_error") from None
+    return text
 
 
 def not_found(what: str, ident: Any) -> HTTPException:

@@ -1,19 +1,21 @@
 """What the routes share: tenant-scoped lookups (404 for another tenant's object), the reference checks of job
-params (422 naming the field), reading a job's artifacts and a pipeline's steps, and handing a job to its
-dispatcher. Route modules import this, never one another."""
+params (422 naming the field), reading a job's artifacts and a pipeline's steps, a job as the API shows it, and
+handing a job to its dispatcher. Route modules import this, never one another."""
 
 from __future__ import annotations
 
 import logging
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 from fastapi import Request
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from layercut.api.common import field_error, not_found
+from layercut.api.common import field_error, link_for, not_found
 from layercut.api.schemas.artifacts import ArtifactOut
+from layercut.api.schemas.jobs import JobError, JobOut, JobSummary
 from layercut.contracts.jobs import (
     FAN_OUT_KINDS,
     AnalyzeParams,
@@ -105,6 +107,68 @@ def pipeline_jobs(session: Session, pipeline: Pipeline) -> list[Job]:
 # --- presentation shared by several routes ---------------------------------------------------------
 
 
+# --- jobs as the API shows them -------------------------------------------------------------------
+
+
+def _summary_fields(job: Job) -> dict[str, Any]:
+    error = JobError(code=job.error_code, message=job.error_message) if (job.error_code or job.error_message) else None
+    return dict(
+        id=job.id,
+        kind=job.kind,
+        status=job.status,
+        stage=job.stage,
+        percent=round(max(0.0, min(1.0, job.progress or 0.0)) * 100, 2),
+        eta_seconds=job.eta_seconds,
+        message=job.message,
+        error=error,
+        attempts=job.attempts,
+        pipeline_id=job.pipeline_id,
+        step=job.step,
+        depends_on=job.depends_on,
+        cancel_requested=job.cancel_requested,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        updated_at=job.updated_at,
+        labels=job.labels or {},
+    )
+
+
+def job_summary(job: Job) -> JobSummary:
+    return JobSummary(**_summary_fields(job))
+
+
+HEADLINE = ("accuracy", "macro_f1", "best_val_accuracy", "val_accuracy", "params", "params_kept", "shortfall")
+"""The numbers of a result that JobOut.metrics lifts to the top, when the result has them."""
+
+
+def headline_metrics(result: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A result's headline numbers: its own ``metrics`` mapping, plus the top-level numbers of ``HEADLINE``."""
+    if not result:
+        return None
+    found = dict(result["metrics"]) if isinstance(result.get("metrics"), dict) else {}
+    for key in HEADLINE:
+        value = result.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            found.setdefault(key, value)
+    return found or None
+
+
+def job_out(request: Request, session: Session, job: Job) -> JobOut:
+    # Artifacts are recorded as a job finishes, so an unfinished job (what polls mostly see) has none.
+    artifacts = job_artifacts(session, job) if job.status in FINAL_STATUSES else []
+    result = job.result if isinstance(job.result, dict) else None
+    metrics = headline_metrics(result)
+    return JobOut(
+        **_summary_fields(job),
+        params=job.params or {},
+        callback_url=job.callback_url,
+        result=result,
+        metrics=metrics,
+        artifacts=[artifact_out(request, a) for a in artifacts],
+    )
+
+
 def artifact_out(request: Request, row: Artifact) -> ArtifactOut:
     """An artifact as the API shows it, with the URL to download it."""
     return ArtifactOut(
@@ -116,7 +180,7 @@ def artifact_out(request: Request, row: Artifact) -> ArtifactOut:
         sha256=row.sha256,
         content_type=row.content_type,
         created_at=row.created_at,
-        download_url=str(request.url_for("download_artifact", artifact_id=str(row.id))),
+        download_url=link_for(request, "download_artifact", artifact_id=str(row.id)),
     )
 
 
@@ -195,6 +259,11 @@ def check_references(session: Session, tenant: str, params: JobParams) -> None:
     """Every dataset, model and job a job's params name must exist and belong to ``tenant`` (422 naming the field);
     a sweep runs only inside a pipeline, which its fan-out adds jobs to."""
     base = PARAMS_LOC
+    if params.kind == "import":
+        raise field_error(
+            (*base, "kind"),
+            "an import job comes with its weights file: POST /v1/models/import (multipart: weights, spec)",
+        )
     if params.kind in (*FAN_OUT_KINDS, "sweep_plan"):
         raise field_error(
             (*base, "kind"),

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, status
+from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -56,30 +56,54 @@ def _lookup_tenant(settings: Settings, secret: str) -> str | None:
         return tenant_for_key(session, secret)
 
 
+MISSING_KEY = "send an API key as 'Authorization: Bearer <key>'"
+UNKNOWN_KEY = "unknown or revoked API key"
+TENANT_SCOPE_KEY = "layercut.tenant"
+"""Where ``layercut.api.limits`` leaves the tenant it checked before the body was read (``scope["state"]``)."""
+
+
+def unauthorized(message: str) -> HTTPException:
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, message, headers={"WWW-Authenticate": "Bearer"})
+
+
+def bearer_secret(authorization: str | None) -> str | None:
+    """The key of an ``Authorization: Bearer <key>`` header value; None when there is none or another scheme."""
+    scheme, _, secret = (authorization or "").strip().partition(" ")
+    secret = secret.strip()
+    return secret if scheme.lower() == "bearer" and secret else None
+
+
+async def authenticate(settings: Settings, cache: ReadCache | None, secret: str | None) -> str:
+    """The tenant whose key ``secret`` is; 401 without a key or with an unknown or revoked one. The one key check
+    of the API: ``tenant_dep`` and the body-limit middleware (which checks before a body is read) both call it. A
+    cached fast path, so a status poll whose answer is cached touches neither the database nor the threadpool."""
+    if not secret:
+        raise unauthorized(MISSING_KEY)
+    key = ("key", hash_key(secret))
+    tenant = cache.get(key) if cache is not None else None
+    if tenant is None:
+        generation = cache.generation() if cache is not None else None
+        tenant = await run_in_threadpool(_lookup_tenant, settings, secret)
+        if tenant is not None and cache is not None:
+            cache.put(key, tenant, generation)  # unknown keys are not cached: nothing to grow without bound
+    if tenant is None:
+        raise unauthorized(UNKNOWN_KEY)
+    return tenant
+
+
 async def tenant_dep(
+    request: Request,
     settings: SettingsDep,
     cache: ReadCacheDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> str:
-    """The tenant whose key the request carries; 401 without a valid key. Async with a cached fast path, so a
-    status poll whose answer is cached touches neither the database nor the threadpool."""
-    if credentials is None or credentials.scheme.lower() != "bearer":
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "send an API key as 'Authorization: Bearer <key>'",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    key = ("key", hash_key(credentials.credentials))
-    tenant = cache.get(key) if cache is not None else None
+    """The tenant whose key the request carries; 401 without a valid key. The middleware of
+    ``layercut.api.limits`` has usually checked it already (before the body was read): then its answer is used."""
+    tenant = request.scope.get("state", {}).get(TENANT_SCOPE_KEY)
     if tenant is None:
-        generation = cache.generation() if cache is not None else None
-        tenant = await run_in_threadpool(_lookup_tenant, settings, credentials.credentials)
-        if tenant is not None and cache is not None:
-            cache.put(key, tenant, generation)  # unknown keys are not cached: nothing to grow without bound
-    if tenant is None:
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED, "unknown or revoked API key", headers={"WWW-Authenticate": "Bearer"}
-        )
+        if credentials is None or credentials.scheme.lower() != "bearer":
+            raise unauthorized(MISSING_KEY)
+        tenant = await authenticate(settings, cache, credentials.credentials)
     telemetry.CONTEXT["tenant"].set(tenant)  # this request's log lines name the tenant (the task's own context)
     return tenant
 

@@ -10,14 +10,17 @@ import re
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from sqlalchemy.exc import IntegrityError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from layercut import __version__
-from layercut.api.common import ErrorOut, strict_query
+from layercut.api.common import ErrorOut, finite_json, strict_query
 from layercut.api.deps import settings_dep
+from layercut.api.limits import GuardRequests, SecurityHeaders
 from layercut.api.observe import RequestContext
 from layercut.api.routes import artifacts, datasets, health, jobs, models, pipelines, reports, ui
 from layercut.contracts.errors import LayercutError
@@ -127,6 +130,19 @@ def create_app(settings: Settings | None = None, run_embedded_jobs: bool = True)
     app.openapi = lambda: _openapi(app)
     if settings is not None:
         app.dependency_overrides[settings_dep] = lambda: settings
+
+    def settings_of() -> Settings:
+        """The settings the routes see (a test may override ``settings_dep`` after the app is built)."""
+        override = app.dependency_overrides.get(settings_dep)
+        found = override() if override is not None else None
+        if isinstance(found, Settings):
+            return found
+        return settings if settings is not None else get_settings()
+
+    app.state.settings_of = settings_of  # for links built outside a route's dependencies (``common.link_for``)
+    # Innermost first: the key and body checks, then the headers every answer carries, then the request's log line.
+    app.add_middleware(GuardRequests, settings_of=settings_of)
+    app.add_middleware(SecurityHeaders)
     app.add_middleware(RequestContext, route_of=lambda path: _route_template(app, path))
 
     app.include_router(health.router)
@@ -148,6 +164,23 @@ def create_app(settings: Settings | None = None, run_embedded_jobs: bool = True)
             if allowed:
                 headers["Allow"] = ", ".join(sorted(allowed))
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers or None)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's own answer, with what JSON cannot carry (NaN, infinity: a 422 about them echoed them) as text
+        errors = jsonable_encoder(exc.errors())
+        try:
+            detail = finite_json(errors)
+        except RecursionError:  # an input nested too deeply to walk again: the errors without their inputs
+            detail = [{k: v for k, v in error.items() if k != "input"} for error in errors]
+        return JSONResponse({"detail": detail}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+    @app.exception_handler(RecursionError)
+    async def _too_deep(_request: Request, _exc: RecursionError) -> JSONResponse:
+        return JSONResponse(
+            {"detail": "the request is nested too deeply (lists or objects within each other); send a flatter one"},
+            status_code=status.HTTP_400_BAD_REQUEST,
+        )
 
     @app.exception_handler(LayercutError)
     async def _layercut_error(_request: Request, exc: LayercutError) -> JSONResponse:

@@ -1,4 +1,5 @@
-"""Read and rewrite a safetensors file without torch (or the safetensors package).
+"""Check an uploaded weights file without torch: a safetensors header read and verified, or a ``torch.save`` file
+known by its first bytes.
 
 Format: 8-byte little-endian header length N, N bytes of JSON header ({name: {dtype, shape, data_offsets},
 "__metadata__": {str: str}}), then the tensor bytes. Offsets are relative to the start of the data and
@@ -9,9 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 DTYPE_BYTES = {
@@ -101,27 +99,24 @@ def read_header(path: Path) -> tuple[dict, int, int]:
     return header, n, data_len
 
 
-def parameter_count(header: dict) -> int:
-    return sum(math.prod(e["shape"]) for k, e in header.items() if k != "__metadata__")
+TORCH_ZIP_MAGIC = b"PK\x03\x04"
+"""How a file ``torch.save`` wrote (its zip format, the default since PyTorch 1.6) begins."""
+PICKLE_PROTOCOL_2 = b"\x80\x02"
+"""How a file ``torch.save`` wrote in its legacy format (``_use_new_zipfile_serialization=False``) begins."""
 
 
-def rewrite_with_metadata(source: Path, target: Path, extra_metadata: dict[str, str]) -> dict:
-    """Write ``target``: ``source``'s tensors with ``extra_metadata`` merged into ``__metadata__`` (atomically)."""
-    header, n, data_len = read_header(source)
-    header = dict(header)
-    header["__metadata__"] = {**header.get("__metadata__", {}), **extra_metadata}
-    encoded = json.dumps(header, separators=(",", ":")).encode()
-    encoded += b" " * (-len(encoded) % 8)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".import-", dir=target.parent)
+def weights_format(path: Path) -> str:
+    """``safetensors`` (its header checked) or ``torch`` (a ``torch.save`` file, by its first bytes); a
+    ``BadSafetensors`` saying what the file is not otherwise. The tensors themselves are checked by the import job."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head.startswith(TORCH_ZIP_MAGIC) or head.startswith(PICKLE_PROTOCOL_2):
+        return "torch"
     try:
-        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
-            out.write(len(encoded).to_bytes(8, "little"))
-            out.write(encoded)
-            src.seek(8 + n)
-            shutil.copyfileobj(src, out, 1 << 20)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return header
+        read_header(path)
+    except BadSafetensors as exc:
+        raise BadSafetensors(
+            f"it is neither a safetensors file ({exc}) nor a file torch.save wrote; upload model.state_dict() saved "
+            "with torch.save (.pt/.pth) or with safetensors"
+        ) from None
+    return "safetensors"

@@ -10,8 +10,10 @@
     slim = lc.retrain("out/slim/initial.safetensors", data, "out/slim")
     comparison = lc.compare("out/base/model.safetensors", "out/slim/model.safetensors", data, "out/compare")
     model, spec = lc.load_model("out/slim/model.safetensors")
+    mine = lc.import_model("resnet50.pt", "out/mine.safetensors", arch="resnet50", classes=names, image_size=224)
     chosen = lc.select("out/base/model.safetensors", data, "out/analysis/analysis.json", "out/select", max_drop=1.0)
     summary = lc.run("out/run", source="digits", arch="resnet18", image_size=32)   # all of it, cut by the budget
+    exported = lc.export("out/run/slim/model.safetensors", "out/slim.onnx", data="digits")   # ONNX, checked, timed
 
 The functions load torch when first used, so ``import layercut`` (and the torch-free rooms ``layercut.contracts``,
 ``layercut.api``, ``layercut.report``) stay light. The rooms and the arrows between them: docs/architecture.md.
@@ -31,6 +33,7 @@ except PackageNotFoundError:  # run from a source tree that was never installed
 PUBLIC_FUNCTIONS = (
     "load_data",
     "load_model",
+    "import_model",
     "train",
     "analyze",
     "truncate",
@@ -39,6 +42,7 @@ PUBLIC_FUNCTIONS = (
     "sweep",
     "compare",
     "explain",
+    "export",
     "run",
 )
 __all__ = [
@@ -46,6 +50,8 @@ __all__ = [
     "analyze",
     "compare",
     "explain",
+    "export",
+    "import_model",
     "load_data",
     "load_model",
     "retrain",
@@ -61,6 +67,8 @@ if TYPE_CHECKING:
         analyze,
         compare,
         explain,
+        export,
+        import_model,
         load_data,
         load_model,
         retrain,

@@ -15,7 +15,7 @@ typed result (``layercut.contracts.results``: ``TrainResult``, ``AnalyzeResult``
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -28,6 +28,8 @@ from layercut.contracts.configs import (
     CompareConfig,
     DataConfig,
     ExplainConfig,
+    ExportConfig,
+    ExportFormat,
     SelectConfig,
     SweepConfig,
     TrainConfig,
@@ -41,6 +43,8 @@ from layercut.contracts.results import (
     CompareResult,
     ExplainBrief,
     ExplainResult,
+    ExportResult,
+    ImportResult,
     ModelBrief,
     OtherRules,
     ProfiledModel,
@@ -60,9 +64,12 @@ from layercut.progress_display import shown
 from layercut.report import write_run_report
 from layercut.settings import Settings
 from layercut.stages import stages
+from layercut.stages.architectures import IMAGENET_MEAN, IMAGENET_STD
 from layercut.stages.checkpoint import ModelSpec, load_checkpoint
 from layercut.stages.data import Dataset
 from layercut.stages.explain import explain_stage
+from layercut.stages.export import default_export_path, export_stage
+from layercut.stages.importing import import_weights
 from layercut.stages.preflight import check_run_inputs
 from layercut.stages.progress import SILENT, Reporter
 from layercut.stages.select import link_or_copy, other_rules, select_stage, sweep_stage
@@ -89,6 +96,7 @@ __all__ = [
     "sweep",
     "compare",
     "explain",
+    "export",
     "run",
 ]
 
@@ -117,6 +125,26 @@ def read_data(config: DataConfig, reporter: Reporter = SILENT) -> Dataset:
 def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[nn.Module, ModelSpec]:
     """A checkpoint as an eval-mode ``nn.Module`` plus its spec (classes, input size, mean/std)."""
     return load_checkpoint(checkpoint, device)
+
+
+def import_model(
+    weights: str | Path,
+    out_path: str | Path,
+    arch: str,
+    classes: Sequence[str],
+    image_size: int,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    reporter: Reporter | None = None,
+    progress: bool = True,
+) -> ImportResult:
+    """Make a layercut checkpoint of a model trained elsewhere: ``weights`` is a ``torch.save``'d state dict
+    (.pt/.pth, also inside a checkpoint dict) or a safetensors file, read without unpickling code and matched key by
+    key against ``arch`` with ``len(classes)`` outputs (classes in the order of the model's outputs); ``mean`` and
+    ``std`` are the normalisation it was trained with (ImageNet's by default)."""
+    spec = ModelSpec(architecture=arch, classes=list(classes), image_size=image_size, mean=list(mean), std=list(std))
+    with shown(reporter, progress) as reporter:
+        return import_weights(weights, spec, out_path, reporter)
 
 
 def load_data(
@@ -264,6 +292,43 @@ def explain(
     config = ExplainConfig(**options)
     with shown(reporter, progress) as reporter:
         return explain_stage(checkpoint, dataset, config, out_dir, reporter, compare_with)
+
+
+def checkpoint_data(
+    checkpoint: str | Path, source: str | None = None, data_root: str | None = None, reporter: Reporter = SILENT
+) -> Dataset:
+    """The dataset a checkpoint was trained on (as its spec records it, at its image size), unless ``source`` names
+    another one; ``data_root`` is a folder of torchvision datasets."""
+    from layercut.stages.checkpoint import read_spec
+
+    spec = read_spec(checkpoint)
+    config = DataConfig.model_validate(spec.data) if spec.data else DataConfig(image_size=spec.image_size)
+    update: dict[str, object] = {"image_size": spec.image_size}
+    if data_root is not None:
+        update["data_root"] = data_root
+    if source is not None:
+        update["source"] = source
+    return read_data(config.model_copy(update=update), reporter)
+
+
+def export(
+    checkpoint: str | Path,
+    out: str | Path | None = None,
+    format: ExportFormat = "onnx",
+    data: Dataset | str | None = None,
+    reporter: Reporter | None = None,
+    progress: bool = True,
+    **options,
+) -> ExportResult:
+    """Export a checkpoint as a deployable file: ``format`` onnx (``out`` defaults to model.onnx beside the checkpoint),
+    torchscript (.ts) or exported-program (.pt2); its logits are checked against torch's on ``data``'s test images (a
+    loaded dataset, or a source name read at the checkpoint's image size; random images when None) and it is timed on
+    the CPU beside torch; export.json is written beside it (options: the fields of ``ExportConfig``, e.g. tolerance)."""
+    config = ExportConfig(format=format, **options)
+    target = Path(out) if out is not None else default_export_path(checkpoint, config.format)
+    with shown(reporter, progress) as reporter:
+        dataset = checkpoint_data(checkpoint, data, reporter=reporter) if isinstance(data, str) else data
+        return export_stage(checkpoint, target, config, dataset, reporter)
 
 
 def run(

@@ -64,6 +64,14 @@ class Settings(BaseSettings):
     upload_max_bytes: int = Field(2 * 1024**3, description="largest accepted upload (compressed)")
     upload_max_unpacked_bytes: int = Field(8 * 1024**3, description="largest total size of an upload's members")
     upload_max_members: int = Field(200_000, description="most files an uploaded archive may hold")
+    json_max_bytes: int = Field(
+        1024**2, ge=1, description="largest accepted request body that is not an upload (JSON); larger ones get 413"
+    )
+    public_url: str | None = Field(
+        None,
+        description="the API's public base URL (https://layercut.example.com) for the download links it answers "
+        "with; unset: links relative to the server (/v1/artifacts/…), never built from the request's Host header",
+    )
 
     task_soft_time_limit: int = Field(6 * 3600, description="seconds before a job ends as failed with code time_limit")
     task_hard_time_limit: int = Field(6 * 3600 + 300, description="seconds before the worker kills the task")
@@ -94,6 +102,11 @@ class Settings(BaseSettings):
         False,
         description="development only: let the service (a database or broker configured) run with the default "
         "callback secret or a well-known database password",
+    )
+    callback_allowed_hosts: str = Field(
+        "",
+        description="comma-separated host names, IP addresses or CIDR networks that callbacks may reach although "
+        "they are not public (loopback, private, link-local …), e.g. 10.20.0.0/16,hooks.internal",
     )
     callback_attempts: int = 5
     callback_timeout_seconds: float = 10.0

@@ -10,6 +10,9 @@ import pytest
 os.environ.setdefault("MPLBACKEND", "Agg")
 # The tests never read or write the user's own data directory (~/.local/share/layercut).
 os.environ["LAYERCUT_DATA_DIR"] = tempfile.mkdtemp(prefix="layercut-tests-")
+# The tests' callback receivers listen on loopback, which callbacks may not reach by default (SSRF); the workers the
+# tests start inherit this too. tests/api/test_api_limits.py builds its own settings without it.
+os.environ.setdefault("LAYERCUT_CALLBACK_ALLOWED_HOSTS", "127.0.0.1")
 
 from layercut.testing import services
 

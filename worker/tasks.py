@@ -80,6 +80,12 @@ def explain(self, job_id: str) -> str:
     return _run(self, job_id)
 
 
+@app.task(name=task_name("import"), bind=True)
+def import_model(self, job_id: str) -> str:
+    """Check an uploaded model against its architecture and write it as a checkpoint."""
+    return _run(self, job_id)
+
+
 @app.task(name=REAP_TASK, acks_late=False)
 def reap() -> dict:
     """Re-queue jobs whose worker died and re-send jobs lost by the broker."""

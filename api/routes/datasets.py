@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -35,6 +36,7 @@ from layercut.api.deps import SessionDep, SettingsDep, TenantDep
 from layercut.api.schemas.common import Page
 from layercut.api.schemas.datasets import BuiltinDatasetCreate, DatasetCreate, DatasetOut, FolderDatasetCreate
 from layercut.api.uploads import UploadRejected, dataset_root_in, extract_archive, remove_tree, save_upload
+from layercut.contracts.errors import without_root
 from layercut.settings import Settings
 from layercut.store.models import FINAL_STATUSES, Dataset, Job
 
@@ -121,13 +123,15 @@ def resolve_registered_folder(settings: Settings, given: str) -> Path:
     return path
 
 
-def _scan(folder: Path, loc: tuple) -> ScanResult:
+def _scan(folder: Path, loc: tuple, public: Callable[[str], str] = str) -> ScanResult:
+    """The scan of ``folder``; a 422 on ``loc`` saying what is wrong (``public`` rewrites the message, e.g. to take
+    the server's folders out of what an upload's error says)."""
     try:
         return scan_dataset(folder)
     except DatasetScanError as exc:
-        raise field_error(loc, str(exc), "bad_data") from None
+        raise field_error(loc, public(str(exc)), "bad_data") from None
     except OSError as exc:
-        raise field_error(loc, f"the folder cannot be read: {exc.strerror or exc}") from None
+        raise field_error(loc, public(f"the folder cannot be read: {exc.strerror or exc}")) from None
 
 
 def _info(scan: ScanResult, **extra: Any) -> dict[str, Any]:
@@ -228,30 +232,34 @@ async def upload_dataset(
     nothing behind. A single top-level folder wrapping the data is looked through."""
     key = check_idempotency_key(idempotency_key)
     base = tenant_root(settings, tenant) / "datasets"
+    root = settings.resolved_artifact_root
     try:
         archive, sha, size = await save_upload(file, base / ".incoming", settings.upload_max_bytes)
     except UploadRejected as exc:
-        raise HTTPException(exc.status_code, str(exc)) from None
+        raise HTTPException(exc.status_code, without_root(str(exc), root)) from None
     digest = request_hash({"sha256": sha, "size": size, "name": name})
     dataset_id = uuid.uuid4()
     dest = base / str(dataset_id)
+
+    def public(message: str) -> str:  # names inside the archive, never the server's folders
+        return without_root(without_root(message, dest.resolve(), "the archive"), root)
+
     try:
         await asyncio.to_thread(
             extract_archive, archive, dest, settings.upload_max_members, settings.upload_max_unpacked_bytes
         )
         folder = dataset_root_in(dest.resolve())
-        scan = await asyncio.to_thread(_scan, folder, ("body", "file"))
+        scan = await asyncio.to_thread(_scan, folder, ("body", "file"), public)
     except UploadRejected as exc:
         remove_tree(dest)
         if exc.status_code == 422:
-            raise field_error(("body", "file"), str(exc)) from None
-        raise HTTPException(exc.status_code, str(exc)) from None
+            raise field_error(("body", "file"), public(str(exc))) from None
+        raise HTTPException(exc.status_code, public(str(exc))) from None
     except BaseException:
         remove_tree(dest)
         raise
     finally:
         archive.unlink(missing_ok=True)
-    root = settings.resolved_artifact_root
     row = Dataset(
         id=dataset_id,
         tenant=tenant,

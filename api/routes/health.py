@@ -1,19 +1,22 @@
-"""Liveness and readiness (no key needed)."""
+"""Liveness and readiness (no key needed; with a valid key readiness also says what failed)."""
 
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import text
+from starlette.concurrency import run_in_threadpool
 
-from layercut.api.deps import SettingsDep
+from layercut.api.deps import ReadCacheDep, SettingsDep, authenticate, bearer_secret
 from layercut.api.observe import metrics_answer
 from layercut.settings import Settings
 from layercut.store.db import get_engine
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])
 CHECK_TIMEOUT_S = 3.0
 _pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="readyz")
@@ -26,7 +29,8 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     status: str = Field(description="ok | unavailable", examples=["ok"])
     checks: dict[str, str] = Field(
-        description="per dependency: ok, skipped, or what failed", examples=[{"database": "ok", "broker": "ok"}]
+        description="per dependency: ok, skipped, or unavailable (with a valid key: what failed)",
+        examples=[{"database": "ok", "broker": "ok"}],
     )
 
 
@@ -67,7 +71,27 @@ def _run(check, settings: Settings) -> str:
     summary="The database (and the broker, when configured) answer",
     responses={503: {"model": Readiness, "description": "a dependency is unreachable"}},
 )
-def readyz(settings: SettingsDep):
+async def readyz(settings: SettingsDep, cache: ReadCacheDep, request: Request):
+    """Without a key each dependency is only ``ok``, ``skipped`` or ``unavailable``; a caller with a valid key also
+    reads what failed (which may name a host and port). Every failure is logged in full."""
+    checks = await run_in_threadpool(_checks, settings)
+    for name, value in checks.items():
+        if value != "ok" and not value.startswith("skipped"):
+            log.warning("readiness: %s: %s", name, value)
+    try:
+        await authenticate(settings, cache, bearer_secret(request.headers.get("authorization")))
+    except Exception:  # noqa: BLE001 - no key, a wrong one, or no database to check it in: the plain answer
+        checks = {name: _plain(value) for name, value in checks.items()}
+    ok = all(v == "ok" or v.startswith("skipped") for v in checks.values())
+    body = Readiness(status="ok" if ok else "unavailable", checks=checks)
+    return body if ok else JSONResponse(body.model_dump(), status_code=503)
+
+
+def _plain(value: str) -> str:
+    return value if value == "ok" else "skipped" if value.startswith("skipped") else "unavailable"
+
+
+def _checks(settings: Settings) -> dict[str, str]:
     checks = {"database": _run(_check_database, settings)}
     if settings.broker_url and settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
         checks["broker"] = _run(_check_broker, settings)
@@ -77,9 +101,7 @@ def readyz(settings: SettingsDep):
             if not settings.broker_url
             else "skipped (not a redis URL)"
         )
-    ok = all(v == "ok" or v.startswith("skipped") for v in checks.values())
-    body = Readiness(status="ok" if ok else "unavailable", checks=checks)
-    return body if ok else JSONResponse(body.model_dump(), status_code=503)
+    return checks
 
 
 @router.get("/metrics", include_in_schema=False)

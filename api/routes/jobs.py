@@ -12,7 +12,6 @@ from fastapi import APIRouter, Body, Header, HTTPException, Query, Request, Resp
 from pydantic import BeforeValidator
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from layercut import telemetry
@@ -22,6 +21,7 @@ from layercut.api.common import (
     SortQuery,
     as_utc,
     check_idempotency_key,
+    checked_callback_url,
     conflict_when_in_use,
     error_responses,
     idempotency_mismatch,
@@ -31,13 +31,12 @@ from layercut.api.common import (
     request_hash,
     with_labels,
 )
-from layercut.api.crud import artifact_out, check_references, dispatch, get_tenant_job, job_artifacts
+from layercut.api.crud import check_references, dispatch, get_tenant_job, job_out, job_summary
 from layercut.api.deps import DispatcherDep, ReadCacheDep, SessionDep, SettingsDep, TenantDep
 from layercut.api.schemas.common import Page
 from layercut.api.schemas.jobs import (
     JOB_CREATE_EXAMPLES,
     JobCreate,
-    JobError,
     JobLogLine,
     JobLogs,
     JobOut,
@@ -62,68 +61,6 @@ def _iso_only(value: Any) -> Any:
 IsoDateTime = Annotated[datetime, BeforeValidator(_iso_only)]
 
 
-# --- presentation ----------------------------------------------------------------------------------
-
-
-def _summary_fields(job: Job) -> dict[str, Any]:
-    error = JobError(code=job.error_code, message=job.error_message) if (job.error_code or job.error_message) else None
-    return dict(
-        id=job.id,
-        kind=job.kind,
-        status=job.status,
-        stage=job.stage,
-        percent=round(max(0.0, min(1.0, job.progress or 0.0)) * 100, 2),
-        eta_seconds=job.eta_seconds,
-        message=job.message,
-        error=error,
-        attempts=job.attempts,
-        pipeline_id=job.pipeline_id,
-        step=job.step,
-        depends_on=job.depends_on,
-        cancel_requested=job.cancel_requested,
-        created_at=job.created_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-        updated_at=job.updated_at,
-        labels=job.labels or {},
-    )
-
-
-def job_summary(job: Job) -> JobSummary:
-    return JobSummary(**_summary_fields(job))
-
-
-HEADLINE = ("accuracy", "macro_f1", "best_val_accuracy", "val_accuracy", "params", "params_kept", "shortfall")
-"""The numbers of a result that JobOut.metrics lifts to the top, when the result has them."""
-
-
-def headline_metrics(result: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A result's headline numbers: its own ``metrics`` mapping, plus the top-level numbers of ``HEADLINE``."""
-    if not result:
-        return None
-    found = dict(result["metrics"]) if isinstance(result.get("metrics"), dict) else {}
-    for key in HEADLINE:
-        value = result.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            found.setdefault(key, value)
-    return found or None
-
-
-def job_out(request: Request, session: Session, job: Job) -> JobOut:
-    # Artifacts are recorded as a job finishes, so an unfinished job (what polls mostly see) has none.
-    artifacts = job_artifacts(session, job) if job.status in FINAL_STATUSES else []
-    result = job.result if isinstance(job.result, dict) else None
-    metrics = headline_metrics(result)
-    return JobOut(
-        **_summary_fields(job),
-        params=job.params or {},
-        callback_url=job.callback_url,
-        result=result,
-        metrics=metrics,
-        artifacts=[artifact_out(request, a) for a in artifacts],
-    )
-
-
 # --- routes ----------------------------------------------------------------------------------------
 
 
@@ -142,6 +79,7 @@ def create_job(
     response: Response,
     session: SessionDep,
     tenant: TenantDep,
+    settings: SettingsDep,
     body: Annotated[JobCreate, Body(openapi_examples=JOB_CREATE_EXAMPLES)],
     dispatcher: DispatcherDep,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", description=IDEMPOTENCY_HEADER_DOC)] = None,
@@ -150,11 +88,12 @@ def create_job(
     the job as `queued`, commit, then send it to its queue. The body is `{"params": {"kind": …, …}, "callback_url": …}`.
     """
     key = check_idempotency_key(idempotency_key)
+    callback_url = checked_callback_url(settings, body.callback_url)
     params_json = body.params.model_dump(mode="json")
     digest = request_hash(
         {
             "params": params_json,
-            "callback_url": str(body.callback_url) if body.callback_url else None,
+            "callback_url": callback_url,
             **({"labels": body.labels} if body.labels else {}),
         }
     )
@@ -166,7 +105,7 @@ def create_job(
         status="queued",
         params=params_json,
         labels=body.labels or None,
-        callback_url=str(body.callback_url) if body.callback_url else None,
+        callback_url=callback_url,
         idempotency_key=key,
         request_hash=digest if key else None,
     )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import uuid
+from pathlib import PurePath
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Header, HTTPException, Query, Request, Response, UploadFile, status
@@ -21,21 +23,24 @@ from layercut.api.common import (
     error_responses,
     field_error,
     idempotency_mismatch,
+    link_for,
     page,
     paginate,
     request_hash,
     stored_file,
     tenant_root,
 )
-from layercut.api.crud import check_dataset, get_tenant_model
-from layercut.api.deps import SessionDep, SettingsDep, TenantDep
-from layercut.api.safetensors_io import BadSafetensors, parameter_count, rewrite_with_metadata
+from layercut.api.crud import check_dataset, dispatch, get_tenant_model, job_out
+from layercut.api.deps import DispatcherDep, SessionDep, SettingsDep, TenantDep
+from layercut.api.safetensors_io import BadSafetensors, weights_format
 from layercut.api.schemas.common import Page
+from layercut.api.schemas.jobs import JobOut
 from layercut.api.schemas.models import ImportSpec, ModelOut
 from layercut.api.uploads import UploadRejected, save_upload
-from layercut.contracts.spec import SPEC_KEY
+from layercut.contracts.files import IMPORTS_FOLDER, import_upload, weight_suffix
+from layercut.contracts.jobs import ImportParams
 from layercut.jobs import retention
-from layercut.store.models import ModelVersion
+from layercut.store.models import Job, ModelVersion
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -57,7 +62,7 @@ def model_out(request: Request, row: ModelVersion) -> ModelOut:
         dataset_id=row.dataset_id,
         parent_id=row.parent_id,
         created_at=row.created_at,
-        checkpoint_url=str(request.url_for("download_checkpoint", model_id=str(row.id))),
+        checkpoint_url=link_for(request, "download_checkpoint", model_id=str(row.id)),
     )
 
 
@@ -108,12 +113,12 @@ def download_checkpoint(
 
 @router.post(
     "/import",
-    response_model=ModelOut,
+    response_model=JobOut,
     status_code=status.HTTP_201_CREATED,
-    summary="Import a trained model",
+    summary="Import a model trained elsewhere",
     responses={
-        200: {"model": ModelOut, "description": "an earlier request with this Idempotency-Key made it"},
-        **error_responses(400, 401, 413),
+        200: {"model": JobOut, "description": "an earlier request with this Idempotency-Key made it"},
+        **error_responses(400, 401, 409, 413),
     },
 )
 async def import_model(
@@ -122,12 +127,20 @@ async def import_model(
     session: SessionDep,
     tenant: TenantDep,
     settings: SettingsDep,
-    weights: Annotated[UploadFile, File(description="a safetensors file of the model's state dict")],
+    dispatcher: DispatcherDep,
+    weights: Annotated[
+        UploadFile,
+        File(
+            description="the model's weights: a state dict saved with torch.save (.pt/.pth, read with "
+            "weights_only=True, also inside a checkpoint dict under state_dict, model_state_dict, …) or a "
+            "safetensors file"
+        ),
+    ],
     spec: Annotated[
         str,
         Form(
-            description="JSON of the model spec: architecture, classes, image_size, mean, std "
-            "(and optionally source_channels, pretrained, cut_point, head_dropout, data)",
+            description="JSON of the model spec: architecture, classes (in the order of the model's outputs), "
+            "image_size, mean, std (and optionally source_channels, pretrained, cut_point, head_dropout, data)",
             examples=[
                 '{"architecture": "resnet18", "classes": ["cat", "dog"], "image_size": 64, '
                 '"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}'
@@ -136,11 +149,12 @@ async def import_model(
     ],
     dataset_id: Annotated[uuid.UUID | None, Form(description="the registered dataset it was trained on")] = None,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", description=IDEMPOTENCY_HEADER_DOC)] = None,
-) -> ModelOut:
-    """The weights are checked (header, dtypes, shapes and offsets consistent) and rewritten with the spec in the
-    header's `__metadata__["layercut.spec"]`, the form layercut's own checkpoints have; the new model version is
-    `source: "import"`, `trained: true`. The weights are not matched against the architecture here: the first job
-    that loads the model does that."""
+) -> JobOut:
+    """Store the weights and queue an `import` job, returned here. The spec is checked now (422 naming the field);
+    the job then matches the weights key by key and shape by shape against the architecture and writes a layercut
+    checkpoint: it ends `succeeded` with the new model's id in `result.model_id` (the model is `source: "import"`),
+    or `failed` with the mismatched keys named. Poll `GET /v1/jobs/{id}`; later jobs and pipelines take the model's
+    id (or `{"from_job": <this job's id>}`)."""
     key = check_idempotency_key(idempotency_key)
     try:
         parsed = ImportSpec.model_validate(json.loads(spec))
@@ -152,56 +166,60 @@ async def import_model(
     check_dataset(session, tenant, dataset_id, ("body", "dataset_id"))
     root = tenant_root(settings, tenant)
     try:
-        upload, sha, size = await save_upload(weights, root / "models" / ".incoming", settings.upload_max_bytes)
+        upload, sha, size = await save_upload(weights, root / IMPORTS_FOLDER / ".incoming", settings.upload_max_bytes)
     except UploadRejected as exc:
         raise HTTPException(exc.status_code, str(exc)) from None
-    spec_json = parsed.model_dump_json()
-    digest = request_hash(
-        {
-            "weights_sha256": sha,
-            "spec": parsed.model_dump(mode="json"),
-            "dataset_id": str(dataset_id) if dataset_id else None,
-        }
-    )
-    model_id = uuid.uuid5(IMPORT_NAMESPACE, f"{tenant}\x00{key}") if key else uuid.uuid4()
-    relative = f"{tenant}/models/{model_id}/model-{digest[:32]}.safetensors"
-    target = settings.resolved_artifact_root / relative
     try:
-        header = await asyncio.to_thread(rewrite_with_metadata, upload, target, {SPEC_KEY: spec_json})
+        await asyncio.to_thread(weights_format, upload)
     except BadSafetensors as exc:
-        raise field_error(("body", "weights"), f"not a valid safetensors file: {exc}") from None
-    finally:
         upload.unlink(missing_ok=True)
-    row = ModelVersion(
-        id=model_id,
-        tenant=tenant,
+        raise field_error(("body", "weights"), f"the weights file cannot be imported: {exc}") from None
+    params = ImportParams(
+        spec=parsed,
         dataset_id=dataset_id,
-        checkpoint=relative,
-        architecture=parsed.architecture,
-        classes=parsed.classes,
-        image_size=parsed.image_size,
-        params=parameter_count(header),
-        trained=True,
-        metrics={},
-        cut_point=parsed.cut_point.model_dump() if parsed.cut_point else None,
-        source="import",
+        weights_name=PurePath(weights.filename or "weights").name[:255],
+        weights_suffix=weight_suffix(weights.filename),
+        weights_sha256=sha,
+        weights_bytes=size,
     )
-    session.add(row)
+    params_json = params.model_dump(mode="json")
+    digest = request_hash({"params": params_json})
+    job_id = uuid.uuid5(IMPORT_NAMESPACE, f"{tenant}\x00{key}") if key else uuid.uuid4()
+    stored = settings.resolved_artifact_root / import_upload(tenant, job_id, params.weights_suffix)
+    job = Job(
+        id=job_id,
+        tenant=tenant,
+        kind="import",
+        status="queued",
+        params=params_json,
+        idempotency_key=key,
+        request_hash=digest if key else None,
+    )
+    session.add(job)
     try:
-        session.commit()
+        session.flush()
     except IntegrityError:
         session.rollback()
-        existing = session.scalars(
-            select(ModelVersion).where(ModelVersion.id == model_id, ModelVersion.tenant == tenant)
-        ).first()
+        upload.unlink(missing_ok=True)
+        existing = session.scalars(select(Job).where(Job.tenant == tenant, Job.idempotency_key == key)).first()
         if key is None or existing is None:
             raise
-        if existing.checkpoint != relative:  # the request hash is part of the stored file's name
-            target.unlink(missing_ok=True)
+        if existing.request_hash != digest:
             raise idempotency_mismatch() from None
         response.status_code = status.HTTP_200_OK
-        return model_out(request, existing)
-    return model_out(request, row)
+        return job_out(request, session, existing)
+    try:
+        stored.parent.mkdir(parents=True, exist_ok=True)
+        upload.replace(stored)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        upload.unlink(missing_ok=True)
+        shutil.rmtree(stored.parent, ignore_errors=True)
+        raise
+    dispatch(dispatcher, job.id, job.kind)
+    response.headers["Location"] = link_for(request, "get_job", job_id=str(job.id))
+    return job_out(request, session, job)
 
 
 @router.delete(
@@ -211,8 +229,8 @@ async def import_model(
     summary="Delete an imported model",
 )
 def delete_model(model_id: uuid.UUID, session: SessionDep, settings: SettingsDep, tenant: TenantDep) -> Response:
-    """Delete an imported model and its checkpoint. 409 while an unfinished job uses it; a model a job made is
-    deleted with that job (or its pipeline)."""
+    """Delete an imported model, its checkpoint and the import job that made it. 409 while an unfinished job uses
+    it; a model another job made is deleted with that job (or its pipeline)."""
     row = get_tenant_model(session, tenant, model_id)
     with conflict_when_in_use(session):
         retention.delete_model(session, row, settings.resolved_artifact_root)

@@ -19,6 +19,7 @@ from layercut.api.common import (
     LabelQuery,
     SortQuery,
     check_idempotency_key,
+    checked_callback_url,
     conflict_when_in_use,
     error_responses,
     field_error,
@@ -242,6 +243,7 @@ def create_pipeline(
     response: Response,
     session: SessionDep,
     tenant: TenantDep,
+    settings: SettingsDep,
     body: Annotated[PipelineCreate, Body(openapi_examples=PIPELINE_EXAMPLES)],
     dispatcher: DispatcherDep,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", description=IDEMPOTENCY_HEADER_DOC)] = None,
@@ -256,6 +258,7 @@ def create_pipeline(
     cut point; `stop_after: "compare"` leaves out the explain step (the same test images explained by base and
     slim side by side)."""
     key = check_idempotency_key(idempotency_key)
+    callback_url = checked_callback_url(settings, body.callback_url)
     params_json = body.model_dump(mode="json")
     digest = request_hash(params_json)
     if body.model_id is None and body.data is None:
@@ -272,7 +275,7 @@ def create_pipeline(
         status="queued",
         params=params_json,
         labels=body.labels or None,
-        callback_url=str(body.callback_url) if body.callback_url else None,
+        callback_url=callback_url,
         idempotency_key=key,
         request_hash=digest if key else None,
     )

@@ -20,7 +20,7 @@ class ArtifactOut(BaseModel):
                     "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
                     "content_type": "application/json",
                     "created_at": "2025-01-01T12:00:00Z",
-                    "download_url": "http://localhost:8000/v1/artifacts/0d9c3f8e-2b7a-4c1e-9f1a-3c5b6d7e8f90",
+                    "download_url": "/v1/artifacts/0d9c3f8e-2b7a-4c1e-9f1a-3c5b6d7e8f90",
                 }
             ]
         }
@@ -34,4 +34,7 @@ class ArtifactOut(BaseModel):
     sha256: str
     content_type: str
     created_at: UtcDateTime
-    download_url: str
+    download_url: str = Field(
+        description="where to GET the file: the server's LAYERCUT_PUBLIC_URL + /v1/artifacts/{id}, or that path alone "
+        "(relative to the API) when it is unset"
+    )

@@ -7,7 +7,7 @@ from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 from layercut.api.schemas.common import JobStatus, Labels, UtcDateTime
 from layercut.contracts.configs import (
     AnalyzeConfig,
-    ArchitectureName,
+    Architecture,
     CompareConfig,
     ExplainConfig,
     SelectConfig,
@@ -59,7 +59,7 @@ class PipelineCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [PIPELINE_EXAMPLES["full"]["value"]]})
     data: DataParams | None = None
     model_id: uuid.UUID | None = Field(None, description="start from this model version: no train step")
-    arch: ArchitectureName = Field("vgg11", description="architecture of the trained base")
+    arch: Architecture = Field("vgg11", description="architecture of the trained base: a built-in name, or timm/<name>")
     pretrained: bool = False
     train: TrainConfig = Field(default_factory=TrainConfig)
     analyze: AnalyzeConfig = Field(default_factory=AnalyzeConfig)

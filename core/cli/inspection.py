@@ -10,17 +10,27 @@ from typing import Any, Optional
 import typer
 
 from layercut.cli import options
-from layercut.cli.output import fail, print_curve, print_cut_points, print_json, print_knee
+from layercut.cli.output import fail, out_console, print_curve, print_cut_points, print_json, print_knee
 from layercut.contracts.configs import ARCHITECTURE_NAMES, AnalyzeConfig, DataConfig
 
 
 def layers(
-    arch: Optional[str] = typer.Option(None, "--arch", help=f"architecture: {options.ARCHITECTURES_HELP}"),
+    arch: Optional[str] = typer.Option(
+        None, "--arch", help=f"architecture: {options.ARCHITECTURES_HELP}", callback=options.known_architecture
+    ),
     image_size: int = options.field_option(DataConfig, "image_size", default=224),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="list the cut points of this model instead"),
+    list_architectures: bool = typer.Option(False, "--list", help="list the built-in architectures and stop"),
     as_json: bool = options.JSON,
 ) -> None:
     """List an architecture's cut points: index, module name, channels and spatial size."""
+    if list_architectures:
+        if as_json:
+            print_json({"architectures": list(ARCHITECTURE_NAMES), "timm": "timm/<name>"})
+        else:
+            out_console.print("\n".join(ARCHITECTURE_NAMES))
+            out_console.print("timm/<name>: any timm CNN, e.g. timm/convnext_atto (timm.list_models() names them)")
+        return
     from layercut.stages.architectures import build_model, check_image_size
     from layercut.stages.checkpoint import load_checkpoint
     from layercut.stages.cutpoints import describe_cut_points
@@ -29,10 +39,10 @@ def layers(
         model, spec = load_checkpoint(checkpoint)
         name, image_size = spec.architecture + (" (slim)" if spec.is_slim else ""), spec.image_size
     elif arch is not None:
-        check_image_size(image_size)
+        check_image_size(image_size, arch)
         model, name = build_model(arch, 2), arch
     else:
-        fail(f"give --arch (one of {', '.join(ARCHITECTURE_NAMES)}) or --checkpoint")
+        fail("give --arch (`layercut layers --list` lists them) or --checkpoint")
     cut_points = [vars(info) for info in describe_cut_points(model, image_size)]
     if as_json:
         print_json({"architecture": name, "image_size": image_size, "cut_points": cut_points})

@@ -15,6 +15,8 @@ import typer
 from pydantic import ValidationError
 
 from layercut import __version__
+from layercut.cli.export import export
+from layercut.cli.importing import import_command
 from layercut.cli.inspection import curve, knee, layers
 from layercut.cli.keys import keys_app
 from layercut.cli.options import option_for
@@ -45,6 +47,8 @@ COMMANDS: tuple[tuple[str, Callable[..., Any]], ...] = (
     ("sweep", sweep),
     ("compare", compare),
     ("explain", explain),
+    ("export", export),
+    ("import", import_command),
     ("layers", layers),
     ("curve", curve),
     ("knee", knee),

@@ -24,6 +24,7 @@ from layercut.contracts.configs import (
     SweepConfig,
     TrainConfig,
     TruncateConfig,
+    architecture_problem,
 )
 from layercut.contracts.sources import source_problem
 
@@ -72,13 +73,14 @@ def option_for(model_name: str, field: str) -> str:
     return next(iter(names)) if len(names) == 1 else "--" + field.replace("_", "-")
 
 
-ARCHITECTURES_HELP = "one of " + ", ".join(ARCHITECTURE_NAMES)
+ARCHITECTURES_HELP = "one of " + ", ".join(ARCHITECTURE_NAMES) + ", or a timm model as timm/<name>"
 
 
-def known_architecture(name: str) -> str:
+def known_architecture(name: str | None) -> str | None:
     """--arch checked before anything heavy is imported, so that a typo fails at once."""
-    if name not in ARCHITECTURE_NAMES:
-        raise typer.BadParameter(f"unknown architecture {name!r}; choose {ARCHITECTURES_HELP}")
+    problem = architecture_problem(name) if name is not None else None
+    if problem is not None:
+        raise typer.BadParameter(problem)
     return name
 
 

@@ -90,8 +90,9 @@ def print_run(summary: RunSummary, out: Path) -> None:
         s = slim.latency_ms.get(label)
         if s is None:
             continue
-        device, batch = label.split("_b")
-        table.add_row(f"{device.upper()} latency, batch {batch}", f"{b:.2f} ms", f"{s:.2f} ms", f"{b / s:.2f}× faster")
+        device, batch = label.rsplit("_b", 1)
+        where = "ONNX Runtime CPU" if device == "onnxruntime_cpu" else device.upper()
+        table.add_row(f"{where} latency, batch {batch}", f"{b:.2f} ms", f"{s:.2f} ms", f"{b / s:.2f}× faster")
     found = "knee found by kneed" if summary.knee_found else f"no knee found: {summary.knee.reason}"
     rules = summary.rules
     others = ""

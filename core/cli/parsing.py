@@ -26,6 +26,8 @@ def parse_classes(value: str | None) -> list[str] | None:
     else:
         names = [name.strip() for name in value.split(",") if name.strip()]
     if len(names) < 2:
+        if len(names) == 1 and (path.suffix or "/" in value):
+            fail(f"--classes: the file {value} does not exist (give a text file, one name per line, or a,b,c)")
         fail(f"--classes needs at least two class names, got {names}")
     return names
 

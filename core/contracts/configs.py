@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
-from typing import Literal, get_args
+from typing import Annotated, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
 ArchitectureName = Literal[
     "smallcnn",
+    "alexnet",
     "vgg11",
     "vgg11_bn",
     "vgg13",
@@ -22,18 +23,110 @@ ArchitectureName = Literal[
     "resnet50",
     "resnet101",
     "resnet152",
+    "resnext50_32x4d",
+    "resnext101_32x8d",
+    "resnext101_64x4d",
+    "wide_resnet50_2",
+    "wide_resnet101_2",
+    "squeezenet1_0",
+    "squeezenet1_1",
+    "densenet121",
+    "densenet161",
+    "densenet169",
+    "densenet201",
+    "googlenet",
+    "inception_v3",
+    "shufflenet_v2_x0_5",
+    "shufflenet_v2_x1_0",
+    "shufflenet_v2_x1_5",
+    "shufflenet_v2_x2_0",
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    "mnasnet0_5",
+    "mnasnet0_75",
+    "mnasnet1_0",
+    "mnasnet1_3",
     "efficientnet_b0",
     "efficientnet_b1",
     "efficientnet_b2",
     "efficientnet_b3",
-    "mobilenet_v2",
-    "mobilenet_v3_small",
-    "mobilenet_v3_large",
+    "efficientnet_b4",
+    "efficientnet_b5",
+    "efficientnet_b6",
+    "efficientnet_b7",
+    "efficientnet_v2_s",
+    "efficientnet_v2_m",
+    "efficientnet_v2_l",
+    "regnet_x_400mf",
+    "regnet_x_800mf",
+    "regnet_x_1_6gf",
+    "regnet_x_3_2gf",
+    "regnet_x_8gf",
+    "regnet_x_16gf",
+    "regnet_x_32gf",
+    "regnet_y_400mf",
+    "regnet_y_800mf",
+    "regnet_y_1_6gf",
+    "regnet_y_3_2gf",
+    "regnet_y_8gf",
+    "regnet_y_16gf",
+    "regnet_y_32gf",
+    "regnet_y_128gf",
+    "convnext_tiny",
+    "convnext_small",
+    "convnext_base",
+    "convnext_large",
 ]
-"""An architecture layercut can build, train and cut (torchvision's classifiers and a small plain CNN)."""
+"""An architecture layercut builds by name: every CNN classifier of torchvision, and a small plain CNN."""
 
 ARCHITECTURE_NAMES: tuple[ArchitectureName, ...] = get_args(ArchitectureName)
-"""The supported architectures (kept here, free of torch, so the API can validate names)."""
+"""The built-in architectures (kept here, free of torch, so the API can validate names)."""
+
+TIMM_PREFIX = "timm/"
+TIMM_PATTERN = r"^timm/[a-z0-9_]+(\.[a-z0-9_]+)?$"
+"""A timm model by name (``timm/convnext_atto``, ``timm/resnet18.a1_in1k``): built by timm, randomly initialised."""
+
+
+def _known_architecture(name: str) -> str:
+    problem = architecture_problem(name)
+    if problem is not None:
+        raise ValueError(problem)
+    return name
+
+
+Architecture = Annotated[
+    str,
+    AfterValidator(_known_architecture),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "enum": list(get_args(ArchitectureName))},
+                {"type": "string", "pattern": TIMM_PATTERN, "maxLength": 120, "examples": ["timm/convnext_atto"]},
+            ],
+            "description": "a built-in architecture, or a timm model as timm/<name> (random init, or your weights)",
+        }
+    ),
+]
+"""Any architecture a config may name: a built-in one, or a timm model (one error naming the field either way)."""
+
+
+def architecture_problem(name: str) -> str | None:
+    """Why ``name`` is no architecture (None when it is one); a timm name's model is only looked up when built."""
+    if name in ARCHITECTURE_NAMES:
+        return None
+    if name.startswith(TIMM_PREFIX):
+        if re.fullmatch(TIMM_PATTERN, name) and len(name) <= 120:
+            return None
+        return f"{name!r} is no timm model name: write timm/<name> in lower case, as timm.list_models() lists it"
+    close = [
+        n for n in ARCHITECTURE_NAMES if n.split("_")[0].rstrip("0123456789") == name.split("_")[0].rstrip("0123456789")
+    ]
+    hint = f" (did you mean {', '.join(close[:6])}?)" if close else ""
+    return (
+        f"unknown architecture {name!r}{hint}; give smallcnn, a torchvision CNN such as resnet18, densenet121 or "
+        "convnext_tiny (`layercut layers --list` lists them), or a timm model as timm/<name>"
+    )
 
 
 class _Config(BaseModel):
@@ -235,6 +328,53 @@ class CompareConfig(_Config):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="where to run: auto (CUDA when available), cpu or cuda"
     )
+    onnxruntime: bool = Field(
+        True,
+        description="also export each model to ONNX and time it in ONNX Runtime on the CPU, beside torch "
+        "(labels onnxruntime_cpu_b1 …)",
+    )
+
+
+ExportFormat = Literal["onnx", "torchscript", "exported-program"]
+"""A deployable file: ONNX (any ONNX runtime), TorchScript (``torch.jit.load``) or a ``torch.export`` ExportedProgram
+(``torch.export.load``)."""
+
+EXPORT_FORMATS: tuple[ExportFormat, ...] = get_args(ExportFormat)
+
+EXPORT_SUFFIXES: dict[ExportFormat, str] = {"onnx": ".onnx", "torchscript": ".ts", "exported-program": ".pt2"}
+"""The file name ending of each export format."""
+
+
+class ExportConfig(_Config):
+    """How a checkpoint is exported for deployment and how the exported file is checked against torch."""
+
+    format: ExportFormat = Field(
+        "onnx",
+        description="onnx (ONNX Runtime or any ONNX runtime), torchscript (torch.jit.load) or exported-program "
+        "(torch.export.load)",
+    )
+    tolerance: float = Field(
+        1e-4, gt=0, description="the largest |difference| of the logits, exported file vs torch, that is accepted"
+    )
+    parity_images: int = Field(32, ge=1, le=1024, description="images whose logits are compared")
+    opset: int | None = Field(
+        None, ge=18, le=23, description="ONNX opset version (onnx only); default: the exporter's own"
+    )
+    latency_batches: list[int] = Field(
+        default_factory=lambda: [1, 32], description="batch sizes whose CPU latency is measured"
+    )
+    latency_repeats: int = Field(10, ge=1, le=1000, description="timed runs per latency measurement")
+    latency_warmup: int = Field(3, ge=0, le=100, description="untimed runs before the timed ones")
+    threads: int | None = Field(
+        None, ge=1, le=256, description="CPU threads of torch and ONNX Runtime while timing; default: torch's"
+    )
+
+    @field_validator("latency_batches")
+    @classmethod
+    def _batches(cls, value: list[int]) -> list[int]:
+        if len(value) > 8 or any(not 1 <= b <= 1024 for b in value):
+            raise ValueError("give at most 8 batch sizes, each from 1 to 1024")
+        return value
 
 
 ExplainMethod = Literal[

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from pydantic import ValidationError
 
 
@@ -28,6 +30,15 @@ class MissingResourceError(LayercutError):
 
 class Cancelled(Exception):
     """Raised inside a stage when its cancellation check says the job was cancelled."""
+
+
+def without_root(text: str, root: str | os.PathLike[str], name: str = "the artifact root") -> str:
+    """``text`` with the server folder ``root`` taken out: a path under it becomes relative to it (as a job's result
+    names its files), ``root`` itself becomes ``name``. For messages a caller of the service reads."""
+    base = os.fspath(root).rstrip(os.sep)
+    if not base:
+        return text
+    return text.replace(base + os.sep, "").replace(base, name)
 
 
 def first_error(exc: ValidationError) -> str:

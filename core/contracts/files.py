@@ -6,7 +6,8 @@ machine writes each stage into its own folder of the run (``RUN_FOLDERS``).
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import PurePath
+from typing import Literal, get_args
 
 CHECKPOINT = "model.safetensors"
 """The trained (or, for truncate, the untrained slim) model: weights with the spec in the header."""
@@ -18,8 +19,11 @@ GBP_MAPS_NPZ = "gbp_maps.npz"
 TRUNCATE_JSON = "truncate.json"
 COMPARE_JSON = "compare.json"
 EXPLAIN_JSON = "explain.json"
+EXPORT_JSON = "export.json"
+"""Beside an exported model (``layercut export``): its format, checksum, parity with torch and CPU latency."""
 SELECT_JSON = "select.json"
 SWEEP_JSON = "sweep.json"
+IMPORT_JSON = "import.json"
 TRADE_OFF_PNG = "trade_off.png"
 """A select or sweep folder's chart: accuracy against MACs and parameters, one point per retrained cut point."""
 DEPTH_PROBES_PNG = "depth_probes.png"
@@ -27,6 +31,24 @@ DEPTH_PROBES_PNG = "depth_probes.png"
 CANDIDATES_FOLDER = "candidates"
 """Inside a select or sweep folder: one sub-folder per retrained candidate (``cut-05-layer3.0``)."""
 RUN_JSON = "run.json"
+IMPORTS_FOLDER = "imports"
+"""Under a tenant's folder: the weights uploaded for import jobs, one folder per job, removed once imported."""
+WeightSuffix = Literal[".safetensors", ".pt", ".pth", ".bin", ".ckpt", ""]
+"""File name endings an uploaded weights file keeps (anything else is stored without one)."""
+WEIGHT_SUFFIXES: tuple[str, ...] = get_args(WeightSuffix)
+
+
+def weight_suffix(filename: str | None) -> WeightSuffix:
+    """The ending an uploaded weights file keeps: its own when it is one of ``WEIGHT_SUFFIXES``, else none."""
+    suffix = PurePath(filename or "").suffix.lower()
+    return next((s for s in get_args(WeightSuffix) if s and s == suffix), "")
+
+
+def import_upload(tenant: str, job_id: object, suffix: str) -> str:
+    """Where, relative to the artifact root, the weights uploaded for import job ``job_id`` are kept."""
+    return f"{tenant}/{IMPORTS_FOLDER}/{job_id}/weights{suffix if suffix in WEIGHT_SUFFIXES else ''}"
+
+
 REPORT_HTML = "report.html"
 
 RESULT_JSON: dict[str, str] = {
@@ -40,6 +62,7 @@ RESULT_JSON: dict[str, str] = {
     "sweep_plan": "sweep_plan.json",
     "sweep_cut": METRICS_JSON,
     "sweep": SWEEP_JSON,
+    "import": IMPORT_JSON,
 }
 """The JSON file in which each stage records its result."""
 
@@ -52,6 +75,7 @@ ARTIFACT_KINDS: dict[str, ArtifactKind] = {
     TRUNCATE_JSON: "report",
     SELECT_JSON: "report",
     SWEEP_JSON: "report",
+    IMPORT_JSON: "report",
     GBP_MAPS_NPZ: "maps",
 }
 """Artifact kinds by file name (others go by extension)."""
@@ -67,6 +91,7 @@ RUN_FOLDERS: dict[str, str] = {
     "sweep": "sweep",
     "compare": "compare",
     "explain": "explain",
+    "import": "imported",
 }
 """The folder of each stage inside a run folder (truncate and retrain share ``slim/``; the auto cut's search
 writes ``select/`` and moves its chosen model's folder to ``slim/``)."""

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from layercut.contracts.configs import (
     AnalyzeConfig,
-    ArchitectureName,
+    Architecture,
     CompareConfig,
     ExplainConfig,
     SelectConfig,
@@ -22,6 +22,8 @@ from layercut.contracts.configs import (
     TrainConfig,
     TruncateConfig,
 )
+from layercut.contracts.files import WeightSuffix
+from layercut.contracts.spec import ModelSpec
 
 
 class _Params(BaseModel):
@@ -54,7 +56,7 @@ class DataParams(_Params):
 class TrainParams(_Params):
     kind: Literal["train"] = "train"
     data: DataParams
-    arch: ArchitectureName = Field("vgg11", description="architecture")
+    arch: Architecture = Field("vgg11", description="architecture: a built-in name, or timm/<name>")
     pretrained: bool = False
     train: TrainConfig = Field(default_factory=TrainConfig)
 
@@ -151,6 +153,20 @@ class ExplainParams(_Params):
     explain: ExplainConfig = Field(default_factory=ExplainConfig)
 
 
+class ImportParams(_Params):
+    """Check an uploaded weights file against the architecture its spec names and write it as a checkpoint.
+
+    Made only by ``POST /v1/models/import``, which stores the upload where ``files.import_upload`` says."""
+
+    kind: Literal["import"] = "import"
+    spec: ModelSpec
+    dataset_id: uuid.UUID | None = Field(None, description="the registered dataset the model was trained on")
+    weights_name: str = Field(max_length=255, description="the uploaded file's name")
+    weights_suffix: WeightSuffix = Field("", description="the ending the stored file keeps")
+    weights_sha256: str = Field(pattern="^[0-9a-f]{64}$")
+    weights_bytes: int = Field(ge=0)
+
+
 JobParams = Annotated[
     Union[
         TrainParams,
@@ -163,6 +179,7 @@ JobParams = Annotated[
         SweepParams,
         CompareParams,
         ExplainParams,
+        ImportParams,
     ],
     Field(discriminator="kind"),
 ]

@@ -5,15 +5,26 @@ from __future__ import annotations
 from typing import Literal, get_args
 
 StageKind = Literal[
-    "train", "analyze", "truncate", "retrain", "select", "sweep_plan", "sweep_cut", "sweep", "compare", "explain"
+    "train",
+    "analyze",
+    "truncate",
+    "retrain",
+    "select",
+    "sweep_plan",
+    "sweep_cut",
+    "sweep",
+    "compare",
+    "explain",
+    "import",
 ]
 """One stage of the pipeline, run as one job. A sweep in the service fans out: ``sweep_plan`` adds one
 ``sweep_cut`` job per cut point (run in parallel by as many workers as there are) and a ``sweep`` job that gathers
-them into sweep.json and its chart."""
+them into sweep.json and its chart. An ``import`` job checks a model trained elsewhere (uploaded through
+``POST /v1/models/import``) against its architecture and writes it as a checkpoint."""
 
 STAGE_KINDS: tuple[StageKind, ...] = get_args(StageKind)
 
-MODEL_MAKING_KINDS: tuple[StageKind, ...] = ("train", "truncate", "retrain", "select", "sweep_cut")
+MODEL_MAKING_KINDS: tuple[StageKind, ...] = ("train", "truncate", "retrain", "select", "sweep_cut", "import")
 """The kinds whose job produces a model version (a checkpoint)."""
 
 QUEUES: dict[StageKind, str] = {
@@ -27,6 +38,7 @@ QUEUES: dict[StageKind, str] = {
     "sweep": "cpu",
     "compare": "gpu",
     "explain": "gpu",
+    "import": "cpu",
 }
 """The Celery queue of each kind: everything that runs a network on images needs a GPU worker."""
 

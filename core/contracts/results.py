@@ -18,6 +18,8 @@ from layercut.contracts.configs import (
     DataConfig,
     ExplainConfig,
     ExplainMethod,
+    ExportConfig,
+    ExportFormat,
     SelectConfig,
     SweepConfig,
     TrainConfig,
@@ -456,7 +458,33 @@ class TruncateResult(_Result):
     cut_points_total: int = Field(ge=1, description="cut points of the base model")
 
 
+# ----------------------------------------------------------------------------------------- import
+
+
+class ImportResult(_Result):
+    """import.json: a model trained elsewhere, checked against its architecture and written as a checkpoint."""
+
+    stage: Literal["import"]
+    checkpoint: str = Field(description="path of the layercut checkpoint written")
+    architecture: str
+    num_classes: int = Field(ge=2)
+    image_size: int = Field(ge=1)
+    source_format: Literal["safetensors", "torch"] = Field(
+        description="safetensors, or a torch.save'd state dict (read with weights_only=True)"
+    )
+    found_under: str | None = Field(None, description="the checkpoint key the state dict was under (e.g. state_dict)")
+    stripped_prefix: str | None = Field(None, description="a wrapper's key prefix removed (e.g. module.)")
+    tensors: int = Field(ge=1, description="tensors read from the file")
+    source_dtypes: list[str] = Field(description="dtypes of the tensors in the file")
+    params: int = Field(ge=0, description="parameters (BatchNorm running statistics are buffers, not counted)")
+    buffers: int = Field(ge=0, description="elements of buffers (BatchNorm running statistics and counters)")
+
+
 # ----------------------------------------------------------------------------------------- compare
+
+
+LatencyRuntime = Literal["onnxruntime", "torchscript", "exported-program"]
+"""What ran a timed model other than eager torch: ONNX Runtime, ``torch.jit.load`` or ``torch.export.load``."""
 
 
 class LatencyMeasurement(_Result):
@@ -464,7 +492,7 @@ class LatencyMeasurement(_Result):
 
     device: str = Field(description="cpu or the GPU's name")
     device_type: Literal["cpu", "cuda"]
-    threads: int = Field(ge=1, description="torch CPU threads")
+    threads: int = Field(ge=1, description="torch CPU threads (ONNX Runtime's intra-op threads for its runtime)")
     batch_size: int = Field(ge=1)
     input_shape: tuple[int, int, int, int]
     warmup: int = Field(ge=0)
@@ -474,6 +502,9 @@ class LatencyMeasurement(_Result):
     p90_ms: float
     mean_ms: float
     times_ms: list[float]
+    runtime: LatencyRuntime | None = Field(
+        None, exclude_if=_is_none, description="what ran the model, when not torch itself (eager)"
+    )
 
 
 class ProfiledModel(_Result):
@@ -487,8 +518,13 @@ class ProfiledModel(_Result):
     params: int = Field(ge=0)
     macs: int = Field(ge=0, description="multiply-accumulates of one forward pass of one image")
     checkpoint_bytes: int = Field(ge=0)
-    latency: dict[str, LatencyMeasurement] = Field(description="label (cpu_b1, gpu_b32, …) → measurement")
+    latency: dict[str, LatencyMeasurement] = Field(
+        description="label (cpu_b1, gpu_b32, onnxruntime_cpu_b1 …) → measurement"
+    )
     test: ClassificationReport
+    onnxruntime_error: str | None = Field(
+        None, exclude_if=_is_none, description="why the model could not be timed in ONNX Runtime, when it could not"
+    )
 
 
 class FloatChange(_Result):
@@ -558,6 +594,66 @@ class CompareResult(_Result):
     comparison: Comparison
     threads: int = Field(ge=1, description="torch CPU threads")
     test_images: int = Field(ge=1)
+
+
+# ----------------------------------------------------------------------------------------- export
+
+
+class ExportParity(_Result):
+    """The exported file's logits against torch's on the same images."""
+
+    max_abs_diff: float = Field(description="largest |exported − torch| over every logit of every image")
+    mean_abs_diff: float
+    tolerance: float = Field(description="the largest max_abs_diff accepted")
+    images: int = Field(ge=1, description="images compared")
+    images_from: Literal["test split", "random"] = Field(
+        description="the dataset's test split, or seeded random images when no dataset was given"
+    )
+    same_predictions: float = Field(description="share of images whose predicted class is the same")
+    batch_sizes: list[int] = Field(description="the batch sizes run through the exported file (its dynamic axis)")
+
+
+class ExportVersions(_Result):
+    """The versions of what wrote the file (and, for onnx, what checked it)."""
+
+    torch: str
+    onnx: str | None = Field(None, exclude_if=_is_none)
+    onnxscript: str | None = Field(None, exclude_if=_is_none)
+    onnxruntime: str | None = Field(None, exclude_if=_is_none)
+
+
+class ExportResult(_Result):
+    """export.json: a checkpoint written as a deployable file (ONNX, TorchScript or ExportedProgram), checked
+    against torch and timed on the CPU. Not a job kind: written by ``layercut export`` beside the file."""
+
+    stage: Literal["export"]
+    checkpoint: str
+    architecture: str
+    cut_point: CutPointRef | None = Field(description="null for a base model")
+    format: ExportFormat
+    file: str = Field(description="path of the exported file")
+    bytes: int = Field(ge=0)
+    sha256: str
+    exporter: str = Field(description="how the file was made, in words")
+    opset: int | None = Field(description="the ONNX opset (onnx only)")
+    input_name: str
+    output_name: str
+    input_shape: list[int | str] = Field(description="batch (dynamic), channels, height, width")
+    classes: list[str] = Field(description="the class of each logit, in order")
+    image_size: int = Field(ge=1)
+    mean: list[float] = Field(description="per-channel mean of [0, 1] images subtracted before the model")
+    std: list[float] = Field(description="per-channel std divided by after the mean")
+    metadata: dict[str, str] = Field(
+        description="what the file carries for a deployer (onnx: metadata_props; others: extra files)"
+    )
+    parity: ExportParity
+    latency: dict[str, LatencyMeasurement] = Field(
+        description="label → measurement: cpu_b1 … (torch) beside onnxruntime_cpu_b1 … (the exported file's runtime)"
+    )
+    threads: int = Field(ge=1, description="CPU threads the runtimes were timed with")
+    versions: ExportVersions
+    seconds: float
+    config: ExportConfig
 
 
 # ----------------------------------------------------------------------------------------- explain
@@ -888,6 +984,7 @@ AnyStageResult = (
     | SweepPlanResult
     | SweepCutResult
     | SweepResult
+    | ImportResult
 )
 """One stage's result model, any of them."""
 
@@ -905,6 +1002,7 @@ RESULT_MODELS: dict[StageKind, type[BaseModel]] = {
     "sweep_plan": SweepPlanResult,
     "sweep_cut": SweepCutResult,
     "sweep": SweepResult,
+    "import": ImportResult,
 }
 """The result model of each stage kind (train and retrain write metrics.json, read it with ``TRAINING_RESULT``)."""
 

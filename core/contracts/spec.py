@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from layercut.contracts.configs import ARCHITECTURE_NAMES
+from layercut.contracts.configs import architecture_problem
 
 SPEC_KEY = "layercut.spec"
 """The safetensors header key (in ``__metadata__``) that holds the spec's JSON."""
@@ -57,8 +57,9 @@ class ModelSpec(BaseModel):
     @field_validator("architecture")
     @classmethod
     def _known(cls, value: str) -> str:
-        if value not in ARCHITECTURE_NAMES:
-            raise ValueError(f"unknown architecture {value!r}; use one of {', '.join(ARCHITECTURE_NAMES)}")
+        problem = architecture_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     @field_validator("classes")

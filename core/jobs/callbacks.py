@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
+import socket
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
 
+from layercut.contracts.callback_urls import AllowList, CallbackUrlRefused, check_address, check_callback_url
 from layercut.settings import Settings
 from layercut.store.db import get_sessionmaker
 from layercut.store.models import Job, Pipeline
@@ -65,6 +69,42 @@ def verify_signature(
     return hmac.compare_digest(sign(secret, object_id, timestamp, body), signature or "")
 
 
+@dataclass(frozen=True)
+class Target:
+    """Where one delivery goes: the URL to connect to (the checked address in place of the name), the Host header
+    and the TLS server name to present (the URL's own name)."""
+
+    url: str
+    host_header: str | None = None
+    server_name: str | None = None
+
+
+def checked_target(url: str, allowed: AllowList) -> Target:
+    """The callback URL checked again at delivery (``layercut.contracts.callback_urls``): its name is resolved and
+    every address it has must be public or allow-listed (a name that resolves to this machine or a private network
+    is refused), and the connection then goes to the address checked, so a second lookup cannot answer another
+    one. An allow-listed name is used as it is. Raises ``CallbackUrlRefused``."""
+    import httpx
+
+    parts = check_callback_url(url, allowed)
+    host = (parts.hostname or "").rstrip(".")
+    if allowed.allows_name(host):
+        return Target(url)
+    port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise CallbackUrlRefused(f"the callback host {host!r} cannot be resolved: {exc}") from None
+    addresses = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
+    if not addresses:
+        raise CallbackUrlRefused(f"the callback host {host!r} has no address")
+    for address in addresses:
+        check_address(address, allowed)
+    pinned = httpx.URL(url).copy_with(host=str(addresses[0]))
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    return Target(str(pinned), host_header=netloc, server_name=host if parts.scheme.lower() == "https" else None)
+
+
 def deliver(
     url: str,
     payload: dict[str, Any],
@@ -72,10 +112,15 @@ def deliver(
     attempts: int = 5,
     timeout: float = 10.0,
     backoff: float = BACKOFF_SECONDS,
+    allowed: AllowList | None = None,
 ) -> bool:
-    """POST ``payload`` signed, retrying on errors and non-2xx answers; True once a 2xx came back."""
+    """POST ``payload`` signed, retrying on errors and non-2xx answers; True once a 2xx came back. Before each
+    attempt the URL is checked (``checked_target``; ``allowed``: the operator's allow-list, default none): a refused
+    URL is given up at once. Redirects are not followed (a 3xx is a failed attempt), so a receiver cannot send the
+    callback on to an address the check refuses."""
     import httpx
 
+    allowed = allowed or AllowList()
     body = json.dumps(payload, separators=(",", ":"), default=str)
     delay = backoff
     for attempt in range(1, max(attempts, 1) + 1):
@@ -87,7 +132,16 @@ def deliver(
             "User-Agent": "layercut-callback",
         }
         try:
-            response = httpx.post(url, content=body.encode(), headers=headers, timeout=timeout)
+            target = checked_target(url, allowed)
+        except CallbackUrlRefused as exc:
+            log.error("callback %s for %s refused: %s", url[:200], payload["id"], exc)
+            return False
+        if target.host_header:
+            headers["Host"] = target.host_header
+        extensions = {"sni_hostname": target.server_name} if target.server_name else {}
+        try:
+            with httpx.Client(timeout=timeout, follow_redirects=False) as client:
+                response = client.post(target.url, content=body.encode(), headers=headers, extensions=extensions)
             if 200 <= response.status_code < 300:
                 return True
             reason = f"HTTP {response.status_code}"
@@ -104,7 +158,13 @@ def deliver(
 def send(settings: Settings, url: str, payload: dict[str, Any]) -> Future:
     """Deliver in the background (so a slow receiver never holds a worker); the Future says if it arrived."""
     return _executor.submit(
-        deliver, url, payload, settings.callback_secret, settings.callback_attempts, settings.callback_timeout_seconds
+        deliver,
+        url,
+        payload,
+        settings.callback_secret,
+        settings.callback_attempts,
+        settings.callback_timeout_seconds,
+        allowed=AllowList.parse(settings.callback_allowed_hosts.split(",")),
     )
 
 

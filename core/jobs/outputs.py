@@ -4,6 +4,7 @@ and its result made safe for a JSON column."""
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import mimetypes
 import os
@@ -16,7 +17,8 @@ from pydantic import BaseModel
 from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
-from layercut.contracts.files import ARTIFACT_KINDS, ArtifactKind
+from layercut.contracts.errors import without_root
+from layercut.contracts.files import ANALYSIS_JSON, ARTIFACT_KINDS, ArtifactKind
 from layercut.contracts.spec import ModelSpec
 from layercut.store.models import Artifact, Job, ModelVersion
 
@@ -70,6 +72,7 @@ def record_outputs(
     rows of an earlier attempt are replaced. Returns the new model's id, if one was made."""
     session.execute(delete(Artifact).where(Artifact.job_id == job.id))
     session.execute(delete(ModelVersion).where(ModelVersion.job_id == job.id))
+    relative_json_files(out, root)
     for path in sorted(p for p in out.rglob("*") if p.is_file() and not p.name.endswith(".tmp")):
         session.add(artifact_row(job, path, root))
     model_id = None
@@ -80,6 +83,36 @@ def record_outputs(
         model_id = model.id
     session.commit()
     return model_id
+
+
+KEPT_AS_WRITTEN = (ANALYSIS_JSON,)
+"""JSON files later stages read back by path (the analysis): left as the stage wrote them."""
+
+
+def relative_json_files(out: Path, root: Path) -> None:
+    """Rewrite the JSON files of a job's folder (compare.json, metrics.json …) with every path under the artifact
+    root made relative to it, as the job's result names them: the API serves these files to the tenant, who has no
+    business knowing the server's folders. Before the files are hashed, so the listed sha256 is the served file's."""
+    prefix = str(root) + os.sep
+    for path in sorted(out.rglob("*.json")):
+        if path.name in KEPT_AS_WRITTEN or not path.is_file():
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+            if prefix not in text:
+                continue
+            data = json.loads(text)
+        except (OSError, UnicodeDecodeError, ValueError):
+            continue
+        path.write_text(json.dumps(_without_root(data, root), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _without_root(value: Any, root: Path) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_root(v, root) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_root(v, root) for v in value]
+    return without_root(value, root) if isinstance(value, str) else value
 
 
 def artifact_row(job: Job, path: Path, root: Path) -> Artifact:
@@ -111,7 +144,7 @@ def model_row(job: Job, produced: ProducedModel, root: Path) -> ModelVersion:
         trained=produced.trained,
         metrics=jsonable(produced.metrics, root),
         cut_point=spec.cut_point.model_dump() if spec.cut_point else None,
-        source="job",
+        source="import" if job.kind == "import" else "job",
     )
 
 

@@ -19,6 +19,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from layercut import telemetry
+from layercut.contracts.files import IMPORTS_FOLDER
 from layercut.settings import Settings
 from layercut.store.db import get_sessionmaker
 from layercut.store.models import FINAL_STATUSES, Artifact, Job, ModelVersion, Pipeline
@@ -84,6 +85,7 @@ def _delete_job_rows(session: Session, jobs: list[Job]) -> list[tuple[str, uuid.
 def _delete_job_files(folders: list[tuple[str, uuid.UUID]], artifact_root: Path) -> None:
     for tenant, job_id in folders:
         shutil.rmtree(artifact_root / tenant / str(job_id), ignore_errors=True)
+        shutil.rmtree(artifact_root / tenant / IMPORTS_FOLDER / str(job_id), ignore_errors=True)
         telemetry.job_log_path(artifact_root, tenant, job_id).unlink(missing_ok=True)
 
 
@@ -110,7 +112,12 @@ def delete_pipeline(session: Session, pipeline: Pipeline, artifact_root: Path) -
 
 
 def delete_model(session: Session, model: ModelVersion, artifact_root: Path) -> None:
-    """Delete an imported model and its files; a model a job made goes with that job (``InUse`` says which)."""
+    """Delete an imported model and its files (with the import job that made it); a model another job made goes
+    with that job (``InUse`` says which)."""
+    maker = session.get(Job, model.job_id) if model.job_id is not None else None
+    if maker is not None and maker.kind == "import":
+        delete_jobs(session, [maker], artifact_root)
+        return
     if model.job_id is not None:
         raise InUse(f"model {model.id} is an output of job {model.job_id}: delete that job (or its pipeline)")
     readers = _unfinished_readers(session, model.tenant, {str(model.id)}, set())
@@ -138,7 +145,12 @@ def expire(settings: Settings, now: datetime | None = None) -> dict[str, int]:
     with get_sessionmaker(settings.resolved_database_url)() as session:
         old_jobs = session.scalars(
             select(Job)
-            .where(Job.pipeline_id.is_(None), Job.status.in_(FINAL_STATUSES), Job.finished_at < cutoff)
+            .where(
+                Job.pipeline_id.is_(None),
+                Job.kind != "import",  # an imported model stays until it is deleted
+                Job.status.in_(FINAL_STATUSES),
+                Job.finished_at < cutoff,
+            )
             .limit(EXPIRE_BATCH)
         ).all()
         for job in old_jobs:

@@ -21,7 +21,7 @@ from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.orm import Session
 
 from layercut import telemetry
-from layercut.contracts.errors import Cancelled, LayercutError
+from layercut.contracts.errors import Cancelled, LayercutError, without_root
 from layercut.contracts.jobs import JobParams
 from layercut.jobs import pipelines
 from layercut.jobs.dispatch import Dispatcher
@@ -150,14 +150,14 @@ def run_claimed(session: Session, repo: JobRepository, job: Job, settings: Setti
     except LayercutError as exc:
         session.rollback()
         log.info("job %s failed: %s: %s", job.id, exc.code, exc)
-        repo.fail(job.id, exc.code, str(exc), attempt=job.attempts)
+        repo.fail(job.id, exc.code, without_root(str(exc), root), attempt=job.attempts)
         return current_status(repo, job.id)
     except BaseException as exc:
         session.rollback()
         code, message = classify_crash(exc)
         if code == "internal_error":
             log.exception("job %s crashed", job.id)
-        repo.fail(job.id, code, message, attempt=job.attempts)
+        repo.fail(job.id, code, without_root(message, root), attempt=job.attempts)
         if not isinstance(exc, Exception):  # KeyboardInterrupt / SystemExit: record, then let it go on
             raise
         return current_status(repo, job.id)

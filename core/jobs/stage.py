@@ -6,6 +6,7 @@ engine (as the API and the worker do) must not import torch; the stages load whe
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,11 +15,12 @@ from typing import TYPE_CHECKING, Any
 
 from layercut.contracts.configs import DataConfig
 from layercut.contracts.errors import LayercutError
-from layercut.contracts.files import CHECKPOINT, TRUNCATE_JSON
+from layercut.contracts.files import CHECKPOINT, IMPORT_JSON, TRUNCATE_JSON, import_upload
 from layercut.contracts.jobs import (
     AnalyzeParams,
     CompareParams,
     ExplainParams,
+    ImportParams,
     JobParams,
     ModelRef,
     RetrainParams,
@@ -375,6 +377,28 @@ def run_explain(params: ExplainParams, run: StageRun) -> StageOutcome:
     return StageOutcome(result)
 
 
+def run_import(params: ImportParams, run: StageRun) -> StageOutcome:
+    """Check the uploaded weights against the spec's architecture and write them as a checkpoint; the upload is
+    removed however the job ends (a failed import names the mismatched keys, and is submitted again)."""
+    from layercut.stages.importing import import_weights
+    from layercut.stages.stages import write_result
+
+    job = run.resolver.job
+    upload = run.resolver.root / import_upload(job.tenant, job.id, params.weights_suffix)
+    try:
+        if not upload.is_file():
+            raise LayercutError(
+                f"the uploaded weights ({params.weights_name}) are no longer stored; import the model again"
+            )
+        result = import_weights(upload, params.spec, run.out / CHECKPOINT, reporter=run.reporter)
+    finally:
+        shutil.rmtree(upload.parent, ignore_errors=True)
+    write_result(run.out / IMPORT_JSON, result)
+    metrics = {"source_format": result.source_format, "weights_name": params.weights_name}
+    produced = run.produced(True, params.dataset_id, None, result.params, metrics)
+    return StageOutcome(result, produced)
+
+
 STAGE_RUNNERS: dict[StageKind, Callable[[Any, StageRun], StageOutcome]] = {
     "train": run_train,
     "analyze": run_analyze,
@@ -386,6 +410,7 @@ STAGE_RUNNERS: dict[StageKind, Callable[[Any, StageRun], StageOutcome]] = {
     "sweep": run_sweep,
     "compare": run_compare,
     "explain": run_explain,
+    "import": run_import,
 }
 """How a job of each kind runs its stage."""
 

@@ -51,11 +51,17 @@ def speed(speedup: float) -> str:
     return f"{speedup:.2f}× faster" if speedup >= 1 else f"{1 / speedup:.2f}× slower"
 
 
+RUNTIME_NAMES = {"onnxruntime": "ONNX Runtime", "torchscript": "TorchScript", "exported_program": "ExportedProgram"}
+"""The runtimes a latency label may start with (``onnxruntime_cpu_b1``), in words; torch itself has no prefix."""
+
+
 def latency_label(key: str, batch_size: int | None = None) -> str:
-    """A latency label of the compare result ('cpu_b1') as words: 'CPU, batch 1' (the batch size recorded with the
-    measurement, else the one the label names)."""
-    device, _, batch = str(key).partition("_b")
-    return f"{device.upper()}, batch {batch if batch_size is None else batch_size}"
+    """A latency label of the compare result ('cpu_b1', 'onnxruntime_cpu_b1') as words: 'CPU, batch 1',
+    'ONNX Runtime CPU, batch 1' (the batch size recorded with the measurement, else the one the label names)."""
+    where, _, batch = str(key).rpartition("_b") if "_b" in str(key) else (str(key), "", "")
+    runtime, _, device = where.rpartition("_")
+    named = f"{RUNTIME_NAMES.get(runtime, runtime)} {device.upper()}" if runtime else where.upper()
+    return f"{named}, batch {batch if batch_size is None else batch_size}"
 
 
 def slug(label: str) -> str:

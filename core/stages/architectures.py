@@ -1,4 +1,5 @@
-"""The supported architectures: torchvision's classifiers plus a small plain CNN for fast runs.
+"""The supported architectures: every CNN classifier of torchvision, any timm model (``timm/<name>``), and a small
+plain CNN for fast runs.
 
 Every model is built with its last layer sized to the dataset's classes. Pretrained weights are
 taken only from torchvision's local cache (``$TORCH_HOME/hub/checkpoints``), never downloaded.
@@ -6,14 +7,15 @@ taken only from torchvision's local cache (``$TORCH_HOME/hub/checkpoints``), nev
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 from torchvision import models as tvm
 
-from layercut.contracts.configs import ARCHITECTURE_NAMES
+from layercut.contracts.configs import ARCHITECTURE_NAMES, TIMM_PREFIX, architecture_problem
 from layercut.contracts.errors import LayercutError, MissingResourceError
 
 MIN_IMAGE_SIZE = 32
@@ -42,58 +44,91 @@ class SmallCNN(nn.Module):
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
 
 
-_TORCHVISION: dict[str, tuple[Callable[..., nn.Module], type]] = {
-    "vgg11": (tvm.vgg11, tvm.VGG11_Weights),
-    "vgg11_bn": (tvm.vgg11_bn, tvm.VGG11_BN_Weights),
-    "vgg13": (tvm.vgg13, tvm.VGG13_Weights),
-    "vgg13_bn": (tvm.vgg13_bn, tvm.VGG13_BN_Weights),
-    "vgg16": (tvm.vgg16, tvm.VGG16_Weights),
-    "vgg16_bn": (tvm.vgg16_bn, tvm.VGG16_BN_Weights),
-    "vgg19": (tvm.vgg19, tvm.VGG19_Weights),
-    "vgg19_bn": (tvm.vgg19_bn, tvm.VGG19_BN_Weights),
-    "resnet18": (tvm.resnet18, tvm.ResNet18_Weights),
-    "resnet34": (tvm.resnet34, tvm.ResNet34_Weights),
-    "resnet50": (tvm.resnet50, tvm.ResNet50_Weights),
-    "resnet101": (tvm.resnet101, tvm.ResNet101_Weights),
-    "resnet152": (tvm.resnet152, tvm.ResNet152_Weights),
-    "efficientnet_b0": (tvm.efficientnet_b0, tvm.EfficientNet_B0_Weights),
-    "efficientnet_b1": (tvm.efficientnet_b1, tvm.EfficientNet_B1_Weights),
-    "efficientnet_b2": (tvm.efficientnet_b2, tvm.EfficientNet_B2_Weights),
-    "efficientnet_b3": (tvm.efficientnet_b3, tvm.EfficientNet_B3_Weights),
-    "mobilenet_v2": (tvm.mobilenet_v2, tvm.MobileNet_V2_Weights),
-    "mobilenet_v3_small": (tvm.mobilenet_v3_small, tvm.MobileNet_V3_Small_Weights),
-    "mobilenet_v3_large": (tvm.mobilenet_v3_large, tvm.MobileNet_V3_Large_Weights),
+@dataclass(frozen=True)
+class TorchvisionOptions:
+    """How layercut builds one torchvision architecture, beyond ``torchvision.models.get_model(name)``."""
+
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the builder for a model to train (GoogLeNet and Inception without auxiliary heads)."""
+    pretrained_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments for the model the ImageNet weights are loaded into (they carry the auxiliary heads)."""
+    min_image_size: int = MIN_IMAGE_SIZE
+
+
+_NO_AUX = {"aux_logits": False, "init_weights": True}
+_WITH_AUX = {"aux_logits": True, "init_weights": False}
+
+TORCHVISION_OPTIONS: dict[str, TorchvisionOptions] = {
+    "googlenet": TorchvisionOptions(_NO_AUX, _WITH_AUX),
+    "inception_v3": TorchvisionOptions(_NO_AUX, _WITH_AUX, min_image_size=75),
+    "alexnet": TorchvisionOptions(min_image_size=63),
 }
+"""The torchvision architectures that need more than their name (every other built-in name is built as it is)."""
 
 ARCHITECTURES: tuple[str, ...] = ARCHITECTURE_NAMES
-assert set(ARCHITECTURES) == {"smallcnn", *_TORCHVISION}, "config.ARCHITECTURE_NAMES and the builders disagree"
+assert set(tvm.list_models(module=tvm)) >= set(ARCHITECTURES) - {"smallcnn"}, "ARCHITECTURE_NAMES names no model"
+
+
+def is_timm(arch: str) -> bool:
+    return arch.startswith(TIMM_PREFIX)
 
 
 def check_architecture(arch: str) -> None:
-    if arch not in ARCHITECTURES:
-        raise LayercutError(f"unknown architecture {arch!r}; choose one of: {', '.join(ARCHITECTURES)}")
+    """A ``LayercutError`` saying what to write when ``arch`` names no architecture (timm names: also unknown ones)."""
+    problem = architecture_problem(arch)
+    if problem is not None:
+        raise LayercutError(problem)
+    if is_timm(arch):
+        _timm_name(arch)
 
 
-def check_image_size(image_size: int) -> None:
-    if image_size < MIN_IMAGE_SIZE:
-        raise LayercutError(f"image size {image_size} is too small: the smallest supported is {MIN_IMAGE_SIZE} px")
+def min_image_size(arch: str) -> int:
+    """The smallest input ``arch`` runs on."""
+    options = TORCHVISION_OPTIONS.get(arch)
+    return options.min_image_size if options is not None else MIN_IMAGE_SIZE
+
+
+def check_image_size(image_size: int, arch: str | None = None) -> None:
+    smallest = min_image_size(arch) if arch is not None else MIN_IMAGE_SIZE
+    if image_size < smallest:
+        what = f"for {arch} " if arch is not None and smallest > MIN_IMAGE_SIZE else ""
+        raise LayercutError(f"image size {image_size} is too small {what}: the smallest supported is {smallest} px")
+
+
+def _timm_name(arch: str) -> str:
+    """The timm model name of ``timm/<name>``; an error naming close matches when timm has no such model."""
+    try:
+        import timm
+    except ImportError:
+        raise MissingResourceError(f"{arch} needs timm: pip install timm") from None
+    name = arch.removeprefix(TIMM_PREFIX)
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:8]
+        hint = f" (close: {', '.join('timm/' + n for n in close)})" if close else ""
+        raise LayercutError(f"timm has no model {name!r}{hint}")
+    return name
 
 
 def pretrained_weights_path(arch: str) -> Path:
     """Where torchvision keeps the default pretrained weights of ``arch`` once downloaded."""
-    _, weights_enum = _TORCHVISION[arch]
-    url = weights_enum.DEFAULT.url
+    url = tvm.get_model_weights(arch).DEFAULT.url
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
 
 
-def _replace_last_linear(model: nn.Module, num_classes: int) -> None:
-    """Resize the final classification layer of a torchvision model to ``num_classes``."""
-    if isinstance(model, tvm.ResNet):
-        model.fc = nn.Linear(model.fc.in_features, num_classes)
-        return
-    classifier = model.classifier
-    last = classifier[-1]
-    classifier[-1] = nn.Linear(last.in_features, num_classes)
+def replace_head(model: nn.Module, num_classes: int) -> None:
+    """Resize the model's classifier (its last layer with weights: a Linear, or SqueezeNet's 1x1 convolution) to
+    ``num_classes`` outputs, freshly initialised."""
+    name, last = [(n, m) for n, m in model.named_modules() if n and any(True for _ in m.parameters(recurse=False))][-1]
+    if isinstance(last, nn.Linear):
+        new: nn.Module = nn.Linear(last.in_features, num_classes, bias=last.bias is not None)
+    elif isinstance(last, nn.Conv2d) and last.kernel_size == (1, 1):
+        new = nn.Conv2d(last.in_channels, num_classes, 1)
+    else:
+        raise LayercutError(
+            f"cannot resize the classifier of {type(model).__name__}: its last layer {name} is a {type(last).__name__}"
+        )
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name), child, new)
 
 
 def check_pretrained(arch: str) -> Path:
@@ -102,12 +137,17 @@ def check_pretrained(arch: str) -> Path:
     check_architecture(arch)
     if arch == "smallcnn":
         raise LayercutError("smallcnn has no pretrained weights; drop --pretrained")
+    if is_timm(arch):
+        raise LayercutError(
+            f"{arch}: layercut does not fetch timm's pretrained weights; save the pretrained model's state_dict "
+            f"with timm yourself and bring it in with `layercut import --arch {arch} --weights FILE …`"
+        )
     path = pretrained_weights_path(arch)
     if not path.is_file():
         raise MissingResourceError(
             f"pretrained weights for {arch} are not in the local cache: put {path.name} "
-            f"(from {_TORCHVISION[arch][1].DEFAULT.url}) into {path.parent} (or set TORCH_HOME to a folder whose "
-            f"hub/checkpoints holds it), or train from scratch without --pretrained"
+            f"(from {tvm.get_model_weights(arch).DEFAULT.url}) into {path.parent} (or set TORCH_HOME to a folder "
+            "whose hub/checkpoints holds it), or train from scratch without --pretrained"
         )
     return path
 
@@ -121,10 +161,19 @@ def build_model(arch: str, num_classes: int, pretrained: bool = False) -> nn.Mod
         path = check_pretrained(arch)
     if arch == "smallcnn":
         return SmallCNN(num_classes)
-    builder, _ = _TORCHVISION[arch]
+    if is_timm(arch):
+        import timm
+
+        return timm.create_model(_timm_name(arch), pretrained=False, num_classes=num_classes)
+    options = TORCHVISION_OPTIONS.get(arch, TorchvisionOptions())
     if not pretrained:
-        return builder(weights=None, num_classes=num_classes)
-    model = builder(weights=None)
+        return tvm.get_model(arch, weights=None, num_classes=num_classes, **options.kwargs)
+    model = tvm.get_model(arch, weights=None, **options.pretrained_kwargs)
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    _replace_last_linear(model, num_classes)
+    if options.pretrained_kwargs.get("aux_logits"):  # as torchvision does for a model asked without them
+        model.aux_logits = False
+        for aux in ("aux1", "aux2", "AuxLogits"):  # GoogLeNet's two, Inception v3's one
+            if hasattr(model, aux):
+                setattr(model, aux, None)
+    replace_head(model, num_classes)
     return model

@@ -85,9 +85,9 @@ def default_layer(model: nn.Module) -> str:
 def resolve_layer(model: nn.Module, name: str | None = None) -> tuple[str, nn.Module]:
     """``(name, module)`` of the layer called ``name`` (the default layer when ``None``).
 
-    A name is looked up among the feature-sequence names (``features.7``, ``layer4.1``, and the base
-    model's names inside a slim model), then among ``model.named_modules()``; a group of the sequence
-    (``layer4``) means its last element, whose output is the group's output.
+    A name is looked up among ``model.named_modules()`` (``features.7``, ``layer4.1``, a graph rule's
+    ``features.denseblock3``), then among the feature-sequence names (the base model's names inside a slim
+    model); a group of the sequence (``layer4``) means its last element, whose output is the group's output.
     """
     if name is None:
         name = default_layer(model)
@@ -95,12 +95,12 @@ def resolve_layer(model: nn.Module, name: str | None = None) -> tuple[str, nn.Mo
         sequence = feature_sequence(model)
     except LayercutError:
         sequence = []
-    by_name = dict(sequence)
-    if name in by_name:
-        return name, by_name[name]
     modules = dict(model.named_modules())
-    if name in modules and name != "":
+    if name in modules and name != "":  # the model's own module: what its forward runs (a graph rule's cut point)
         return name, modules[name]
+    by_name = dict(sequence)
+    if name in by_name:  # a slim model's layer, kept under the base model's name
+        return name, by_name[name]
     group = [(n, m) for n, m in sequence if n.startswith(name + ".")]
     if group:
         return group[-1]

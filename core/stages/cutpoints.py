@@ -10,6 +10,8 @@ feature extractor; a cut point is an element of that list after which everything
 
 Each family's rule is one entry of ``CUT_POINT_RULES``, looked up along the model type's MRO; a family
 defined elsewhere registers itself (``truncation.py`` registers the slim model) with ``register_cut_point_rule``.
+Any other model (DenseNet, ConvNeXt, RegNet, timm models …) gets the graph rule of ``graph_cuts``: the blocks and
+activations its ``torch.fx`` graph passes through, which on the families above gives the same cut points.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from torchvision import models as tvm
 
 from layercut.contracts.errors import LayercutError
 from layercut.stages.architectures import SmallCNN
+from layercut.stages.graph_cuts import graph_sequence
 
 ACTIVATIONS: tuple[type[nn.Module], ...] = (
     nn.ReLU,
@@ -116,9 +119,16 @@ def is_activation(model: nn.Module, name: str, module: nn.Module) -> bool:
     return isinstance(module, ACTIVATIONS)
 
 
+def _every_segment(model: nn.Module, name: str, module: nn.Module) -> bool:
+    """The graph rule's sequence has one segment per cut point."""
+    return True
+
+
+GRAPH_RULE = CutPointRule(graph_sequence, _every_segment)
+"""Any model of no registered family: cut points from its ``torch.fx`` graph (``graph_cuts``)."""
+
 FEATURES_RULE = CutPointRule(_features_sequence, is_activation)
-"""Models whose feature extractor is a ``features`` nn.Sequential: also the rule for such models of no
-registered family."""
+"""Models whose feature extractor is a ``features`` nn.Sequential of layers: every activation is a cut point."""
 
 BLOCKS_RULE = CutPointRule(_block_sequence, _every_block)
 
@@ -142,19 +152,27 @@ def register_cut_point_rule(model_class: type[nn.Module], rule: CutPointRule) ->
 
 def cut_point_rule(model: nn.Module) -> CutPointRule:
     """The rule of the nearest class in ``type(model).__mro__`` that has one; for a model of no registered
-    family, the ``features`` rule when it has a ``features`` nn.Sequential."""
+    family, the graph rule (``graph_cuts``): the blocks and activations its ``torch.fx`` graph passes through."""
     for cls in type(model).__mro__:
         rule = CUT_POINT_RULES.get(cls)
         if rule is not None:
             return rule
-    if isinstance(getattr(model, "features", None), nn.Sequential):
-        return FEATURES_RULE
-    families = ", ".join(sorted(cls.__name__ for cls in CUT_POINT_RULES))
-    raise LayercutError(
-        f"cannot find cut points in {type(model).__name__}: supported are VGG, ResNet, EfficientNet, "
-        f"MobileNet, and CNNs with a `features` nn.Sequential or written as one nn.Sequential "
-        f"(registered families: {families}; add one with register_cut_point_rule)"
-    )
+    return GRAPH_RULE
+
+
+def modules_in_use(model: nn.Module) -> list[nn.Module]:
+    """Every module of ``model``, and those its feature sequence adds: the graph rule's segments call functional
+    activations as modules of their own (which guided backpropagation must guide too)."""
+    found = {id(m): m for m in model.modules()}
+    if cut_point_rule(model) is GRAPH_RULE:
+        try:
+            sequence = feature_sequence(model)
+        except LayercutError:  # not traceable: no cut points, and nothing added
+            sequence = []
+        for _, segment in sequence:
+            for module in segment.modules():
+                found.setdefault(id(module), module)
+    return list(found.values())
 
 
 def feature_sequence(model: nn.Module) -> list[NamedModule]:

@@ -36,7 +36,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from layercut.contracts.errors import LayercutError
-from layercut.stages.cutpoints import ACTIVATIONS, cut_points, forward_features
+from layercut.stages.cutpoints import ACTIVATIONS, cut_points, forward_features, modules_in_use
 from layercut.stages.progress import SILENT, Reporter
 
 GBP_RULES: tuple[str, ...] = ("relu", "derivative", "ungated")
@@ -117,7 +117,7 @@ def guided_activations(model: nn.Module, rule: str = DEFAULT_RULE) -> Iterator[n
     check_rule(rule)
     patched: list[tuple[nn.Module, ActivationFn | None]] = []
     try:
-        for module in model.modules():
+        for module in modules_in_use(model):
             if isinstance(module, ACTIVATIONS):
                 previous = module.__dict__.get("forward")
                 module.forward = _guided_forward(module, module.forward, rule)

@@ -712,10 +712,10 @@ def plot_comparison(comparison: dict[str, Any], path: str | Path, title: str) ->
             )
         )
     gpu_names = set()
-    for key, entry in list(latency.items())[:4]:
+    for key, entry in list(latency.items())[:6]:  # torch's CPU and GPU, ONNX Runtime's CPU beside torch's
         device = entry.get("device") or key
         on_cpu = entry.get("device_type", device) == "cpu"
-        where = "CPU" if on_cpu else "GPU"
+        where = ("ONNX Runtime CPU" if str(key).startswith("onnxruntime_") else "CPU") if on_cpu else "GPU"
         if not on_cpu:
             gpu_names.add(str(device))
         batch = entry.get("batch_size")

@@ -5,6 +5,7 @@ of after training and analysis (and leaves no partial run folder behind)."""
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from layercut.contracts.configs import DataConfig, SweepConfig, TruncateConfig
 from layercut.contracts.errors import DataError
@@ -13,6 +14,16 @@ from layercut.contracts.sources import source_problem
 from layercut.stages.architectures import build_model, check_architecture, check_image_size, check_pretrained
 from layercut.stages.cutpoints import resolve_cut_point
 from layercut.stages.select import sweep_indices
+
+
+def model_layout(arch: str) -> nn.Module:
+    """``arch`` built on the meta device (no memory, no initialisation: a ResNet-152 takes about 0.1 s); on the CPU
+    for the few builders that compute with tensors while building (RegNet)."""
+    try:
+        with torch.device("meta"):
+            return build_model(arch, num_classes=2)
+    except (NotImplementedError, RuntimeError):
+        return build_model(arch, num_classes=2)
 
 
 def check_run_inputs(
@@ -24,7 +35,7 @@ def check_run_inputs(
     memory, no initialisation: a ResNet-152 takes about 0.1 s).
     """
     check_architecture(arch)
-    check_image_size(data.image_size)
+    check_image_size(data.image_size, arch)
     problem = source_problem(data.source)
     if problem is not None:
         raise DataError(problem)
@@ -32,8 +43,7 @@ def check_run_inputs(
         check_pretrained(arch)
     if cut_rule(cut.cut) != "user" and sweep is None:
         return
-    with torch.device("meta"):
-        layout = build_model(arch, num_classes=2)
+    layout = model_layout(arch)
     if cut_rule(cut.cut) == "user":
         resolve_cut_point(layout, cut.cut)
     if sweep is not None:

@@ -95,6 +95,38 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
+def latency_summary(
+    times: list[float],
+    input_shape: Shape4,
+    *,
+    device: str,
+    device_type: str,
+    threads: int,
+    warmup: int,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The record of timed runs (milliseconds each), shaped as ``measure_latency``'s, for a runtime that is timed
+    elsewhere (ONNX Runtime: ``extra`` carries ``runtime``): median, 10th/90th percentile, mean and every time."""
+    if not times:
+        raise ValueError("no timed runs to summarise")
+    ordered = sorted(times)
+    return {
+        "device": device,
+        "device_type": device_type,
+        "threads": threads,
+        "batch_size": int(input_shape[0]),
+        "input_shape": [int(v) for v in input_shape],
+        "warmup": warmup,
+        "repeats": len(times),
+        "median_ms": float(statistics.median(times)),
+        "p10_ms": float(_percentile(ordered, 0.10)),
+        "p90_ms": float(_percentile(ordered, 0.90)),
+        "mean_ms": float(statistics.fmean(times)),
+        "times_ms": [float(t) for t in times],
+        **extra,
+    }
+
+
 def measure_latency(
     model: nn.Module,
     input_shape: Shape4,

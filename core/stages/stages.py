@@ -26,7 +26,7 @@ from layercut.contracts.configs import (
     TrainConfig,
     TruncateConfig,
 )
-from layercut.contracts.errors import LayercutError, first_error
+from layercut.contracts.errors import Cancelled, LayercutError, first_error
 from layercut.contracts.results import (
     AnalyzeResult,
     AnalyzeSeconds,
@@ -588,12 +588,18 @@ def _profile(path: Path, dataset: Dataset, config: CompareConfig, reporter: Repo
     targets = [("cpu", "cpu")] + ([("gpu", str(device))] if device.type == "cuda" else [])
     runs = [(name, target, batch) for name, target in targets for batch in config.latency_batches]
     latency: dict[str, LatencyMeasurement] = {}
+    torch_share = 0.7 if config.onnxruntime else 1.0  # of this model's progress; ONNX Runtime's timing the rest
     for step, (name, target, batch) in enumerate(runs):
-        reporter.update("compare", step / len(runs), f"timing {label} on {name} at batch {batch}")
+        reporter.update("compare", torch_share * step / len(runs), f"timing {label} on {name} at batch {batch}")
         latency[f"{name}_b{batch}"] = LatencyMeasurement.model_validate(
             measure_latency(
                 model, (batch, *shape[1:]), device=target, warmup=config.latency_warmup, repeats=config.latency_repeats
             )
+        )
+    onnxruntime_error = None
+    if config.onnxruntime:
+        latency, onnxruntime_error = _with_onnxruntime(
+            latency, model, spec, config, reporter.scaled(torch_share, 1.0), label
         )
     test = ClassificationReport.model_validate(report)
     return ProfiledModel(
@@ -607,7 +613,37 @@ def _profile(path: Path, dataset: Dataset, config: CompareConfig, reporter: Repo
         checkpoint_bytes=checkpoint_bytes(path),
         latency=latency,
         test=test,
+        onnxruntime_error=onnxruntime_error,
     )
+
+
+def _with_onnxruntime(
+    latency: dict[str, LatencyMeasurement],
+    model: nn.Module,
+    spec: ModelSpec,
+    config: CompareConfig,
+    reporter: Reporter,
+    label: str,
+) -> tuple[dict[str, LatencyMeasurement], str | None]:
+    """The torch latencies followed by ONNX Runtime's on the CPU at the same batch sizes (``onnxruntime_cpu_b1`` …),
+    and why ONNX Runtime could not time the model, if it could not (the comparison goes on without it)."""
+    from layercut.stages.export import onnxruntime_latency  # here: the export module imports this one
+
+    try:
+        timed = onnxruntime_latency(
+            model,
+            spec.image_size,
+            config.latency_batches,
+            warmup=config.latency_warmup,
+            repeats=config.latency_repeats,
+            reporter=reporter,
+            label=label,
+        )
+    except Cancelled:
+        raise
+    except Exception as exc:  # noqa: BLE001 - an export ONNX cannot express costs the ONNX numbers, not the comparison
+        return latency, f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"
+    return {**latency, **timed}, None
 
 
 def compare_stage(

@@ -73,3 +73,56 @@ def xor_sign_images(n: int, seed: int, size: int = 4) -> tuple[torch.Tensor, tor
     pixels = ((values * 0.5 + 0.5) * 255).round().to(torch.uint8)
     images = pixels.view(n, 2, 1, 1).expand(n, 2, size, size).contiguous()
     return images, labels
+
+
+class FunctionalConv(nn.Module):
+    """GoogLeNet's ``BasicConv2d``: convolution, BatchNorm and a ReLU called as a function (``relu_module`` False) or
+    as a module (True: the twin captum's guided backprop can see)."""
+
+    def __init__(self, cin: int, cout: int, relu_module: bool = False) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True) if relu_module else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn(self.conv(x))
+        return self.relu(x) if self.relu is not None else torch.nn.functional.relu(x, inplace=True)
+
+
+class TwoBranches(nn.Module):
+    """An Inception-style block: two branches of ``FunctionalConv`` concatenated (no cut point inside)."""
+
+    def __init__(self, cin: int, cout: int, relu_module: bool = False) -> None:
+        super().__init__()
+        self.left = FunctionalConv(cin, cout, relu_module)
+        self.right = nn.Sequential(FunctionalConv(cin, cout, relu_module), FunctionalConv(cout, cout, relu_module))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.left(x), self.right(x)], 1)
+
+
+class FunctionalReluNet(nn.Module):
+    """A family no rule is written for, whose ReLUs are functions: its cut points come from its graph
+    (``conv1``, ``block1``, ``conv2``, ``block2``), and guided backprop must still guide every ReLU."""
+
+    def __init__(self, num_classes: int = 3, relu_module: bool = False) -> None:
+        super().__init__()
+        self.conv1 = FunctionalConv(3, 4, relu_module)
+        self.block1 = TwoBranches(4, 3, relu_module)
+        self.pool = nn.MaxPool2d(2)
+        self.conv2 = FunctionalConv(6, 5, relu_module)
+        self.block2 = TwoBranches(5, 4, relu_module)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.block2(self.conv2(self.pool(self.block1(self.conv1(x)))))
+        return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def functional_relu_twins(seed: int = 0) -> tuple[nn.Module, nn.Module]:
+    """``FunctionalReluNet`` with seeded weights, and its twin with the same weights and ReLU modules."""
+    functional = seeded(FunctionalReluNet(), seed)
+    twin = FunctionalReluNet(relu_module=True).eval()
+    twin.load_state_dict(functional.state_dict())
+    return functional, twin

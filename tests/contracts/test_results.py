@@ -199,7 +199,9 @@ def test_the_typed_fields_read_what_the_readers_read_by_key(run) -> None:
     assert isinstance(compare, CompareResult)
     dumped = compare.model_dump(mode="json")
     assert compare.comparison.metrics.params.slim == dumped["comparison"]["metrics"]["params"]["slim"]
-    assert set(compare.base.latency) == {"cpu_b1"}
+    assert set(compare.base.latency) == {"cpu_b1", "onnxruntime_cpu_b1"}  # torch's, and ONNX Runtime's beside it
+    assert compare.base.latency["onnxruntime_cpu_b1"].runtime == "onnxruntime"
+    assert compare.base.onnxruntime_error is None
     train = returned["train"]
     assert isinstance(train, TrainResult)
     assert train.test.per_class.keys() == set(train.classes)

@@ -9,7 +9,7 @@ from torch import nn
 from torchvision import models as tvm
 
 from layercut.contracts.errors import LayercutError
-from layercut.stages.architectures import ARCHITECTURES, build_model
+from layercut.stages.architectures import ARCHITECTURES, build_model, min_image_size
 from layercut.stages.cutpoints import (
     CUT_POINT_RULES,
     CutPointRule,
@@ -122,13 +122,41 @@ def test_resolve_cut_point_by_index_name_and_errors() -> None:
         resolve_cut_point(model, 9)
 
 
-def test_every_architecture_runs_at_32_pixels() -> None:
-    for arch in ARCHITECTURES:
-        if arch.endswith(("101", "152")) or arch.startswith(("vgg13", "vgg19", "efficientnet_b2", "efficientnet_b3")):
-            continue  # same blocks as their smaller siblings; kept out for speed
+SMALLEST_OF_EACH_FAMILY = (
+    "smallcnn",
+    "alexnet",
+    "vgg11",
+    "vgg11_bn",
+    "resnet18",
+    "resnet50",
+    "resnext50_32x4d",
+    "squeezenet1_1",
+    "densenet121",
+    "googlenet",
+    "inception_v3",
+    "shufflenet_v2_x0_5",
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    "mnasnet0_5",
+    "efficientnet_b0",
+    "efficientnet_v2_s",
+    "regnet_x_400mf",
+    "regnet_y_400mf",
+    "convnext_tiny",
+)
+"""One architecture of every family (larger siblings have the same blocks)."""
+
+
+def test_every_family_runs_at_its_smallest_size_with_its_cut_points() -> None:
+    assert set(SMALLEST_OF_EACH_FAMILY) <= set(ARCHITECTURES)
+    for arch in SMALLEST_OF_EACH_FAMILY:
+        size = min_image_size(arch)
         model = build_model(arch, 4).eval()
         with torch.no_grad():
-            assert model(torch.randn(1, 3, 32, 32)).shape == (1, 4), arch
+            assert model(torch.randn(1, 3, size, size)).shape == (1, 4), arch
+            outputs = forward_features(model, torch.randn(1, 3, size, size))
+        assert len(outputs) == len(cut_points(model)) >= 4, arch
 
 
 # ------------------------------------------------------------------------------------------ the registry
@@ -169,10 +197,9 @@ def rules():
     CUT_POINT_RULES.update(saved)
 
 
-def test_a_model_no_rule_covers_gets_a_clear_error(rules) -> None:
-    with pytest.raises(LayercutError, match="cannot find cut points in ToyNet.*register_cut_point_rule"):
-        cut_points(ToyNet())
-    with pytest.raises(LayercutError, match="cannot find cut points in Conv2d"):
+def test_a_model_no_rule_covers_gets_its_cut_points_from_its_graph(rules) -> None:
+    assert [p.name for p in cut_points(ToyNet())] == ["stages.0.1", "stages.1.1", "stages.2.1"]
+    with pytest.raises(LayercutError, match="Conv2d has no cut points"):
         feature_sequence(nn.Conv2d(3, 4, 3))
 
 
@@ -214,6 +241,10 @@ def test_a_model_with_a_features_stack_needs_no_entry(rules) -> None:
         def __init__(self) -> None:
             super().__init__()
             self.features = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.GELU())
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.features(x).mean(dim=(2, 3)))
 
     assert [p.name for p in cut_points(Custom())] == ["features.1", "features.3"]
 

@@ -222,3 +222,11 @@ def test_api_is_healthy_when_ready_and_the_worker_when_it_answers_its_broker():
     worker = SERVICES["worker"]["healthcheck"]
     assert not worker.get("disable") and "inspect ping" in " ".join(worker["test"])
     assert "celery@$$HOSTNAME" in " ".join(worker["test"])  # $$: the container's own name, not compose's variable
+
+
+def test_forwarded_headers_are_believed_only_from_configured_proxies():
+    """X-Forwarded-Proto/-For from anyone would let a caller choose the scheme the API believes: neither the compose
+    file nor the image trusts every address; the API's FORWARDED_ALLOW_IPS defaults to 127.0.0.1."""
+    for cmd in (command("api"), dockerfile_instruction("CMD")):
+        assert "*" not in cmd and "--forwarded-allow-ips" not in cmd, cmd
+    assert env("api")["FORWARDED_ALLOW_IPS"] == "${FORWARDED_ALLOW_IPS:-127.0.0.1}"

@@ -116,6 +116,9 @@ def context(stage: Stage) -> dict[str, Any]:
         notes.append(f"{result.threads} CPU threads")
     if result.test_images:
         notes.append(f"{result.test_images} test images")
+    for key, model in (("base", base), ("slim", slim)):
+        if getattr(model, "onnxruntime_error", None):
+            notes.append(f"ONNX Runtime could not time the {key} model ({model.onnxruntime_error})")
     return {
         "accuracy": Pair(*accuracy, f"{(accuracy[1] - accuracy[0]) * 100:+.1f} pts" if numbers(accuracy) else MISSING),
         "macro_f1": Pair(*macro_f1, f"{macro_f1[1] - macro_f1[0]:+.3f}" if numbers(macro_f1) else MISSING),
