@@ -21,6 +21,7 @@ from layercut.contracts.jobs import (
     AnalyzeParams,
     CompareParams,
     ExplainParams,
+    ExportParams,
     JobParams,
     ModelRef,
     RetrainParams,
@@ -286,6 +287,9 @@ def check_references(session: Session, tenant: str, params: JobParams) -> None:
         check_model_ref(session, tenant, params.model, (*base, "model"))
         if params.compare_with is not None:
             check_model_ref(session, tenant, params.compare_with, (*base, "compare_with"))
+        check_dataset(session, tenant, params.dataset_id, (*base, "dataset_id"))
+    elif isinstance(params, ExportParams):
+        check_model_ref(session, tenant, params.model, (*base, "model"))
         check_dataset(session, tenant, params.dataset_id, (*base, "dataset_id"))
     elif isinstance(params, CompareParams):
         check_model_ref(session, tenant, params.base, (*base, "base"))

@@ -20,6 +20,7 @@ are moved into place.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import re
@@ -317,14 +318,7 @@ class LayercutClient:
 
     def list_jobs(self, **filters: Any) -> list[dict[str, Any]]:
         """Every job matching the filters (status, kind, pipeline_id, …), following the cursor."""
-        jobs: list[dict[str, Any]] = []
-        cursor = None
-        while True:
-            page = self._get("/v1/jobs", **filters, cursor=cursor)
-            jobs.extend(_items(page))
-            cursor = page.get("next_cursor") if isinstance(page, Mapping) else None
-            if not cursor:
-                return jobs
+        return self._every("/v1/jobs", filters)
 
     def cancel_job(self, job_id: str) -> dict[str, Any]:
         return self._post(f"/v1/jobs/{job_id}/cancel", creates=False)
@@ -411,6 +405,53 @@ class LayercutClient:
 
     def get_model(self, model_id: str) -> dict[str, Any]:
         return self._get(f"/v1/models/{model_id}")
+
+    def list_models(self, **filters: Any) -> list[dict[str, Any]]:
+        """Every model version of the tenant (newest first), following the cursor."""
+        return self._every("/v1/models", filters)
+
+    def import_model(
+        self,
+        weights: str | os.PathLike,
+        spec: Mapping[str, Any],
+        dataset_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """Upload a model trained elsewhere — a ``torch.save``'d state dict (.pt/.pth) or a safetensors file — with its
+        spec (architecture, classes in output order, image_size, mean, std). Returns the ``import`` job: wait for it
+        (``wait(job["id"])``); its ``result["model_id"]`` is the new model, or it fails naming the keys that do not fit."""
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(path)
+        form = {"spec": json.dumps(dict(spec))}
+        if dataset_id:
+            form["dataset_id"] = str(dataset_id)
+        key = idempotency_key or str(uuid.uuid4())
+        return self._send(
+            "POST",
+            "/v1/models/import",
+            data=form,
+            headers={"Idempotency-Key": key},
+            body=lambda: {"files": {"weights": (path.name, path.open("rb"), "application/octet-stream")}},
+        ).json()
+
+    def list_pipelines(self, **filters: Any) -> list[dict[str, Any]]:
+        """Every pipeline matching the filters (status, label, …), following the cursor."""
+        return self._every("/v1/pipelines", filters)
+
+    def cancel_pipeline(self, pipeline_id: str) -> dict[str, Any]:
+        return self._post(f"/v1/pipelines/{pipeline_id}/cancel", creates=False)
+
+    def _every(self, path: str, filters: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Every item of a listing, following ``next_cursor``."""
+        items: list[dict[str, Any]] = []
+        cursor = None
+        while True:
+            page = self._get(path, **filters, cursor=cursor)
+            items.extend(_items(page))
+            cursor = page.get("next_cursor") if isinstance(page, Mapping) else None
+            if not cursor:
+                return items
 
     def _download(self, path: str, dest: Path, expected: str | None, require: bool) -> Path:
         """Connection errors before the response are retried by _send; a stream cut midway restarts here."""

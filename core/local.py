@@ -24,6 +24,7 @@ from torch import nn
 
 from layercut.contracts import files
 from layercut.contracts.configs import (
+    EXPORT_SUFFIXES,
     AnalyzeConfig,
     CompareConfig,
     DataConfig,
@@ -378,6 +379,7 @@ class RunInProcess:
     pretrained: bool
     retrain_from_scratch: bool
     reporter: Reporter
+    export: ExportConfig | None = None
     results: dict[StageKind, StageResult] = field(default_factory=dict)
     checkpoints: dict[str, Path] = field(default_factory=dict)
 
@@ -496,6 +498,12 @@ def _explain_step(run: RunInProcess, step: PlanStep) -> ExplainResult:
     )
 
 
+def _export_step(run: RunInProcess, step: PlanStep) -> ExportResult:
+    assert run.export is not None  # the plan has an export step only when the run asks for one
+    target = run.folder("export") / f"model{EXPORT_SUFFIXES[run.export.format]}"
+    return export_stage(run.checkpoint(step, "model"), target, run.export, run.dataset, reporter=run.reporter)
+
+
 STEP_RUNNERS: dict[str, Callable[[RunInProcess, PlanStep], StageResult]] = {
     "train": _train_step,
     "analyze": _analyze_step,
@@ -505,6 +513,7 @@ STEP_RUNNERS: dict[str, Callable[[RunInProcess, PlanStep], StageResult]] = {
     "sweep_plan": _sweep_step,
     "compare": _compare_step,
     "explain": _explain_step,
+    "export": _export_step,
 }
 """How this process runs each kind of step of the plan (the job engine runs the same plan as jobs)."""
 
@@ -525,13 +534,16 @@ def run_pipeline(
     select: SelectConfig | None = None,
     sweep: SweepConfig | None = None,
     progress: bool = True,
+    export: ExportConfig | None = None,
 ) -> RunSummary:
     """Run the pipeline's plan into ``out_dir`` (base/, analysis/, select/ under the auto cut, slim/, sweep/ when
     asked, compare/, explain/), write run.json and report.html, and return run.json's summary. Every input that
     can be checked without data is checked first; progress shows as with ``run``."""
     out = Path(out_dir)
     cut = cut or TruncateConfig()
-    plan = pipeline_plan(train=True, stop_after="explain", cut=cut_rule(cut.cut), sweep=sweep is not None)
+    plan = pipeline_plan(
+        train=True, stop_after="explain", cut=cut_rule(cut.cut), sweep=sweep is not None, export=export is not None
+    )
     check_run_inputs(data, arch, cut, sweep, pretrained)
     with shown(reporter, progress) as reporter:
         dataset = read_data(data, reporter)
@@ -551,6 +563,7 @@ def run_pipeline(
             pretrained=pretrained,
             retrain_from_scratch=retrain_from_scratch,
             reporter=reporter,
+            export=export,
         )
         for step in plan.steps:
             run.results[step.kind] = STEP_RUNNERS[step.kind](run, step)
@@ -615,6 +628,7 @@ def _run_summary(run: RunInProcess) -> RunSummary:
             compare=str(run.folder("compare") / files.COMPARE_JSON),
             explain=str(run.folder("explain") / files.EXPLAIN_JSON),
             report=str(run.out / files.REPORT_HTML),
+            export=str(run.result("export", ExportResult).file) if "export" in run.results else None,
         ),
     )
 

@@ -85,6 +85,12 @@ class Settings(BaseSettings):
         0.25, gt=0, description="how often a worker looks for retired pool processes to replace (Celery: 5 s)"
     )
     heartbeat_seconds: float = Field(10.0, description="how often a running job proves its worker is alive")
+    cancel_grace_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="a job still running this long after its cancel was noticed is ended cancelled and its worker "
+        "process stopped (Celery pool processes only; the pool replaces it)",
+    )
     stale_after_seconds: float = Field(
         60.0, description="a running job without a heartbeat this long is re-queued or failed"
     )

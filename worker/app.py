@@ -83,9 +83,14 @@ def _preload_pipeline(**_: object) -> None:
     import layercut.stages.stages  # noqa: F401
 
 
+POOL_PROCESS = {"is": False}
+"""Whether this process is a prefork pool child (the only kind of process the cancel watchdog may end)."""
+
+
 @signals.worker_process_init.connect
 def _child_started(**_: object) -> None:
     """A prefork child: drop database connections inherited from the parent, start this process's reaper timer."""
+    POOL_PROCESS["is"] = True
     get_engine(settings.resolved_database_url).dispose(close=False)
     start_reaper(settings)
 

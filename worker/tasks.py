@@ -9,15 +9,18 @@ from celery import Task
 
 from layercut.contracts.kinds import QUEUES, REAP_TASK, STAGE_KINDS, task_name
 from layercut.jobs.reaper import reap as reap_once
-from layercut.jobs.runner import execute_job
+from layercut.jobs.runner import end_this_process, execute_job
 from layercut.jobs.service import get_dispatcher
-from layercut.worker.app import app, settings
+from layercut.worker.app import POOL_PROCESS, app, settings
 
 
 def _run(task: Task, job_id: str) -> str:
     """Execute the job in this worker process; the pipeline steps it unblocks go out through the Celery dispatcher."""
     worker_name = f"{task.request.hostname}:{os.getpid()}"
-    return execute_job(job_id, settings, worker_name=worker_name, dispatcher=get_dispatcher(settings))
+    stop_process = end_this_process if POOL_PROCESS["is"] else None  # a solo worker must not end itself
+    return execute_job(
+        job_id, settings, worker_name=worker_name, dispatcher=get_dispatcher(settings), stop_process=stop_process
+    )
 
 
 @app.task(name=task_name("train"), bind=True)
@@ -83,6 +86,12 @@ def explain(self, job_id: str) -> str:
 @app.task(name=task_name("import"), bind=True)
 def import_model(self, job_id: str) -> str:
     """Check an uploaded model against its architecture and write it as a checkpoint."""
+    return _run(self, job_id)
+
+
+@app.task(name=task_name("export"), bind=True)
+def export(self, job_id: str) -> str:
+    """Write a model as a deployable file (ONNX, TorchScript or ExportedProgram), checked against torch."""
     return _run(self, job_id)
 
 

@@ -45,6 +45,7 @@ from layercut.contracts.jobs import (
     AnalyzeParams,
     CompareParams,
     ExplainParams,
+    ExportParams,
     JobParams,
     ModelRef,
     RetrainParams,
@@ -172,6 +173,12 @@ def explain_params(planned: PlannedPipeline, step: PlanStep) -> ExplainParams:
     )
 
 
+def export_params(planned: PlannedPipeline, step: PlanStep) -> ExportParams:
+    """Export the slim model as a deployable file, checked on the pipeline's test images."""
+    assert planned.body.export is not None  # the plan has an export step only when the request asks for one
+    return ExportParams(model=planned.model(step, "model"), dataset_id=planned.dataset_id, export=planned.body.export)
+
+
 STEP_PARAMS: dict[StageKind, Callable[[PlannedPipeline, PlanStep], JobParams]] = {
     "train": train_params,
     "analyze": analyze_params,
@@ -181,6 +188,7 @@ STEP_PARAMS: dict[StageKind, Callable[[PlannedPipeline, PlanStep], JobParams]] =
     "sweep_plan": sweep_plan_params,
     "compare": compare_params,
     "explain": explain_params,
+    "export": export_params,
 }
 """The params of each kind of step, from the request and the earlier steps that feed it."""
 
@@ -193,6 +201,7 @@ def plan_steps(body: PipelineCreate) -> list[tuple[uuid.UUID, JobParams]]:
         stop_after=body.stop_after,
         cut=cut_rule(body.truncate.cut),
         sweep=body.sweep is not None,
+        export=body.export is not None,
     )
     planned = PlannedPipeline(body, {step.kind: uuid.uuid4() for step in plan.steps})
     return [(planned.ids[step.kind], STEP_PARAMS[step.kind](planned, step)) for step in plan.steps]

@@ -10,6 +10,7 @@ from layercut.contracts.configs import (
     Architecture,
     CompareConfig,
     ExplainConfig,
+    ExportConfig,
     SelectConfig,
     SweepConfig,
     TrainConfig,
@@ -77,6 +78,11 @@ class PipelineCreate(BaseModel):
     from_scratch: bool = False
     compare: CompareConfig = Field(default_factory=CompareConfig)
     explain: ExplainConfig = Field(default_factory=ExplainConfig)
+    export: ExportConfig | None = Field(
+        None,
+        description="also export the slim model as a deployable file after the comparison (its export step's "
+        "artifacts: the file and export.json with the parity check and the latency)",
+    )
     stop_after: StopAfter = Field(
         "explain", description="the last step: analyze, compare, or explain (base and slim side by side)"
     )

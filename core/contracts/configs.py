@@ -129,6 +129,10 @@ def architecture_problem(name: str) -> str | None:
     )
 
 
+MAX_SEED = 2**32 - 1
+"""The largest seed (numpy's generators take 32-bit seeds)."""
+
+
 class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -142,7 +146,7 @@ class DataConfig(_Config):
         "per class (optionally inside train/ val/ test/), or flat {label}_{id}.jpg files with the class names given",
     )
     image_size: int = Field(64, ge=32, le=1024, description="square input size in pixels (at least 32)")
-    seed: int = Field(0, description="seed of the train/validation/test split")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the train/validation/test split")
     val_fraction: float = Field(0.15, gt=0, lt=0.5)
     test_fraction: float = Field(0.15, gt=0, lt=0.5)
     classes: list[str] | None = Field(None, description="class names, needed for a flat folder of {label}_{id} files")
@@ -167,18 +171,18 @@ class TrainConfig(_Config):
     optimizer: Literal["adam", "sgd"] = Field("adam", description="adam (AdamW) or sgd (momentum, Nesterov)")
     lr: float | None = Field(None, gt=0, description="initial learning rate; default 3e-4 for adam, 0.01 for sgd")
     momentum: float = Field(0.9, ge=0, lt=1, description="momentum of sgd")
-    weight_decay: float = Field(1e-4, ge=0, description="weight decay")
+    weight_decay: float = Field(1e-4, ge=0, le=1, description="weight decay")
     schedule: Literal["cosine", "step", "none"] = Field(
         "cosine", description="learning-rate schedule: cosine | step | none"
     )
-    step_size: int = Field(10, ge=1, description="epochs between learning-rate drops (step schedule)")
+    step_size: int = Field(10, ge=1, le=1000, description="epochs between learning-rate drops (step schedule)")
     gamma: float = Field(0.1, gt=0, le=1, description="learning-rate factor at each drop (step schedule)")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing factor")
     augment: bool = Field(True, description="random flips and shifts while training")
     patience: int | None = Field(
-        5, ge=1, description="stop after this many epochs without a better validation accuracy"
+        5, ge=1, le=1000, description="stop after this many epochs without a better validation accuracy"
     )
-    seed: int = Field(0, description="seed of the initial weights, the batch order and augmentation")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the initial weights, the batch order and augmentation")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="where to run: auto (CUDA when available), cpu or cuda"
     )
@@ -202,25 +206,25 @@ def learning_rate(config: TrainConfig) -> float:
 class AnalyzeConfig(_Config):
     """How probe images are chosen, how GBP maps are made and compared, and how the knee is picked."""
 
-    probes_per_class: int = Field(4, ge=1, description="probe images per class for the analysis")
-    max_probes: int = Field(64, ge=1, description="at most this many probe images")
-    probe_seed: int = Field(0, description="seed of the choice of probe images")
+    probes_per_class: int = Field(4, ge=1, le=256, description="probe images per class for the analysis")
+    max_probes: int = Field(64, ge=1, le=1024, description="at most this many probe images")
+    probe_seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the choice of probe images")
     gbp_rule: Literal["relu", "derivative", "ungated"] = Field(
         "relu", description="guided-backprop rule for non-ReLU activations: relu | derivative | ungated"
     )
     grayscale: bool = Field(False, description="compare grayscale maps instead of colour")
-    ssim_data_range: float = Field(1.0, gt=0, description="SSIM data_range of the map images")
+    ssim_data_range: float = Field(1.0, gt=0, le=1e6, description="SSIM data_range of the map images")
     curve: Literal["cut", "adjacent"] = Field(
         "cut",
         description="the SSIM curve, on which the knee is picked: cut (mean SSIM over pairs i ≤ k < j, the paper's) "
         "or adjacent (SSIM(i, i+1))",
     )
-    knee_sensitivity: float = Field(1.0, gt=0, description="kneed's S")
+    knee_sensitivity: float = Field(1.0, gt=0, le=100, description="kneed's S")
     knee_curve: Literal["concave", "convex"] = Field("concave", description="concave | convex (kneed's curve)")
     knee_direction: Literal["increasing", "decreasing"] = Field(
         "increasing", description="increasing | decreasing (kneed's direction)"
     )
-    batch_size: int = Field(16, ge=1, description="probe images per GBP batch")
+    batch_size: int = Field(16, ge=1, le=1024, description="probe images per GBP batch")
     depth_probes: bool = Field(
         True,
         description="fit a linear classifier on every cut point's pooled features (the probe curve the auto cut "
@@ -319,12 +323,20 @@ class SweepConfig(BudgetConfig):
         return text
 
 
+MAX_LATENCY_BATCHES = 8
+LatencyBatch = Annotated[int, Field(ge=1, le=1024)]
+"""One batch size of a latency measurement."""
+
+
 class CompareConfig(_Config):
-    latency_batches: list[int] = Field(
-        default_factory=lambda: [1, 32], description="batch sizes whose latency is measured"
+    latency_batches: list[LatencyBatch] = Field(
+        default_factory=lambda: [1, 32],
+        min_length=1,
+        max_length=MAX_LATENCY_BATCHES,
+        description="batch sizes whose latency is measured (1 to 1024 images, at most 8 sizes)",
     )
-    latency_repeats: int = Field(10, ge=1, description="timed runs per latency measurement")
-    latency_warmup: int = Field(3, ge=0, description="untimed runs before the timed ones")
+    latency_repeats: int = Field(10, ge=1, le=1000, description="timed runs per latency measurement")
+    latency_warmup: int = Field(3, ge=0, le=100, description="untimed runs before the timed ones")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="where to run: auto (CUDA when available), cpu or cuda"
     )
@@ -416,12 +428,12 @@ class ExplainConfig(_Config):
     images: int = Field(8, ge=1, le=256, description="test images explained (a seeded sample spread over the classes)")
     feature_maps: int = Field(8, ge=0, le=64, description="most active channels shown per image (0: none)")
     edges: bool = Field(False, description="draw Canny edges of the input over the overlays")
-    batch_size: int = Field(16, ge=1, description="images per forward/backward pass")
-    scorecam_batch_size: int = Field(64, ge=1, description="masked images per forward pass in Score-CAM")
+    batch_size: int = Field(16, ge=1, le=1024, description="images per forward/backward pass")
+    scorecam_batch_size: int = Field(64, ge=1, le=1024, description="masked images per forward pass in Score-CAM")
     gbp_rule: Literal["relu", "derivative", "ungated"] = Field(
         "relu", description="guided-backprop rule for non-ReLU activations: relu | derivative | ungated"
     )
-    seed: int = Field(0, description="seed of the image choice")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the image choice")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="where to run: auto (CUDA when available), cpu or cuda"
     )

@@ -63,6 +63,7 @@ RESULT_JSON: dict[str, str] = {
     "sweep_cut": METRICS_JSON,
     "sweep": SWEEP_JSON,
     "import": IMPORT_JSON,
+    "export": EXPORT_JSON,
 }
 """The JSON file in which each stage records its result."""
 
@@ -92,6 +93,7 @@ RUN_FOLDERS: dict[str, str] = {
     "compare": "compare",
     "explain": "explain",
     "import": "imported",
+    "export": "export",
 }
 """The folder of each stage inside a run folder (truncate and retrain share ``slim/``; the auto cut's search
 writes ``select/`` and moves its chosen model's folder to ``slim/``)."""

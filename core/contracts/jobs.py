@@ -17,6 +17,7 @@ from layercut.contracts.configs import (
     Architecture,
     CompareConfig,
     ExplainConfig,
+    ExportConfig,
     SelectConfig,
     SweepConfig,
     TrainConfig,
@@ -153,6 +154,17 @@ class ExplainParams(_Params):
     explain: ExplainConfig = Field(default_factory=ExplainConfig)
 
 
+class ExportParams(_Params):
+    kind: Literal["export"] = "export"
+    model: ModelRef
+    dataset_id: uuid.UUID | None = Field(
+        None,
+        description="whose test images the parity check runs on; default: the model's own dataset (seeded random "
+        "images when it has none)",
+    )
+    export: ExportConfig = Field(default_factory=ExportConfig)
+
+
 class ImportParams(_Params):
     """Check an uploaded weights file against the architecture its spec names and write it as a checkpoint.
 
@@ -180,6 +192,7 @@ JobParams = Annotated[
         CompareParams,
         ExplainParams,
         ImportParams,
+        ExportParams,
     ],
     Field(discriminator="kind"),
 ]

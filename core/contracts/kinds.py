@@ -16,11 +16,13 @@ StageKind = Literal[
     "compare",
     "explain",
     "import",
+    "export",
 ]
 """One stage of the pipeline, run as one job. A sweep in the service fans out: ``sweep_plan`` adds one
 ``sweep_cut`` job per cut point (run in parallel by as many workers as there are) and a ``sweep`` job that gathers
 them into sweep.json and its chart. An ``import`` job checks a model trained elsewhere (uploaded through
-``POST /v1/models/import``) against its architecture and writes it as a checkpoint."""
+``POST /v1/models/import``) against its architecture and writes it as a checkpoint. An ``export`` job writes a model as a deployable file (ONNX, TorchScript or an ExportedProgram), checked
+against torch and timed on the CPU."""
 
 STAGE_KINDS: tuple[StageKind, ...] = get_args(StageKind)
 
@@ -39,6 +41,7 @@ QUEUES: dict[StageKind, str] = {
     "compare": "gpu",
     "explain": "gpu",
     "import": "cpu",
+    "export": "cpu",
 }
 """The Celery queue of each kind: everything that runs a network on images needs a GPU worker."""
 

@@ -5,6 +5,7 @@ pipeline is created, and the job engine advances those jobs in its order. Both r
 
     train → analyze → truncate → retrain → compare → explain      (a cut at the knee or a named cut point)
     train → analyze → select → compare → explain                  (the auto cut: select retrains candidates)
+    … → compare → export → explain                                 (export: the slim model as a deployable file)
 
 - A pipeline that starts from a model (``model_id`` in the service) has no train step: every input that would
   come from ``train`` comes from ``GIVEN``, the model it was given.
@@ -81,13 +82,19 @@ def cut_rule(cut: str) -> CutRule:
 
 
 def pipeline_plan(
-    *, train: bool = True, stop_after: StopAfter = "explain", cut: CutRule = "auto", sweep: bool = False
+    *,
+    train: bool = True,
+    stop_after: StopAfter = "explain",
+    cut: CutRule = "auto",
+    sweep: bool = False,
+    export: bool = False,
 ) -> PipelinePlan:
     """The slimming pipeline: train (unless started from a given model), analyze, then — unless it stops after
         the analysis — make the slim model (select under the auto cut, else truncate and retrain), compare it with the
         base and explain both side by side. ``sweep`` adds a sweep of the base model right after the analysis (a
     ``sweep_plan`` step, which fans out to one ``sweep_cut`` job per cut point and a ``sweep`` job that gathers them;
-    the next step of the plan starts beside them)."""
+    the next step of the plan starts beside them). ``export`` adds, after the comparison, the export of the slim model
+    as a deployable file."""
     base = "train" if train else GIVEN
     steps: list[PlanStep] = [PlanStep(kind="train")] if train else []
     steps.append(PlanStep(kind="analyze", inputs={"model": base}))
@@ -107,6 +114,8 @@ def pipeline_plan(
             ]
             slim = "retrain"
         steps.append(PlanStep(kind="compare", inputs={"base": base, "slim": slim}))
+        if export:
+            steps.append(PlanStep(kind="export", inputs={"model": slim}))
         if stop_after == "explain":
             steps.append(PlanStep(kind="explain", inputs={"model": base, "compare_with": slim}))
     return PipelinePlan(steps=tuple(steps))

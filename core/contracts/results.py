@@ -624,7 +624,7 @@ class ExportVersions(_Result):
 
 class ExportResult(_Result):
     """export.json: a checkpoint written as a deployable file (ONNX, TorchScript or ExportedProgram), checked
-    against torch and timed on the CPU. Not a job kind: written by ``layercut export`` beside the file."""
+    against torch and timed on the CPU: by ``layercut export`` beside the file, or by an export job."""
 
     stage: Literal["export"]
     checkpoint: str
@@ -947,6 +947,7 @@ class RunOutputs(_Result):
     compare: str
     explain: str
     report: str
+    export: str | None = Field(None, description="the slim model as a deployable file, when the run exported it")
 
 
 class RunSummary(_Result):
@@ -985,6 +986,7 @@ AnyStageResult = (
     | SweepCutResult
     | SweepResult
     | ImportResult
+    | ExportResult
 )
 """One stage's result model, any of them."""
 
@@ -1003,6 +1005,7 @@ RESULT_MODELS: dict[StageKind, type[BaseModel]] = {
     "sweep_cut": SweepCutResult,
     "sweep": SweepResult,
     "import": ImportResult,
+    "export": ExportResult,
 }
 """The result model of each stage kind (train and retrain write metrics.json, read it with ``TRAINING_RESULT``)."""
 

@@ -8,6 +8,7 @@ import math
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
@@ -27,10 +28,23 @@ class LostClaim(Exception):
 
 
 class Heartbeat:
-    """A thread that stamps ``heartbeat_at`` every ``interval`` seconds so the reaper knows we are alive."""
+    """A thread that stamps ``heartbeat_at`` every ``interval`` seconds so the reaper knows we are alive, and the
+    cancel watchdog: when ``on_overdue`` is given, a job still ``cancelling`` ``grace`` seconds after this thread
+    first saw it so is ended ``cancelled`` here, and ``on_overdue`` is called (a Celery pool process ends itself:
+    the stage ignores its cancellation points, and nothing else would stop it)."""
 
-    def __init__(self, database_url: str, job_id: uuid.UUID, interval: float) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        job_id: uuid.UUID,
+        interval: float,
+        grace: float = math.inf,
+        attempt: int | None = None,
+        on_overdue: Callable[[], None] | None = None,
+    ) -> None:
         self.database_url, self.job_id, self.interval = database_url, job_id, interval
+        self.grace, self.attempt, self.on_overdue = grace, attempt, on_overdue
+        self._cancelling_since: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{job_id}", daemon=True)
 
@@ -48,9 +62,33 @@ class Heartbeat:
             while not self._stop.wait(self.interval):
                 try:
                     repo.heartbeat(self.job_id)
+                    if self.on_overdue is not None:
+                        self._watch(repo)
                 except Exception as exc:  # a database blip must not kill the job; the next beat retries
                     session.rollback()
                     log.warning("heartbeat of job %s failed: %s", self.job_id, exc)
+
+    def _watch(self, repo: JobRepository) -> None:
+        """End a job that ignores its cancel for longer than the grace period."""
+        status = repo.session.execute(select(Job.status).where(Job.id == self.job_id)).scalar_one_or_none()
+        repo.session.commit()
+        if status != "cancelling":
+            self._cancelling_since = None
+            return
+        now = time.monotonic()
+        if self._cancelling_since is None:
+            self._cancelling_since = now
+            return
+        if now - self._cancelling_since < self.grace or self._stop.is_set():
+            return
+        if repo.cancel(self.job_id, ("cancelling",), attempt=self.attempt):
+            log.warning(
+                "job %s did not stop within %.0f s of its cancel: ended cancelled, stopping its worker process",
+                self.job_id,
+                self.grace,
+            )
+            assert self.on_overdue is not None
+            self.on_overdue()
 
 
 @dataclass

@@ -12,9 +12,11 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import TypeAdapter, ValidationError
@@ -45,17 +47,26 @@ def default_worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def end_this_process() -> None:
+    """Stop this process at once (a Celery pool process whose job ignores its cancel: the pool starts another)."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def execute_job(
     job_id: uuid.UUID | str,
     settings: Settings | None = None,
     worker_name: str | None = None,
     dispatcher: Dispatcher | None = None,
+    stop_process: Callable[[], None] | None = None,
 ) -> str:
     """Run job ``job_id`` if it can be claimed (queued → running) and return its final status.
 
     A job that is not queued (finished, taken by another worker, cancelled, a redelivered message) is
     left alone and its current status returned; so is one whose pipeline dependency has not finished.
     The pipeline steps a finished job unblocks are sent through ``dispatcher`` (without one, the reaper sends them).
+    With ``stop_process`` (Celery pool processes pass ``end_this_process``), a job that is still running
+    ``cancel_grace_seconds`` after its cancel was noticed is ended cancelled, its pipeline and callback are told, and
+    ``stop_process`` is called: the cancel watchdog.
     """
     settings = settings or get_settings()
     job_id = uuid.UUID(str(job_id))
@@ -86,12 +97,27 @@ def execute_job(
             telemetry.job_log_file(
                 telemetry.job_log_path(settings.resolved_artifact_root, job.tenant, job.id), str(job.id)
             ),
-            Heartbeat(settings.resolved_database_url, job_id, settings.heartbeat_seconds),
+            Heartbeat(
+                settings.resolved_database_url,
+                job_id,
+                settings.heartbeat_seconds,
+                grace=settings.cancel_grace_seconds,
+                attempt=job.attempts,
+                on_overdue=(lambda: _overdue(settings, job_id, dispatcher, stop_process)) if stop_process else None,
+            ),
         ):
             status = run_logged(session, repo, job, settings, worker)
     if status in FINAL_STATUSES:
         finished(settings, job_id, dispatcher)
     return status
+
+
+def _overdue(
+    settings: Settings, job_id: uuid.UUID, dispatcher: Dispatcher | None, stop_process: Callable[[], None]
+) -> None:
+    """The watchdog ended the job cancelled: tell its pipeline and its callback, then stop the process."""
+    finished(settings, job_id, dispatcher)
+    stop_process()
 
 
 def run_logged(session: Session, repo: JobRepository, job: Job, settings: Settings, worker: str) -> str:

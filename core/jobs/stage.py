@@ -20,6 +20,7 @@ from layercut.contracts.jobs import (
     AnalyzeParams,
     CompareParams,
     ExplainParams,
+    ExportParams,
     ImportParams,
     JobParams,
     ModelRef,
@@ -399,6 +400,18 @@ def run_import(params: ImportParams, run: StageRun) -> StageOutcome:
     return StageOutcome(result, produced)
 
 
+def run_export(params: ExportParams, run: StageRun) -> StageOutcome:
+    """Write the model as a deployable file (with export.json) into the job's folder, so both are its artifacts."""
+    from layercut.contracts.configs import EXPORT_SUFFIXES
+    from layercut.stages.export import export_stage
+
+    model = run.resolver.model(params.model)
+    dataset = run.data_for(params.dataset_id, model) if (params.dataset_id or model.dataset_id) else None
+    out = run.out / f"model{EXPORT_SUFFIXES[params.export.format]}"
+    result = export_stage(run.resolver.checkpoint(model), out, params.export, dataset, reporter=run.working)
+    return StageOutcome(result)
+
+
 STAGE_RUNNERS: dict[StageKind, Callable[[Any, StageRun], StageOutcome]] = {
     "train": run_train,
     "analyze": run_analyze,
@@ -411,6 +424,7 @@ STAGE_RUNNERS: dict[StageKind, Callable[[Any, StageRun], StageOutcome]] = {
     "compare": run_compare,
     "explain": run_explain,
     "import": run_import,
+    "export": run_export,
 }
 """How a job of each kind runs its stage."""
 

@@ -18,6 +18,7 @@ models) with a symbolic batch dimension taken from ``dynamic_shapes``, at opset 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -421,6 +422,7 @@ def export_stage(
                         warmup=config.latency_warmup,
                         repeats=config.latency_repeats,
                         threads=threads,
+                        before_each=functools.partial(part.check, "export"),
                     )
                 )
             else:

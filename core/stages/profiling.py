@@ -10,7 +10,7 @@ import os
 import re
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -65,18 +65,36 @@ def _device_name(device: torch.device) -> str:
     return device.type
 
 
-def _time_cpu(run, repeats: int) -> list[float]:
+MAX_TIMING_SECONDS = 30.0
+"""A latency measurement stops after this many seconds of timed runs (keeping at least ``MIN_TIMED_RUNS``)."""
+MIN_TIMED_RUNS = 3
+
+
+def _timed_runs(repeats: int, max_seconds: float | None, before_each: Callable[[], None] | None) -> Iterator[int]:
+    """Run indices: ``repeats`` of them, fewer once ``max_seconds`` have passed, ``before_each`` called first."""
+    started = time.perf_counter()
+    for index in range(repeats):
+        if max_seconds is not None and index >= MIN_TIMED_RUNS and time.perf_counter() - started > max_seconds:
+            return
+        if before_each is not None:
+            before_each()
+        yield index
+
+
+def _time_cpu(run, repeats: int, max_seconds: float | None = None, before_each=None) -> list[float]:
     times = []
-    for _ in range(repeats):
+    for _ in _timed_runs(repeats, max_seconds, before_each):
         start = time.perf_counter()
         run()
         times.append((time.perf_counter() - start) * 1000.0)
     return times
 
 
-def _time_cuda(run, repeats: int, device: torch.device) -> list[float]:
+def _time_cuda(
+    run, repeats: int, device: torch.device, max_seconds: float | None = None, before_each=None
+) -> list[float]:
     times = []
-    for _ in range(repeats):
+    for _ in _timed_runs(repeats, max_seconds, before_each):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         torch.cuda.synchronize(device)
         start.record()
@@ -135,11 +153,15 @@ def measure_latency(
     warmup: int = 3,
     repeats: int = 10,
     threads: int | None = None,
+    max_seconds: float | None = MAX_TIMING_SECONDS,
+    before_each: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Milliseconds per forward pass at ``input_shape`` after warm-up, under inference mode, on ``device``.
 
     The model is moved to ``device`` for the measurement and moved back, its train/eval mode and the torch
-    thread count are restored afterwards. The result records how it was measured.
+    thread count are restored afterwards. The result records how it was measured (``repeats`` says how many runs
+    were timed: fewer than asked once ``max_seconds`` have passed). ``before_each`` runs before every run, warm-up
+    included: a cancellation point.
     """
     if repeats < 1 or warmup < 0:
         raise ValueError("repeats must be >= 1 and warmup >= 0")
@@ -158,9 +180,13 @@ def measure_latency(
             def run() -> None:
                 model(x)
 
-            for _ in range(warmup):
+            for _ in _timed_runs(warmup, max_seconds, before_each):
                 run()
-            times = _time_cuda(run, repeats, dev) if dev.type == "cuda" else _time_cpu(run, repeats)
+            times = (
+                _time_cuda(run, repeats, dev, max_seconds, before_each)
+                if dev.type == "cuda"
+                else _time_cpu(run, repeats, max_seconds, before_each)
+            )
         threads_used = torch.get_num_threads()
     finally:
         model.to(original_device)
@@ -173,7 +199,7 @@ def measure_latency(
         "batch_size": int(input_shape[0]),
         "input_shape": [int(v) for v in input_shape],
         "warmup": warmup,
-        "repeats": repeats,
+        "repeats": len(times),
         "median_ms": float(statistics.median(times)),
         "p10_ms": float(_percentile(ordered, 0.10)),
         "p90_ms": float(_percentile(ordered, 0.90)),

@@ -33,6 +33,11 @@ class Reporter:
         if self.callback is not None:
             self.callback(stage, min(max(float(fraction), 0.0), 1.0), message)
 
+    def check(self, stage: str) -> None:
+        """A cancellation point without a progress update (for tight loops: ``should_cancel`` is throttled)."""
+        if self.should_cancel is not None and self.should_cancel():
+            raise Cancelled(f"cancelled during {stage}")
+
     def scaled(self, start: float, end: float) -> Reporter:
         """A reporter whose 0..1 maps to ``start..end`` of this one (for stages inside a pipeline)."""
         parent = self

@@ -593,7 +593,12 @@ def _profile(path: Path, dataset: Dataset, config: CompareConfig, reporter: Repo
         reporter.update("compare", torch_share * step / len(runs), f"timing {label} on {name} at batch {batch}")
         latency[f"{name}_b{batch}"] = LatencyMeasurement.model_validate(
             measure_latency(
-                model, (batch, *shape[1:]), device=target, warmup=config.latency_warmup, repeats=config.latency_repeats
+                model,
+                (batch, *shape[1:]),
+                device=target,
+                warmup=config.latency_warmup,
+                repeats=config.latency_repeats,
+                before_each=lambda: reporter.check("compare"),
             )
         )
     onnxruntime_error = None

@@ -1,5 +1,6 @@
 """The contract a platform integrates by: a client generated from our OpenAPI document with openapi-python-client
-(what MLOps platforms do) uploads a dataset, starts a pipeline and reads it back, its times comparable."""
+(what MLOps platforms do) uploads a dataset, starts a pipeline and reads it back, its times comparable, and imports a
+model from a .pt state dict."""
 
 from __future__ import annotations
 
@@ -87,3 +88,36 @@ def test_a_generated_client_uploads_starts_and_reads_back(env, generated) -> Non
     assert step.kind.value == "train" and step.status.value == "queued"  # enums, not plain strings
     assert step.created_at.tzinfo is not None and step.labels.to_dict() == {"via": "gen"}
     assert read.status.value == "queued" and [s.kind.value for s in read.steps][:2] == ["train", "analyze"]
+
+
+def test_a_generated_client_imports_a_pt_state_dict(env, generated) -> None:
+    """A .pt state dict goes up as a file through the generated code; the import job it starts makes the model."""
+    import torch
+
+    from layercut.jobs.runner import execute_job
+    from layercut.stages.architectures import build_model
+
+    client_module = importlib.import_module(f"{PACKAGE}.client")
+    types = importlib.import_module(f"{PACKAGE}.types")
+    models = importlib.import_module(f"{PACKAGE}.models")
+    import_model = importlib.import_module(f"{PACKAGE}.api.models.import_model")
+    get_job = importlib.import_module(f"{PACKAGE}.api.jobs.get_job")
+    get_model = importlib.import_module(f"{PACKAGE}.api.models.get_model")
+    client = client_module.AuthenticatedClient(base_url="http://testserver", token=env.key)
+    env.client.headers["Authorization"] = f"Bearer {env.key}"  # the test's transport carries the key
+    client.set_httpx_client(env.client)
+
+    weights = io.BytesIO()
+    torch.save(build_model("smallcnn", 2).state_dict(), weights)
+    spec = {"architecture": "smallcnn", "classes": ["cat", "dog"], "image_size": 32, "mean": [0.5], "std": [0.25]}
+    body = models.BodyImportModel(
+        weights=types.File(payload=io.BytesIO(weights.getvalue()), file_name="smallcnn.pt"), spec=json.dumps(spec)
+    )
+    answer = import_model.sync_detailed(client=client, body=body)
+    assert answer.status_code == 201, answer.content
+    job = answer.parsed
+    assert job.kind.value == "import" and job.status.value == "queued"
+    assert execute_job(str(job.id), env.settings) == "succeeded"
+    done = get_job.sync(client=client, job_id=job.id)
+    model = get_model.sync(client=client, model_id=done.result.to_dict()["model_id"])
+    assert model.source == "import" and model.classes == ["cat", "dog"]

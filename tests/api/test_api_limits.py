@@ -306,3 +306,41 @@ def test_job_errors_and_served_json_name_no_server_folder(env, monkeypatch):
         "base": {"checkpoint": f"{env.tenant}/j/model.safetensors"}
     }
     assert str(root) in (out / "analysis.json").read_text()  # read back by path by later stages: left as written
+
+
+@pytest.mark.parametrize(
+    ("params", "field", "limit"),
+    [
+        ({"compare": {"latency_repeats": 10**9}}, ["compare", "latency_repeats"], "1000"),
+        ({"compare": {"latency_warmup": 10**9}}, ["compare", "latency_warmup"], "100"),
+        ({"compare": {"latency_batches": [10**9]}}, ["compare", "latency_batches", 0], "1024"),
+        ({"compare": {"latency_batches": [-5, 0]}}, ["compare", "latency_batches", 0], "1"),
+        ({"compare": {"latency_batches": [1] * 10_000}}, ["compare", "latency_batches"], "8"),
+    ],
+)
+def test_work_a_request_asks_for_is_bounded(env, params, field, limit):
+    """Every amount of work is bounded: a 422 naming the field and its limit, nothing queued."""
+    model = env.model()
+    body = {"params": {"kind": "compare", "base": {"model_id": model}, "slim": {"model_id": model}, **params}}
+    response = env.client.post("/v1/jobs", json=body, headers=env.headers)
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"][0]
+    assert detail["loc"] == ["body", "params", "compare", *field] and limit in detail["msg"]
+    assert env.dispatcher.sent == []
+
+
+@pytest.mark.parametrize(
+    ("kind", "section", "field", "value"),
+    [
+        ("analyze", "analyze", "batch_size", 10**9),
+        ("analyze", "analyze", "max_probes", 10**9),
+        ("explain", "explain", "batch_size", 10**9),
+        ("explain", "explain", "scorecam_batch_size", 10**9),
+        ("explain", "explain", "seed", 10**30),
+    ],
+)
+def test_batch_sizes_and_seeds_are_bounded(env, kind, section, field, value):
+    body = {"params": {"kind": kind, "model": {"model_id": env.model()}, section: {field: value}}}
+    response = env.client.post("/v1/jobs", json=body, headers=env.headers)
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"][-1] == field

@@ -85,6 +85,30 @@ def test_import_a_torch_state_dict_round_trip(env, tmp_path):
     assert env.client.get(f"/v1/jobs/{job['id']}", headers=env.headers).status_code == 404
 
 
+def test_an_export_job_makes_a_deployable_file_as_its_artifact(env):
+    """Import a model, export it as ONNX through a job, download the file and run it in ONNX Runtime alone."""
+    import onnxruntime
+
+    original = trained_elsewhere()
+    imported = post_import(env, state_dict_file(original)).json()
+    assert execute_job(imported["id"], env.settings) == "succeeded"
+    params = {"kind": "export", "model": {"from_job": imported["id"]}, "export": {"latency_repeats": 2}}
+    job = env.client.post("/v1/jobs", json={"params": params}, headers=env.headers)
+    assert job.status_code == 201, job.text
+    assert execute_job(job.json()["id"], env.settings) == "succeeded"
+    done = env.client.get(f"/v1/jobs/{job.json()['id']}", headers=env.headers).json()
+    assert done["result"]["parity"]["max_abs_diff"] <= 1e-4 and done["result"]["format"] == "onnx"
+    files = {a["name"]: a for a in done["artifacts"]}
+    assert set(files) == {"model.onnx", "export.json"}
+    onnx_bytes = env.client.get(files["model.onnx"]["download_url"], headers=env.headers).content
+    assert hashlib.sha256(onnx_bytes).hexdigest() == files["model.onnx"]["sha256"]
+    session = onnxruntime.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    images = random_images(3, 3, 32)
+    (logits,) = session.run(None, {"images": images.numpy()})
+    with torch.no_grad():
+        assert np.abs(logits - original(images).numpy()).max() <= 1e-4
+
+
 def test_an_import_whose_weights_do_not_fit_fails_naming_why(env):
     response = post_import(env, state_dict_file(trained_elsewhere(classes=3)))
     assert response.status_code == 201, response.text

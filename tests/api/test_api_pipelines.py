@@ -91,6 +91,24 @@ def test_from_model_skips_train_and_stop_after_analyze(env):
     assert [s["kind"] for s in short["steps"]] == ["train", "analyze"]
 
 
+def test_a_pipeline_can_export_its_slim_model(env):
+    body = env.client.post(
+        "/v1/pipelines",
+        json={"model_id": env.model(), "export": {"format": "torchscript", "tolerance": 1e-5}},
+        headers=env.headers,
+    ).json()
+    kinds = [s["kind"] for s in body["steps"]]
+    assert kinds == ["analyze", "select", "compare", "export", "explain"]
+    with env.session() as s:
+        export = s.get(Job, uuid.UUID(body["steps"][3]["id"])).params
+    assert export["model"]["from_job"] == body["steps"][1]["id"]  # the slim model the select step keeps
+    assert export["export"]["format"] == "torchscript" and export["export"]["tolerance"] == 1e-5
+    refused = env.client.post(
+        "/v1/pipelines", json={"model_id": env.model(), "export": {"format": "tflite"}}, headers=env.headers
+    )
+    assert refused.status_code == 422 and refused.json()["detail"][0]["loc"][:3] == ["body", "export", "format"]
+
+
 def test_pipeline_validation_names_the_field(env):
     def loc(body):
         response = env.client.post("/v1/pipelines", json=body, headers=env.headers)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from layercut.contracts.errors import Cancelled
 from layercut.stages.profiling import (
     checkpoint_bytes,
     compare_models,
@@ -76,6 +77,23 @@ def test_measure_latency_counts_forwards() -> None:
     net.register_forward_hook(lambda *_: calls.append(torch.is_inference_mode_enabled()))
     measure_latency(net, (1, 3, 8, 8), warmup=2, repeats=3)
     assert calls == [True] * 5
+
+
+def test_measure_latency_stops_at_its_time_limit_and_on_cancel() -> None:
+    """10**9 timed runs asked: the limit keeps the measurement to about its seconds (at least 3 runs), and the hook
+    before every run (a job's cancellation point) stops it at once."""
+    result = measure_latency(tiny_net(), (1, 3, 8, 8), warmup=10**9, repeats=10**9, max_seconds=0.2)
+    assert 3 <= result["repeats"] == len(result["times_ms"]) < 10**9
+    calls = []
+
+    def cancel_after_five() -> None:
+        calls.append(1)
+        if len(calls) > 5:
+            raise Cancelled("cancelled during compare")
+
+    with pytest.raises(Cancelled):
+        measure_latency(tiny_net(), (1, 3, 8, 8), warmup=2, repeats=10**9, before_each=cancel_after_five)
+    assert len(calls) == 6
 
 
 def test_measure_latency_rejects_no_repeats() -> None:

@@ -361,3 +361,24 @@ def test_upload_is_retried_with_the_whole_file_and_one_key(tmp_path):
     assert make_client(handler).upload_dataset(archive, "flowers")["id"] == "d1"
     assert len(seen) == 2 and seen[0][0] == seen[1][0]
     assert all(whole and named for _, whole, named in seen)
+
+
+def test_import_model_uploads_the_weights_and_the_spec_and_retries_with_one_key(tmp_path):
+    weights = tmp_path / "resnet18.pt"
+    weights.write_bytes(b"PK\x03\x04 state dict bytes")
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if len(seen) == 1:
+            return httpx.Response(503, json={"detail": "database unavailable"})
+        return httpx.Response(201, json={"id": "j1", "kind": "import", "status": "queued"})
+
+    client = make_client(handler, FakeClock())
+    spec = {"architecture": "resnet18", "classes": ["a", "b"], "image_size": 64, "mean": [0.5], "std": [0.5]}
+    assert client.import_model(weights, spec, dataset_id="d1")["kind"] == "import"
+    assert len(seen) == 2 and {r.url.path for r in seen} == {"/v1/models/import"}
+    assert seen[0].headers["Idempotency-Key"] == seen[1].headers["Idempotency-Key"]
+    body = seen[1].content
+    assert b'filename="resnet18.pt"' in body and b"PK\x03\x04 state dict bytes" in body  # the file, sent again
+    assert json.dumps(spec).encode() in body and b"d1" in body
