@@ -47,6 +47,12 @@ class Settings(BaseSettings):
         None, description="where torchvision datasets (cifar10, mnist, …) are stored; default: data_dir/datasets"
     )
     no_download: bool = Field(False, description="never try to download a torchvision dataset that is not in data_root")
+    orphan_after_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="what an interrupted upload or import left on the artifact volume is removed by the reaper once "
+        "this old",
+    )
     retention_days: float = Field(
         0,
         ge=0,
@@ -85,6 +91,12 @@ class Settings(BaseSettings):
         0.25, gt=0, description="how often a worker looks for retired pool processes to replace (Celery: 5 s)"
     )
     heartbeat_seconds: float = Field(10.0, description="how often a running job proves its worker is alive")
+    database_retry_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="how long a running job retries writing its progress and its final status through a database "
+        "outage before giving up (its work is kept meanwhile)",
+    )
     cancel_grace_seconds: float = Field(
         30.0,
         gt=0,

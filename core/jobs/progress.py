@@ -10,8 +10,11 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 
 from layercut.store.db import get_sessionmaker
 from layercut.store.jobs import JobRepository
@@ -25,6 +28,26 @@ ACTIVE_STATUSES = ("running", "cancelling")
 
 class LostClaim(Exception):
     """This worker no longer owns the job (the reaper re-queued it); stop without touching its row."""
+
+
+T = TypeVar("T")
+
+
+def through_outages(session: Session, action: Callable[[], T], seconds: float, what: str) -> T:
+    """``action()``, tried again (with a fresh connection, backing off up to 2 s) while the database is unreachable,
+    for at most ``seconds``; the last error is raised after that."""
+    deadline = time.monotonic() + seconds
+    delay = 0.1
+    while True:
+        try:
+            return action()
+        except DBAPIError as exc:
+            session.rollback()
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("%s failed (%s); retrying in %.1f s", what, type(exc.orig).__name__, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
 
 class Heartbeat:
@@ -113,18 +136,27 @@ class JobProgress:
         self._last_write = now
         elapsed = now - self.started
         eta = elapsed * (1.0 - fraction) / fraction if fraction > 1e-3 else None
-        if self.repo.report_progress(self.job_id, stage, round(fraction, 4), eta, message[:2000] or None):
-            self._cancel = True
+        try:
+            if self.repo.report_progress(self.job_id, stage, round(fraction, 4), eta, message[:2000] or None):
+                self._cancel = True
+        except DBAPIError as exc:  # a database blip costs one progress write, never the job
+            self.repo.session.rollback()
+            log.warning("progress of job %s not written (%s); the next update tries again", self.job_id, exc.orig)
 
     def should_cancel(self) -> bool:
         """True once cancellation was requested; raises LostClaim if the job was taken from this worker."""
         now = time.monotonic()
         if not self._cancel and now - self._last_check >= self.interval:
             self._last_check = now
-            row = self.repo.session.execute(
-                select(Job.status, Job.worker, Job.attempts, Job.cancel_requested).where(Job.id == self.job_id)
-            ).one_or_none()
-            self.repo.session.commit()
+            try:
+                row = self.repo.session.execute(
+                    select(Job.status, Job.worker, Job.attempts, Job.cancel_requested).where(Job.id == self.job_id)
+                ).one_or_none()
+                self.repo.session.commit()
+            except DBAPIError as exc:  # unknown for now: go on, and ask again at the next check
+                self.repo.session.rollback()
+                log.warning("cancellation of job %s not checked (%s)", self.job_id, exc.orig)
+                return False
             if (
                 row is None
                 or row.status not in ACTIVE_STATUSES

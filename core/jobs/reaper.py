@@ -20,7 +20,7 @@ from datetime import timedelta
 from layercut.jobs import pipelines
 from layercut.jobs.dispatch import Dispatcher, DispatchError, InspectableDispatcher
 from layercut.jobs.lifecycle import finished
-from layercut.jobs.retention import expire
+from layercut.jobs.retention import expire, remove_orphans
 from layercut.settings import Settings
 from layercut.store.db import get_sessionmaker
 from layercut.store.jobs import JobRepository
@@ -52,6 +52,7 @@ def reap(settings: Settings, dispatcher: Dispatcher) -> dict[str, list[str]]:
     for job_id in outcome["failed"] + outcome["cancelled"]:
         finished(settings, job_id, dispatcher)
     expired = expire(settings)
+    orphans = remove_orphans(settings)
     result = {
         "requeued": [str(i) for i in outcome["requeued"]],
         "failed": [str(i) for i in outcome["failed"]],
@@ -61,6 +62,7 @@ def reap(settings: Settings, dispatcher: Dispatcher) -> dict[str, list[str]]:
         "expired": [f"{expired['jobs']} job(s)", f"{expired['pipelines']} pipeline(s)"]
         if any(expired.values())
         else [],
+        "orphans": [f"{orphans['files']} file(s)", f"{orphans['folders']} folder(s)"] if any(orphans.values()) else [],
     }
     if any(result.values()):
         log.info("reaper: %s", {k: len(v) for k, v in result.items()})

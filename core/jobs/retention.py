@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
+import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -22,7 +24,7 @@ from layercut import telemetry
 from layercut.contracts.files import IMPORTS_FOLDER
 from layercut.settings import Settings
 from layercut.store.db import get_sessionmaker
-from layercut.store.models import FINAL_STATUSES, Artifact, Job, ModelVersion, Pipeline
+from layercut.store.models import FINAL_STATUSES, Artifact, Dataset, Job, ModelVersion, Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -177,3 +179,68 @@ def expire(settings: Settings, now: datetime | None = None) -> dict[str, int]:
             settings.retention_days,
         )
     return deleted
+
+
+ORPHAN_SWEEP_SECONDS = 600.0
+"""The reaper looks for orphaned files at most this often (a walk of the tenants' upload folders)."""
+_last_sweep = {"at": -math.inf}
+
+
+def remove_orphans(settings: Settings, force: bool = False) -> dict[str, int]:
+    """Remove what an interrupted upload or import left behind, once older than ``orphan_after_seconds``: files in
+    the ``.incoming`` folders, dataset folders no dataset row names, and import uploads whose job is gone or ended
+    (an API killed mid-extraction leaves both). At most every ``ORPHAN_SWEEP_SECONDS`` unless ``force``."""
+    now = time.monotonic()
+    if not force and now - _last_sweep["at"] < ORPHAN_SWEEP_SECONDS:
+        return {"files": 0, "folders": 0}
+    _last_sweep["at"] = now
+    root = settings.resolved_artifact_root
+    cutoff = time.time() - settings.orphan_after_seconds
+    removed = {"files": 0, "folders": 0}
+    if not root.is_dir():
+        return removed
+    with get_sessionmaker(settings.resolved_database_url)() as session:
+        for tenant_folder in (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            tenant = tenant_folder.name
+            for incoming in (tenant_folder / "datasets" / ".incoming", tenant_folder / IMPORTS_FOLDER / ".incoming"):
+                for leftover in _old_entries(incoming, cutoff):
+                    _remove(leftover, removed)
+            known = {
+                location.split("/")[2]
+                for location in session.scalars(
+                    select(Dataset.location).where(Dataset.tenant == tenant, Dataset.kind == "upload")
+                )
+                if location.count("/") >= 2
+            }
+            for folder in _old_entries(tenant_folder / "datasets", cutoff):
+                if folder.is_dir() and not folder.name.startswith(".") and folder.name not in known:
+                    _remove(folder, removed)
+            for folder in _old_entries(tenant_folder / IMPORTS_FOLDER, cutoff):
+                if folder.name.startswith(".") or not folder.is_dir():
+                    continue
+                try:
+                    job = session.get(Job, uuid.UUID(folder.name))
+                except ValueError:
+                    job = None
+                if job is None or job.status in FINAL_STATUSES:
+                    _remove(folder, removed)
+    if any(removed.values()):
+        log.info("orphans removed: %d file(s), %d folder(s)", removed["files"], removed["folders"])
+    return removed
+
+
+def _old_entries(folder: Path, cutoff: float) -> list[Path]:
+    """The entries of ``folder`` last changed before ``cutoff`` (none when it does not exist)."""
+    try:
+        return [entry for entry in folder.iterdir() if entry.lstat().st_mtime < cutoff]
+    except FileNotFoundError:
+        return []
+
+
+def _remove(path: Path, removed: dict[str, int]) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+        removed["folders"] += 1
+    else:
+        path.unlink(missing_ok=True)
+        removed["files"] += 1

@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.orm import Session
@@ -29,7 +30,7 @@ from layercut.jobs import pipelines
 from layercut.jobs.dispatch import Dispatcher
 from layercut.jobs.lifecycle import finished
 from layercut.jobs.outputs import job_result, record_outputs
-from layercut.jobs.progress import Heartbeat, JobProgress, LostClaim
+from layercut.jobs.progress import Heartbeat, JobProgress, LostClaim, through_outages
 from layercut.jobs.resolve import Resolver
 from layercut.jobs.stage import gpu_peak_bytes, run_stage
 from layercut.settings import Settings, get_settings
@@ -38,6 +39,8 @@ from layercut.store.jobs import JobRepository
 from layercut.store.models import FINAL_STATUSES, Job
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 PARAMS: TypeAdapter[JobParams] = TypeAdapter(JobParams)
 
@@ -151,23 +154,28 @@ def run_claimed(session: Session, repo: JobRepository, job: Job, settings: Setti
     root = settings.resolved_artifact_root
     out = root / job.tenant / str(job.id)
     progress = JobProgress(repo, job.id, worker, job.attempts, settings.progress_interval_seconds)
+    wait = settings.database_retry_seconds
+
+    def durably(action: Callable[[], T], what: str) -> T:
+        return through_outages(session, action, wait, f"{what} of job {job.id}")
+
     try:
         params = parse_params(job)
         empty_folder(out)
         outcome = run_stage(params, Resolver(session, job, root), out, settings, progress)
         if progress.should_cancel():
             raise Cancelled("cancelled before the results were recorded")
-        model_id = record_outputs(session, job, out, root, outcome.produced)
+        model_id = durably(lambda: record_outputs(session, job, out, root, outcome.produced), "recording the outputs")
         result = job_result(outcome.result, root)
         if model_id is not None:
             result["model_id"] = str(model_id)
-        if repo.succeed(job.id, result, attempt=job.attempts):
+        if durably(lambda: repo.succeed(job.id, result, attempt=job.attempts), "recording the success"):
             return "succeeded"
         return settle_lost_race(repo, job.id)
     except Cancelled as exc:
         session.rollback()
         log.info("job %s cancelled: %s", job.id, exc)
-        repo.cancel(job.id, attempt=job.attempts)
+        durably(lambda: repo.cancel(job.id, attempt=job.attempts), "recording the cancel")
         return current_status(repo, job.id)
     except LostClaim as exc:
         session.rollback()
@@ -176,14 +184,16 @@ def run_claimed(session: Session, repo: JobRepository, job: Job, settings: Setti
     except LayercutError as exc:
         session.rollback()
         log.info("job %s failed: %s: %s", job.id, exc.code, exc)
-        repo.fail(job.id, exc.code, without_root(str(exc), root), attempt=job.attempts)
+        error_code, message = exc.code, without_root(str(exc), root)
+        durably(lambda: repo.fail(job.id, error_code, message, attempt=job.attempts), "recording the failure")
         return current_status(repo, job.id)
     except BaseException as exc:
         session.rollback()
         code, message = classify_crash(exc)
         if code == "internal_error":
             log.exception("job %s crashed", job.id)
-        repo.fail(job.id, code, without_root(message, root), attempt=job.attempts)
+        shown = without_root(message, root)
+        durably(lambda: repo.fail(job.id, code, shown, attempt=job.attempts), "recording the failure")
         if not isinstance(exc, Exception):  # KeyboardInterrupt / SystemExit: record, then let it go on
             raise
         return current_status(repo, job.id)

@@ -25,10 +25,10 @@ def get_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    # No pre-ping: it costs a round trip on every checkout (a third of a status poll). A connection that a
-    # database restart broke fails its request with a 503 (the API's OperationalError handler) and is
-    # replaced; recycling bounds how long idle connections live.
-    return create_engine(url, pool_size=10, max_overflow=20, pool_recycle=300)
+    # Pre-ping: a pooled connection that a database restart broke is noticed at checkout and replaced, so no
+    # request or job write fails for it (a round trip per checkout; status polls are mostly served by the API's
+    # read cache). Recycling bounds how long idle connections live.
+    return create_engine(url, pool_size=10, max_overflow=20, pool_recycle=300, pool_pre_ping=True)
 
 
 @lru_cache(maxsize=8)

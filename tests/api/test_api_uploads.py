@@ -160,3 +160,38 @@ def test_upload_attacks_are_refused_with_nothing_written(postgres_url, tmp_path,
     if expected == 422:
         assert response.json()["detail"][0]["loc"] == ["body", "file"]
     assert env.client.get("/v1/datasets", headers=env.headers).json()["items"] == []
+
+
+def test_the_reaper_removes_what_an_interrupted_upload_or_import_left(env):
+    """An API killed mid-extraction leaves a partial folder and its archive with no row; an import killed before
+    its job was written leaves its upload: once older than orphan_after_seconds, the reaper's sweep removes them,
+    and nothing that a row still names."""
+    import os
+    import time
+    import uuid
+
+    from layercut.jobs.retention import remove_orphans
+
+    kept = upload(env, zip_bytes(GOOD), "pets.zip").json()["id"]
+    tenant = env.settings.resolved_artifact_root / env.tenant
+    old = time.time() - 2 * env.settings.orphan_after_seconds
+    partial = tenant / "datasets" / str(uuid.uuid4())
+    (partial / "data" / "cat").mkdir(parents=True)
+    (partial / "data" / "cat" / "1.png").write_bytes(PNG)
+    archive = tenant / "datasets" / ".incoming" / "upload-abc"
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    archive.write_bytes(b"half an archive")
+    stray_import = tenant / "imports" / str(uuid.uuid4())
+    stray_import.mkdir(parents=True)
+    (stray_import / "weights.pt").write_bytes(b"PK\x03\x04")
+    fresh = tenant / "imports" / ".incoming" / "upload-still-arriving"
+    fresh.parent.mkdir(parents=True, exist_ok=True)
+    fresh.write_bytes(b"bytes")
+    for path in (partial, archive, stray_import, tenant / "datasets" / kept):
+        os.utime(path, (old, old))
+
+    assert remove_orphans(env.settings, force=True) == {"files": 1, "folders": 2}
+    assert not partial.exists() and not archive.exists() and not stray_import.exists()
+    assert fresh.exists()  # still arriving: younger than the limit
+    assert (tenant / "datasets" / kept / "data" / "train" / "cat" / "1.png").is_file()  # its row names it
+    assert env.client.get(f"/v1/datasets/{kept}", headers=env.headers).status_code == 200

@@ -56,7 +56,20 @@ def logged_run(tmp_path_factory) -> tuple[Path, dict, LoggedRun]:
     started = time.monotonic()
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "layercut.cli.main", "run", "--data", "textures", *tiny, "--out", out, "--json"],
+            [
+                sys.executable,
+                "-m",
+                "layercut.cli.main",
+                "run",
+                "--data",
+                "textures",
+                *tiny,
+                "--out",
+                out,
+                "--json",
+                "--export",
+                "onnx",
+            ],  # fmt: skip
             stdout=subprocess.PIPE,
             stderr=log,
             text=True,
@@ -116,6 +129,18 @@ def test_run_json_has_every_field(tiny_run) -> None:
     assert isinstance(summary["knee_found"], bool)
     assert summary["slim"]["params"] < summary["base"]["params"]
     assert {"cpu_b1", "cpu_b32"} <= set(summary["base"]["latency_ms"])
+
+
+def test_run_exports_the_slim_model_when_asked(tiny_run) -> None:
+    """`run --export onnx`: the slim model as ONNX in export/, checked against torch, named in run.json."""
+    import onnxruntime
+
+    out, summary = tiny_run
+    assert summary["outputs"]["export"] == str(out / "export" / "model.onnx")
+    record = json.loads((out / "export" / "export.json").read_text())
+    assert record["cut_point"]["name"] == summary["cut_point"]["name"] and record["parity"]["max_abs_diff"] <= 1e-4
+    session = onnxruntime.InferenceSession(str(out / "export" / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["logits"]
 
 
 def test_run_writes_checkpoints_analysis_and_pictures(tiny_run) -> None:
