@@ -41,6 +41,8 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         409: "conflict with the object's state",
         413: "body or upload too large",
         415: "unsupported upload",
+        503: "the server is busy (see Retry-After) or a dependency is unavailable; retry later",
+        507: "the tenant's storage quota or the artifact volume is full; delete what you no longer need",
     }
     return {code: {"model": ErrorOut, "description": descriptions.get(code, "error")} for code in codes}
 

@@ -9,8 +9,8 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from fastapi import Request
-from sqlalchemy import select
+from fastapi import HTTPException, Request, status
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from layercut.api.common import field_error, link_for, not_found
@@ -32,6 +32,7 @@ from layercut.contracts.jobs import (
 )
 from layercut.contracts.kinds import MODEL_MAKING_KINDS
 from layercut.jobs.dispatch import Dispatcher
+from layercut.settings import Settings
 from layercut.store.models import FINAL_STATUSES, Artifact, Dataset, Job, ModelVersion, Pipeline
 
 log = logging.getLogger("layercut.api")
@@ -295,6 +296,37 @@ def check_references(session: Session, tenant: str, params: JobParams) -> None:
         check_model_ref(session, tenant, params.base, (*base, "base"))
         check_model_ref(session, tenant, params.slim, (*base, "slim"))
         check_dataset(session, tenant, params.dataset_id, (*base, "dataset_id"))
+
+
+# --- admission -------------------------------------------------------------------------------------
+
+RETRY_AFTER_SECONDS = 30
+"""What a 429 for a full tenant tells the client to wait before trying again."""
+
+
+def check_capacity(session: Session, settings: Settings, tenant: str, adding: int, key: str | None, table: Any) -> None:
+    """429 with Retry-After when ``adding`` more unfinished jobs would take ``tenant`` past its limit
+    (``LAYERCUT_TENANT_MAX_ACTIVE_JOBS``), so that one tenant cannot fill the queues; a repeated request (the same
+    Idempotency-Key, which returns what it made) is never refused."""
+    limit = settings.tenant_max_active_jobs
+    if limit <= 0:
+        return
+    if (
+        key is not None
+        and session.scalars(select(table.id).where(table.tenant == tenant, table.idempotency_key == key)).first()
+    ):
+        return
+    active = session.scalar(
+        select(func.count()).select_from(Job).where(Job.tenant == tenant, Job.status.notin_(FINAL_STATUSES))
+    )
+    if int(active or 0) + adding > limit:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            f"your tenant has {active} unfinished jobs and this request adds {adding}; at most {limit} may be queued "
+            "or running at once (the server's LAYERCUT_TENANT_MAX_ACTIVE_JOBS). Wait for some to finish, or cancel "
+            "some, then submit again",
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
 
 
 # --- writing jobs ----------------------------------------------------------------------------------

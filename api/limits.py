@@ -2,6 +2,8 @@
 
 ``GuardRequests`` (pure ASGI) runs before routing:
 
+- a client address with too many failed key checks in the last minute (``LAYERCUT_AUTH_FAILURES_PER_MINUTE``) is
+  answered 429 with Retry-After before its key is even looked up;
 - every ``/v1`` request must carry a valid key (``layercut.api.deps.authenticate``, the same check as the routes'):
   without one the answer is 401 before a byte of the body is read, so an anonymous caller cannot make the server
   buffer, parse or spool anything;
@@ -18,12 +20,15 @@ pictures only (no scripts). An answer that sets its own policy (the ``/ui`` dash
 from __future__ import annotations
 
 import json
+import math
+import time
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import HTTPException, status
 
-from layercut.api.deps import TENANT_SCOPE_KEY, authenticate, bearer_secret
+from layercut.api.deps import TENANT_SCOPE_KEY, UNKNOWN_KEY, authenticate, bearer_secret
 from layercut.api.read_cache import read_cache_for
 from layercut.settings import Settings
 
@@ -79,12 +84,50 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+class FailedAuthentications:
+    """Failed key checks per client address over the last minute: past the limit, the address gets 429 (with
+    Retry-After) without its key being looked up, until its oldest failure is a minute old. Bounded: at most
+    ``MAX_ADDRESSES`` addresses are remembered, the least recently failing forgotten first."""
+
+    WINDOW = 60.0
+    MAX_ADDRESSES = 10_000
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.failures: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def _recent(self, address: str) -> deque[float]:
+        times = self.failures.get(address, deque())
+        cutoff = self.clock() - self.WINDOW
+        while times and times[0] <= cutoff:
+            times.popleft()
+        return times
+
+    def wait_seconds(self, address: str, limit: int) -> int:
+        """Seconds until ``address`` may try again (0: now)."""
+        if limit <= 0 or address not in self.failures:
+            return 0
+        times = self._recent(address)
+        if len(times) < limit:
+            return 0
+        return max(1, math.ceil(times[0] + self.WINDOW - self.clock()))
+
+    def record(self, address: str) -> None:
+        times = self._recent(address)
+        times.append(self.clock())
+        self.failures[address] = times
+        self.failures.move_to_end(address)
+        while len(self.failures) > self.MAX_ADDRESSES:
+            self.failures.popitem(last=False)
+
+
 class GuardRequests:
     """Key first (``/v1``), then a counted body; see the module's docstring."""
 
     def __init__(self, app: Any, settings_of: Callable[[], Settings]) -> None:
         self.app = app
         self.settings_of = settings_of
+        self.failed = FailedAuthentications()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -99,9 +142,22 @@ class GuardRequests:
                 settings.read_cache_entries,
                 settings.read_cache_seconds,
             )
+            address = (scope.get("client") or ("unknown", 0))[0]
+            wait = self.failed.wait_seconds(address, settings.auth_failures_per_minute)
+            if wait:
+                await _answer(
+                    send,
+                    status.HTTP_429_TOO_MANY_REQUESTS,
+                    f"too many failed authentications from your address ({settings.auth_failures_per_minute} a "
+                    f"minute at most); try again in {wait} s with a valid key",
+                    {"Retry-After": str(wait)},
+                )
+                return
             try:
                 tenant = await authenticate(settings, cache, bearer_secret(_header(scope, b"authorization")))
             except HTTPException as exc:
+                if exc.detail == UNKNOWN_KEY:  # a wrong key, not a missing one: what guessing looks like
+                    self.failed.record(address)
                 await _answer(send, exc.status_code, str(exc.detail), dict(exc.headers or {}))
                 return
             scope.setdefault("state", {})[TENANT_SCOPE_KEY] = tenant

@@ -23,7 +23,7 @@ from layercut.api.deps import settings_dep
 from layercut.api.limits import GuardRequests, SecurityHeaders
 from layercut.api.observe import RequestContext
 from layercut.api.routes import artifacts, datasets, health, jobs, models, pipelines, reports, ui
-from layercut.contracts.errors import LayercutError
+from layercut.contracts.errors import LayercutError, StorageFull, disk_full
 from layercut.contracts.kinds import STAGE_KINDS
 from layercut.jobs.service import get_dispatcher
 from layercut.settings import Settings, get_settings
@@ -151,7 +151,14 @@ def create_app(settings: Settings | None = None, run_embedded_jobs: bool = True)
             module.router,
             prefix="/v1",
             dependencies=[Depends(strict_query)],
-            responses={503: {"model": ErrorOut, "description": "the database is unavailable; retry later"}},
+            responses={
+                429: {
+                    "model": ErrorOut,
+                    "description": "too many requests: too many failed authentications from this address, or too "
+                    "many unfinished jobs of this tenant; wait for Retry-After seconds",
+                },
+                503: {"model": ErrorOut, "description": "the database is unavailable; retry later"},
+            },
         )
     app.include_router(ui.router)
 
@@ -187,6 +194,23 @@ def create_app(settings: Settings | None = None, run_embedded_jobs: bool = True)
         return JSONResponse(
             {"detail": str(exc), "code": getattr(exc, "code", "invalid_input")}, status_code=status.HTTP_400_BAD_REQUEST
         )
+
+    @app.exception_handler(StorageFull)
+    async def _storage_full(_request: Request, exc: StorageFull) -> JSONResponse:
+        # what the caller sent is fine: the volume (or its disk quota) is full; the route removed what it had written
+        log.error("the artifact volume is full: %s", exc)
+        return JSONResponse(
+            {"detail": StorageFull().args[0], "code": StorageFull.code},
+            status_code=status.HTTP_507_INSUFFICIENT_STORAGE,
+        )
+
+    @app.exception_handler(OSError)
+    async def _os_error(request: Request, exc: OSError) -> JSONResponse:
+        """A write that found the disk full (ENOSPC, EDQUOT), wherever a route met it, is a 507 naming no server
+        path; any other OSError goes on to the usual 500."""
+        if not disk_full(exc):
+            raise exc
+        return await _storage_full(request, StorageFull())
 
     @app.exception_handler(IntegrityError)
     async def _integrity_error(_request: Request, exc: IntegrityError) -> JSONResponse:

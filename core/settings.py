@@ -68,8 +68,35 @@ class Settings(BaseSettings):
     debug: bool = Field(False, description="the command line prints the traceback of an error, not only its message")
 
     upload_max_bytes: int = Field(2 * 1024**3, description="largest accepted upload (compressed)")
-    upload_max_unpacked_bytes: int = Field(8 * 1024**3, description="largest total size of an upload's members")
+    upload_max_unpacked_bytes: int = Field(
+        2 * 1024**3,
+        description="largest total size of an upload's members, checked on the sizes the archive declares before "
+        "anything is extracted and again on the bytes written",
+    )
     upload_max_members: int = Field(200_000, description="most files an uploaded archive may hold")
+    upload_max_ratio: float = Field(
+        200.0,
+        gt=1,
+        description="largest unpacked-to-packed size ratio of an archive member (zip) or of the whole archive (zip, "
+        "tar); only members and archives that unpack to 1 MiB or more are checked. Beyond it the upload is refused "
+        "as a likely zip bomb before anything is extracted",
+    )
+    upload_max_concurrent_extractions: int = Field(
+        2,
+        ge=1,
+        description="dataset uploads one API process saves and extracts at the same time; one more waits up to "
+        "upload_extraction_wait_seconds for a turn, then gets 503 with Retry-After",
+    )
+    upload_extraction_wait_seconds: float = Field(
+        10.0, ge=0, description="how long an upload waits for a free extraction slot before its 503"
+    )
+    tenant_quota_bytes: int = Field(
+        0,
+        ge=0,
+        description="bytes one tenant may keep under its folder of the artifact volume (uploaded datasets, imported "
+        "weights, job artifacts); an upload or import that would pass it is refused with 507 (0: no quota). Running "
+        "jobs are not stopped by it",
+    )
     json_max_bytes: int = Field(
         1024**2, ge=1, description="largest accepted request body that is not an upload (JSON); larger ones get 413"
     )
@@ -96,6 +123,18 @@ class Settings(BaseSettings):
         ge=0,
         description="how long a running job retries writing its progress and its final status through a database "
         "outage before giving up (its work is kept meanwhile)",
+    )
+    tenant_max_active_jobs: int = Field(
+        200,
+        ge=0,
+        description="most unfinished (queued or running) jobs one tenant may have; a submit beyond it is a 429 with "
+        "Retry-After (0: no limit). A pipeline counts its steps; a sweep's fan-out is not refused",
+    )
+    auth_failures_per_minute: int = Field(
+        30,
+        ge=0,
+        description="failed authentications one client address may make per minute before its requests are "
+        "answered 429 until the minute has passed (each API process counts its own; 0: no limit)",
     )
     cancel_grace_seconds: float = Field(
         30.0,

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, File, Form, Header, HTTPException, Query, Response, UploadFile, status
+from fastapi import APIRouter, Body, File, Form, Header, HTTPException, Query, Request, Response, UploadFile, status
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -35,7 +35,15 @@ from layercut.api.dataset_scan import DatasetScanError, ScanResult, builtin_scan
 from layercut.api.deps import SessionDep, SettingsDep, TenantDep
 from layercut.api.schemas.common import Page
 from layercut.api.schemas.datasets import BuiltinDatasetCreate, DatasetCreate, DatasetOut, FolderDatasetCreate
-from layercut.api.uploads import UploadRejected, dataset_root_in, extract_archive, remove_tree, save_upload
+from layercut.api.uploads import (
+    UploadRejected,
+    dataset_root_in,
+    extract_archive,
+    extraction_slots,
+    remove_tree,
+    save_upload,
+    tenant_quota,
+)
 from layercut.contracts.errors import without_root
 from layercut.settings import Settings
 from layercut.store.models import FINAL_STATUSES, Dataset, Job
@@ -208,10 +216,11 @@ def create_dataset(
     "/upload",
     response_model=DatasetOut,
     status_code=status.HTTP_201_CREATED,
-    responses={**CREATED, **error_responses(400, 401, 413, 415)},
+    responses={**CREATED, **error_responses(400, 401, 413, 415, 503, 507)},
     summary="Upload a zip or tar archive",
 )
 async def upload_dataset(
+    request: Request,
     response: Response,
     session: SessionDep,
     tenant: TenantDep,
@@ -228,38 +237,49 @@ async def upload_dataset(
 ) -> DatasetOut:
     """The archive is streamed to disk (413 past LAYERCUT_UPLOAD_MAX_BYTES), then extracted member by member into
     the tenant's dataset folder. Absolute names, `..`, symbolic and hard links, devices and fifos are refused
-    (422), as are archives with too many members or too many unpacked bytes (413); a refused upload leaves
-    nothing behind. A single top-level folder wrapping the data is looked through."""
+    (422), as are archives with too many members, too many unpacked bytes or compressed more than
+    LAYERCUT_UPLOAD_MAX_RATIO:1 (413, checked on the sizes the archive declares before anything is extracted).
+    An upload that would take the tenant past LAYERCUT_TENANT_QUOTA_BYTES, or that finds the artifact volume full,
+    is a 507; one that finds this server already extracting LAYERCUT_UPLOAD_MAX_CONCURRENT_EXTRACTIONS uploads
+    waits for a turn, then is a 503 with Retry-After. A refused upload leaves nothing behind. A single top-level
+    folder wrapping the data is looked through."""
     key = check_idempotency_key(idempotency_key)
-    base = tenant_root(settings, tenant) / "datasets"
+    home = tenant_root(settings, tenant)
+    base = home / "datasets"
     root = settings.resolved_artifact_root
-    try:
-        archive, sha, size = await save_upload(file, base / ".incoming", settings.upload_max_bytes)
-    except UploadRejected as exc:
-        raise HTTPException(exc.status_code, without_root(str(exc), root)) from None
-    digest = request_hash({"sha256": sha, "size": size, "name": name})
     dataset_id = uuid.uuid4()
     dest = base / str(dataset_id)
 
     def public(message: str) -> str:  # names inside the archive, never the server's folders
         return without_root(without_root(message, dest.resolve(), "the archive"), root)
 
+    slots = extraction_slots(request.app.state, settings.upload_max_concurrent_extractions)
     try:
-        await asyncio.to_thread(
-            extract_archive, archive, dest, settings.upload_max_members, settings.upload_max_unpacked_bytes
-        )
-        folder = dataset_root_in(dest.resolve())
-        scan = await asyncio.to_thread(_scan, folder, ("body", "file"), public)
+        async with slots.taken(settings.upload_extraction_wait_seconds):
+            quota = await asyncio.to_thread(tenant_quota, home, settings.tenant_quota_bytes)
+            archive, sha, size = await save_upload(file, base / ".incoming", settings.upload_max_bytes, quota)
+            try:
+                await asyncio.to_thread(
+                    extract_archive,
+                    archive,
+                    dest,
+                    settings.upload_max_members,
+                    settings.upload_max_unpacked_bytes,
+                    settings.upload_max_ratio,
+                    quota,
+                )
+                folder = dataset_root_in(dest.resolve())
+                scan = await asyncio.to_thread(_scan, folder, ("body", "file"), public)
+            except BaseException:
+                remove_tree(dest)
+                raise
+            finally:
+                archive.unlink(missing_ok=True)
     except UploadRejected as exc:
-        remove_tree(dest)
         if exc.status_code == 422:
             raise field_error(("body", "file"), public(str(exc))) from None
-        raise HTTPException(exc.status_code, public(str(exc))) from None
-    except BaseException:
-        remove_tree(dest)
-        raise
-    finally:
-        archive.unlink(missing_ok=True)
+        raise HTTPException(exc.status_code, public(str(exc)), headers=exc.headers) from None
+    digest = request_hash({"sha256": sha, "size": size, "name": name})
     row = Dataset(
         id=dataset_id,
         tenant=tenant,

@@ -31,7 +31,7 @@ from layercut.api.common import (
     request_hash,
     with_labels,
 )
-from layercut.api.crud import check_references, dispatch, get_tenant_job, job_out, job_summary
+from layercut.api.crud import check_capacity, check_references, dispatch, get_tenant_job, job_out, job_summary
 from layercut.api.deps import DispatcherDep, ReadCacheDep, SessionDep, SettingsDep, TenantDep
 from layercut.api.schemas.common import Page
 from layercut.api.schemas.jobs import (
@@ -98,6 +98,7 @@ def create_job(
         }
     )
     check_references(session, tenant, body.params)
+    check_capacity(session, settings, tenant, 1, key, Job)
     job = Job(
         id=uuid.uuid4(),
         tenant=tenant,

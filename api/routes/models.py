@@ -30,13 +30,13 @@ from layercut.api.common import (
     stored_file,
     tenant_root,
 )
-from layercut.api.crud import check_dataset, dispatch, get_tenant_model, job_out
+from layercut.api.crud import check_capacity, check_dataset, dispatch, get_tenant_model, job_out
 from layercut.api.deps import DispatcherDep, SessionDep, SettingsDep, TenantDep
 from layercut.api.safetensors_io import BadSafetensors, weights_format
 from layercut.api.schemas.common import Page
 from layercut.api.schemas.jobs import JobOut
 from layercut.api.schemas.models import ImportSpec, ModelOut
-from layercut.api.uploads import UploadRejected, save_upload
+from layercut.api.uploads import UploadRejected, save_upload, tenant_quota
 from layercut.contracts.files import IMPORTS_FOLDER, import_upload, weight_suffix
 from layercut.contracts.jobs import ImportParams
 from layercut.jobs import retention
@@ -118,7 +118,7 @@ def download_checkpoint(
     summary="Import a model trained elsewhere",
     responses={
         200: {"model": JobOut, "description": "an earlier request with this Idempotency-Key made it"},
-        **error_responses(400, 401, 409, 413),
+        **error_responses(400, 401, 409, 413, 507),
     },
 )
 async def import_model(
@@ -164,9 +164,13 @@ async def import_model(
             raise field_error(("body", "spec", *first["loc"]), first["msg"], first["type"]) from None
         raise field_error(("body", "spec"), "spec must be a JSON object") from None
     check_dataset(session, tenant, dataset_id, ("body", "dataset_id"))
+    check_capacity(session, settings, tenant, 1, key, Job)
     root = tenant_root(settings, tenant)
+    quota = await asyncio.to_thread(tenant_quota, root, settings.tenant_quota_bytes)
     try:
-        upload, sha, size = await save_upload(weights, root / IMPORTS_FOLDER / ".incoming", settings.upload_max_bytes)
+        upload, sha, size = await save_upload(
+            weights, root / IMPORTS_FOLDER / ".incoming", settings.upload_max_bytes, quota
+        )
     except UploadRejected as exc:
         raise HTTPException(exc.status_code, str(exc)) from None
     try:

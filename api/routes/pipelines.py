@@ -31,6 +31,7 @@ from layercut.api.common import (
 )
 from layercut.api.crud import (
     add_pipeline_jobs,
+    check_capacity,
     check_dataset,
     check_model_ref,
     derived_status,
@@ -289,6 +290,7 @@ def create_pipeline(
         request_hash=digest if key else None,
     )
     steps = plan_steps(body)
+    check_capacity(session, settings, tenant, len(steps), key, Pipeline)
     session.add(pipeline)
     try:
         session.flush()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 
 from pydantic import ValidationError
@@ -26,6 +27,31 @@ class MissingResourceError(LayercutError):
     """Something that must be present locally is not (pretrained weights, a named dataset)."""
 
     code = "missing_resource"
+
+
+class StorageFull(LayercutError):
+    """The artifact volume is full (``ENOSPC``) or its disk quota is spent (``EDQUOT``): nothing the caller sent is
+    wrong; space must be freed. The API answers it with 507, a job ends ``failed`` with this code."""
+
+    code = "storage_full"
+
+    def __init__(self, message: str = "storage_full: the artifact volume is full; free space or raise the quota"):
+        super().__init__(message)
+
+
+DISK_FULL_ERRNOS = frozenset(n for n in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if n is not None)
+"""The errors of a write that found no room: the volume is full, or the user's disk quota is."""
+
+
+def disk_full(exc: BaseException | None) -> bool:
+    """Whether ``exc``, or an error it was raised from or while handling, is a write that found the disk full."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, StorageFull) or (isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS):
+            return True
+        exc = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    return False
 
 
 class Cancelled(Exception):

@@ -24,7 +24,7 @@ from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.orm import Session
 
 from layercut import telemetry
-from layercut.contracts.errors import Cancelled, LayercutError, without_root
+from layercut.contracts.errors import Cancelled, LayercutError, StorageFull, disk_full, without_root
 from layercut.contracts.jobs import JobParams
 from layercut.jobs import pipelines
 from layercut.jobs.dispatch import Dispatcher
@@ -185,6 +185,9 @@ def run_claimed(session: Session, repo: JobRepository, job: Job, settings: Setti
         session.rollback()
         log.info("job %s failed: %s: %s", job.id, exc.code, exc)
         error_code, message = exc.code, without_root(str(exc), root)
+        if isinstance(exc, StorageFull):
+            error_code, message = classify_crash(exc)
+            clear_partial_files(out)
         durably(lambda: repo.fail(job.id, error_code, message, attempt=job.attempts), "recording the failure")
         return current_status(repo, job.id)
     except BaseException as exc:
@@ -192,6 +195,9 @@ def run_claimed(session: Session, repo: JobRepository, job: Job, settings: Setti
         code, message = classify_crash(exc)
         if code == "internal_error":
             log.exception("job %s crashed", job.id)
+        elif code == "storage_full":
+            log.error("job %s stopped: the artifact volume is full: %s", job.id, exc)
+            clear_partial_files(out)
         shown = without_root(message, root)
         durably(lambda: repo.fail(job.id, code, shown, attempt=job.attempts), "recording the failure")
         if not isinstance(exc, Exception):  # KeyboardInterrupt / SystemExit: record, then let it go on
@@ -217,8 +223,27 @@ def empty_folder(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def clear_partial_files(out: Path) -> None:
+    """Empty the job's folder of what it half wrote (a disk that filled up): nothing of a failed attempt stays to
+    take space or be mistaken for a result. Best effort: what cannot be removed now the reaper removes later."""
+    if out.is_dir():
+        for child in list(out.iterdir()):
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+
+
+STORAGE_FULL_MESSAGE = (
+    "storage_full: the artifact volume is full (no space left on device, or the disk quota is spent) while the job "
+    "wrote its files; its partial files were removed. Free space (delete datasets, models or finished jobs you no "
+    "longer need) or raise the quota, then run it again"
+)
+
+
 def classify_crash(exc: BaseException) -> tuple[str, str]:
-    """The error code and message of an unexpected exception: ``time_limit`` for Celery's soft limit, else
+    """The error code and message of an unexpected exception: ``time_limit`` for Celery's soft limit,
+    ``storage_full`` for a write that found the disk full (ENOSPC or EDQUOT, also when a library wrapped it), else
     ``internal_error``."""
     try:  # imported here: an API process running jobs embedded never needs celery
         from celery.exceptions import SoftTimeLimitExceeded
@@ -226,6 +251,8 @@ def classify_crash(exc: BaseException) -> tuple[str, str]:
         SoftTimeLimitExceeded = ()  # type: ignore[assignment]
     if SoftTimeLimitExceeded and isinstance(exc, SoftTimeLimitExceeded):
         return "time_limit", "the job ran past its time limit (LAYERCUT_TASK_SOFT_TIME_LIMIT) and was stopped"
+    if disk_full(exc):
+        return "storage_full", STORAGE_FULL_MESSAGE
     return "internal_error", f"{type(exc).__name__}: {exc}"
 
 

@@ -91,8 +91,8 @@ def min_image_size(arch: str) -> int:
 def check_image_size(image_size: int, arch: str | None = None) -> None:
     smallest = min_image_size(arch) if arch is not None else MIN_IMAGE_SIZE
     if image_size < smallest:
-        what = f"for {arch} " if arch is not None and smallest > MIN_IMAGE_SIZE else ""
-        raise LayercutError(f"image size {image_size} is too small {what}: the smallest supported is {smallest} px")
+        what = f" for {arch}" if arch is not None and smallest > MIN_IMAGE_SIZE else ""
+        raise LayercutError(f"image size {image_size} is too small{what}: the smallest supported is {smallest} px")
 
 
 def _timm_name(arch: str) -> str:

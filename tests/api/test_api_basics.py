@@ -9,6 +9,7 @@ from pathlib import Path
 
 from layercut.api.main import create_app
 from layercut.settings import Settings
+from layercut.testing.api_env import make_env
 
 ROOT = Path(__file__).resolve().parents[2]
 OPEN_PATHS = {"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
@@ -60,7 +61,8 @@ def _concrete(path: str) -> str:
     )
 
 
-def test_every_v1_route_needs_a_valid_key(env):
+def test_every_v1_route_needs_a_valid_key(postgres_url, tmp_path):
+    env = make_env(postgres_url, tmp_path, auth_failures_per_minute=0)  # one wrong key per route, 30 routes
     spec = env.client.get("/openapi.json").json()
     routes = [(p, m.upper()) for p, ops in spec["paths"].items() for m in ops if p.startswith("/v1")]
     assert len(routes) >= 17

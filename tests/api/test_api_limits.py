@@ -344,3 +344,52 @@ def test_batch_sizes_and_seeds_are_bounded(env, kind, section, field, value):
     response = env.client.post("/v1/jobs", json=body, headers=env.headers)
     assert response.status_code == 422, response.text
     assert response.json()["detail"][0]["loc"][-1] == field
+
+
+def test_a_tenant_cannot_fill_the_queues(postgres_url, tmp_path):
+    """Past LAYERCUT_TENANT_MAX_ACTIVE_JOBS unfinished jobs, a submit is a 429 with Retry-After; another tenant is
+    not affected, a repeated request still gets what it made, and room frees up as jobs end."""
+    env = make_env(postgres_url, tmp_path, tenant_max_active_jobs=3)
+    model = env.model()
+    analyze = {"params": {"kind": "analyze", "model": {"model_id": model}}}
+    made = [env.client.post("/v1/jobs", json=analyze, headers=env.headers) for _ in range(3)]
+    assert [r.status_code for r in made] == [201, 201, 201]
+    refused = env.client.post("/v1/jobs", json=analyze, headers=env.headers)
+    assert refused.status_code == 429 and refused.headers["Retry-After"] == "30"
+    assert "3 unfinished jobs" in refused.json()["detail"] and "LAYERCUT_TENANT_MAX_ACTIVE_JOBS" in refused.text
+    pipeline = env.client.post("/v1/pipelines", json={"model_id": model}, headers=env.headers)
+    assert pipeline.status_code == 429  # its steps count too
+    other_model = env.model(env.other_tenant)
+    other = {"params": {"kind": "analyze", "model": {"model_id": other_model}}}
+    assert env.client.post("/v1/jobs", json=other, headers=env.other_headers).status_code == 201
+    assert env.client.post(f"/v1/jobs/{made[0].json()['id']}/cancel", headers=env.headers).status_code == 200
+    again = env.client.post("/v1/jobs", json=analyze, headers={**env.headers, "Idempotency-Key": "k1"})
+    assert again.status_code == 201  # a cancelled (queued) job frees its place
+    repeated = env.client.post("/v1/jobs", json=analyze, headers={**env.headers, "Idempotency-Key": "k1"})
+    assert repeated.status_code == 200 and repeated.json()["id"] == again.json()["id"]
+    env.client.close()
+
+
+def test_failed_authentications_are_rate_limited_per_address(postgres_url, tmp_path):
+    env = make_env(postgres_url, tmp_path, auth_failures_per_minute=5)
+    wrong = {"Authorization": "Bearer lc_wrong"}
+    answers = [env.client.get("/v1/jobs", headers=wrong).status_code for _ in range(8)]
+    assert answers == [401] * 5 + [429] * 3
+    limited = env.client.get("/v1/jobs", headers=env.headers)  # the address is limited, whatever key it sends now
+    assert limited.status_code == 429 and 1 <= int(limited.headers["Retry-After"]) <= 60
+    assert "too many failed authentications" in limited.json()["detail"]
+    env.client.close()
+
+
+def test_the_failure_window_slides():
+    from layercut.api.limits import FailedAuthentications
+
+    now = [0.0]
+    failed = FailedAuthentications(clock=lambda: now[0])
+    for _ in range(3):
+        failed.record("10.0.0.7")
+    assert failed.wait_seconds("10.0.0.7", 3) == 60 and failed.wait_seconds("10.0.0.8", 3) == 0
+    now[0] = 45.0
+    assert failed.wait_seconds("10.0.0.7", 3) == 15
+    now[0] = 60.5
+    assert failed.wait_seconds("10.0.0.7", 3) == 0

@@ -22,7 +22,11 @@ from layercut.store.models import ApiKey
 from layercut.testing.api_env import RecordingDispatcher
 
 SETTINGS = Settings(
-    upload_max_bytes=100_000, upload_max_unpacked_bytes=100_000, upload_max_members=100, callback_secret="fuzzed-api"
+    upload_max_bytes=100_000,
+    upload_max_unpacked_bytes=100_000,
+    upload_max_members=100,
+    callback_secret="fuzzed-api",
+    auth_failures_per_minute=0,  # the fuzzer sends wrong keys on purpose, hundreds of them
 )
 APP = create_app(SETTINGS, run_embedded_jobs=False)  # dispatch is faked: no executor, no reaper
 APP.dependency_overrides[dispatcher_dep] = RecordingDispatcher
