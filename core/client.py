@@ -253,8 +253,9 @@ class LayercutClient:
         idempotency_key: str | None = None,
         **extra: Any,
     ) -> dict[str, Any]:
-        """Register a built-in dataset (``builtin="textures"``) or a server-side folder (under the
-        server's LAYERCUT_DATASET_ROOTS). Returns the dataset (id, classes, counts per split)."""
+        """Register a built-in dataset (``builtin="textures"``) or a server-side folder (under your tenant's folder
+        of one of the server's LAYERCUT_DATASET_ROOTS, ``<root>/<tenant>/…``). Returns the dataset (id, classes,
+        counts per split)."""
         if (builtin is None) == (folder is None):
             raise ValueError("give exactly one of builtin= or folder=")
         payload: dict[str, Any] = {"name": name, **extra}

@@ -99,33 +99,45 @@ def _insert(
     return dataset_out(row)
 
 
-def resolve_registered_folder(settings: Settings, given: str) -> Path:
-    """The real folder behind ``given`` (symlinks resolved); 422 on ``path`` unless it lies under a dataset root."""
-    loc = ("body", "path")
+def tenant_dataset_roots(settings: Settings, tenant: str) -> list[Path]:
+    """The folders under which ``tenant`` may register datasets: its own folder, ``<root>/<tenant>``, of each
+    dataset root (another tenant's folders, and anything else on the server, are out of its reach)."""
     roots = []
     for root in settings.dataset_roots:
         try:
-            roots.append(Path(root).resolve())
+            roots.append((Path(root) / tenant).resolve())
         except (OSError, RuntimeError):
             continue
-    if not roots:
+    return roots
+
+
+def resolve_registered_folder(settings: Settings, tenant: str, given: str) -> Path:
+    """The real folder behind ``given`` (symlinks resolved); 422 on ``path`` unless it lies under one of the
+    tenant's dataset roots. A path outside them gets the same answer whether or not it exists, and no answer names
+    the server's folders."""
+    loc = ("body", "path")
+    if not settings.dataset_roots:
         raise field_error(
             loc,
             "this server has no dataset roots configured (LAYERCUT_DATASET_ROOTS); upload an archive instead",
             "forbidden",
         )
+    not_yours = field_error(
+        loc,
+        f"{given!r} is not in your tenant's dataset folders: put the data under your tenant's folder of a dataset "
+        "root on the server (the operator knows where; LAYERCUT_DATASET_ROOTS/<tenant>/), or upload an archive",
+        "forbidden",
+    )
+    if not Path(given).is_absolute():
+        raise field_error(loc, "give an absolute path")
     try:
-        if not Path(given).is_absolute():
-            raise field_error(loc, "give an absolute path")
-        path = Path(given).resolve(strict=True)
+        path = Path(given).resolve(strict=False)  # no existence check before the containment check
     except (OSError, RuntimeError, ValueError):
-        raise field_error(loc, f"folder {given!r} does not exist", "not_found") from None
-    if not any(path.is_relative_to(root) for root in roots):
-        raise field_error(
-            loc,
-            f"{given!r} is outside the dataset roots this server allows ({', '.join(map(str, roots))})",
-            "forbidden",
-        )
+        raise not_yours from None
+    if not any(path.is_relative_to(root) for root in tenant_dataset_roots(settings, tenant)):
+        raise not_yours
+    if not path.exists():
+        raise field_error(loc, f"folder {given!r} does not exist in your dataset folders", "not_found")
     if not path.is_dir():
         raise field_error(loc, f"{given!r} is not a folder")
     return path
@@ -161,15 +173,15 @@ def create_dataset(
     body: Annotated[DatasetCreate, Body(openapi_examples=CREATE_EXAMPLES)],
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", description=IDEMPOTENCY_HEADER_DOC)] = None,
 ) -> DatasetOut:
-    """`{"kind": "folder", "path": …}` registers a server folder that lies (after resolving symlinks) under one of
-    the configured dataset roots; `{"kind": "builtin", "builtin": "textures" | "digits" | "scenes"}` an offline set
+    """`{"kind": "folder", "path": …}` registers a server folder that lies (after resolving symlinks) under the
+    caller's tenant folder of one of the configured dataset roots (`<root>/<tenant>/…`); `{"kind": "builtin", "builtin": "textures" | "digits" | "scenes"}` an offline set
     (registered once per tenant: the same built-in again answers 200 with the existing dataset, unless a `name` is
     given). The folder is scanned (names only): the answer gives the classes and the image count per split and
     class."""
     key = check_idempotency_key(idempotency_key)
     digest = request_hash(body.model_dump(mode="json"))
     if isinstance(body, FolderDatasetCreate):
-        folder = resolve_registered_folder(settings, body.path)
+        folder = resolve_registered_folder(settings, tenant, body.path)
         scan = _scan(folder, ("body", "path"))
         row = Dataset(
             tenant=tenant,

@@ -43,6 +43,7 @@ from layercut.api.schemas.jobs import (
     JobSummary,
 )
 from layercut.contracts.kinds import STAGE_KINDS
+from layercut.jobs.lifecycle import finished
 from layercut.jobs.retention import delete_jobs
 from layercut.settings import Settings
 from layercut.store.db import get_sessionmaker
@@ -240,17 +241,25 @@ def list_jobs(
     "/{job_id}/cancel", response_model=JobOut, responses=error_responses(401, 404, 409), summary="Cancel a job"
 )
 def cancel_job(
-    request: Request, job_id: uuid.UUID, session: SessionDep, tenant: TenantDep, cache: ReadCacheDep
+    request: Request,
+    job_id: uuid.UUID,
+    session: SessionDep,
+    tenant: TenantDep,
+    cache: ReadCacheDep,
+    settings: SettingsDep,
+    dispatcher: DispatcherDep,
 ) -> JobOut:
     """A queued job ends `cancelled` at once; a running one goes to `cancelling` and stops at its next check.
     A finished job is a 409."""
     job = get_tenant_job(session, tenant, job_id)
     if job.status in FINAL_STATUSES:
         raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} already ended ({job.status})")
-    JobRepository(session).request_cancel(job.id)
+    ended = JobRepository(session).request_cancel(job.id) == "cancelled"
     if cache is not None:  # read-your-writes in this process without waiting for the notification
         cache.evict("job", str(job.id))
     session.refresh(job)
+    if ended:  # cancelled while queued: no worker will end it, so its pipeline and callback are told here
+        finished(settings, job.id, dispatcher)
     return job_out(request, session, job)
 
 

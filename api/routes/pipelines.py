@@ -57,7 +57,7 @@ from layercut.contracts.jobs import (
 )
 from layercut.contracts.kinds import StageKind
 from layercut.contracts.plan import GIVEN, InputRole, PlanStep, cut_rule, pipeline_plan
-from layercut.jobs import retention
+from layercut.jobs import callbacks, retention
 from layercut.store.jobs import JobRepository
 from layercut.store.models import FINAL_STATUSES, Job, Pipeline, utcnow
 
@@ -338,7 +338,9 @@ def list_pipelines(
     responses=error_responses(401, 404, 409),
     summary="Cancel a pipeline",
 )
-def cancel_pipeline(pipeline_id: uuid.UUID, session: SessionDep, tenant: TenantDep) -> PipelineOut:
+def cancel_pipeline(
+    pipeline_id: uuid.UUID, session: SessionDep, tenant: TenantDep, settings: SettingsDep
+) -> PipelineOut:
     """Cancels every unfinished step (queued ones at once, a running one at its next check); 409 when every step
     already ended."""
     row = get_tenant_pipeline(session, tenant, pipeline_id)
@@ -361,6 +363,10 @@ def cancel_pipeline(pipeline_id: uuid.UUID, session: SessionDep, tenant: TenantD
         if row.status == "cancelled":
             row.finished_at = utcnow()
         session.commit()
+        if row.status == "cancelled":  # it ended here, with no worker to tell anyone: its callbacks go now
+            for job in open_steps:
+                callbacks.job_finished(settings, job.id)
+            callbacks.pipeline_finished(settings, row.id)
     return pipeline_out(session, row)
 
 

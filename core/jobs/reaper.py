@@ -17,7 +17,7 @@ import threading
 import uuid
 from datetime import timedelta
 
-from layercut.jobs import pipelines
+from layercut.jobs import callbacks, pipelines
 from layercut.jobs.dispatch import Dispatcher, DispatchError, InspectableDispatcher
 from layercut.jobs.lifecycle import finished
 from layercut.jobs.retention import expire, remove_orphans
@@ -53,6 +53,7 @@ def reap(settings: Settings, dispatcher: Dispatcher) -> dict[str, list[str]]:
         finished(settings, job_id, dispatcher)
     expired = expire(settings)
     orphans = remove_orphans(settings)
+    callbacks.deliver_due(settings)  # what the outbox still holds: after a restart, or a failed attempt's retry
     result = {
         "requeued": [str(i) for i in outcome["requeued"]],
         "failed": [str(i) for i in outcome["failed"]],

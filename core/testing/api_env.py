@@ -52,7 +52,8 @@ class Env:
 
     # --- builders --------------------------------------------------------------------------------
     def image_folder(self, name: str = "ds", classes=("cat", "dog"), per_class: int = 3, split: bool = False) -> Path:
-        root = self.tmp / "roots" / name
+        """A folder of (fake) images in the tenant's own folder of the dataset root, where it may register it."""
+        root = self.tmp / "roots" / self.tenant / name
         for split_name in ("train", "val") if split else ("",):
             for c in classes:
                 folder = root / split_name / c if split_name else root / c

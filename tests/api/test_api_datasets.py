@@ -40,16 +40,40 @@ def test_folder_outside_the_roots_is_rejected(env, case):
     path = {
         "outside": str(outside),
         "relative": "roots/ds",
-        "missing": str(env.tmp / "roots" / "nope"),
-        "traversal": str(env.tmp / "roots" / ".." / "elsewhere" / "data"),
+        "missing": str(env.tmp / "roots" / env.tenant / "nope"),
+        "traversal": str(env.tmp / "roots" / env.tenant / ".." / ".." / "elsewhere" / "data"),
     }.get(case)
     if case == "symlink_escape":
-        link = env.tmp / "roots" / "innocent"
+        link = env.tmp / "roots" / env.tenant / "innocent"
+        link.parent.mkdir(parents=True, exist_ok=True)
         os.symlink(outside, link)
         path = str(link)
     response = env.client.post("/v1/datasets", json={"kind": "folder", "path": path}, headers=env.headers)
     assert response.status_code == 422, response.text
     assert _detail(response)["loc"] == ["body", "path"]
+
+
+def test_a_tenant_reaches_only_its_own_folder_and_learns_nothing_of_the_rest(env):
+    """Another tenant's folder, a server file and a path that does not exist outside the tenant's folder all get
+    the same answer, which names no server folder; inside its own folder a tenant is told what is missing."""
+    theirs = env.tmp / "roots" / env.other_tenant / "pets"
+    for c in ("cat", "dog"):
+        (theirs / c).mkdir(parents=True, exist_ok=True)
+        (theirs / c / "1.png").write_bytes(b"x")
+
+    def answer(path: str) -> dict:
+        response = env.client.post("/v1/datasets", json={"kind": "folder", "path": path}, headers=env.headers)
+        assert response.status_code == 422, response.text
+        return _detail(response)
+
+    paths = [str(theirs), "/etc/shadow", "/etc/no-such-file", str(env.tmp / "roots")]
+    answers = [answer(path) for path in paths]
+    messages = {a["msg"].replace(repr(path), "PATH") for a, path in zip(answers, paths)}
+    assert len(messages) == 1 and all(a["type"] == "forbidden" for a in answers)
+    assert str(env.tmp) not in messages.pop()  # no server folder named
+    assert "does not exist in your dataset folders" in answer(str(env.tmp / "roots" / env.tenant / "nope"))["msg"]
+    mine = env.client.post("/v1/datasets", json={"kind": "folder", "path": str(theirs)}, headers=env.other_headers)
+    assert mine.status_code == 201, mine.text  # the owner registers it
 
 
 def test_no_roots_configured_refuses_folders(postgres_url, tmp_path):

@@ -305,3 +305,46 @@ def test_labels_find_jobs_and_pipelines_and_every_list_sorts_both_ways(env):
     for path in ("/v1/datasets", "/v1/models", "/v1/pipelines"):
         newest = walk(env, path)
         assert walk(env, path, sort="created_at") == list(reversed(newest)), path
+
+
+def test_cancelling_a_queued_job_or_pipeline_sends_their_callbacks(env):
+    """Nothing runs a job cancelled while queued, so the API tells its callback (and its pipeline's) itself."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from layercut.testing.workers import wait_for
+
+    received: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    hook = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    try:
+        model = env.model()
+        job = env.client.post(
+            "/v1/jobs",
+            json={"params": {"kind": "analyze", "model": {"model_id": model}}, "callback_url": hook},
+            headers=env.headers,
+        ).json()
+        pipeline = env.client.post(
+            "/v1/pipelines", json={"model_id": model, "callback_url": hook}, headers=env.headers
+        ).json()
+        assert env.client.post(f"/v1/jobs/{job['id']}/cancel", headers=env.headers).json()["status"] == "cancelled"
+        assert env.client.post(f"/v1/pipelines/{pipeline['id']}/cancel", headers=env.headers).status_code == 200
+        wait_for(lambda: len(received) >= 2, 15, 0.05, what="the two callbacks")
+    finally:
+        server.shutdown()
+        server.server_close()
+    by_id = {r["id"]: r for r in received}
+    assert by_id[job["id"]]["status"] == "cancelled" and by_id[pipeline["id"]]["status"] == "cancelled"
+    assert by_id[pipeline["id"]]["type"] == "pipeline"
