@@ -157,6 +157,10 @@ def create_app(settings: Settings | None = None, run_embedded_jobs: bool = True)
                     "description": "too many requests: too many failed authentications from this address, or too "
                     "many unfinished jobs of this tenant; wait for Retry-After seconds",
                 },
+                405: {
+                    "model": ErrorOut,
+                    "description": "this path does not take this method (the Allow header lists those it does)",
+                },
                 503: {"model": ErrorOut, "description": "the database is unavailable; retry later"},
             },
         )
