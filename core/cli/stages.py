@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 
@@ -29,30 +29,13 @@ from layercut.cli.progress import stage_bars
 from layercut.contracts.configs import (
     AnalyzeConfig,
     CompareConfig,
-    DataConfig,
     ExplainConfig,
     SelectConfig,
     SweepConfig,
     TruncateConfig,
 )
-from layercut.stages.progress import Reporter
 
 TRAINED_OUT_HELP = "output folder: model.safetensors, metrics.json, pictures"
-
-
-def _load_checkpoint_data(checkpoint: Path, source: str | None, data_root: str | None, reporter: Reporter) -> Any:
-    """The dataset a checkpoint was trained on (at its image size), unless ``source`` names another one."""
-    from layercut.local import read_data
-    from layercut.stages.checkpoint import read_spec
-
-    spec = read_spec(checkpoint)
-    config = DataConfig.model_validate(spec.data) if spec.data else DataConfig(image_size=spec.image_size)
-    update: dict[str, Any] = {"image_size": spec.image_size}
-    if data_root is not None:
-        update["data_root"] = data_root
-    if source is not None:
-        update["source"] = source
-    return read_data(config.model_copy(update=update), reporter)
 
 
 def _class_names_of(checkpoint: Path) -> Callable[[], list[str]]:
@@ -147,7 +130,9 @@ def analyze(
         device=device,
     )
     with stage_bars(not quiet) as reporter:
-        dataset = _load_checkpoint_data(checkpoint, data, data_root, reporter)
+        from layercut.local import checkpoint_data
+
+        dataset = checkpoint_data(checkpoint, data, data_root, reporter)
         analysis = analyze_stage(checkpoint, dataset, config, out, reporter=reporter)
     if as_json:
         print_result(analysis, WITHOUT_MATRIX)
@@ -214,7 +199,9 @@ def retrain(
         head_init,
     )
     with stage_bars(not quiet) as reporter:
-        dataset = _load_checkpoint_data(checkpoint, data, data_root, reporter)
+        from layercut.local import checkpoint_data
+
+        dataset = checkpoint_data(checkpoint, data, data_root, reporter)
         summary = retrain_stage(checkpoint, dataset, config, out, from_scratch=from_scratch, reporter=reporter)
     if as_json:
         print_result(summary, WITHOUT_HISTORY)
@@ -272,7 +259,9 @@ def select(
         head_init,
     )
     with stage_bars(not quiet) as reporter:
-        dataset = _load_checkpoint_data(checkpoint, data, data_root, reporter)
+        from layercut.local import checkpoint_data
+
+        dataset = checkpoint_data(checkpoint, data, data_root, reporter)
         result = select_stage(checkpoint, dataset, analysis, config, training, out, dropout, from_scratch, reporter)
     if as_json:
         print_result(result)
@@ -333,7 +322,9 @@ def sweep(
     )
     sweep_indices(load_checkpoint(checkpoint)[0], config.cuts)  # a wrong cut point name fails before the data loads
     with stage_bars(not quiet) as reporter:
-        dataset = _load_checkpoint_data(checkpoint, data, data_root, reporter)
+        from layercut.local import checkpoint_data
+
+        dataset = checkpoint_data(checkpoint, data, data_root, reporter)
         result = sweep_stage(checkpoint, dataset, config, training, out, analysis, from_scratch, reporter)
     if as_json:
         print_result(result)
@@ -359,7 +350,9 @@ def compare(
 
     config = CompareConfig(latency_repeats=repeats, device=device)
     with stage_bars(not quiet) as reporter:
-        dataset = _load_checkpoint_data(base, data, data_root, reporter)
+        from layercut.local import checkpoint_data
+
+        dataset = checkpoint_data(base, data, data_root, reporter)
         result = compare_stage(base, slim, dataset, config, out, reporter)
     if as_json:
         print_result(result)
@@ -409,7 +402,9 @@ def explain(
         device=device,
     )
     with stage_bars(not quiet) as reporter:
-        dataset = _load_checkpoint_data(model, data, data_root, reporter)
+        from layercut.local import checkpoint_data
+
+        dataset = checkpoint_data(model, data, data_root, reporter)
         result = explain_stage(model, dataset, config, out, reporter=reporter, compare_checkpoint=compare_with)
     if as_json:
         print_result(result)

@@ -258,6 +258,12 @@ def _input_channels(model: nn.Module) -> int:
 
 def graph_cut_points(model: nn.Module) -> tuple[fx.GraphModule, list[tuple[str, fx.Node]]]:
     """The traced model and its cut points: ``(unit name, the node that leaves the unit)`` in depth order."""
+    module, points, _ = _traced_cut_points(model)
+    return module, points
+
+
+def _traced_cut_points(model: nn.Module) -> tuple[fx.GraphModule, list[tuple[str, fx.Node]], set[fx.Node]]:
+    """``graph_cut_points``, and the nodes on an input-to-output path (which the segments are made of)."""
     from layercut.stages.cutpoints import ACTIVATIONS  # cutpoints imports this module for its fallback rule
 
     module = trace(model)
@@ -277,7 +283,7 @@ def graph_cut_points(model: nn.Module) -> tuple[fx.GraphModule, list[tuple[str, 
     found.sort(key=operator.itemgetter(0))
     head = _head_child(model)
     features = [item for item in found if head is None or not _within(item[1], head)]
-    return module, [(name, node) for _, name, node in (features or found)]
+    return module, [(name, node) for _, name, node in (features or found)], on_path
 
 
 def _within(name: str, prefix: str) -> bool:
@@ -326,12 +332,11 @@ def graph_sequence(model: nn.Module) -> list[NamedModule]:
     cached = _SEQUENCES.get(model)
     if cached is not None:
         return cached
-    module, points = graph_cut_points(model)
+    module, points, on_path = _traced_cut_points(model)
     if not points:
         raise LayercutError(
             f"{type(model).__name__} has no cut points: no block or activation of it leaves a single feature map"
         )
-    _, on_path = chokepoints(module.graph)
     unit_types = {name: type(unit).__name__ for name, unit in units(model)}
     sequence: list[NamedModule] = []
     start: fx.Node | None = None

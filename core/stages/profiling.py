@@ -191,21 +191,9 @@ def measure_latency(
     finally:
         model.to(original_device)
         torch.set_num_threads(original_threads)
-    ordered = sorted(times)
-    return {
-        "device": _device_name(dev),
-        "device_type": dev.type,
-        "threads": threads_used,
-        "batch_size": int(input_shape[0]),
-        "input_shape": [int(v) for v in input_shape],
-        "warmup": warmup,
-        "repeats": len(times),
-        "median_ms": float(statistics.median(times)),
-        "p10_ms": float(_percentile(ordered, 0.10)),
-        "p90_ms": float(_percentile(ordered, 0.90)),
-        "mean_ms": float(statistics.fmean(times)),
-        "times_ms": [float(t) for t in times],
-    }
+    return latency_summary(
+        times, input_shape, device=_device_name(dev), device_type=dev.type, threads=threads_used, warmup=warmup
+    )
 
 
 def checkpoint_bytes(path: str | os.PathLike[str]) -> int:
