@@ -2,8 +2,9 @@
 
 Not a test: it prints a table and the speed-ups against a baseline measured in the same run.
 
-ours      guided_backprop_maps (one forward per batch capturing every cut point, one backward per cut
-          point) -> map_images -> similarity_matrix (batched float64 torch SSIM) -> cut_curve
+ours      the analyze stage's streamed maps (stream_maps): per GBP batch one forward capturing every cut
+          point and one backward per cut point, map_images, the batch added to the SSIM sums (batched
+          float64 torch SSIM) and written to gbp_maps.npz, then dropped -> cut_curve
 baseline  captum NeuronGuidedBackprop(model, layer) once per cut point over the whole probe batch
           (neuron_selector sums the layer's output per example) -> the same map_images ->
           skimage.metrics.structural_similarity(a, b, channel_axis=0, data_range=1.0) for every pair of
@@ -15,8 +16,12 @@ sample of the built-in ``textures`` validation split, normalised with the train 
 mean/std as the analyze stage does). The map normalisation is the same function on both sides; it is
 timed in its own column and counted in both totals.
 
+Peak memory: each timed run of each side runs in a forked child process (so that neither side reuses memory the
+other freed), where a thread samples the resident memory every 10 ms; a side's peak is reported as what it added
+to the resident memory it started from (the parent's, with the model and probes loaded) and as the absolute peak.
+
 Run:  .venv/bin/python bench/analyze.py [--arch vgg16 --image-size 64 --probes 32 --repeats 3]
-      [--device cuda] [--json result.json]
+      [--threads 1] [--device cuda] [--memory-budget MIB] [--skip-baseline] [--json result.json]
 Exit status 1 when the two sides' cut curves differ by more than --tolerance (default 1e-4).
 """
 
@@ -25,8 +30,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import statistics
 import sys
+import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -35,11 +43,14 @@ import environment  # noqa: E402  (bench/environment.py)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from layercut.stages.analysis_maps import stream_maps  # noqa: E402
+from layercut.stages.analysis_memory import plan_memory, resident_bytes  # noqa: E402
 from layercut.stages.architectures import ARCHITECTURES, build_model  # noqa: E402
 from layercut.stages.curves import cut_curve  # noqa: E402
 from layercut.stages.cutpoints import ACTIVATIONS, cut_points, feature_sequence  # noqa: E402
 from layercut.stages.data import dataset_statistics, load_dataset, stratified_sample  # noqa: E402
-from layercut.stages.gbp import GBP_RULES, guided_backprop_maps, map_images  # noqa: E402
+from layercut.stages.gbp import GBP_RULES, map_images  # noqa: E402
+from layercut.stages.progress import SILENT  # noqa: E402
 from layercut.stages.ssim import similarity_matrix  # noqa: E402
 from layercut.stages.training import normalise  # noqa: E402
 
@@ -88,6 +99,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="our GBP rule; auto = relu on networks whose only activation is nn.ReLU, else ungated (the rule captum "
         "implements: it guides nn.ReLU only), so that both sides compute the same maps",
     )
+    p.add_argument(
+        "--memory-budget",
+        type=int,
+        default=None,
+        metavar="MIB",
+        help="our analysis's memory budget (the analyze stage's --memory-budget): it may lower our GBP batch",
+    )
+    p.add_argument(
+        "--skip-baseline",
+        action="store_true",
+        help="time and measure ours only (for sizes where the baseline would not fit or take hours); no check",
+    )
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed |curve difference|")
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the results as JSON")
     args = p.parse_args(argv)
@@ -114,16 +137,130 @@ def now(device: torch.device) -> float:
 # ------------------------------------------------------------------------------------------------
 
 
-def run_ours(model: torch.nn.Module, probes: torch.Tensor, device: torch.device, batch_size: int, rule: str) -> dict:
-    t0 = now(device)
-    raw = guided_backprop_maps(model, probes, rule=rule, batch_size=batch_size)  # float32 on the CPU, (N, L, C, H, W)
-    t1 = now(device)
-    images = map_images(raw)
-    t2 = now(device)
-    matrix = similarity_matrix(images.to(device), data_range=DATA_RANGE)
-    curve = cut_curve(matrix)
-    t3 = now(device)
-    return {"gbp": t1 - t0, "norm": t2 - t1, "ssim": t3 - t2, "images": images, "matrix": matrix, "curve": curve}
+class PeakMemory:
+    """Samples the resident memory every ``interval`` seconds while the block runs: ``added`` is the peak above
+    what the block started from, ``peak`` the absolute peak (bytes)."""
+
+    def __init__(self, interval: float = 0.01) -> None:
+        self.interval = interval
+        self.start = self.peak = 0
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, resident_bytes())
+
+    def __enter__(self) -> PeakMemory:
+        self.start = self.peak = resident_bytes()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop sampling (the peak is final from here on; later calls do nothing)."""
+        if not self._stop.is_set():
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, resident_bytes())
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def added(self) -> int:
+        return self.peak - self.start
+
+
+def run_ours(
+    model: torch.nn.Module,
+    probes: torch.Tensor,
+    device: torch.device,
+    batch_size: int,
+    rule: str,
+    budget_mb: int | None = None,
+    keep_images: bool = True,
+) -> dict:
+    """The analyze stage's own map work, gbp_maps.npz included, in the batches its memory plan allows; with
+    ``keep_images`` the map images are read back from the npz afterwards (untimed, unmeasured) for the check."""
+    with tempfile.TemporaryDirectory() as tmp, PeakMemory() as memory:
+        t0 = now(device)
+        plan = plan_memory(
+            model,
+            tuple(probes.shape[1:]),
+            len(cut_points(model)),
+            probes.shape[0],
+            batch_size=batch_size,
+            budget_mb=budget_mb,
+            rule=rule,
+            device=device,
+        )
+        streamed = stream_maps(
+            model,
+            probes,
+            Path(tmp) / "gbp_maps.npz",
+            {},
+            rule=rule,
+            batch_size=plan.batch_size,
+            grayscale=False,
+            data_range=DATA_RANGE,
+            grid_rows=1,
+            device=device,
+            reporter=SILENT,
+        )
+        curve = cut_curve(streamed.matrix)
+        t1 = now(device)
+        memory.stop()
+        images = None
+        if keep_images:
+            with np.load(Path(tmp) / "gbp_maps.npz") as npz:
+                images = map_images(torch.from_numpy(npz["maps"]))
+    return {
+        "gbp": streamed.gbp_seconds,
+        "norm": streamed.maps_seconds,
+        "ssim": streamed.ssim_seconds,
+        "total": t1 - t0,
+        "plan_seconds": t1 - t0 - streamed.gbp_seconds - streamed.maps_seconds - streamed.ssim_seconds,
+        "images": images,
+        "matrix": streamed.matrix,
+        "curve": curve,
+        "batch_size": plan.batch_size,
+        "estimated_peak": plan.peak(),
+        "peak_added": memory.added,
+        "peak": memory.peak,
+    }
+
+
+def setup(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.Tensor, torch.device, str, list[str]]:
+    """The model, probes, device and GBP rule both sides get (seeded: every process builds the same ones)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    probes = probe_images(args.image_size, args.probes, args.seed).to(device)
+    torch.manual_seed(args.seed)
+    model = build_model(args.arch, 3).eval().to(device)
+    others = sorted(
+        {type(m).__name__ for m in model.modules() if isinstance(m, ACTIVATIONS) and type(m) is not torch.nn.ReLU}
+    )
+    rule = args.gbp_rule if args.gbp_rule != "auto" else ("ungated" if others else "relu")
+    return model, probes, device, rule, others
+
+
+def run_side(side: str, args: argparse.Namespace, extrapolating: bool) -> dict:
+    """One timed run of one side in this (fresh) process, after an untimed warm-up of it on two probes."""
+    model, probes, device, rule, _ = setup(args)
+    if side == "ours":
+        run_ours(model, probes[:2], device, args.batch_size, rule, keep_images=False)
+        return run_ours(model, probes, device, args.batch_size, rule, args.memory_budget, not args.skip_baseline)
+    run_baseline(model, probes[:2], device, sample=4, dtype="float64", seed=0)
+    sample = args.baseline_ssim_sample if extrapolating else 0
+    return run_baseline(model, probes, device, sample, args.baseline_ssim_dtype, args.seed)
+
+
+def in_child(side: str, args: argparse.Namespace, extrapolating: bool) -> dict:
+    """``run_side`` in a spawned child process: neither side reuses memory the other freed (forking a process
+    whose torch threads have run can hang), and the child's peak memory is that side's alone."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(run_side, (side, args, extrapolating))
 
 
 def _sum_per_example(out: torch.Tensor) -> torch.Tensor:
@@ -161,6 +298,16 @@ def all_jobs(n: int, layers: int) -> list[tuple[int, int, int]]:
 
 
 def run_baseline(
+    model: torch.nn.Module, probes: torch.Tensor, device: torch.device, sample: int, dtype: str, seed: int
+) -> dict:
+    with PeakMemory() as memory:
+        result = _run_baseline(model, probes, device, sample, dtype, seed)
+    result.update(peak_added=memory.added, peak=memory.peak)
+    result["total"] = result["gbp"] + result["norm"] + result["ssim"]
+    return result
+
+
+def _run_baseline(
     model: torch.nn.Module, probes: torch.Tensor, device: torch.device, sample: int, dtype: str, seed: int
 ) -> dict:
     t0 = now(device)
@@ -243,32 +390,15 @@ def probe_images(image_size: int, count: int, seed: int) -> torch.Tensor:
     return normalise(val.images[idx], torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1))
 
 
-def warm_up(model: torch.nn.Module, probes: torch.Tensor, device: torch.device, batch_size: int, rule: str) -> None:
-    """One cheap untimed pass of each code path (allocator, kernels, lazy imports) on two probes."""
-    few = probes[:2]
-    run_ours(model, few, device, batch_size, rule)
-    run_baseline(model, few, device, sample=4, dtype="float64", seed=0)
-
-
 def summarise(times: list[float]) -> dict:
     return {"best": min(times), "median": statistics.median(times), "all": times}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-
-    probes = probe_images(args.image_size, args.probes, args.seed).to(device)
-    torch.manual_seed(args.seed)
-    model = build_model(args.arch, 3).eval().to(device)
-    points = cut_points(model)
-    layers = len(points)
-    others = sorted(
-        {type(m).__name__ for m in model.modules() if isinstance(m, ACTIVATIONS) and type(m) is not torch.nn.ReLU}
-    )
-    rule = args.gbp_rule if args.gbp_rule != "auto" else ("ungated" if others else "relu")
+    model, probes, device, rule, others = setup(args)
+    layers = len(cut_points(model))
+    del probes
     calls = args.probes * layers * (layers - 1) // 2
     extrapolating = bool(args.baseline_ssim_sample) and args.baseline_ssim_sample < calls
 
@@ -292,56 +422,77 @@ def main(argv: list[str] | None = None) -> int:
         + (f"; EXTRAPOLATED from {args.baseline_ssim_sample} sampled calls" if extrapolating else "; all computed")
     )
     print(
-        f"  repeats {args.repeats} per side after an untimed warm-up; the table shows the best (minimum) run,"
+        f"  repeats {args.repeats} per side, each in a fresh process after an untimed warm-up; the table shows the best (minimum) run,"
         " medians are in --json"
     )
-    print("  map normalisation is our map_images on both sides (timed separately, counted in both totals)")
+    print(
+        "  map normalisation is our map_images on both sides (timed separately, counted in both totals); ours also"
+        " writes gbp_maps.npz in that row, as the analyze stage does"
+    )
     print()
 
-    warm_up(model, probes, device, args.batch_size, rule)
     ours_runs, base_runs = [], []
     for _ in range(args.repeats):  # interleaved, so slow phases of a busy machine hit both sides alike
-        ours_runs.append(run_ours(model, probes, device, args.batch_size, rule))
-        base_runs.append(
-            run_baseline(
-                model,
-                probes,
-                device,
-                args.baseline_ssim_sample if extrapolating else 0,
-                args.baseline_ssim_dtype,
-                args.seed,
-            )
-        )
+        ours_runs.append(in_child("ours", args, extrapolating))
+        if not args.skip_baseline:
+            base_runs.append(in_child("baseline", args, extrapolating))
 
-    parts = ("gbp", "norm", "ssim")
+    parts = ("gbp", "norm", "ssim", "total")
     ours_t = {k: summarise([r[k] for r in ours_runs]) for k in parts}
-    base_t = {k: summarise([r[k] for r in base_runs]) for k in parts}
-    ours_t["total"] = summarise([sum(r[k] for k in parts) for r in ours_runs])
-    base_t["total"] = summarise([sum(r[k] for k in parts) for r in base_runs])
-    result = check(ours_runs[-1], base_runs[-1], args.tolerance)
+    base_t = {k: summarise([r[k] for r in base_runs]) for k in parts} if base_runs else None
+    mib = 1024**2
+    memory = {
+        "ours_peak_added_mib": max(r["peak_added"] for r in ours_runs) / mib,
+        "ours_peak_mib": max(r["peak"] for r in ours_runs) / mib,
+        "ours_estimated_peak_mib": ours_runs[-1]["estimated_peak"] / mib,
+        "ours_gbp_batch": ours_runs[-1]["batch_size"],
+    }
+    if base_runs:
+        memory["baseline_peak_added_mib"] = max(r["peak_added"] for r in base_runs) / mib
+        memory["baseline_peak_mib"] = max(r["peak"] for r in base_runs) / mib
 
-    speedup = {k: base_t[k]["best"] / max(ours_t[k]["best"], 1e-12) for k in ("gbp", "ssim", "total")}
-    target = TARGET_GPU if device.type == "cuda" else TARGET_CPU
+    print(f"{'seconds (best of ' + str(args.repeats) + ')':<26}{'ours':>10}{'baseline':>12}{'speed-up':>11}")
     ssim_note = " (extrapolated)" if extrapolating else ""
-    rows = [
+    speedup: dict[str, float] = {}
+    for label, key, note in (
         ("GBP", "gbp", ""),
-        ("map normalisation", "norm", ""),
+        ("map normalisation (+npz)", "norm", ""),
         ("SSIM + curve", "ssim", ssim_note),
         ("total", "total", ssim_note),
-    ]
-    print(f"{'seconds (best of ' + str(args.repeats) + ')':<26}{'ours':>10}{'baseline':>12}{'speed-up':>11}")
-    for label, key, note in rows:
-        sp = f"{speedup[key]:.2f}x" if key in speedup else ""
+    ):
+        if base_t is None:
+            print(f"{label:<26}{ours_t[key]['best']:>10.3f}{'—':>12}")
+            continue
+        speedup[key] = base_t[key]["best"] / max(ours_t[key]["best"], 1e-12)
+        sp = f"{speedup[key]:.2f}x" if key != "norm" else ""
         print(f"{label:<26}{ours_t[key]['best']:>10.3f}{base_t[key]['best']:>12.3f}{sp:>11}{note}")
     print()
-    verdict = "meets" if speedup["total"] >= target else "BELOW"
-    where = "a GPU" if device.type == "cuda" else "a 2-core CPU (vgg16, 64 px, 32 probes)"
-    print(f"total speed-up {speedup['total']:.2f}x — target >= {target:g}x on {where}: {verdict} target")
-    for key in ("curve_max_abs_diff", "matrix_max_abs_diff", "sampled_ssim_max_abs_diff", "map_images_max_abs_diff"):
-        if key in result:
-            print(f"  {key.replace('_', ' ')}: {result[key]:.3g}")
-    status = "OK" if result["ok"] else "FAILED"
-    print(f"check ({result['compared']}) within {args.tolerance:g}: {status}")
+    print(
+        f"peak memory above the start: ours {memory['ours_peak_added_mib']:,.0f} MiB (GBP batch "
+        f"{memory['ours_gbp_batch']}; the plan estimated a peak of {memory['ours_estimated_peak_mib']:,.0f} MiB, "
+        f"measured {memory['ours_peak_mib']:,.0f} MiB)"
+        + (
+            f"; baseline {memory['baseline_peak_added_mib']:,.0f} MiB (peak {memory['baseline_peak_mib']:,.0f} MiB)"
+            if base_runs
+            else ""
+        )
+    )
+    result: dict = {"ok": True, "compared": "nothing (--skip-baseline)"}
+    if base_runs:
+        target = TARGET_GPU if device.type == "cuda" else TARGET_CPU
+        result = check(ours_runs[-1], base_runs[-1], args.tolerance)
+        verdict = "meets" if speedup["total"] >= target else "BELOW"
+        where = "a GPU" if device.type == "cuda" else "a 2-core CPU (vgg16, 64 px, 32 probes)"
+        print(f"total speed-up {speedup['total']:.2f}x — target >= {target:g}x on {where}: {verdict} target")
+        for key in (
+            "curve_max_abs_diff",
+            "matrix_max_abs_diff",
+            "sampled_ssim_max_abs_diff",
+            "map_images_max_abs_diff",
+        ):
+            if key in result:
+                print(f"  {key.replace('_', ' ')}: {result[key]:.3g}")
+        print(f"check ({result['compared']}) within {args.tolerance:g}: {'OK' if result['ok'] else 'FAILED'}")
 
     if args.json:
         payload = {
@@ -356,8 +507,10 @@ def main(argv: list[str] | None = None) -> int:
             "speedup_best": speedup,
             "speedup_median": {
                 k: base_t[k]["median"] / max(ours_t[k]["median"], 1e-12) for k in ("gbp", "ssim", "total")
-            },
-            "target_total_speedup": target,
+            }
+            if base_t
+            else {},
+            "memory": memory,
             "check": result,
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)

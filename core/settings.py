@@ -114,6 +114,12 @@ class Settings(BaseSettings):
     worker_max_memory_per_child_kib: int = Field(
         8 * 1024**2, ge=1, description="resident memory (KiB) after which a worker process is replaced after its job"
     )
+    analyze_memory_budget_mb: int = Field(
+        8 * 1024,
+        ge=256,
+        description="peak resident memory (MiB) an analysis job may reach on a worker; a job's own "
+        "analyze.memory_budget_mb may only lower it",
+    )
     worker_pool_check_seconds: float = Field(
         0.25, gt=0, description="how often a worker looks for retired pool processes to replace (Celery: 5 s)"
     )

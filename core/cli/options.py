@@ -137,6 +137,7 @@ PRETRAINED = typer.Option(
 PROBES_PER_CLASS = field_option(AnalyzeConfig, "probes_per_class")
 MAX_PROBES = field_option(AnalyzeConfig, "max_probes")
 GBP_RULE = field_option(AnalyzeConfig, "gbp_rule")
+MEMORY_BUDGET = field_option(AnalyzeConfig, "memory_budget_mb", "--memory-budget", metavar="MIB")
 KNEE_CURVE = field_option(AnalyzeConfig, "curve")
 SSIM_DATA_RANGE = field_option(AnalyzeConfig, "ssim_data_range", "--data-range")
 KNEE_SENSITIVITY = field_option(AnalyzeConfig, "knee_sensitivity", "--sensitivity", "-S")

@@ -73,6 +73,7 @@ def run(
     probes_per_class: int = options.PROBES_PER_CLASS,
     max_probes: int = options.MAX_PROBES,
     gbp_rule: str = options.GBP_RULE,
+    memory_budget: Optional[int] = options.MEMORY_BUDGET,
     retrain_from_scratch: bool = typer.Option(
         False, "--retrain-from-scratch", help="re-initialise the slim model instead of fine-tuning its kept weights"
     ),
@@ -117,7 +118,12 @@ def run(
         methods=parse_methods(explain_methods, "--explain-methods"), images=explain_images, device=device
     )
     analyze_settings = AnalyzeConfig(
-        probes_per_class=probes_per_class, max_probes=max_probes, gbp_rule=gbp_rule, curve=curve, device=device
+        probes_per_class=probes_per_class,
+        max_probes=max_probes,
+        gbp_rule=gbp_rule,
+        curve=curve,
+        memory_budget_mb=memory_budget,
+        device=device,
     )
     select_settings = SelectConfig(max_drop=max_drop, min_accuracy=min_accuracy, max_retrains=max_retrains)
     sweep_settings = sweep_config(sweep, max_drop, min_accuracy) if sweep is not None else None

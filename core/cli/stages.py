@@ -109,6 +109,7 @@ def analyze(
     curve: str = options.KNEE_CURVE,
     sensitivity: float = options.KNEE_SENSITIVITY,
     batch_size: int = options.field_option(AnalyzeConfig, "batch_size"),
+    memory_budget: Optional[int] = options.MEMORY_BUDGET,
     data_root: Optional[str] = options.DATA_ROOT,
     device: str = options.DEVICE,
     as_json: bool = options.JSON,
@@ -127,6 +128,7 @@ def analyze(
         curve=curve,
         knee_sensitivity=sensitivity,
         batch_size=batch_size,
+        memory_budget_mb=memory_budget,
         device=device,
     )
     with stage_bars(not quiet) as reporter:

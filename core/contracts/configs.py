@@ -224,7 +224,15 @@ class AnalyzeConfig(_Config):
     knee_direction: Literal["increasing", "decreasing"] = Field(
         "increasing", description="increasing | decreasing (kneed's direction)"
     )
-    batch_size: int = Field(16, ge=1, le=1024, description="probe images per GBP batch")
+    batch_size: int = Field(16, ge=1, le=1024, description="probe images per GBP batch (at most; see memory_budget_mb)")
+    memory_budget_mb: int | None = Field(
+        None,
+        ge=256,
+        le=4 * 1024**2,
+        description="peak resident memory (MiB) the analysis may reach, the process's own included: the GBP batch is "
+        "made smaller to fit, and an analysis that cannot fit even one image at a time is refused before it starts, "
+        "with the numbers (unset: no limit; a service worker caps it with LAYERCUT_ANALYZE_MEMORY_BUDGET_MB)",
+    )
     depth_probes: bool = Field(
         True,
         description="fit a linear classifier on every cut point's pooled features (the probe curve the auto cut "

@@ -320,6 +320,23 @@ class GbpSettings(_Result):
     batch_size: int = Field(ge=1)
 
 
+class AnalyzeMemory(_Result):
+    """How the analysis fitted its memory: the plan made before it started and the peak it reached."""
+
+    budget_mb: float | None = Field(description="the memory budget (MiB of peak resident memory), or null for none")
+    batch_size: int = Field(ge=1, description="probe images per GBP batch actually used (the budget may lower it)")
+    resident_at_start_mb: float = Field(ge=0, description="the process's resident memory when the analysis started")
+    gbp_graph_mb_per_image: float = Field(ge=0, description="memory one image's guided-backprop graph holds")
+    maps_mb_per_image: float = Field(ge=0, description="raw maps and map images of one probe image, float32")
+    ssim_mb: float = Field(ge=0, description="the SSIM's float64 working memory")
+    estimated_peak_mb: float = Field(ge=0, description="the plan's estimate of the peak resident memory")
+    peak_resident_mb: float | None = Field(
+        None,
+        description="the process's peak resident memory at the end of the analysis (its peak over its whole life "
+        "so far, so an upper bound of the analysis's own)",
+    )
+
+
 class MapImageSettings(_Result):
     """How a raw GBP map was turned into an image."""
 
@@ -375,6 +392,9 @@ class AnalyzeSeconds(_Result):
     gbp: float
     ssim: float
     total: float
+    maps: float | None = Field(
+        None, exclude_if=_is_none, description="turning raw maps into map images and writing gbp_maps.npz"
+    )
     depth_probes: float | None = Field(None, exclude_if=_is_none, description="the depth probes, when computed")
 
 
@@ -434,6 +454,9 @@ class AnalyzeResult(_Result):
     )
     device: str
     seconds: AnalyzeSeconds
+    memory: AnalyzeMemory | None = Field(
+        None, exclude_if=_is_none, description="the memory plan and the peak reached (absent in older analyses)"
+    )
     config: AnalyzeConfig
 
 

@@ -148,9 +148,10 @@ def run_analyze(params: AnalyzeParams, run: StageRun) -> StageOutcome:
 
     model = run.resolver.model(params.model)
     dataset = run.data_for(params.dataset_id, model)
-    return StageOutcome(
-        analyze_stage(run.resolver.checkpoint(model), dataset, params.analyze, run.out, reporter=run.working)
-    )
+    worker_budget = run.settings.analyze_memory_budget_mb
+    budget = min(params.analyze.memory_budget_mb or worker_budget, worker_budget)
+    config = params.analyze.model_copy(update={"memory_budget_mb": budget})
+    return StageOutcome(analyze_stage(run.resolver.checkpoint(model), dataset, config, run.out, reporter=run.working))
 
 
 def run_truncate(params: TruncateParams, run: StageRun) -> StageOutcome:

@@ -52,6 +52,22 @@ class Reporter:
 SILENT = Reporter()
 
 
+def interleaved(parent: Reporter, weights: tuple[float, ...]) -> list[Reporter]:
+    """Reporters for parts of one task whose work alternates (a batch of one, a batch of the other, …): each
+    reports its own 0..1, and ``parent`` sees the weighted sum, so its fraction only grows. Weights sum to 1."""
+    fractions = [0.0] * len(weights)
+
+    def part(k: int) -> Reporter:
+        def forward(stage: str, fraction: float, message: str) -> None:
+            fractions[k] = fraction
+            if parent.callback is not None:
+                parent.callback(stage, sum(w * f for w, f in zip(weights, fractions, strict=True)), message)
+
+        return Reporter(callback=forward, should_cancel=parent.should_cancel)
+
+    return [part(k) for k in range(len(weights))]
+
+
 def _duration(seconds: float) -> str:
     """'42s', '3m05s', '1h02m'."""
     seconds = max(int(round(seconds)), 0)

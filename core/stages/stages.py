@@ -28,6 +28,7 @@ from layercut.contracts.configs import (
 )
 from layercut.contracts.errors import Cancelled, LayercutError, first_error
 from layercut.contracts.results import (
+    AnalyzeMemory,
     AnalyzeResult,
     AnalyzeSeconds,
     ChosenCutPoint,
@@ -51,6 +52,8 @@ from layercut.contracts.results import (
 )
 from layercut.contracts.spec import CutPointRef, ModelSpec
 from layercut.stages import plots
+from layercut.stages.analysis_maps import stream_maps
+from layercut.stages.analysis_memory import MIB, peak_resident_bytes, plan_memory
 from layercut.stages.architectures import IMAGENET_MEAN, IMAGENET_STD, build_model, check_architecture
 from layercut.stages.checkpoint import load_checkpoint, save_checkpoint
 from layercut.stages.curves import adjacent_curve, cut_curve
@@ -58,13 +61,11 @@ from layercut.stages.cut_search import probe_choice
 from layercut.stages.cutpoints import cut_points, describe_cut_points, resolve_cut_point
 from layercut.stages.data import SPLITS, Dataset, dataset_statistics, load_dataset, stratified_sample
 from layercut.stages.devices import resolve_device
-from layercut.stages.gbp import guided_backprop_maps, map_images
 from layercut.stages.knee import find_knee
 from layercut.stages.metrics import PAIR_EXAMPLES, classification_report, confused_pairs, roc_curves, to_probabilities
 from layercut.stages.probes import depth_probes, fit_head
 from layercut.stages.profiling import checkpoint_bytes, compare_models, count_macs, count_parameters, measure_latency
 from layercut.stages.progress import SILENT, Reporter
-from layercut.stages.ssim import similarity_matrix
 from layercut.stages.training import normalise, predict, reinitialise, seed_everything, train_model
 from layercut.stages.truncation import truncate
 
@@ -341,22 +342,38 @@ def analyze_stage(
     std = torch.tensor(spec.std).view(1, -1, 1, 1)
     probes = normalise(probe_uint8, mean, std)
 
-    gbp_end, ssim_end = (0.6, 0.8) if config.depth_probes else (0.7, 1.0)
-    t0 = time.perf_counter()
-    raw = guided_backprop_maps(
+    maps_end = 0.8 if config.depth_probes else 1.0
+    names = [p.name for p in points]
+    plan = plan_memory(
         model,
-        probes.to(device),
-        rule=config.gbp_rule,
+        tuple(probes.shape[1:]),
+        len(points),
+        len(probes),
         batch_size=config.batch_size,
-        reporter=reporter.scaled(0.0, gbp_end),
+        budget_mb=config.memory_budget_mb,
+        rule=config.gbp_rule,
+        device=device,
     )
-    t_gbp = time.perf_counter() - t0
-    images = map_images(raw, grayscale=config.grayscale)
-    t0 = time.perf_counter()
-    matrix = similarity_matrix(
-        images.to(device), data_range=config.ssim_data_range, reporter=reporter.scaled(gbp_end, ssim_end)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    streamed = stream_maps(
+        model,
+        probes,
+        out_dir / files.GBP_MAPS_NPZ,
+        {
+            "probe_images": probes.numpy().astype(np.float32),
+            "probe_labels": probe_labels.numpy(),
+            "probe_indices": probe_idx.numpy(),
+            "cut_point_names": np.array(names),
+        },
+        rule=config.gbp_rule,
+        batch_size=plan.batch_size,
+        grayscale=config.grayscale,
+        data_range=config.ssim_data_range,
+        grid_rows=config.grid_rows,
+        device=device,
+        reporter=reporter.scaled(0.0, maps_end),
     )
-    t_ssim = time.perf_counter() - t0
+    matrix = streamed.matrix
     t0 = time.perf_counter()
     probed = (
         depth_probes(
@@ -368,7 +385,7 @@ def analyze_stage(
             device,
             max_train_images=config.depth_probe_images,
             seed=config.probe_seed,
-            reporter=reporter.scaled(ssim_end, 1.0),
+            reporter=reporter.scaled(maps_end, 1.0),
         )
         if config.depth_probes
         else None
@@ -379,17 +396,6 @@ def analyze_stage(
         curves[config.curve], S=config.knee_sensitivity, curve=config.knee_curve, direction=config.knee_direction
     )
     chosen = points[knee.index]
-    names = [p.name for p in points]
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(
-        out_dir / "gbp_maps.npz",
-        maps=raw.numpy().astype(np.float32),
-        probe_images=probes.numpy().astype(np.float32),
-        probe_labels=probe_labels.numpy(),
-        probe_indices=probe_idx.numpy(),
-        cut_point_names=np.array(names),
-    )
     points_info = [CutPointInfo(**dataclasses.asdict(info)) for info in infos]
     analysis = AnalyzeResult(
         stage="analyze",
@@ -410,7 +416,7 @@ def analyze_stage(
         gbp=GbpSettings(
             definition="gradient of the sum of all activations at the cut point w.r.t. the normalised input image",
             rule=config.gbp_rule,
-            batch_size=config.batch_size,
+            batch_size=plan.batch_size,
         ),
         map_image=MapImageSettings(
             normalisation="(g - mean) / (std + 1e-7) * 0.25 + 0.5, clipped to [0, 1], per map",
@@ -425,7 +431,7 @@ def analyze_stage(
             gaussian_weights=False,
             covariance="sample",
             border_cropped=3,
-            channels=1 if config.grayscale else int(images.shape[2]),
+            channels=streamed.channels,
         ),
         similarity_matrix=matrix.tolist(),
         curves=Curves(cut=curves["cut"].tolist(), adjacent=curves["adjacent"].tolist()),
@@ -437,11 +443,27 @@ def analyze_stage(
         ),
         depth_probes=probed,
         device=str(device),
-        seconds=AnalyzeSeconds(gbp=t_gbp, ssim=t_ssim, depth_probes=t_probes, total=time.perf_counter() - started),
+        seconds=AnalyzeSeconds(
+            gbp=streamed.gbp_seconds,
+            ssim=streamed.ssim_seconds,
+            maps=streamed.maps_seconds,
+            depth_probes=t_probes,
+            total=time.perf_counter() - started,
+        ),
+        memory=AnalyzeMemory(
+            budget_mb=None if plan.budget is None else plan.budget / MIB,
+            batch_size=plan.batch_size,
+            resident_at_start_mb=plan.resident / MIB,
+            gbp_graph_mb_per_image=plan.graph_per_image / MIB,
+            maps_mb_per_image=plan.maps_per_image / MIB,
+            ssim_mb=plan.ssim / MIB,
+            estimated_peak_mb=plan.peak() / MIB,
+            peak_resident_mb=peak_resident_bytes() / MIB,
+        ),
         config=config,
     )
     write_result(out_dir / files.ANALYSIS_JSON, analysis)
-    _analysis_pictures(analysis, images, probe_uint8.float() / 255.0, spec, out_dir, config)
+    _analysis_pictures(analysis, streamed.grid_images, probe_uint8.float() / 255.0, spec, out_dir, config)
     return analysis
 
 
