@@ -74,7 +74,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--probes", type=int, default=32, help="probe images from the textures validation split")
     p.add_argument("--repeats", type=int, default=3, help="timed runs of each side; the best (minimum) counts")
     p.add_argument(
-        "--batch-size", type=int, default=32, help="our GBP batch size (the baseline runs all probes at once)"
+        "--batch-size",
+        type=int,
+        default=None,
+        help="our GBP batch size, at most (default: the analyze stage's own, sized to the image and device; the "
+        "baseline runs all probes at once)",
     )
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own choice)")
@@ -114,7 +118,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed |curve difference|")
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the results as JSON")
     args = p.parse_args(argv)
-    if args.probes < 1 or args.repeats < 1 or args.batch_size < 1:
+    if args.probes < 1 or args.repeats < 1 or (args.batch_size is not None and args.batch_size < 1):
         p.error("--probes, --repeats and --batch-size must be at least 1")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda asked for, but torch sees no CUDA GPU")
@@ -175,7 +179,7 @@ def run_ours(
     model: torch.nn.Module,
     probes: torch.Tensor,
     device: torch.device,
-    batch_size: int,
+    batch_size: int | None,
     rule: str,
     budget_mb: int | None = None,
     keep_images: bool = True,
@@ -406,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     print(environment.describe(device))
     print(
         f"  arch {args.arch} (seeded random init, eval mode; weights do not change the work) | image {args.image_size} px"
-        f" | probes {args.probes} (textures val) | cut points {layers} | our GBP batch {args.batch_size}"
+        f" | probes {args.probes} (textures val) | cut points {layers} | our GBP batch {args.batch_size or 'the stage default'}"
     )
     print(
         f"  GBP rule (ours): {rule}"

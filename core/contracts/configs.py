@@ -224,7 +224,14 @@ class AnalyzeConfig(_Config):
     knee_direction: Literal["increasing", "decreasing"] = Field(
         "increasing", description="increasing | decreasing (kneed's direction)"
     )
-    batch_size: int = Field(16, ge=1, le=1024, description="probe images per GBP batch (at most; see memory_budget_mb)")
+    batch_size: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="probe images per GBP batch, at most (the memory budget may lower it); unset: sized to the image "
+        "and the device, about two 224 px images on the CPU (smaller batches stay in the cache and ran fastest) and "
+        "32 on a GPU",
+    )
     memory_budget_mb: int | None = Field(
         None,
         ge=256,

@@ -20,6 +20,7 @@ import numpy as np
 
 from layercut.contracts.errors import LayercutError
 
+
 class StreamedArray:
     """One ``.npy`` member being written piece by piece along its first axis (see ``NpzWriter.stream``)."""
 

@@ -373,6 +373,8 @@ class SimilarityAccumulator:
         if step > self._reported or self._pairs_done == total:
             self._reported = step
             self.reporter.update("analyze", self._pairs_done / total, f"SSIM: {self._pairs_done} of {total} map pairs")
+        else:
+            self.reporter.check("analyze")  # a cancellation point after every block, whatever the progress step
 
     def matrix(self) -> np.ndarray:
         """(L, L) float64 mean SSIM over every image added so far: symmetric, ones on the diagonal."""

@@ -193,6 +193,10 @@ def test_run_writes_checkpoints_analysis_and_pictures(tiny_run) -> None:
         assert probes == 12  # 4 per class, 3 classes
         assert maps["maps"].shape == (probes, n_points, 3, 32, 32) and maps["maps"].dtype == np.float32
         assert maps["probe_images"].shape == (probes, 3, 32, 32)
+    memory = analysis["memory"]
+    assert memory["budget_mb"] is None and memory["batch_size"] == analysis["gbp"]["batch_size"] == 12
+    assert 0 < memory["gbp_graph_mb_per_image"] < memory["estimated_peak_mb"]
+    assert memory["resident_at_start_mb"] <= memory["peak_resident_mb"]
     metrics = json.loads((out / "base/metrics.json").read_text())
     for key in (
         "accuracy",
@@ -226,6 +230,14 @@ def test_run_cuts_by_the_accuracy_budget_and_says_what_every_rule_chose(tiny_run
         assert (Path(candidate["folder"]) / "training_curves.png").is_file()
     chosen = next(c for c in selection["candidates"] if c["cut_point"] == selection["cut_point"])
     assert json.loads((out / "slim/metrics.json").read_text())["best_val_accuracy"] == chosen["val_accuracy"]
+
+
+def test_a_memory_budget_too_small_for_one_image_is_refused_up_front(tiny_run, tmp_path: Path) -> None:
+    out, _ = tiny_run
+    checkpoint = out / "base/model.safetensors"
+    refused = layercut("analyze", "--checkpoint", checkpoint, "--out", tmp_path / "refused", "--memory-budget", "256")
+    assert_clean_error(refused, "memory budget of 256 MiB", "already in use by the process", "--memory-budget")
+    assert not (tmp_path / "refused").exists()
 
 
 def test_knee_command_repicks_from_an_analysis(tiny_run) -> None:

@@ -11,7 +11,7 @@ import torch
 
 from layercut.contracts.errors import Cancelled, LayercutError
 from layercut.stages.analysis_maps import stream_maps
-from layercut.stages.analysis_memory import MIB, plan_memory, resident_bytes
+from layercut.stages.analysis_memory import MIB, default_batch_size, plan_memory, resident_bytes
 from layercut.stages.architectures import build_model
 from layercut.stages.gbp import (
     gbp_graph_bytes,
@@ -139,3 +139,11 @@ def test_the_backward_is_a_cancellation_point_at_every_guided_activation(model: 
 
     with guided_activations(model, checkpoint=cancel), pytest.raises(Cancelled):
         torch.autograd.grad(model(x).sum(), x)
+
+
+def test_the_default_batch_is_sized_to_the_image_and_the_device(model: torch.nn.Module) -> None:
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert [default_batch_size(s, s, cpu) for s in (224, 64, 32)] == [2, 24, 64]
+    assert [default_batch_size(s, s, gpu) for s in (224, 448)] == [32, 8]
+    plan = plan_memory(model, (3, 64, 64), 9, 40, batch_size=None, budget_mb=None, rule="relu", device=cpu)
+    assert plan.batch_size == 24
