@@ -8,6 +8,7 @@ memory plan chose, not by the number of probes (docs/design.md defines every ste
 from __future__ import annotations
 
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,7 +59,9 @@ def stream_maps(
     accumulator: SimilarityAccumulator | None = None
     grid: list[torch.Tensor] = []
     seconds = {"gbp": 0.0, "ssim": 0.0, "maps": 0.0}
-    with NpzWriter(npz_path) as npz:
+    # closing: a cancel or an error between batches restores the model's activations at once, not when the
+    # suspended generator is collected
+    with NpzWriter(npz_path) as npz, closing(batches):
         for name, array in extra_arrays.items():
             npz.add(name, array)
         stream = None
