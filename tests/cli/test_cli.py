@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,12 @@ def layercut(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
         cwd=cwd,
         timeout=600,
     )
+
+
+def layercut_each(*commands: tuple) -> list[subprocess.CompletedProcess]:
+    """``layercut(*command)`` for independent commands, two at a time (each process spends seconds importing)."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return list(pool.map(lambda command: layercut(*command), commands))
 
 
 def assert_clean_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
@@ -407,46 +414,55 @@ def _class_folder(root: Path, classes: dict[str, int]) -> Path:
 def test_bad_data_gives_clear_messages(tmp_path: Path) -> None:
     empty = _class_folder(tmp_path / "empty", {"cats": 6, "dogs": 6})
     (empty / "birds").mkdir()
-    assert_clean_error(layercut("run", "--data", empty, *TINY, "--out", tmp_path / "o1"), "birds")
-
     single = _class_folder(tmp_path / "single", {"cats": 6})
-    assert_clean_error(layercut("run", "--data", single, *TINY, "--out", tmp_path / "o2"), "class")
-
     corrupt = _class_folder(tmp_path / "corrupt", {"cats": 8, "dogs": 8})
     (corrupt / "dogs" / "broken.png").write_bytes(b"definitely not a png")
-    assert_clean_error(layercut("train", "--data", corrupt, *TINY, "--out", tmp_path / "o3"), "broken.png")
+    mixed = _class_folder(tmp_path / "mixed", {"cats": 8, "dogs": 8})
+    _write_png(mixed / "cats" / "big.png", size=50)
+    cases = [
+        (("run", "--data", empty, *TINY, "--out", tmp_path / "o1"), ("birds",)),
+        (("run", "--data", single, *TINY, "--out", tmp_path / "o2"), ("class",)),
+        (("train", "--data", corrupt, *TINY, "--out", tmp_path / "o3"), ("broken.png",)),
+        (("train", "--data", mixed, *TINY, "--out", tmp_path / "o4"), ("big.png", "--allow-mixed-sizes")),
+        (("run", "--data", tmp_path / "nowhere", *TINY, "--out", tmp_path / "o5"), ("nowhere",)),
+    ]
+    for result, (_, fragments) in zip(layercut_each(*(command for command, _ in cases)), cases, strict=True):
+        assert_clean_error(result, *fragments)
+
     skipped = layercut("train", "--data", corrupt, *TINY, "--out", tmp_path / "o3", "--skip-unreadable", "--json")
     assert skipped.returncode == 0, skipped.stderr
     assert json.loads(skipped.stdout)["data"]["skipped"]["count"] == 1
 
-    mixed = _class_folder(tmp_path / "mixed", {"cats": 8, "dogs": 8})
-    _write_png(mixed / "cats" / "big.png", size=50)
-    assert_clean_error(
-        layercut("train", "--data", mixed, *TINY, "--out", tmp_path / "o4"), "big.png", "--allow-mixed-sizes"
-    )
-
-    assert_clean_error(layercut("run", "--data", tmp_path / "nowhere", *TINY, "--out", tmp_path / "o5"), "nowhere")
-
 
 def test_bad_options_give_clear_messages(tmp_path: Path) -> None:
-    assert_clean_error(layercut("train", "--arch", "resnet9000", "--out", tmp_path), "unknown architecture", "resnet18")
-    assert_clean_error(layercut("train", "--optimizer", "adagrad", "--out", tmp_path), "--optimizer")
-    assert_clean_error(layercut("train", "--image-size", "16", "--out", tmp_path), "--image-size")
-    assert_clean_error(
-        layercut("analyze", "--checkpoint", tmp_path / "none.safetensors", "--out", tmp_path), "does not exist"
-    )
-    assert_clean_error(layercut("curve", "--maps", tmp_path / "no-maps"), "no-maps")
-    assert_clean_error(
-        layercut(
-            "train", "--pretrained", "--arch", "resnet18", "--out", tmp_path, "--data", "textures", "--image-size", "32"
+    cases = [
+        (("train", "--arch", "resnet9000", "--out", tmp_path), ("unknown architecture", "resnet18")),
+        (("train", "--optimizer", "adagrad", "--out", tmp_path), ("--optimizer",)),
+        (("train", "--image-size", "16", "--out", tmp_path), ("--image-size",)),
+        (("analyze", "--checkpoint", tmp_path / "none.safetensors", "--out", tmp_path), ("does not exist",)),
+        (("curve", "--maps", tmp_path / "no-maps"), ("no-maps",)),
+        (
+            (
+                "train",
+                "--pretrained",
+                "--arch",
+                "resnet18",
+                "--out",
+                tmp_path,
+                "--data",
+                "textures",
+                "--image-size",
+                "32",
+            ),
+            ("pretrained weights", "TORCH_HOME"),
         ),
-        "pretrained weights",
-        "TORCH_HOME",
-    )
+    ]
+    for result, (_, fragments) in zip(layercut_each(*(command for command, _ in cases)), cases, strict=True):
+        assert_clean_error(result, *fragments)
 
 
 def test_every_command_has_help() -> None:
-    for command in (
+    commands = (
         "run",
         "train",
         "analyze",
@@ -458,6 +474,6 @@ def test_every_command_has_help() -> None:
         "layers",
         "curve",
         "knee",
-    ):
-        result = layercut(command, "--help")
+    )
+    for command, result in zip(commands, layercut_each(*((command, "--help") for command in commands)), strict=True):
         assert result.returncode == 0 and "Usage" in result.stdout, command
