@@ -223,7 +223,6 @@ def run_ours(
         "norm": streamed.maps_seconds,
         "ssim": streamed.ssim_seconds,
         "total": t1 - t0,
-        "plan_seconds": t1 - t0 - streamed.gbp_seconds - streamed.maps_seconds - streamed.ssim_seconds,
         "images": images,
         "matrix": streamed.matrix,
         "curve": curve,

@@ -31,10 +31,14 @@ class StreamedMaps:
 
     matrix: np.ndarray
     grid_images: torch.Tensor
-    channels: int
     gbp_seconds: float
     ssim_seconds: float
     maps_seconds: float
+
+    @property
+    def channels(self) -> int:
+        """Channels of the compared map images (1 when grayscale)."""
+        return int(self.grid_images.shape[2])
 
 
 def stream_maps(
@@ -94,7 +98,6 @@ def stream_maps(
     return StreamedMaps(
         matrix=accumulator.matrix(),
         grid_images=grid_images,
-        channels=int(grid_images.shape[2]),
         gbp_seconds=seconds["gbp"],
         ssim_seconds=seconds["ssim"],
         maps_seconds=seconds["maps"],

@@ -8,11 +8,11 @@ number of probes. The graph of one image is measured (one forward of one image),
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import resource
 import sys
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -55,7 +55,7 @@ def peak_resident_bytes() -> int:
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class MemoryPlan:
     """The numbers the batch size was chosen from, all in bytes."""
 
@@ -132,7 +132,7 @@ def plan_memory(
                 f"{free / MIB:,.0f} MiB are free; analyze on the CPU (--device cpu) or at a smaller image size."
             )
         batch = min(batch, gpu_fits)
-    return MemoryPlan(**{**plan.__dict__, "batch_size": batch})
+    return dataclasses.replace(plan, batch_size=batch)
 
 
 def _too_big(plan: MemoryPlan, image_shape: tuple[int, int, int], layers: int) -> str:

@@ -81,10 +81,11 @@ def _check_finite(x: torch.Tensor, what: str) -> None:
 
 def box_sum(x: torch.Tensor, win_size: int) -> torch.Tensor:
     """Sum over every fully-inside ``win_size`` window of the last two axes, as a new tensor."""
-    planes = math.prod(x.shape[:-2])
-    work = _PairWork(planes * x.shape[-2] * x.shape[-1], x.shape[-2], x.shape[-1], win_size, x.device)
-    out = torch.empty((*x.shape[:-2], x.shape[-2] - win_size + 1, x.shape[-1] - win_size + 1), dtype=x.dtype)
-    return _box_sum_into(x, win_size, work, out.to(x.device))
+    rows = x.new_empty((*x.shape[:-1], x.shape[-1] - win_size + 1))
+    out = x.new_empty((*x.shape[:-2], x.shape[-2] - win_size + 1, rows.shape[-1]))
+    _window_sums(x, win_size, x.dim() - 1, rows)
+    _window_sums(rows, win_size, x.dim() - 2, out)
+    return out
 
 
 def _window_sums(src: torch.Tensor, win_size: int, dim: int, out: torch.Tensor) -> None:
