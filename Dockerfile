@@ -32,10 +32,11 @@ COPY . .
 RUN pip install --no-deps . \
  && rm -rf build *.egg-info \
  && useradd --create-home --uid 10001 --user-group layercut \
- && mkdir -p /data /artifacts /datasets \
- && chown layercut:layercut /data /artifacts
+ && mkdir -p /data /artifacts /cache /datasets \
+ && chown layercut:layercut /data /artifacts /cache
 
-# A named volume mounted at /artifacts starts with this folder's owner, so the non-root user can write it.
+# A volume mounted at /artifacts (or at /cache, object storage's cache) starts with this folder's owner, so the
+# non-root user can write it.
 USER layercut
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \

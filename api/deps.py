@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from layercut import telemetry
 from layercut.api.read_cache import ReadCache, read_cache_for
+from layercut.artifacts import ArtifactStore, artifact_store
 from layercut.jobs.dispatch import Dispatcher
 from layercut.jobs.service import get_dispatcher
 from layercut.settings import Settings, get_settings
@@ -28,6 +29,14 @@ async def settings_dep() -> Settings:
 
 
 SettingsDep = Annotated[Settings, Depends(settings_dep)]
+
+
+def store_dep(settings: SettingsDep) -> ArtifactStore:
+    """Where the artifacts live (the volume, or object storage): one store per process and configuration."""
+    return artifact_store(settings)
+
+
+StoreDep = Annotated[ArtifactStore, Depends(store_dep)]
 
 
 def session_dep(settings: SettingsDep) -> Iterator[Session]:

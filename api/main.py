@@ -23,6 +23,7 @@ from layercut.api.deps import settings_dep
 from layercut.api.limits import GuardRequests, SecurityHeaders
 from layercut.api.observe import RequestContext
 from layercut.api.routes import artifacts, datasets, health, jobs, models, pipelines, reports, ui
+from layercut.artifacts import ArtifactStoreError
 from layercut.contracts.errors import LayercutError, StorageFull, disk_full
 from layercut.contracts.kinds import STAGE_KINDS
 from layercut.jobs.service import get_dispatcher
@@ -161,7 +162,10 @@ def create_app(settings: Settings | None = None, run_embedded_jobs: bool = True)
                     "model": ErrorOut,
                     "description": "this path does not take this method (the Allow header lists those it does)",
                 },
-                503: {"model": ErrorOut, "description": "the database is unavailable; retry later"},
+                503: {
+                    "model": ErrorOut,
+                    "description": "the database or the artifact store is unavailable; retry later",
+                },
             },
         )
     app.include_router(ui.router)
@@ -197,6 +201,15 @@ def create_app(settings: Settings | None = None, run_embedded_jobs: bool = True)
     async def _layercut_error(_request: Request, exc: LayercutError) -> JSONResponse:
         return JSONResponse(
             {"detail": str(exc), "code": getattr(exc, "code", "invalid_input")}, status_code=status.HTTP_400_BAD_REQUEST
+        )
+
+    @app.exception_handler(ArtifactStoreError)
+    async def _store_down(_request: Request, exc: ArtifactStoreError) -> JSONResponse:
+        log.error("artifact store error: %s", exc)
+        return JSONResponse(
+            {"detail": "the artifact store is unavailable; retry later", "code": ArtifactStoreError.code},
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": "10"},
         )
 
     @app.exception_handler(StorageFull)

@@ -6,7 +6,7 @@ hard), no devices or fifos, a bounded member count, a bounded total size and a b
 extracting, so a lying header does not help. Each target path is resolved and must stay in the dataset's
 folder. On any rejection the caller removes the partial folder.
 
-Also here: the tenant's storage quota (``tenant_quota``: a bounded walk of its folder), the per-process limit
+Also here: the tenant's storage quota (``tenant_quota``: what the artifact store holds for it), the per-process limit
 on concurrent extractions (``ExtractionSlots``), and a full disk (``ENOSPC``/``EDQUOT``) turned into
 ``StorageFull`` with the upload's temp file removed.
 """
@@ -31,14 +31,13 @@ from typing import Any
 
 from fastapi import UploadFile
 
+from layercut.artifacts import ArtifactStore
 from layercut.contracts.errors import StorageFull, disk_full
 
 CHUNK = 1 << 20
 RATIO_FLOOR = 1 << 20
 """Members and archives that unpack to less than this are never refused for their compression ratio."""
 DEFAULT_MAX_RATIO = 200.0
-MAX_WALK_ENTRIES = 2_000_000
-"""The most files and folders one quota walk of a tenant's folder looks at (it counts what it saw by then)."""
 EXTRACTION_RETRY_AFTER = 5
 """Seconds a client refused an extraction slot is told to wait (Retry-After)."""
 
@@ -62,30 +61,6 @@ def human_bytes(n: float) -> str:
 
 
 # --- the tenant's storage quota -------------------------------------------------------------------
-
-
-def tenant_usage(folder: Path, max_entries: int = MAX_WALK_ENTRIES) -> int:
-    """Bytes of the regular files under ``folder`` (links not followed; 0 when it does not exist). The walk stops
-    after ``max_entries`` files and folders and returns what it counted by then."""
-    total, seen, pending = 0, 0, [folder]
-    while pending and seen < max_entries:
-        try:
-            scanner = os.scandir(pending.pop())
-        except OSError:  # gone meanwhile, or not a folder
-            continue
-        with scanner:
-            for entry in scanner:
-                seen += 1
-                try:
-                    if entry.is_dir(follow_symlinks=False):
-                        pending.append(Path(entry.path))
-                    elif entry.is_file(follow_symlinks=False):
-                        total += entry.stat(follow_symlinks=False).st_size
-                except OSError:
-                    continue
-                if seen >= max_entries:
-                    break
-    return total
 
 
 @dataclass(frozen=True)
@@ -115,12 +90,12 @@ class Quota:
         )
 
 
-def tenant_quota(folder: Path, limit: int) -> Quota | None:
-    """The quota of the tenant whose folder is ``folder`` (``<artifact root>/<tenant>``: its datasets, imports and
-    job artifacts), with what it uses now; None when ``limit`` is 0 (no quota, nothing walked)."""
+def tenant_quota(store: ArtifactStore, tenant: str, limit: int) -> Quota | None:
+    """The quota of ``tenant`` (its datasets, imports and job artifacts, as the artifact store holds them), with
+    what it uses now; None when ``limit`` is 0 (no quota, nothing counted)."""
     if limit <= 0:
         return None
-    return Quota(limit, tenant_usage(folder))
+    return Quota(limit, store.usage(tenant))
 
 
 # --- concurrent extractions -----------------------------------------------------------------------

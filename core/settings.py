@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -39,7 +39,31 @@ class Settings(BaseSettings):
     )
     database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite file in data_dir")
     broker_url: str | None = Field(None, description="Celery broker (redis://…); unset: jobs run in-process")
-    artifact_root: Path | None = Field(None, description="shared artifact volume; default: data_dir/artifacts")
+    artifact_root: Path | None = Field(
+        None,
+        description="the shared artifact volume, or with artifact_url this machine's cache of the object store; "
+        "default: data_dir/artifacts",
+    )
+    artifact_url: str | None = Field(
+        None,
+        pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$",
+        description="s3://bucket/prefix: keep artifacts in S3-compatible object storage, so that workers and API "
+        "processes on other machines share them (unset: the volume at artifact_root)",
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="the object store's endpoint, e.g. http://minio:9000 (unset: AWS S3)"
+    )
+    s3_region: str | None = Field(None, description="the object store's region (unset: boto3's default)")
+    s3_access_key_id: str | None = Field(
+        None, description="the object store's access key (unset: boto3's own chain: AWS_* variables, a role …)"
+    )
+    s3_secret_access_key: SecretStr | None = Field(None, description="the secret of s3_access_key_id")
+    artifact_cache_max_bytes: int = Field(
+        20 * 2**30,
+        ge=0,
+        description="with artifact_url: the most bytes this machine keeps in its cache (artifact_root); the least "
+        "recently used files that no running job of this machine holds are removed past it (0: no limit)",
+    )
     dataset_roots: list[Path] = Field(
         default_factory=list, description="server folders that may be registered as datasets"
     )

@@ -30,3 +30,15 @@ def postgres_url() -> str:
 def redis_url() -> str:
     services.ensure_redis()
     return services.REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """moto's S3 server, a real process on loopback, for the tests of object storage."""
+    from layercut.testing.object_store import ObjectStoreServer
+
+    server = ObjectStoreServer.start(tmp_path_factory.mktemp("s3") / "s3.log")
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import PurePosixPath
 
-from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, HTTPException, Request, status
+from fastapi.responses import FileResponse, Response, StreamingResponse
 from sqlalchemy import select
 
 from layercut.api.common import error_responses, not_found, stored_file
 from layercut.api.crud import artifact_out, get_tenant_job, job_artifacts
-from layercut.api.deps import SessionDep, SettingsDep, TenantDep
+from layercut.api.deps import SessionDep, SettingsDep, StoreDep, TenantDep
 from layercut.api.schemas.artifacts import ArtifactOut
+from layercut.contracts.errors import MissingResourceError
 from layercut.store.models import Artifact
 
 router = APIRouter(tags=["artifacts"])
@@ -45,14 +47,27 @@ def list_artifacts(request: Request, job_id: uuid.UUID, session: SessionDep, ten
             },
             "description": "the file, with the content type stored for it",
         },
-        **error_responses(401, 404),
+        **error_responses(401, 404, 503),
     },
 )
 def download_artifact(
-    artifact_id: uuid.UUID, session: SessionDep, tenant: TenantDep, settings: SettingsDep
-) -> FileResponse:
+    artifact_id: uuid.UUID, session: SessionDep, tenant: TenantDep, settings: SettingsDep, store: StoreDep
+) -> Response:
+    """The file as it was recorded: from the artifact volume, or streamed from object storage through the API (the
+    store's endpoint and credentials stay on the server; the tenant check is the same)."""
     row = session.scalars(select(Artifact).where(Artifact.id == artifact_id, Artifact.tenant == tenant)).first()
     if row is None:
         raise not_found("artifact", artifact_id)
-    path = stored_file(settings, row.path)
-    return FileResponse(path, media_type=row.content_type, filename=path.name)
+    if not store.remote:
+        path = stored_file(settings, row.path)
+        return FileResponse(path, media_type=row.content_type, filename=path.name)
+    try:
+        stored = store.open(row.path)
+    except MissingResourceError:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "the stored file is missing") from None
+    name = PurePosixPath(row.path).name
+    return StreamingResponse(
+        stored.blocks,
+        media_type=row.content_type,
+        headers={"Content-Length": str(stored.size), "Content-Disposition": f'attachment; filename="{name}"'},
+    )

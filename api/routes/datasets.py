@@ -8,6 +8,7 @@ extracted files; a registered folder is never touched.
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +33,7 @@ from layercut.api.common import (
 )
 from layercut.api.crud import get_tenant_dataset
 from layercut.api.dataset_scan import DatasetScanError, ScanResult, builtin_scan, scan_dataset
-from layercut.api.deps import SessionDep, SettingsDep, TenantDep
+from layercut.api.deps import SessionDep, SettingsDep, StoreDep, TenantDep
 from layercut.api.schemas.common import Page
 from layercut.api.schemas.datasets import BuiltinDatasetCreate, DatasetCreate, DatasetOut, FolderDatasetCreate
 from layercut.api.uploads import (
@@ -44,10 +45,12 @@ from layercut.api.uploads import (
     save_upload,
     tenant_quota,
 )
+from layercut.artifacts import ArtifactStore, ArtifactStoreError
 from layercut.contracts.errors import without_root
 from layercut.settings import Settings
 from layercut.store.models import FINAL_STATUSES, Dataset, Job
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
 CREATE_EXAMPLES = {
@@ -237,6 +240,7 @@ async def upload_dataset(
     session: SessionDep,
     tenant: TenantDep,
     settings: SettingsDep,
+    store: StoreDep,
     file: Annotated[
         UploadFile,
         File(
@@ -268,7 +272,7 @@ async def upload_dataset(
     slots = extraction_slots(request.app.state, settings.upload_max_concurrent_extractions)
     try:
         async with slots.taken(settings.upload_extraction_wait_seconds):
-            quota = await asyncio.to_thread(tenant_quota, home, settings.tenant_quota_bytes)
+            quota = await asyncio.to_thread(tenant_quota, store, tenant, settings.tenant_quota_bytes)
             archive, sha, size = await save_upload(file, base / ".incoming", settings.upload_max_bytes, quota)
             try:
                 await asyncio.to_thread(
@@ -282,8 +286,10 @@ async def upload_dataset(
                 )
                 folder = dataset_root_in(dest.resolve())
                 scan = await asyncio.to_thread(_scan, folder, ("body", "file"), public)
+                await asyncio.to_thread(store.publish, dest)
             except BaseException:
                 remove_tree(dest)
+                await asyncio.to_thread(forget_upload, store, dest)
                 raise
             finally:
                 archive.unlink(missing_ok=True)
@@ -306,7 +312,23 @@ async def upload_dataset(
     )
     if not row.name or any(ord(c) < 32 for c in row.name):
         row.name = "upload"
-    return _insert(session, row, key, digest, response, on_conflict=lambda: remove_tree(dest))
+
+    def forget() -> None:
+        remove_tree(dest)
+        forget_upload(store, dest)
+
+    created = _insert(session, row, key, digest, response, on_conflict=forget)
+    store.release(dest)  # with object storage the API keeps no copy: workers fetch the dataset from the store
+    return created
+
+
+def forget_upload(store: ArtifactStore, dest: Path) -> None:
+    """Remove what an upload refused or superseded stored (object storage; the volume's copy is ``dest``)."""
+    if store.remote:
+        try:
+            store.delete_tree(store.key(dest))
+        except ArtifactStoreError as exc:
+            log.warning("an abandoned upload was not removed from the artifact store: %s", exc)
 
 
 @router.api_route("/upload", methods=["GET", "PUT", "PATCH", "DELETE"], include_in_schema=False)
@@ -344,7 +366,9 @@ def _uses(params: dict, dataset_id: str) -> bool:
     responses=error_responses(401, 404, 409),
     summary="Delete a dataset",
 )
-def delete_dataset(dataset_id: uuid.UUID, session: SessionDep, tenant: TenantDep, settings: SettingsDep) -> Response:
+def delete_dataset(
+    dataset_id: uuid.UUID, session: SessionDep, tenant: TenantDep, settings: SettingsDep, store: StoreDep
+) -> Response:
     """409 while a queued or running job uses the dataset. An uploaded dataset's files are removed; a registered
     folder is left as it is."""
     row = get_tenant_dataset(session, tenant, dataset_id)
@@ -360,4 +384,5 @@ def delete_dataset(dataset_id: uuid.UUID, session: SessionDep, tenant: TenantDep
     session.commit()
     if row.kind == "upload":
         remove_tree(tenant_root(settings, tenant) / "datasets" / str(dataset_id))
+        forget_upload(store, tenant_root(settings, tenant) / "datasets" / str(dataset_id))
     return Response(status_code=status.HTTP_204_NO_CONTENT)

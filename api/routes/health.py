@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from layercut.api.deps import ReadCacheDep, SettingsDep, authenticate, bearer_secret
 from layercut.api.observe import metrics_answer
+from layercut.artifacts import artifact_store
 from layercut.settings import Settings
 from layercut.store.db import get_engine
 
@@ -30,7 +31,7 @@ class Readiness(BaseModel):
     status: str = Field(description="ok | unavailable", examples=["ok"])
     checks: dict[str, str] = Field(
         description="per dependency: ok, skipped, or unavailable (with a valid key: what failed)",
-        examples=[{"database": "ok", "broker": "ok"}],
+        examples=[{"database": "ok", "broker": "ok", "artifacts": "ok"}],
     )
 
 
@@ -55,6 +56,10 @@ def _check_broker(settings: Settings) -> None:
         client.close()
 
 
+def _check_artifacts(settings: Settings) -> None:
+    artifact_store(settings).check()
+
+
 def _run(check, settings: Settings) -> str:
     try:
         _pool.submit(check, settings).result(timeout=CHECK_TIMEOUT_S)
@@ -68,7 +73,7 @@ def _run(check, settings: Settings) -> str:
 @router.get(
     "/readyz",
     response_model=Readiness,
-    summary="The database (and the broker, when configured) answer",
+    summary="The database, the artifact store (and the broker, when configured) answer",
     responses={503: {"model": Readiness, "description": "a dependency is unreachable"}},
 )
 async def readyz(settings: SettingsDep, cache: ReadCacheDep, request: Request):
@@ -101,6 +106,7 @@ def _checks(settings: Settings) -> dict[str, str]:
             if not settings.broker_url
             else "skipped (not a redis URL)"
         )
+    checks["artifacts"] = _run(_check_artifacts, settings)
     return checks
 
 

@@ -6,6 +6,7 @@ import json
 import re
 import uuid
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Header, HTTPException, Query, Request, Response, status
@@ -32,7 +33,7 @@ from layercut.api.common import (
     with_labels,
 )
 from layercut.api.crud import check_capacity, check_references, dispatch, get_tenant_job, job_out, job_summary
-from layercut.api.deps import DispatcherDep, ReadCacheDep, SessionDep, SettingsDep, TenantDep
+from layercut.api.deps import DispatcherDep, ReadCacheDep, SessionDep, SettingsDep, StoreDep, TenantDep
 from layercut.api.schemas.common import Page
 from layercut.api.schemas.jobs import (
     JOB_CREATE_EXAMPLES,
@@ -165,18 +166,21 @@ LOG_PAGE_MAX = 1000
 def get_job_logs(
     job_id: uuid.UUID,
     session: SessionDep,
-    settings: SettingsDep,
+    store: StoreDep,
     tenant: TenantDep,
     offset: Annotated[int, Query(ge=0, description="the first line to return (0: the oldest)")] = 0,
     limit: Annotated[int, Query(ge=1, le=LOG_PAGE_MAX, description="most lines returned")] = 200,
 ) -> JobLogs:
     """The lines the job's runs logged (start, progress of note, end, errors with their codes), oldest first,
-    every attempt in turn; empty while the job has not started."""
+    every attempt in turn; empty while the job has not started. With object storage, an attempt's lines are
+    stored when it ends: until then they are on the worker that runs it."""
     job = get_tenant_job(session, tenant, job_id)
-    path = telemetry.job_log_path(settings.resolved_artifact_root, job.tenant, job.id)
+    path: Path | None = telemetry.job_log_path(store.root, job.tenant, job.id)
+    if store.remote and path is not None:
+        path = store.newest(store.key(path))
     items: list[JobLogLine] = []
     more = False
-    if path.is_file():
+    if path is not None and path.is_file():
         with path.open(encoding="utf-8", errors="replace") as lines:
             for number, line in enumerate(lines):
                 if number < offset:
@@ -270,7 +274,7 @@ def cancel_job(
     summary="Delete a finished job",
 )
 def delete_job(
-    job_id: uuid.UUID, session: SessionDep, settings: SettingsDep, tenant: TenantDep, cache: ReadCacheDep
+    job_id: uuid.UUID, session: SessionDep, store: StoreDep, tenant: TenantDep, cache: ReadCacheDep
 ) -> Response:
     """Delete an ended job with its artifacts, the model versions it made and its log. 409 while it runs, when an
     unfinished job reads what it made, or when it is a step of a pipeline (delete the pipeline)."""
@@ -280,7 +284,7 @@ def delete_job(
             status.HTTP_409_CONFLICT, f"job {job_id} is a step of pipeline {job.pipeline_id}: delete the pipeline"
         )
     with conflict_when_in_use(session):
-        delete_jobs(session, [job], settings.resolved_artifact_root)
+        delete_jobs(session, [job], store)
     if cache is not None:
         cache.evict("job", str(job_id))
     return Response(status_code=status.HTTP_204_NO_CONTENT)

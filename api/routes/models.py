@@ -31,7 +31,7 @@ from layercut.api.common import (
     tenant_root,
 )
 from layercut.api.crud import check_capacity, check_dataset, dispatch, get_tenant_model, job_out
-from layercut.api.deps import DispatcherDep, SessionDep, SettingsDep, TenantDep
+from layercut.api.deps import DispatcherDep, SessionDep, SettingsDep, StoreDep, TenantDep
 from layercut.api.safetensors_io import BadSafetensors, weights_format
 from layercut.api.schemas.common import Page
 from layercut.api.schemas.jobs import JobOut
@@ -127,6 +127,7 @@ async def import_model(
     session: SessionDep,
     tenant: TenantDep,
     settings: SettingsDep,
+    store: StoreDep,
     dispatcher: DispatcherDep,
     weights: Annotated[
         UploadFile,
@@ -166,7 +167,7 @@ async def import_model(
     check_dataset(session, tenant, dataset_id, ("body", "dataset_id"))
     check_capacity(session, settings, tenant, 1, key, Job)
     root = tenant_root(settings, tenant)
-    quota = await asyncio.to_thread(tenant_quota, root, settings.tenant_quota_bytes)
+    quota = await asyncio.to_thread(tenant_quota, store, tenant, settings.tenant_quota_bytes)
     try:
         upload, sha, size = await save_upload(
             weights, root / IMPORTS_FOLDER / ".incoming", settings.upload_max_bytes, quota
@@ -189,7 +190,7 @@ async def import_model(
     params_json = params.model_dump(mode="json")
     digest = request_hash({"params": params_json})
     job_id = uuid.uuid5(IMPORT_NAMESPACE, f"{tenant}\x00{key}") if key else uuid.uuid4()
-    stored = settings.resolved_artifact_root / import_upload(tenant, job_id, params.weights_suffix)
+    stored = store.path(import_upload(tenant, job_id, params.weights_suffix))
     job = Job(
         id=job_id,
         tenant=tenant,
@@ -215,12 +216,16 @@ async def import_model(
     try:
         stored.parent.mkdir(parents=True, exist_ok=True)
         upload.replace(stored)
+        await asyncio.to_thread(store.publish_file, stored)
         session.commit()
     except BaseException:
         session.rollback()
         upload.unlink(missing_ok=True)
         shutil.rmtree(stored.parent, ignore_errors=True)
+        if store.remote:
+            await asyncio.to_thread(store.delete_tree, store.key(stored.parent))
         raise
+    store.release(stored.parent)  # with object storage the worker fetches the weights from the store
     dispatch(dispatcher, job.id, job.kind)
     response.headers["Location"] = link_for(request, "get_job", job_id=str(job.id))
     return job_out(request, session, job)
@@ -232,10 +237,10 @@ async def import_model(
     responses=error_responses(401, 404, 409),
     summary="Delete an imported model",
 )
-def delete_model(model_id: uuid.UUID, session: SessionDep, settings: SettingsDep, tenant: TenantDep) -> Response:
+def delete_model(model_id: uuid.UUID, session: SessionDep, store: StoreDep, tenant: TenantDep) -> Response:
     """Delete an imported model, its checkpoint and the import job that made it. 409 while an unfinished job uses
     it; a model another job made is deleted with that job (or its pipeline)."""
     row = get_tenant_model(session, tenant, model_id)
     with conflict_when_in_use(session):
-        retention.delete_model(session, row, settings.resolved_artifact_root)
+        retention.delete_model(session, row, store)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -39,7 +39,7 @@ from layercut.api.crud import (
     get_tenant_pipeline,
     pipeline_jobs,
 )
-from layercut.api.deps import DispatcherDep, ReadCacheDep, SessionDep, SettingsDep, TenantDep
+from layercut.api.deps import DispatcherDep, ReadCacheDep, SessionDep, SettingsDep, StoreDep, TenantDep
 from layercut.api.schemas.common import Page
 from layercut.api.schemas.pipelines import PIPELINE_EXAMPLES, PipelineCreate, PipelineOut, PipelineStep
 from layercut.contracts.jobs import (
@@ -377,14 +377,14 @@ def cancel_pipeline(
     summary="Delete a finished pipeline",
 )
 def delete_pipeline(
-    pipeline_id: uuid.UUID, session: SessionDep, settings: SettingsDep, tenant: TenantDep, cache: ReadCacheDep
+    pipeline_id: uuid.UUID, session: SessionDep, store: StoreDep, tenant: TenantDep, cache: ReadCacheDep
 ) -> Response:
     """Delete a pipeline whose every step has ended, with its jobs, their artifacts, models and logs. 409 while a
     step runs or is queued (cancel the pipeline first), or when an unfinished job reads what it made."""
     row = get_tenant_pipeline(session, tenant, pipeline_id)
     steps = [job.id for job in pipeline_jobs(session, row)]
     with conflict_when_in_use(session):
-        retention.delete_pipeline(session, row, settings.resolved_artifact_root)
+        retention.delete_pipeline(session, row, store)
     if cache is not None:
         for job_id in steps:
             cache.evict("job", str(job_id))

@@ -8,6 +8,7 @@ says which are running or queued. No torch: ``layercut.report`` is stdlib only.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,17 @@ from fastapi.responses import HTMLResponse
 from sqlalchemy.orm import Session
 
 from layercut.api.common import error_responses, tenant_root
-from layercut.api.crud import derived_status, find_tenant_dataset, get_tenant_job, get_tenant_pipeline, pipeline_jobs
-from layercut.api.deps import SessionDep, SettingsDep, TenantDep
+from layercut.api.crud import (
+    derived_status,
+    find_tenant_dataset,
+    get_tenant_job,
+    get_tenant_pipeline,
+    job_artifacts,
+    pipeline_jobs,
+)
+from layercut.api.deps import SessionDep, SettingsDep, StoreDep, TenantDep
+from layercut.artifacts import ArtifactStore
+from layercut.contracts.errors import MissingResourceError
 from layercut.report import SUBTITLE, StageInput, render_report
 from layercut.settings import Settings
 from layercut.store.models import Job
@@ -80,6 +90,24 @@ def stage_input(tenant_folder: Path | None, job: Job) -> StageInput:
     )
 
 
+SHOWN_KINDS = ("metrics", "analysis", "image", "report")
+"""The artifacts a report reads (JSON and pictures); checkpoints and GBP maps stay in the store."""
+
+
+def fetch_shown_files(session: Session, store: ArtifactStore, jobs: Sequence[Job]) -> None:
+    """With object storage, bring the files the report shows onto this machine first (checked against their
+    recorded SHA-256; cached for the next request)."""
+    if not store.remote:
+        return
+    for job in jobs:
+        for artifact in job_artifacts(session, job):
+            if artifact.kind in SHOWN_KINDS:
+                try:
+                    store.local(artifact.path, size=artifact.bytes, sha256=artifact.sha256)
+                except MissingResourceError:
+                    continue  # the section says what is missing
+
+
 def _when(value: Any) -> str | None:
     return f"{value:%Y-%m-%d %H:%M:%S %Z}".strip() if value is not None else None
 
@@ -99,10 +127,13 @@ def _dataset_name(session: Session, tenant: str, dataset_id: Any) -> str | None:
     summary="HTML report of a job",
     responses={200: HTML_200, **ERRORS},
 )
-def get_job_report(job_id: uuid.UUID, session: SessionDep, tenant: TenantDep, settings: SettingsDep) -> HTMLResponse:
+def get_job_report(
+    job_id: uuid.UUID, session: SessionDep, tenant: TenantDep, settings: SettingsDep, store: StoreDep
+) -> HTMLResponse:
     """The job's outputs as one self-contained HTML page (e.g. a train job: its data, metrics and pictures). A job
     that has not finished says so; a failed one shows its error."""
     job = get_tenant_job(session, tenant, job_id)
+    fetch_shown_files(session, store, [job])
     details = [("Job", str(job.id)), ("Kind", job.kind), ("Status", job.status)]
     if job.pipeline_id is not None:
         details.append(("Pipeline", f"{job.pipeline_id} (step {job.step + 1 if job.step is not None else '?'})"))
@@ -124,13 +155,14 @@ def get_job_report(job_id: uuid.UUID, session: SessionDep, tenant: TenantDep, se
     responses={200: HTML_200, **ERRORS},
 )
 def get_pipeline_report(
-    pipeline_id: uuid.UUID, session: SessionDep, tenant: TenantDep, settings: SettingsDep
+    pipeline_id: uuid.UUID, session: SessionDep, tenant: TenantDep, settings: SettingsDep, store: StoreDep
 ) -> HTMLResponse:
     """The whole pipeline on one self-contained HTML page: the data, the base model and its metrics, the GBP maps
     across depth, the SSIM curve and the knee, what was cut and why, the slim model, the comparison table and the
     explanations. While it runs, the steps finished so far are shown and the others say they are running or queued."""
     row = get_tenant_pipeline(session, tenant, pipeline_id)
     steps = pipeline_jobs(session, row)
+    fetch_shown_files(session, store, steps)
     folder = _tenant_folder(settings, tenant)
     params = row.params if isinstance(row.params, dict) else {}
     dataset_id = (params.get("data") or {}).get("dataset_id") if isinstance(params.get("data"), dict) else None

@@ -3,7 +3,6 @@ and its result made safe for a JSON column."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import mimetypes
@@ -17,6 +16,7 @@ from pydantic import BaseModel
 from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
+from layercut.artifacts import PARTIAL_SUFFIXES, file_sha256
 from layercut.contracts.errors import without_root
 from layercut.contracts.files import ANALYSIS_JSON, ARTIFACT_KINDS, ArtifactKind
 from layercut.contracts.spec import ModelSpec
@@ -56,15 +56,6 @@ def artifact_kind(path: Path) -> ArtifactKind:
     return "other"
 
 
-def file_sha256(path: Path) -> str:
-    """The hex SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def record_outputs(
     session: Session, job: Job, out: Path, root: Path, produced: ProducedModel | None
 ) -> uuid.UUID | None:
@@ -73,7 +64,7 @@ def record_outputs(
     session.execute(delete(Artifact).where(Artifact.job_id == job.id))
     session.execute(delete(ModelVersion).where(ModelVersion.job_id == job.id))
     relative_json_files(out, root)
-    for path in sorted(p for p in out.rglob("*") if p.is_file() and not p.name.endswith(".tmp")):
+    for path in sorted(p for p in out.rglob("*") if p.is_file() and not p.name.endswith(PARTIAL_SUFFIXES)):
         session.add(artifact_row(job, path, root))
     model_id = None
     if produced is not None:

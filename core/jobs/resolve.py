@@ -1,6 +1,7 @@
 """Resolving a job's inputs: the ids in its params (datasets, model references, analysis jobs) become rows and
-paths on the artifact volume, each checked to belong to the job's tenant and, for an earlier job's output, to
-have been made by a job that succeeded."""
+local files (fetched from the artifact store when it is elsewhere, checked against the size and SHA-256 recorded
+for them), each checked to belong to the job's tenant and, for an earlier job's output, to have been made by a
+job that succeeded."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from layercut.artifacts import ArtifactStore
 from layercut.contracts.configs import DataConfig
 from layercut.contracts.errors import LayercutError, MissingResourceError
 from layercut.contracts.files import ANALYSIS_JSON
 from layercut.contracts.jobs import ModelRef, SelectParams, SweepPlanParams, TruncateParams
 from layercut.contracts.spec import ModelSpec
-from layercut.store.models import Dataset, Job, ModelVersion
+from layercut.store.models import Artifact, Dataset, Job, ModelVersion
 
 
 class DependencyFailed(LayercutError):
@@ -27,11 +29,25 @@ class DependencyFailed(LayercutError):
 
 @dataclass
 class Resolver:
-    """Turns a job's ids (datasets, model refs, analysis jobs) into rows and paths, checked against its tenant."""
+    """Turns a job's ids (datasets, model refs, analysis jobs) into rows and local files, checked against its
+    tenant."""
 
     session: Session
     job: Job
-    root: Path
+    store: ArtifactStore
+
+    @property
+    def root(self) -> Path:
+        return self.store.root
+
+    def file(self, key: str) -> Path:
+        """A stored file on this machine, checked against its Artifact row when it has one (a job's output)."""
+        row = self.session.scalars(
+            select(Artifact).where(Artifact.path == key, Artifact.tenant == self.job.tenant)
+        ).first()
+        if row is None:
+            return self.store.local(key)
+        return self.store.local(key, size=row.bytes, sha256=row.sha256)
 
     def dataset(self, dataset_id: uuid.UUID) -> Dataset:
         """The dataset row, if the job's tenant owns it."""
@@ -45,7 +61,7 @@ class Resolver:
         if dataset.kind == "builtin":
             return dataset.location
         if dataset.kind == "upload":
-            return str(self.root / dataset.location)
+            return str(self.store.local_tree(dataset.location))
         return str(Path(dataset.location).resolve())
 
     def producing_job(self, job_id: uuid.UUID, what: str) -> Job:
@@ -77,11 +93,13 @@ class Resolver:
         return model
 
     def checkpoint(self, model: ModelVersion) -> Path:
-        """The model's checkpoint file, which must be on the artifact volume."""
-        path = self.root / model.checkpoint
-        if not path.is_file():
-            raise MissingResourceError(f"the checkpoint of model {model.id} is missing on the artifact volume")
-        return path
+        """The model's checkpoint file, which must be in the artifact store."""
+        try:
+            return self.file(model.checkpoint)
+        except MissingResourceError:
+            raise MissingResourceError(
+                f"the checkpoint of model {model.id} is missing from the artifact store"
+            ) from None
 
     def data_config(self, dataset_id: uuid.UUID | None, model: ModelVersion, spec: ModelSpec) -> DataConfig:
         """How to read data for an existing model (``spec``, read from its checkpoint): its training split
@@ -111,7 +129,7 @@ class Resolver:
                 return None
             raise LayercutError(f"{params.kind} needs analysis_job (an analyze job of this model)")
         producer = self.producing_job(analysis_job, "analysis")
-        path = self.root / producer.tenant / str(producer.id) / ANALYSIS_JSON
-        if not path.is_file():
-            raise MissingResourceError(f"job {producer.id} has no {ANALYSIS_JSON}")
-        return path
+        try:
+            return self.file(f"{producer.tenant}/{producer.id}/{ANALYSIS_JSON}")
+        except MissingResourceError:
+            raise MissingResourceError(f"job {producer.id} has no {ANALYSIS_JSON}") from None

@@ -14,6 +14,8 @@ import math
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from layercut import telemetry
+from layercut.artifacts import ArtifactStore, ArtifactStoreError, artifact_store
 from layercut.contracts.files import IMPORTS_FOLDER
 from layercut.settings import Settings
 from layercut.store.db import get_sessionmaker
@@ -84,24 +87,35 @@ def _delete_job_rows(session: Session, jobs: list[Job]) -> list[tuple[str, uuid.
     return folders
 
 
-def _delete_job_files(folders: list[tuple[str, uuid.UUID]], artifact_root: Path) -> None:
+def _delete_job_files(folders: list[tuple[str, uuid.UUID]], store: ArtifactStore) -> None:
     for tenant, job_id in folders:
-        shutil.rmtree(artifact_root / tenant / str(job_id), ignore_errors=True)
-        shutil.rmtree(artifact_root / tenant / IMPORTS_FOLDER / str(job_id), ignore_errors=True)
-        telemetry.job_log_path(artifact_root, tenant, job_id).unlink(missing_ok=True)
+        with _logged_store_error(f"the files of job {job_id}"):
+            store.delete_tree(f"{tenant}/{job_id}")
+            store.delete_tree(f"{tenant}/{IMPORTS_FOLDER}/{job_id}")
+            store.delete_file(store.key(telemetry.job_log_path(store.root, tenant, job_id)))
 
 
-def delete_jobs(session: Session, jobs: list[Job], artifact_root: Path) -> int:
+@contextmanager
+def _logged_store_error(what: str) -> Iterator[None]:
+    """Files whose rows are gone and that the store would not delete now: logged, never served, and not a reason
+    to fail the deletion the rows already made."""
+    try:
+        yield
+    except ArtifactStoreError as exc:
+        log.warning("%s were not all removed from the artifact store: %s", what, exc)
+
+
+def delete_jobs(session: Session, jobs: list[Job], store: ArtifactStore) -> int:
     """Delete ``jobs`` (checked with ``check_deletable`` first), their artifacts, the model versions they made
     and their files, in one transaction. Returns how many jobs were deleted."""
     check_deletable(session, jobs)
     folders = _delete_job_rows(session, jobs)
     session.commit()
-    _delete_job_files(folders, artifact_root)
+    _delete_job_files(folders, store)
     return len(folders)
 
 
-def delete_pipeline(session: Session, pipeline: Pipeline, artifact_root: Path) -> int:
+def delete_pipeline(session: Session, pipeline: Pipeline, store: ArtifactStore) -> int:
     """Delete a pipeline whose every step has ended, with its jobs and their files, in one transaction; returns
     the jobs deleted."""
     jobs = list(session.scalars(select(Job).where(Job.pipeline_id == pipeline.id)))
@@ -109,31 +123,32 @@ def delete_pipeline(session: Session, pipeline: Pipeline, artifact_root: Path) -
     folders = _delete_job_rows(session, jobs)
     session.execute(delete(Pipeline).where(Pipeline.id == pipeline.id))
     session.commit()
-    _delete_job_files(folders, artifact_root)
+    _delete_job_files(folders, store)
     return len(folders)
 
 
-def delete_model(session: Session, model: ModelVersion, artifact_root: Path) -> None:
+def delete_model(session: Session, model: ModelVersion, store: ArtifactStore) -> None:
     """Delete an imported model and its files (with the import job that made it); a model another job made goes
     with that job (``InUse`` says which)."""
     maker = session.get(Job, model.job_id) if model.job_id is not None else None
     if maker is not None and maker.kind == "import":
-        delete_jobs(session, [maker], artifact_root)
+        delete_jobs(session, [maker], store)
         return
     if model.job_id is not None:
         raise InUse(f"model {model.id} is an output of job {model.job_id}: delete that job (or its pipeline)")
     readers = _unfinished_readers(session, model.tenant, {str(model.id)}, set())
     if readers:
         raise InUse(f"unfinished job(s) {', '.join(map(str, readers[:5]))} use model {model.id}; cancel or wait")
-    checkpoint = artifact_root / model.checkpoint
+    checkpoint = model.checkpoint
     session.execute(update(ModelVersion).where(ModelVersion.parent_id == model.id).values(parent_id=None))
     session.delete(model)
     session.commit()
-    folder = checkpoint.parent
-    if folder.name == str(model.id) and folder.resolve().is_relative_to(artifact_root.resolve()):
-        shutil.rmtree(folder, ignore_errors=True)
-    else:
-        checkpoint.unlink(missing_ok=True)
+    folder, _, _ = checkpoint.rpartition("/")
+    with _logged_store_error(f"the files of model {model.id}"):
+        if folder.rpartition("/")[2] == str(model.id):
+            store.delete_tree(folder)
+        else:
+            store.delete_file(checkpoint)
 
 
 def expire(settings: Settings, now: datetime | None = None) -> dict[str, int]:
@@ -142,7 +157,7 @@ def expire(settings: Settings, now: datetime | None = None) -> dict[str, int]:
     if settings.retention_days <= 0:
         return {"jobs": 0, "pipelines": 0}
     cutoff = (now or datetime.now(timezone.utc)) - timedelta(days=settings.retention_days)
-    root = settings.resolved_artifact_root
+    store = artifact_store(settings)
     deleted = {"jobs": 0, "pipelines": 0}
     with get_sessionmaker(settings.resolved_database_url)() as session:
         old_jobs = session.scalars(
@@ -157,7 +172,7 @@ def expire(settings: Settings, now: datetime | None = None) -> dict[str, int]:
         ).all()
         for job in old_jobs:
             try:
-                deleted["jobs"] += delete_jobs(session, [job], root)
+                deleted["jobs"] += delete_jobs(session, [job], store)
             except InUse as exc:
                 session.rollback()
                 log.info("retention keeps job %s: %s", job.id, exc)
@@ -166,7 +181,7 @@ def expire(settings: Settings, now: datetime | None = None) -> dict[str, int]:
         ).all()
         for pipeline in old_pipelines:
             try:
-                delete_pipeline(session, pipeline, root)
+                delete_pipeline(session, pipeline, store)
                 deleted["pipelines"] += 1
             except InUse as exc:
                 session.rollback()

@@ -24,6 +24,7 @@ from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.orm import Session
 
 from layercut import telemetry
+from layercut.artifacts import ArtifactStore, ArtifactStoreError, artifact_store
 from layercut.contracts.errors import Cancelled, LayercutError, StorageFull, disk_full, without_root
 from layercut.contracts.jobs import JobParams
 from layercut.jobs import pipelines
@@ -95,11 +96,13 @@ def execute_job(
             "tenant": job.tenant,
             "pipeline_id": str(job.pipeline_id) if job.pipeline_id else None,
         }
+        store = artifact_store(settings)
+        log_path = telemetry.job_log_path(store.root, job.tenant, job.id)
+        sync_log(settings, log_path, publish=False)  # an earlier attempt's lines, from wherever it ran
         with (
+            store.holding(f"{job.tenant}/{job.id}", store.key(log_path)),
             telemetry.bound(**ids),
-            telemetry.job_log_file(
-                telemetry.job_log_path(settings.resolved_artifact_root, job.tenant, job.id), str(job.id)
-            ),
+            telemetry.job_log_file(log_path, str(job.id)),
             Heartbeat(
                 settings.resolved_database_url,
                 job_id,
@@ -110,9 +113,35 @@ def execute_job(
             ),
         ):
             status = run_logged(session, repo, job, settings, worker)
+        sync_log(settings, log_path, publish=True)
+        trim_cache(store, settings.artifact_cache_max_bytes)
     if status in FINAL_STATUSES:
         finished(settings, job_id, dispatcher)
     return status
+
+
+def trim_cache(store: ArtifactStore, max_bytes: int) -> None:
+    """After a job, keep this machine's cache of the object store under its limit (a no-op on the volume)."""
+    removed = store.trim(max_bytes)
+    if removed:
+        log.info("artifact cache trimmed by %.1f MiB to stay under %.1f MiB", removed / 2**20, max_bytes / 2**20)
+
+
+def sync_log(settings: Settings, log_path: Path, publish: bool) -> None:
+    """With object storage, a job's log is fetched before an attempt appends to it (an earlier attempt may have run
+    on another machine) and stored after it, where the API reads it. Best effort: a log that cannot be moved now
+    is never a reason to fail the job."""
+    store = artifact_store(settings)
+    if not store.remote:
+        return
+    try:
+        if publish:
+            if log_path.is_file():
+                store.publish_file(log_path)
+        else:
+            store.newest(store.key(log_path))
+    except ArtifactStoreError as exc:
+        log.warning("the job's log was not %s the artifact store: %s", "stored in" if publish else "read from", exc)
 
 
 def _overdue(
@@ -151,7 +180,8 @@ def run_logged(session: Session, repo: JobRepository, job: Job, settings: Settin
 
 def run_claimed(session: Session, repo: JobRepository, job: Job, settings: Settings, worker: str) -> str:
     """Run a claimed job to a final status, mapping every error to failed/cancelled (never left running)."""
-    root = settings.resolved_artifact_root
+    store = artifact_store(settings)
+    root = store.root
     out = root / job.tenant / str(job.id)
     progress = JobProgress(repo, job.id, worker, job.attempts, settings.progress_interval_seconds)
     wait = settings.database_retry_seconds
@@ -162,10 +192,11 @@ def run_claimed(session: Session, repo: JobRepository, job: Job, settings: Setti
     try:
         params = parse_params(job)
         empty_folder(out)
-        outcome = run_stage(params, Resolver(session, job, root), out, settings, progress)
+        outcome = run_stage(params, Resolver(session, job, store), out, settings, progress)
         if progress.should_cancel():
             raise Cancelled("cancelled before the results were recorded")
         model_id = durably(lambda: record_outputs(session, job, out, root, outcome.produced), "recording the outputs")
+        store.publish(out)  # before the success: a job that succeeded has its files where every machine reads them
         result = job_result(outcome.result, root)
         if model_id is not None:
             result["model_id"] = str(model_id)

@@ -6,7 +6,6 @@ engine (as the API and the worker do) must not import torch; the stages load whe
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from layercut.contracts.configs import DataConfig
-from layercut.contracts.errors import LayercutError
+from layercut.contracts.errors import LayercutError, MissingResourceError
 from layercut.contracts.files import CHECKPOINT, IMPORT_JSON, TRUNCATE_JSON, import_upload
 from layercut.contracts.jobs import (
     AnalyzeParams,
@@ -385,16 +384,18 @@ def run_import(params: ImportParams, run: StageRun) -> StageOutcome:
     from layercut.stages.importing import import_weights
     from layercut.stages.stages import write_result
 
-    job = run.resolver.job
-    upload = run.resolver.root / import_upload(job.tenant, job.id, params.weights_suffix)
+    job, store = run.resolver.job, run.resolver.store
+    key = import_upload(job.tenant, job.id, params.weights_suffix)
     try:
-        if not upload.is_file():
+        try:
+            upload = store.local(key, size=params.weights_bytes, sha256=params.weights_sha256)
+        except MissingResourceError:
             raise LayercutError(
                 f"the uploaded weights ({params.weights_name}) are no longer stored; import the model again"
-            )
+            ) from None
         result = import_weights(upload, params.spec, run.out / CHECKPOINT, reporter=run.reporter)
     finally:
-        shutil.rmtree(upload.parent, ignore_errors=True)
+        store.delete_tree(key.rsplit("/", 1)[0])
     write_result(run.out / IMPORT_JSON, result)
     metrics = {"source_format": result.source_format, "weights_name": params.weights_name}
     produced = run.produced(True, params.dataset_id, None, result.params, metrics)

@@ -9,14 +9,17 @@ import io
 import json
 import tarfile
 import threading
+import uuid
 import zipfile
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
 
 from layercut.api import uploads
+from layercut.artifacts import folder_bytes
 from layercut.settings import Settings
-from layercut.store.models import Job
+from layercut.store.models import Artifact, Job
 from layercut.testing.api_env import make_env
 
 PNG = b"\x89PNG\r\n\x1a\nfake"
@@ -172,9 +175,9 @@ def test_the_quota_walk_counts_files_and_stops_at_its_bound(tmp_path):
     (tmp_path / "a" / "one").write_bytes(b"x" * 10)
     (tmp_path / "a" / "b" / "two").write_bytes(b"x" * 20)
     (tmp_path / "link").symlink_to(tmp_path / "a" / "one")  # not followed
-    assert uploads.tenant_usage(tmp_path) == 30
-    assert uploads.tenant_usage(tmp_path / "missing") == 0
-    assert uploads.tenant_usage(tmp_path, max_entries=2) <= 30
+    assert folder_bytes(tmp_path) == 30
+    assert folder_bytes(tmp_path / "missing") == 0
+    assert folder_bytes(tmp_path, max_entries=2) <= 30
 
 
 class FillingFile:
@@ -271,3 +274,43 @@ def test_a_full_disk_anywhere_in_a_route_is_a_507_not_a_500(env, monkeypatch, tm
     assert_storage_full(upload(env, zip_bytes(GOOD)), tmp_path)
     assert leftovers(env, "datasets") == []
     assert real_extract is uploads.extract_archive
+
+
+def test_an_unreachable_object_store_is_a_503_that_names_nothing_of_the_server(postgres_url, tmp_path):
+    from layercut.testing.commands import free_port
+
+    endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    env = make_env(
+        postgres_url,
+        tmp_path,
+        artifact_url="s3://layercut-down/prefix",
+        s3_endpoint_url=endpoint,
+        s3_region="us-east-1",
+        s3_access_key_id="key",
+        s3_secret_access_key="secret",
+    )
+    try:
+        job = env.finished_job(artifacts={"metrics.json": (b"{}", "application/json")})
+        with env.session() as s:  # a file the report shows, not cached on this machine
+            s.execute(update(Artifact).where(Artifact.job_id == uuid.UUID(job)).values(kind="metrics"))
+            s.commit()
+        (env.settings.resolved_artifact_root / env.tenant / job / "metrics.json").unlink()
+        listed = env.client.get(f"/v1/jobs/{job}/artifacts", headers=env.headers).json()
+        for path in (listed[0]["download_url"], f"/v1/jobs/{job}/report"):
+            response = env.client.get(path, headers=env.headers)
+            assert response.status_code == 503, (path, response.text)
+            assert response.json()["code"] == "artifact_store_unavailable" and response.headers["Retry-After"]
+            assert "127.0.0.1" not in response.text and "layercut-down" not in response.text
+        ready = env.client.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["checks"]["artifacts"] == "unavailable"
+        # another tenant still gets a 404 for it, before the store is asked
+        assert env.client.get(listed[0]["download_url"], headers=env.other_headers).status_code == 404
+        upload = env.client.post(
+            "/v1/datasets/upload",
+            files={"file": ("d.zip", zip_bytes([("d/cat/0.png", b"x"), ("d/dog/0.png", b"y")]))},
+            headers=env.headers,
+        )
+        assert upload.status_code == 503, upload.text
+        assert not list((env.settings.resolved_artifact_root / env.tenant / "datasets").glob("*-*"))
+    finally:
+        env.client.close()

