@@ -31,6 +31,7 @@ from layercut.contracts.configs import (
     ExplainConfig,
     ExportConfig,
     ExportFormat,
+    MlflowConfig,
     SelectConfig,
     SweepConfig,
     TrainConfig,
@@ -343,11 +344,13 @@ def run(
     min_accuracy: float | None = None,
     reporter: Reporter | None = None,
     progress: bool = True,
+    mlflow: str | None = None,
 ) -> RunSummary:
     """The whole pipeline with default settings, cut by ``cut`` (auto: the smallest slim model within ``max_drop``
     points of the base's validation accuracy, or ``min_accuracy`` percent; knee; or a cut point); returns the
     summary also written to run.json. Progress shows as bars (notebook, terminal) or lines (a log) unless
-    ``progress`` is False or a ``reporter`` is given."""
+    ``progress`` is False or a ``reporter`` is given. With ``mlflow`` (a tracking URI) the run is logged there and
+    base and slim are registered (``layercut[mlflow]``; the ids are in ``<out_dir>/mlflow/mlflow.json``)."""
     return run_pipeline(
         DataConfig(source=source, image_size=image_size),
         arch,
@@ -357,6 +360,7 @@ def run(
         select=SelectConfig(max_drop=max_drop, min_accuracy=min_accuracy),
         reporter=reporter,
         progress=progress,
+        mlflow=MlflowConfig(tracking_uri=mlflow) if mlflow else None,
     )
 
 
@@ -535,16 +539,22 @@ def run_pipeline(
     sweep: SweepConfig | None = None,
     progress: bool = True,
     export: ExportConfig | None = None,
+    mlflow: MlflowConfig | None = None,
 ) -> RunSummary:
     """Run the pipeline's plan into ``out_dir`` (base/, analysis/, select/ under the auto cut, slim/, sweep/ when
-    asked, compare/, explain/), write run.json and report.html, and return run.json's summary. Every input that
-    can be checked without data is checked first; progress shows as with ``run``."""
+    asked, compare/, explain/), write run.json and report.html, log the run to ``mlflow`` when given, and return
+    run.json's summary. Every input that can be checked without data is checked first (an MLflow server that does
+    not answer too); progress shows as with ``run``."""
     out = Path(out_dir)
     cut = cut or TruncateConfig()
     plan = pipeline_plan(
         train=True, stop_after="explain", cut=cut_rule(cut.cut), sweep=sweep is not None, export=export is not None
     )
     check_run_inputs(data, arch, cut, sweep, pretrained)
+    if mlflow is not None:
+        from layercut.stages.tracking import check_tracking
+
+        check_tracking(mlflow)
     with shown(reporter, progress) as reporter:
         dataset = read_data(data, reporter)
         run = RunInProcess(
@@ -573,6 +583,10 @@ def run_pipeline(
         reporter.update("report", 0.0, f"writing {files.REPORT_HTML}")
         write_run_report(out)
         reporter.update("report", 1.0, f"{files.REPORT_HTML} written")
+        if mlflow is not None:
+            from layercut.stages.tracking import publish_run
+
+            publish_run(out, mlflow, dataset, reporter)
         return summary
 
 

@@ -58,6 +58,10 @@ class Settings(BaseSettings):
         None, description="the object store's access key (unset: boto3's own chain: AWS_* variables, a role …)"
     )
     s3_secret_access_key: SecretStr | None = Field(None, description="the secret of s3_access_key_id")
+    mlflow_tracking_uri: str | None = Field(
+        None,
+        description="log every `layercut run` to this MLflow tracking server (as --mlflow does); needs layercut[mlflow]",
+    )
     artifact_cache_max_bytes: int = Field(
         20 * 2**30,
         ge=0,

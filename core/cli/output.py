@@ -17,12 +17,14 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
+from layercut.contracts.files import MLFLOW_FOLDER, MLFLOW_JSON
 from layercut.contracts.results import (
     AnalyzeResult,
     Budget,
     Candidate,
     CompareResult,
     ExplainResult,
+    MlflowResult,
     RetrainResult,
     RunSummary,
     TrainResult,
@@ -108,6 +110,21 @@ def print_run(summary: RunSummary, out: Path) -> None:
     out_console.print(table)
     if summary.verdict is not None:
         print_verdict(summary.verdict, summary.selection is None or summary.selection.within_budget)
+    logged = out / MLFLOW_FOLDER / MLFLOW_JSON
+    if logged.is_file():
+        print_mlflow(MlflowResult.model_validate_json(logged.read_text(encoding="utf-8")))
+
+
+def print_mlflow(logged: MlflowResult) -> None:
+    """Where the run went in MLflow: the run id and the registered versions (with their ONNX parity)."""
+    versions = ", ".join(
+        f"{m.version} ({m.role}, ONNX within {m.parity_max_abs_diff:.1e} of torch)" for m in logged.models
+    )
+    out_console.print(
+        f"MLflow: run {logged.run_id} in experiment {logged.experiment!r} at {logged.tracking_uri}; "
+        f"registered model {logged.registered_model!r} versions {versions}",
+        soft_wrap=True,
+    )
 
 
 CANDIDATE_TABLE_WIDTH = 132

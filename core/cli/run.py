@@ -20,6 +20,7 @@ from layercut.contracts.configs import (
     CompareConfig,
     ExplainConfig,
     ExportConfig,
+    MlflowConfig,
     SelectConfig,
     SweepConfig,
     TruncateConfig,
@@ -35,6 +36,19 @@ def sweep_config(cuts: str, max_drop: float, min_accuracy: float | None) -> Swee
         if any(error["loc"] == ("cuts",) for error in exc.errors()):
             raise LayercutError(f"--sweep: {first_error(exc).removeprefix('cuts: ')}") from None
         raise
+
+
+def mlflow_config(uri: str | None, experiment: str, registered_model: str | None) -> MlflowConfig | None:
+    """Where to log the run: ``--mlflow``, else LAYERCUT_MLFLOW_TRACKING_URI, else nowhere."""
+    from layercut.settings import get_settings
+
+    uri = uri or get_settings().mlflow_tracking_uri
+    if not uri:
+        return None
+    try:
+        return MlflowConfig(tracking_uri=uri, experiment=experiment, registered_model=registered_model)
+    except ValidationError as exc:
+        raise LayercutError(f"--mlflow: {first_error(exc)}") from None
 
 
 def run(
@@ -94,6 +108,15 @@ def run(
         help="also export the slim model as a deployable file: onnx | torchscript | exported-program (checked "
         "against torch on the test images, timed on the CPU) → export/",
     ),
+    mlflow: Optional[str] = typer.Option(
+        None,
+        "--mlflow",
+        metavar="URI",
+        help="log the run to this MLflow tracking server and register base and slim as ONNX model versions "
+        "(default: LAYERCUT_MLFLOW_TRACKING_URI; needs layercut[mlflow])",
+    ),
+    mlflow_experiment: str = options.field_option(MlflowConfig, "experiment", "--mlflow-experiment"),
+    mlflow_model: Optional[str] = options.field_option(MlflowConfig, "registered_model", "--mlflow-model"),
     as_json: bool = options.JSON,
     quiet: bool = options.QUIET,
 ) -> None:
@@ -130,6 +153,7 @@ def run(
     if export is not None and export not in EXPORT_FORMATS:
         fail(f"--export takes {', '.join(EXPORT_FORMATS)} (got {export!r})")
     export_settings = ExportConfig(format=export) if export is not None else None
+    mlflow_settings = mlflow_config(mlflow, mlflow_experiment, mlflow_model)
     with stage_bars(not quiet) as reporter:
         reporter.update("start", 0.0, "loading torch and the stages")
         from layercut.local import run_pipeline  # only now: every option above is checked in well under a second
@@ -151,6 +175,7 @@ def run(
             retrain_from_scratch=retrain_from_scratch,
             reporter=reporter,
             export=export_settings,
+            mlflow=mlflow_settings,
         )
     if as_json:
         print_result(summary)

@@ -404,6 +404,22 @@ class ExportConfig(_Config):
         return value
 
 
+class MlflowConfig(_Config):
+    """Where a finished run is logged: an MLflow tracking server (parameters, metrics per epoch, the report and
+    pictures) and its model registry (base and slim as ONNX versions of one registered model)."""
+
+    tracking_uri: str = Field(
+        min_length=1,
+        max_length=2000,
+        pattern=r"^[A-Za-z][A-Za-z0-9+.-]*:",
+        description="the tracking server, e.g. http://mlflow.internal:5000 (or file:/… , sqlite:///…)",
+    )
+    experiment: str = Field("layercut", min_length=1, max_length=500, description="the MLflow experiment's name")
+    registered_model: str | None = Field(
+        None, min_length=1, max_length=500, description="the registered model's name; default: layercut-<architecture>"
+    )
+
+
 ExplainMethod = Literal[
     "gradcam",
     "gradcam++",

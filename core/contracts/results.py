@@ -973,6 +973,30 @@ class RunOutputs(_Result):
     export: str | None = Field(None, description="the slim model as a deployable file, when the run exported it")
 
 
+class MlflowModelVersion(_Result):
+    """One model registered by a run: base or slim, as an ONNX version of the registered model."""
+
+    role: Literal["base", "slim"]
+    version: str = Field(description="the registered model's version number")
+    model_uri: str = Field(description="models:/<name>/<version>, what mlflow.onnx.load_model takes")
+    onnx_bytes: int = Field(ge=0)
+    parity_max_abs_diff: float = Field(description="largest |logit difference|, ONNX Runtime vs torch")
+
+
+class MlflowResult(_Result):
+    """mlflow.json: where a run was logged and which model versions it registered."""
+
+    stage: Literal["mlflow"]
+    tracking_uri: str = Field(description="the tracking server, without credentials")
+    experiment: str
+    experiment_id: str
+    run_id: str
+    registered_model: str
+    models: list[MlflowModelVersion]
+    artifacts: int = Field(ge=0, description="files logged as the run's artifacts")
+    seconds: float
+
+
 class RunSummary(_Result):
     """run.json: the data, both models in brief, the cut and why, the comparison, the explanations, the files."""
 

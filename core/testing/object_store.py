@@ -3,17 +3,13 @@ in-process mock), with a bucket per test module."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from layercut.testing.commands import free_port
-from layercut.testing.workers import wait_for
+from layercut.testing.servers import LoopbackServer
 
 ACCESS_KEY = "layercut-test"
 SECRET_KEY = "layercut-test-secret"
@@ -22,33 +18,24 @@ REGION = "us-east-1"
 
 @dataclass
 class ObjectStoreServer:
-    """``python -m moto.server`` on 127.0.0.1, logging to a file; ``stop`` ends it."""
+    """``python -m moto.server`` on 127.0.0.1; ``stop`` ends it."""
 
-    process: subprocess.Popen[bytes]
-    endpoint: str
-    log_path: Path
+    server: LoopbackServer
 
     @classmethod
     def start(cls, log_path: Path, timeout: float = 60) -> ObjectStoreServer:
-        port = free_port()
-        log = log_path.open("ab")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
+        return cls(
+            LoopbackServer.start(
+                lambda port: [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                log_path,
+                "the S3 server",
+                timeout=timeout,
+            )
         )
-        server = cls(process, f"http://127.0.0.1:{port}", log_path)
 
-        def up() -> bool:
-            if process.poll() is not None:
-                raise AssertionError(f"the S3 server exited with {process.returncode}:\n{log_path.read_text()}")
-            try:
-                return httpx.get(server.endpoint, timeout=2).status_code < 500
-            except httpx.HTTPError:
-                return False
-
-        wait_for(up, timeout, what="the S3 server to answer")
-        return server
+    @property
+    def endpoint(self) -> str:
+        return self.server.url
 
     def client(self) -> Any:
         import boto3
@@ -88,9 +75,4 @@ class ObjectStoreServer:
         return body
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        self.server.stop()
