@@ -84,7 +84,7 @@ def execute_job(
         if job.status == "queued" and not pipelines.ready(session, job):
             log.info("job %s waits for %s; not started", job_id, job.depends_on)
             return job.status
-        if not repo.claim(job_id, worker):
+        if not repo.claim(job_id, worker) and not take_over(repo, job_id, worker, settings, dispatcher):
             status = current_status(repo, job_id)
             log.info("job %s not claimed (status %s)", job_id, status)
             return status
@@ -118,6 +118,47 @@ def execute_job(
     if status in FINAL_STATUSES:
         finished(settings, job_id, dispatcher)
     return status
+
+
+def take_over(
+    repo: JobRepository, job_id: uuid.UUID, worker: str, settings: Settings, dispatcher: Dispatcher | None
+) -> bool:
+    """A job still marked running whose process is known to be dead (Celery re-delivers the message of a pool
+    process that was killed): settle it at once — re-queued and claimed by ``worker``, or failed ``worker_lost``
+    once out of attempts — instead of waiting for the heartbeat timeout. True when ``worker`` now holds it."""
+    job = repo.get(job_id)
+    if job is None or job.status not in ("running", "cancelling") or not holder_is_gone(job.worker):
+        return False
+    holder = job.worker
+    settled = repo.settle_lost(
+        job.id, job.attempts, job.status, job.cancel_requested, settings.max_attempts, f"its process {holder} died"
+    )
+    log.warning("job %s: its process %s died; %s", job_id, holder, settled or "settled meanwhile")
+    if settled in ("failed", "cancelled"):
+        finished(settings, job_id, dispatcher)
+    return settled == "requeued" and repo.claim(job_id, worker)
+
+
+def holder_is_gone(holder: str | None) -> bool:
+    """Whether the process recorded on a job (``[node@]host:pid``) is known to be dead: one of this machine whose
+    pid is gone or a zombie. A process on another machine is never judged here: the heartbeat timeout is."""
+    if not holder or ":" not in holder:
+        return False
+    node, _, pid_text = holder.rpartition(":")
+    if node.rpartition("@")[2] != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state in ("Z", "X")  # killed, not yet reaped by its parent
 
 
 def trim_cache(store: ArtifactStore, max_bytes: int) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -184,29 +184,40 @@ class JobRepository:
         ).all()
         outcome: dict[str, list[uuid.UUID]] = {"requeued": [], "failed": [], "cancelled": []}
         for job_id, attempts, status, cancel_requested in stale:
-            if cancel_requested:
-                if self.cancel(job_id, (status,)):
-                    outcome["cancelled"].append(job_id)
-            elif attempts < max_attempts:
-                if self._cas(
-                    job_id,
-                    "queued",
-                    (status,),
-                    worker=None,
-                    dispatched_at=None,
-                    heartbeat_at=None,
-                    message=f"re-queued: its worker stopped answering (attempt {attempts} of {max_attempts})",
-                ):
-                    outcome["requeued"].append(job_id)
-            elif self.fail(
-                job_id,
-                "worker_lost",
-                f"the worker running this job stopped answering {attempts} "
-                f"time(s); giving up after {max_attempts} attempts",
-                (status,),
-            ):
-                outcome["failed"].append(job_id)
+            settled = self.settle_lost(
+                job_id, attempts, status, cancel_requested, max_attempts, "its worker stopped answering"
+            )
+            if settled is not None:
+                outcome[settled].append(job_id)
         return outcome
+
+    def settle_lost(
+        self, job_id: uuid.UUID, attempt: int, status: str, cancel_requested: bool, max_attempts: int, why: str
+    ) -> Literal["requeued", "failed", "cancelled"] | None:
+        """A running job whose worker is gone (attempt ``attempt``): cancelled if that was asked, re-queued while it
+        has attempts left, else failed ``worker_lost``. None when it moved on meanwhile (another attempt, an end)."""
+        if cancel_requested:
+            return "cancelled" if self.cancel(job_id, (status,), attempt=attempt) else None
+        if attempt < max_attempts:
+            moved = self._cas(
+                job_id,
+                "queued",
+                (status,),
+                attempt=attempt,
+                worker=None,
+                dispatched_at=None,
+                heartbeat_at=None,
+                message=f"re-queued: {why} (attempt {attempt} of {max_attempts})",
+            )
+            return "requeued" if moved else None
+        failed = self.fail(
+            job_id,
+            "worker_lost",
+            f"the worker running this job was lost {attempt} time(s) ({why}); giving up after {max_attempts} attempts",
+            (status,),
+            attempt=attempt,
+        )
+        return "failed" if failed else None
 
     def undispatched(self, older_than: timedelta, now: datetime | None = None) -> list[Job]:
         """Queued jobs never handed to the broker (their send failed, or they were re-queued)."""

@@ -4,6 +4,8 @@ Also: Celery's soft time limit ends a job failed with code ``time_limit``."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -81,7 +83,12 @@ def test_killed_worker_out_of_attempts_fails_worker_lost(worker_env, artifact_ro
         )
         print(f"failed {time.monotonic() - killed_at:.1f}s after the kill")
         assert row.status == "failed" and row.error_code == "worker_lost", (row.status, second.tail())
-        assert "stopped answering" in row.error_message and row.finished_at is not None and row.attempts == 1
+        assert (
+            "stopped answering" in row.error_message
+            and "giving up after 1 attempts" in row.error_message
+            and row.finished_at is not None
+            and row.attempts == 1
+        )
     finally:
         second.stop()
 
@@ -103,3 +110,50 @@ def test_soft_time_limit_fails_the_job_with_time_limit(worker_env, artifact_root
         assert row.finished_at is not None
     finally:
         worker.stop()
+
+
+def test_a_killed_pool_process_is_replaced_and_its_job_rerun_at_once(worker_env, artifact_root, postgres_url, tmp_path):
+    """Only the pool process running the job dies (the OOM killer, a crash in native code): Celery re-delivers the
+    message, and the worker that gets it sees the recorded process is gone and runs the job again at once, long
+    before the heartbeat timeout (here 10 minutes, so the reaper cannot be what re-runs it)."""
+    env = worker_env(BROKER_DB, artifact_root, max_attempts=3, stale_after_seconds=600)
+    flush_broker(env["LAYERCUT_BROKER_URL"])
+    job_id = add_job(postgres_url, "t-child", train_params(add_dataset(postgres_url, "t-child"), epochs=15))
+    worker = Worker(env, tmp_path / "child.log", "t-child").wait_ready()
+    try:
+        CeleryDispatcher(settings_from(env)).dispatch(job_id, "train")
+        running = wait_for(
+            lambda: (r := job_row(postgres_url, job_id)).status == "running" and r.progress > 0.1 and r,
+            60,
+            what="the job to train",
+        )
+        os.kill(int(running.worker.rpartition(":")[2]), signal.SIGKILL)  # the pool process, not the worker
+        killed_at = time.monotonic()
+        row = wait_for(
+            lambda: (r := job_row(postgres_url, job_id)).status in ("succeeded", "failed", "cancelled") and r,
+            120,
+            0.5,
+            "the job to run again and end",
+        )
+        rerun_after = time.monotonic() - killed_at
+        print(f"re-run to {row.status} {rerun_after:.1f}s after the pool process was killed")
+        assert row.status == "succeeded" and row.attempts == 2, (row.status, row.error_message, worker.tail())
+        assert row.worker != running.worker and row.worker.startswith("t-child@")
+        assert rerun_after < 120 and "died" in worker.tail(10**6)
+    finally:
+        worker.stop()
+
+
+def test_only_a_process_of_this_machine_known_dead_counts_as_gone():
+    import socket
+    import subprocess
+
+    from layercut.jobs.runner import holder_is_gone
+
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    host = socket.gethostname()
+    assert holder_is_gone(f"w@{host}:{ended.pid}") and holder_is_gone(f"{host}:{ended.pid}")
+    assert not holder_is_gone(f"w@{host}:{os.getpid()}")  # alive
+    assert not holder_is_gone(f"w@another-{host}:{ended.pid}")  # another machine: the heartbeat decides
+    assert not holder_is_gone(None) and not holder_is_gone("nonsense") and not holder_is_gone(f"{host}:pid")
