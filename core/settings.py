@@ -164,6 +164,12 @@ class Settings(BaseSettings):
         description="most unfinished (queued or running) jobs one tenant may have; a submit beyond it is a 429 with "
         "Retry-After (0: no limit). A pipeline counts its steps; a sweep's fan-out is not refused",
     )
+    tenant_fair_scheduling: bool = Field(
+        True,
+        description="while jobs of several tenants wait for a worker, the tenant running the fewest jobs goes first "
+        "(among equals, the one whose last job started longest ago); a job that must yield waits queued and is sent "
+        "again as jobs end (false: first come, first served)",
+    )
     auth_failures_per_minute: int = Field(
         30,
         ge=0,

@@ -27,7 +27,7 @@ from layercut import telemetry
 from layercut.artifacts import ArtifactStore, ArtifactStoreError, artifact_store
 from layercut.contracts.errors import Cancelled, LayercutError, StorageFull, disk_full, without_root
 from layercut.contracts.jobs import JobParams
-from layercut.jobs import pipelines
+from layercut.jobs import fairness, pipelines
 from layercut.jobs.dispatch import Dispatcher
 from layercut.jobs.lifecycle import finished
 from layercut.jobs.outputs import job_result, record_outputs
@@ -84,6 +84,9 @@ def execute_job(
         if job.status == "queued" and not pipelines.ready(session, job):
             log.info("job %s waits for %s; not started", job_id, job.depends_on)
             return job.status
+        if settings.tenant_fair_scheduling and job.status == "queued" and fairness.should_wait(repo, job, dispatcher):
+            fairness.defer(repo, job)
+            return current_status(repo, job_id)
         if not repo.claim(job_id, worker) and not take_over(repo, job_id, worker, settings, dispatcher):
             status = current_status(repo, job_id)
             log.info("job %s not claimed (status %s)", job_id, status)

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from layercut.store.models import FINAL_STATUSES, Job, utcnow
@@ -76,6 +76,7 @@ class JobRepository:
                 stage=None,
                 error_code=None,
                 error_message=None,
+                message=None,  # why it waited (re-queued, deferred) no longer applies
             )
             .execution_options(synchronize_session=False)
         )
@@ -162,6 +163,45 @@ class JobRepository:
         self, job_id: uuid.UUID, from_states: Iterable[str] = ("running", "cancelling"), attempt: int | None = None
     ) -> bool:
         return self._cas(job_id, "cancelled", from_states, attempt, finished_at=utcnow())
+
+    def waiting_tenants(self, waiting: set[uuid.UUID], besides: str) -> set[str]:
+        """The tenants other than ``besides`` with a queued job among ``waiting`` (messages waiting for a worker)."""
+        if not waiting:
+            return set()
+        statement = select(Job.tenant).where(
+            Job.id.in_(waiting), Job.tenant != besides, Job.status == "queued", Job.cancel_requested.is_(False)
+        )
+        return set(self.session.scalars(statement.distinct()))
+
+    def tenant_load(self, tenants: set[str]) -> dict[str, tuple[int, datetime | None]]:
+        """Per tenant: how many of its jobs run now, and when its last job started (None: never)."""
+        running = func.count().filter(Job.status.in_(("running", "cancelling")))
+        statement = select(Job.tenant, running, func.max(Job.started_at)).where(Job.tenant.in_(tenants))
+        found = {t: (int(n), last) for t, n, last in self.session.execute(statement.group_by(Job.tenant))}
+        return {t: found.get(t, (0, None)) for t in tenants}
+
+    def defer(self, job_id: uuid.UUID, message: str) -> bool:
+        """Leave a queued job queued, its message consumed: it is sent again when one of its tenant's jobs ends."""
+        statement = (
+            update(Job)
+            .where(Job.id == job_id, Job.status == "queued")
+            .values(deferred_at=utcnow(), message=message, updated_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        changed = self.session.execute(statement).rowcount == 1
+        self.session.commit()
+        return changed
+
+    def deferred_jobs(self, limit: int) -> list[Job]:
+        """Queued jobs left waiting for their tenant's fair share, oldest first."""
+        return list(
+            self.session.scalars(
+                select(Job)
+                .where(Job.status == "queued", Job.cancel_requested.is_(False), Job.deferred_at.is_not(None))
+                .order_by(Job.created_at)
+                .limit(limit)
+            )
+        )
 
     def mark_dispatched(self, job_id: uuid.UUID) -> None:
         self.session.execute(

@@ -107,6 +107,7 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     heartbeat_at: Mapped[datetime | None]
     dispatched_at: Mapped[datetime | None]
+    deferred_at: Mapped[datetime | None]  # last left queued for its tenant's fair share (migration 0006)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str | None] = mapped_column(String(200))
     pipeline_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("pipelines.id", ondelete="CASCADE"), index=True)
