@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from layercut.api.common import field_error, link_for, not_found
 from layercut.api.schemas.artifacts import ArtifactOut
 from layercut.api.schemas.jobs import JobError, JobOut, JobSummary
+from layercut.contracts.configs import AnalyzeConfig, TrainConfig
 from layercut.contracts.jobs import (
     FAN_OUT_KINDS,
     AnalyzeParams,
@@ -31,6 +32,7 @@ from layercut.contracts.jobs import (
     TruncateParams,
 )
 from layercut.contracts.kinds import MODEL_MAKING_KINDS
+from layercut.contracts.memory import MIB, analysis_memory, largest_batch, training_memory
 from layercut.jobs.dispatch import Dispatcher
 from layercut.settings import Settings
 from layercut.store.models import FINAL_STATUSES, Artifact, Dataset, Job, ModelVersion, Pipeline
@@ -296,6 +298,58 @@ def check_references(session: Session, tenant: str, params: JobParams) -> None:
         check_model_ref(session, tenant, params.base, (*base, "base"))
         check_model_ref(session, tenant, params.slim, (*base, "slim"))
         check_dataset(session, tenant, params.dataset_id, (*base, "dataset_id"))
+
+
+# --- memory ----------------------------------------------------------------------------------------
+
+
+def check_training_memory(settings: Settings, arch: str, image_size: int, train: TrainConfig, loc: Loc) -> None:
+    """Refuse (422 at ``loc``, the batch size) training that is estimated not to fit a worker, saying what fits."""
+    limit = settings.worker_memory_mb * MIB
+    estimate = training_memory(arch, image_size, train.batch_size, train.optimizer)
+    if limit <= 0 or estimate is None or estimate.total <= limit:
+        return
+    fits = largest_batch(arch, image_size, train.optimizer, limit)
+    advice = (
+        f"a batch_size of {fits} or less fits"
+        if fits
+        else f"not even one image fits: use a smaller image_size than {image_size} or a smaller architecture"
+    )
+    raise field_error(
+        loc,
+        f"training {arch} at {image_size} px in batches of {train.batch_size} needs {estimate.explain()}; a worker "
+        f"has {settings.worker_memory_mb} MiB (LAYERCUT_WORKER_MEMORY_MB): {advice}",
+        "too_large",
+    )
+
+
+def check_analysis_memory(settings: Settings, arch: str, image_size: int, analyze: AnalyzeConfig, loc: Loc) -> None:
+    """Refuse (422 at ``loc``) an analysis whose one probe image is estimated not to fit its memory budget (the
+    worker lowers the batch to fit, but cannot go below one image)."""
+    budget = min(settings.analyze_memory_budget_mb, analyze.memory_budget_mb or settings.analyze_memory_budget_mb)
+    estimate = analysis_memory(arch, image_size)
+    if estimate is None or estimate.total <= budget * MIB:
+        return
+    raise field_error(
+        loc,
+        f"analyzing {arch} at {image_size} px needs at least {estimate.explain()}; the analysis may use "
+        f"{budget} MiB (analyze.memory_budget_mb, at most LAYERCUT_ANALYZE_MEMORY_BUDGET_MB): use a smaller "
+        "image_size or a larger budget",
+        "too_large",
+    )
+
+
+def check_job_memory(session: Session, settings: Settings, tenant: str, params: JobParams) -> None:
+    """The memory checks a single job's params allow before it runs: training from a known architecture, and an
+    analysis of one of the tenant's uncut models."""
+    if isinstance(params, TrainParams):
+        loc = (*PARAMS_LOC, "train", "batch_size")
+        check_training_memory(settings, params.arch, params.data.image_size, params.train, loc)
+    elif isinstance(params, AnalyzeParams) and params.model.model_id is not None:
+        model = session.get(ModelVersion, params.model.model_id)
+        if model is not None and model.tenant == tenant and model.cut_point is None:
+            loc = (*PARAMS_LOC, "analyze", "memory_budget_mb")
+            check_analysis_memory(settings, model.architecture, model.image_size, params.analyze, loc)
 
 
 # --- admission -------------------------------------------------------------------------------------

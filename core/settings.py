@@ -142,6 +142,12 @@ class Settings(BaseSettings):
     worker_max_memory_per_child_kib: int = Field(
         8 * 1024**2, ge=1, description="resident memory (KiB) after which a worker process is replaced after its job"
     )
+    worker_memory_mb: int = Field(
+        16 * 1024,
+        ge=0,
+        description="memory (MiB) a worker has for one job: a training job or pipeline estimated to need more is "
+        "refused at submit (422 naming the batch size that fits; 0: not checked)",
+    )
     analyze_memory_budget_mb: int = Field(
         8 * 1024,
         ge=256,

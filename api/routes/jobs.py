@@ -32,7 +32,15 @@ from layercut.api.common import (
     request_hash,
     with_labels,
 )
-from layercut.api.crud import check_capacity, check_references, dispatch, get_tenant_job, job_out, job_summary
+from layercut.api.crud import (
+    check_capacity,
+    check_job_memory,
+    check_references,
+    dispatch,
+    get_tenant_job,
+    job_out,
+    job_summary,
+)
 from layercut.api.deps import DispatcherDep, ReadCacheDep, SessionDep, SettingsDep, StoreDep, TenantDep
 from layercut.api.schemas.common import Page
 from layercut.api.schemas.jobs import (
@@ -100,6 +108,7 @@ def create_job(
         }
     )
     check_references(session, tenant, body.params)
+    check_job_memory(session, settings, tenant, body.params)
     check_capacity(session, settings, tenant, 1, key, Job)
     job = Job(
         id=uuid.uuid4(),

@@ -31,9 +31,11 @@ from layercut.api.common import (
 )
 from layercut.api.crud import (
     add_pipeline_jobs,
+    check_analysis_memory,
     check_capacity,
     check_dataset,
     check_model_ref,
+    check_training_memory,
     derived_status,
     dispatch,
     get_tenant_pipeline,
@@ -58,8 +60,9 @@ from layercut.contracts.jobs import (
 from layercut.contracts.kinds import StageKind
 from layercut.contracts.plan import GIVEN, InputRole, PlanStep, cut_rule, pipeline_plan
 from layercut.jobs import callbacks, retention
+from layercut.settings import Settings
 from layercut.store.jobs import JobRepository
-from layercut.store.models import FINAL_STATUSES, Job, Pipeline, utcnow
+from layercut.store.models import FINAL_STATUSES, Job, ModelVersion, Pipeline, utcnow
 
 router = APIRouter(prefix="/pipelines", tags=["pipelines"])
 
@@ -239,6 +242,24 @@ def pipeline_out(session: Session, row: Pipeline) -> PipelineOut:
     )
 
 
+def check_pipeline_memory(session: Session, settings: Settings, tenant: str, body: PipelineCreate) -> None:
+    """A pipeline's training (base and slim: the slim is smaller, so the base's estimate bounds it) and its analysis
+    must be estimated to fit a worker before its first step is queued."""
+    if body.model_id is None and body.data is not None:
+        arch, size = body.arch, body.data.image_size
+        check_training_memory(settings, arch, size, body.train, ("body", "train", "batch_size"))
+        if body.retrain is not None:
+            check_training_memory(settings, arch, size, body.retrain, ("body", "retrain", "batch_size"))
+    elif body.model_id is not None:
+        model = session.get(ModelVersion, body.model_id)
+        if model is None or model.tenant != tenant or model.cut_point is not None:
+            return
+        arch, size = model.architecture, model.image_size
+    else:
+        return
+    check_analysis_memory(settings, arch, size, body.analyze, ("body", "analyze", "memory_budget_mb"))
+
+
 @router.post(
     "",
     response_model=PipelineOut,
@@ -279,6 +300,7 @@ def create_pipeline(
         check_dataset(session, tenant, body.data.dataset_id, ("body", "data", "dataset_id"))
     if body.model_id is not None:
         check_model_ref(session, tenant, ModelRef(model_id=body.model_id), ("body",))
+    check_pipeline_memory(session, settings, tenant, body)
     pipeline = Pipeline(
         id=uuid.uuid4(),
         tenant=tenant,

@@ -19,6 +19,7 @@ from layercut.contracts.callback_urls import AllowList, CallbackUrlRefused, chec
 from layercut.contracts.errors import LayercutError
 from layercut.jobs import callbacks, runner
 from layercut.jobs.outputs import relative_json_files
+from layercut.store.models import Job
 from layercut.testing.api_env import make_env
 
 TRAIN = {"kind": "train", "arch": "smallcnn", "train": {"epochs": 1}}
@@ -394,3 +395,76 @@ def test_the_failure_window_slides():
     assert failed.wait_seconds("10.0.0.7", 3) == 15
     now[0] = 60.5
     assert failed.wait_seconds("10.0.0.7", 3) == 0
+
+
+def _batch_that_fits(response) -> int:
+    message = response.json()["detail"][0]["msg"]
+    return int(message.split("a batch_size of ")[1].split(" ")[0])
+
+
+def test_training_that_cannot_fit_a_worker_is_refused_at_submit_with_the_batch_that_fits(env):
+    """VGG-16 at 512 px in batches of 256 would need about 90 GiB: refused (422 naming the batch size, the parts of
+    the estimate and the setting) before anything is queued; the batch size the answer names is accepted."""
+    from layercut.contracts.memory import training_memory
+
+    dataset = env.dataset()
+    body = {
+        "kind": "train",
+        "arch": "vgg16",
+        "data": {"dataset_id": dataset, "image_size": 512},
+        "train": {"batch_size": 256},
+    }
+    refused = env.client.post("/v1/jobs", json={"params": body}, headers=env.headers)
+    assert refused.status_code == 422, refused.text
+    error = refused.json()["detail"][0]
+    assert error["loc"] == ["body", "params", "train", "batch_size"] and error["type"] == "too_large"
+    assert "LAYERCUT_WORKER_MEMORY_MB" in error["msg"] and "256 image(s)" in error["msg"]
+    fits = _batch_that_fits(refused)
+    limit = env.settings.worker_memory_mb * 2**20
+    assert (
+        training_memory("vgg16", 512, fits, "adam").total
+        <= limit
+        < training_memory("vgg16", 512, fits + 1, "adam").total
+    )
+    with env.session() as s:
+        assert s.query(Job).filter(Job.tenant == env.tenant).count() == 0  # nothing queued
+    body["train"]["batch_size"] = fits
+    assert env.client.post("/v1/jobs", json={"params": body}, headers=env.headers).status_code == 201
+
+    pipeline = {"data": {"dataset_id": dataset, "image_size": 512}, "arch": "vgg16", "train": {"batch_size": 256}}
+    refused = env.client.post("/v1/pipelines", json=pipeline, headers=env.headers)
+    assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "train", "batch_size"]
+    pipeline["train"]["batch_size"] = fits
+    pipeline["retrain"] = {"batch_size": 256}
+    refused = env.client.post("/v1/pipelines", json=pipeline, headers=env.headers)
+    assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "retrain", "batch_size"]
+
+
+def test_an_analysis_whose_one_image_cannot_fit_its_budget_is_refused_at_submit(env):
+    dataset = env.dataset()
+    pipeline = {
+        "data": {"dataset_id": dataset, "image_size": 1024},
+        "arch": "resnet152",
+        "train": {"batch_size": 2},
+        "analyze": {"memory_budget_mb": 1024},
+    }
+    refused = env.client.post("/v1/pipelines", json=pipeline, headers=env.headers)
+    assert refused.status_code == 422, refused.text
+    error = refused.json()["detail"][0]
+    assert error["loc"] == ["body", "analyze", "memory_budget_mb"] and "1024 MiB" in error["msg"]
+    pipeline["analyze"]["memory_budget_mb"] = 8192
+    assert env.client.post("/v1/pipelines", json=pipeline, headers=env.headers).status_code == 201
+
+
+def test_the_memory_check_can_be_turned_off_and_skips_what_it_cannot_estimate(postgres_url, tmp_path):
+    env = make_env(postgres_url, tmp_path, worker_memory_mb=0)
+    try:
+        body = {
+            "kind": "train",
+            "arch": "vgg16",
+            "data": {"dataset_id": env.dataset(), "image_size": 512},
+            "train": {"batch_size": 256},
+        }
+        assert env.client.post("/v1/jobs", json={"params": body}, headers=env.headers).status_code == 201
+    finally:
+        env.client.close()

@@ -322,7 +322,11 @@ SECRETS = {
 def test_docker_compose_reads_the_files_as_they_are_meant():
     """Docker Compose's own reading: no default secrets, one GPU per worker, and the object-storage override."""
     missing = compose_config()  # refused: no output (this binary still exits 0), and the message says what to set
-    assert not missing.stdout.strip() and "set POSTGRES_PASSWORD in .env" in missing.stderr
+    assert not missing.stdout.strip() and "is missing a value: set" in missing.stderr
+    assert any(f"set {name} in .env (see the README)" in missing.stderr for name in SECRETS), missing.stderr
+    for name in ("POSTGRES_PASSWORD", "LAYERCUT_CALLBACK_SECRET"):  # each one alone is required
+        without = compose_config(**{k: v for k, v in SECRETS.items() if k != name})
+        assert not without.stdout.strip() and f"set {name} in .env" in without.stderr, (name, without.stderr)
 
     base = json.loads(compose_config(**SECRETS).stdout)["services"]
     assert {"postgres", "redis", "migrate", "api", "worker"} == set(base)  # the second GPU's worker is opt-in
