@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from layercut.api.common import field_error, link_for, not_found
 from layercut.api.schemas.artifacts import ArtifactOut
 from layercut.api.schemas.jobs import JobError, JobOut, JobSummary
-from layercut.contracts.configs import AnalyzeConfig, TrainConfig
+from layercut.contracts.configs import AnalyzeConfig, ExplainConfig, TrainConfig
 from layercut.contracts.jobs import (
     FAN_OUT_KINDS,
     AnalyzeParams,
@@ -32,7 +32,14 @@ from layercut.contracts.jobs import (
     TruncateParams,
 )
 from layercut.contracts.kinds import MODEL_MAKING_KINDS
-from layercut.contracts.memory import MIB, analysis_memory, largest_batch, training_memory
+from layercut.contracts.memory import (
+    MIB,
+    analysis_memory,
+    batch_that_fits,
+    explanation_memory,
+    largest_batch,
+    training_memory,
+)
 from layercut.jobs.dispatch import Dispatcher
 from layercut.settings import Settings
 from layercut.store.models import FINAL_STATUSES, Artifact, Dataset, Job, ModelVersion, Pipeline
@@ -339,17 +346,42 @@ def check_analysis_memory(settings: Settings, arch: str, image_size: int, analyz
     )
 
 
+def check_explanation_memory(settings: Settings, arch: str, image_size: int, explain: ExplainConfig, loc: Loc) -> None:
+    """Refuse (422 at ``loc``, the batch size) explanations whose batches are estimated not to fit a worker."""
+    limit = settings.worker_memory_mb * MIB
+    estimate = explanation_memory(arch, image_size, explain.batch_size)
+    if limit <= 0 or estimate is None or estimate.total <= limit:
+        return
+    fits = batch_that_fits(explanation_memory(arch, image_size, 1), limit)
+    raise field_error(
+        loc,
+        f"explaining {arch} at {image_size} px in batches of {explain.batch_size} needs {estimate.explain()}; a "
+        f"worker has {settings.worker_memory_mb} MiB (LAYERCUT_WORKER_MEMORY_MB): "
+        + (f"a batch_size of {fits} or less fits" if fits else "not even one image fits"),
+        "too_large",
+    )
+
+
+def uncut_model(session: Session, tenant: str, ref: ModelRef) -> ModelVersion | None:
+    """The tenant's model a reference names by id, if it is a whole (uncut) model: what the estimates know."""
+    if ref.model_id is None:
+        return None
+    model = session.get(ModelVersion, ref.model_id)
+    return model if model is not None and model.tenant == tenant and model.cut_point is None else None
+
+
 def check_job_memory(session: Session, settings: Settings, tenant: str, params: JobParams) -> None:
     """The memory checks a single job's params allow before it runs: training from a known architecture, and an
-    analysis of one of the tenant's uncut models."""
+    analysis or explanation of one of the tenant's uncut models."""
     if isinstance(params, TrainParams):
         loc = (*PARAMS_LOC, "train", "batch_size")
         check_training_memory(settings, params.arch, params.data.image_size, params.train, loc)
-    elif isinstance(params, AnalyzeParams) and params.model.model_id is not None:
-        model = session.get(ModelVersion, params.model.model_id)
-        if model is not None and model.tenant == tenant and model.cut_point is None:
-            loc = (*PARAMS_LOC, "analyze", "memory_budget_mb")
-            check_analysis_memory(settings, model.architecture, model.image_size, params.analyze, loc)
+    elif isinstance(params, AnalyzeParams) and (model := uncut_model(session, tenant, params.model)) is not None:
+        loc = (*PARAMS_LOC, "analyze", "memory_budget_mb")
+        check_analysis_memory(settings, model.architecture, model.image_size, params.analyze, loc)
+    elif isinstance(params, ExplainParams) and (model := uncut_model(session, tenant, params.model)) is not None:
+        loc = (*PARAMS_LOC, "explain", "batch_size")
+        check_explanation_memory(settings, model.architecture, model.image_size, params.explain, loc)
 
 
 # --- admission -------------------------------------------------------------------------------------

@@ -145,7 +145,7 @@ class Settings(BaseSettings):
     worker_memory_mb: int = Field(
         16 * 1024,
         ge=0,
-        description="memory (MiB) a worker has for one job: a training job or pipeline estimated to need more is "
+        description="memory (MiB) a worker has for one job: training or explanations estimated to need more are "
         "refused at submit (422 naming the batch size that fits; 0: not checked)",
     )
     analyze_memory_budget_mb: int = Field(

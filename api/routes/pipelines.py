@@ -34,6 +34,7 @@ from layercut.api.crud import (
     check_analysis_memory,
     check_capacity,
     check_dataset,
+    check_explanation_memory,
     check_model_ref,
     check_training_memory,
     derived_status,
@@ -258,6 +259,7 @@ def check_pipeline_memory(session: Session, settings: Settings, tenant: str, bod
     else:
         return
     check_analysis_memory(settings, arch, size, body.analyze, ("body", "analyze", "memory_budget_mb"))
+    check_explanation_memory(settings, arch, size, body.explain, ("body", "explain", "batch_size"))
 
 
 @router.post(

@@ -67,13 +67,17 @@ def training_memory(arch: str, image_size: int, batch_size: int, optimizer: str)
     return MemoryEstimate(PROCESS_BYTES + weights + activations, PROCESS_BYTES, weights, per_image, batch_size)
 
 
-def largest_batch(arch: str, image_size: int, optimizer: str, limit_bytes: int) -> int:
-    """The largest training batch estimated to fit ``limit_bytes`` (0: not even one image)."""
-    one = training_memory(arch, image_size, 1, optimizer)
+def batch_that_fits(one: MemoryEstimate | None, limit_bytes: int) -> int:
+    """The largest batch whose estimate (``one``: the estimate of a single image) fits ``limit_bytes`` (0: none)."""
     if one is None:
         return 0
     room = limit_bytes - one.process - one.weights
     return max(0, int(room // (one.per_image * BACKWARD_HEADROOM)))
+
+
+def largest_batch(arch: str, image_size: int, optimizer: str, limit_bytes: int) -> int:
+    """The largest training batch estimated to fit ``limit_bytes`` (0: not even one image)."""
+    return batch_that_fits(training_memory(arch, image_size, 1, optimizer), limit_bytes)
 
 
 def analysis_memory(arch: str, image_size: int) -> MemoryEstimate | None:
@@ -84,3 +88,14 @@ def analysis_memory(arch: str, image_size: int) -> MemoryEstimate | None:
         return None
     weights = FOOTPRINTS[arch][0] * 4
     return MemoryEstimate(PROCESS_BYTES + weights + per_image, PROCESS_BYTES, weights, per_image, 1)
+
+
+def explanation_memory(arch: str, image_size: int, batch_size: int) -> MemoryEstimate | None:
+    """The peak memory of explaining ``batch_size`` images at a time: the gradient methods (Grad-CAM, guided
+    backprop, saliency) run a backward per batch, so each image costs about what training saves for it."""
+    per_image = per_image_bytes(arch, image_size)
+    if per_image is None:
+        return None
+    weights = FOOTPRINTS[arch][0] * 4 * 2  # the weights and the gradients the backward fills
+    activations = int(batch_size * per_image * BACKWARD_HEADROOM)
+    return MemoryEstimate(PROCESS_BYTES + weights + activations, PROCESS_BYTES, weights, per_image, batch_size)

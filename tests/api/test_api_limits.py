@@ -447,6 +447,7 @@ def test_an_analysis_whose_one_image_cannot_fit_its_budget_is_refused_at_submit(
         "arch": "resnet152",
         "train": {"batch_size": 2},
         "analyze": {"memory_budget_mb": 1024},
+        "explain": {"batch_size": 1},
     }
     refused = env.client.post("/v1/pipelines", json=pipeline, headers=env.headers)
     assert refused.status_code == 422, refused.text
@@ -468,3 +469,25 @@ def test_the_memory_check_can_be_turned_off_and_skips_what_it_cannot_estimate(po
         assert env.client.post("/v1/jobs", json={"params": body}, headers=env.headers).status_code == 201
     finally:
         env.client.close()
+
+
+def test_explanations_whose_batches_cannot_fit_a_worker_are_refused_at_submit(env):
+    from layercut.contracts.memory import explanation_memory
+
+    dataset = env.dataset()
+    pipeline = {
+        "data": {"dataset_id": dataset, "image_size": 1024},
+        "arch": "vgg16",
+        "train": {"batch_size": 2},
+        "analyze": {"memory_budget_mb": 8192},
+        "explain": {"batch_size": 256},
+    }
+    refused = env.client.post("/v1/pipelines", json=pipeline, headers=env.headers)
+    assert refused.status_code == 422, refused.text
+    error = refused.json()["detail"][0]
+    assert error["loc"] == ["body", "explain", "batch_size"] and "explaining vgg16" in error["msg"]
+    fits = _batch_that_fits(refused)
+    limit = env.settings.worker_memory_mb * 2**20
+    assert explanation_memory("vgg16", 1024, fits).total <= limit < explanation_memory("vgg16", 1024, fits + 1).total
+    pipeline["explain"]["batch_size"] = fits
+    assert env.client.post("/v1/pipelines", json=pipeline, headers=env.headers).status_code == 201
