@@ -440,20 +440,29 @@ def test_training_that_cannot_fit_a_worker_is_refused_at_submit_with_the_batch_t
     assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "retrain", "batch_size"]
 
 
-def test_an_analysis_whose_one_image_cannot_fit_its_budget_is_refused_at_submit(env):
-    dataset = env.dataset()
+@pytest.mark.parametrize(
+    ("section", "field", "too_big", "enough", "says"),
+    [
+        ("analyze", "memory_budget_mb", 1024, 8192, "the analysis may use 1024 MiB"),
+        ("explain", "batch_size", 64, None, "explaining resnet152 at 1024 px in batches of 64"),
+    ],
+)
+def test_an_analysis_or_explanations_that_cannot_fit_are_refused_at_submit(env, section, field, too_big, enough, says):
+    """ResNet-152 at 1024 px: one probe image's graph does not fit a 1 GiB analysis budget, and explanations in
+    batches of 64 do not fit a worker; the answer names the field, and what it proposes is accepted."""
     pipeline = {
-        "data": {"dataset_id": dataset, "image_size": 1024},
+        "data": {"dataset_id": env.dataset(), "image_size": 1024},
         "arch": "resnet152",
         "train": {"batch_size": 2},
-        "analyze": {"memory_budget_mb": 1024},
+        "analyze": {"memory_budget_mb": 8192},
         "explain": {"batch_size": 1},
     }
+    pipeline[section][field] = too_big
     refused = env.client.post("/v1/pipelines", json=pipeline, headers=env.headers)
     assert refused.status_code == 422, refused.text
     error = refused.json()["detail"][0]
-    assert error["loc"] == ["body", "analyze", "memory_budget_mb"] and "1024 MiB" in error["msg"]
-    pipeline["analyze"]["memory_budget_mb"] = 8192
+    assert error["loc"] == ["body", section, field] and says in error["msg"], error
+    pipeline[section][field] = enough if enough is not None else _batch_that_fits(refused)
     assert env.client.post("/v1/pipelines", json=pipeline, headers=env.headers).status_code == 201
 
 
@@ -469,25 +478,3 @@ def test_the_memory_check_can_be_turned_off_and_skips_what_it_cannot_estimate(po
         assert env.client.post("/v1/jobs", json={"params": body}, headers=env.headers).status_code == 201
     finally:
         env.client.close()
-
-
-def test_explanations_whose_batches_cannot_fit_a_worker_are_refused_at_submit(env):
-    from layercut.contracts.memory import explanation_memory
-
-    dataset = env.dataset()
-    pipeline = {
-        "data": {"dataset_id": dataset, "image_size": 1024},
-        "arch": "vgg16",
-        "train": {"batch_size": 2},
-        "analyze": {"memory_budget_mb": 8192},
-        "explain": {"batch_size": 256},
-    }
-    refused = env.client.post("/v1/pipelines", json=pipeline, headers=env.headers)
-    assert refused.status_code == 422, refused.text
-    error = refused.json()["detail"][0]
-    assert error["loc"] == ["body", "explain", "batch_size"] and "explaining vgg16" in error["msg"]
-    fits = _batch_that_fits(refused)
-    limit = env.settings.worker_memory_mb * 2**20
-    assert explanation_memory("vgg16", 1024, fits).total <= limit < explanation_memory("vgg16", 1024, fits + 1).total
-    pipeline["explain"]["batch_size"] = fits
-    assert env.client.post("/v1/pipelines", json=pipeline, headers=env.headers).status_code == 201
