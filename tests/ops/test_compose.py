@@ -100,11 +100,19 @@ def test_api_and_worker_wait_for_migration_and_broker(service):
     assert depends["postgres"]["condition"] == "service_healthy"
 
 
-def test_one_image_for_migrate_api_and_worker():
-    images = {SERVICES[s]["image"] for s in ("migrate", "api", "worker")}
-    assert len(images) == 1
-    for s in ("migrate", "api", "worker"):
-        assert SERVICES[s]["build"]["context"] == "."
+def test_the_api_and_the_migration_run_from_the_image_without_torch():
+    """Two images from one Dockerfile: the API and the migration from its `api` target (no torch), the workers from
+    the full one."""
+    for service in ("migrate", "api"):
+        assert SERVICES[service]["build"] == {"context": ".", "target": "api"}, service
+        assert SERVICES[service]["image"] == "layercut-api:latest"
+    for service in ("worker", "worker-gpu1"):
+        assert SERVICES[service]["build"] == {"context": ".", "target": "full"}, service
+        assert SERVICES[service]["image"] == "layercut:latest"
+    stages = re.findall(r"^FROM \S+ AS (\w+)", DOCKERFILE, re.M)
+    assert stages == ["base", "api", "full"]  # full is the last stage: the default target
+    api_stage = DOCKERFILE.split("AS api", 1)[1].split("FROM ", 1)[0]
+    assert "['optional-dependencies']['api']" in api_stage and "torch" not in api_stage.lower()
 
 
 def test_api_port_and_command():
