@@ -15,13 +15,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import HTTPException, Query, Request, status
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import tuple_
 from sqlalchemy.orm import Session
 
 from layercut.api.deps import TenantDep
+from layercut.artifacts import ArtifactStore
 from layercut.contracts.callback_urls import AllowList, CallbackUrlRefused, check_callback_url
+from layercut.contracts.errors import MissingResourceError
 from layercut.jobs.retention import InUse
 from layercut.settings import Settings
 
@@ -32,6 +36,10 @@ class ErrorOut(BaseModel):
     detail: str = Field(examples=["job 3f0c… not found"])
 
 
+EVERY_V1_ROUTE = (405, 429, 503)
+"""What any /v1 route may answer besides its own errors."""
+
+
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     descriptions = {
         400: "bad request",
@@ -40,8 +48,11 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         404: "not found (or owned by another tenant)",
         409: "conflict with the object's state",
         413: "body or upload too large",
+        405: "this path does not take this method (the Allow header lists those it does)",
         415: "unsupported upload",
-        503: "the server is busy (see Retry-After) or a dependency is unavailable; retry later",
+        429: "too many requests: too many failed authentications from this address, or too many unfinished jobs "
+        "of this tenant; wait for Retry-After seconds",
+        503: "the server is busy (see Retry-After), or the database or the artifact store is unavailable; retry later",
         507: "the tenant's storage quota or the artifact volume is full; delete what you no longer need",
     }
     return {code: {"model": ErrorOut, "description": descriptions.get(code, "error")} for code in codes}
@@ -125,6 +136,19 @@ def idempotency_mismatch() -> RequestValidationError:
 
 # --- cursor pagination -----------------------------------------------------------------------------
 
+
+JobId = Annotated[uuid.UUID, PathParam(description="the job's id (as POST /v1/jobs or a pipeline's steps gave it)")]
+PipelineId = Annotated[uuid.UUID, PathParam(description="the pipeline's id (as POST /v1/pipelines gave it)")]
+ModelId = Annotated[
+    uuid.UUID, PathParam(description="the model version's id (a job's result.model_id, or GET /v1/models)")
+]
+DatasetId = Annotated[uuid.UUID, PathParam(description="the dataset's id (as POST /v1/datasets gave it)")]
+ArtifactId = Annotated[uuid.UUID, PathParam(description="the artifact's id (from GET /v1/jobs/{job_id}/artifacts)")]
+LimitQuery = Annotated[int, Query(ge=1, le=200, description="most items in this page")]
+CursorQuery = Annotated[
+    str | None, Query(max_length=500, description="next_cursor of the previous page (it keeps that page's sort)")
+]
+"""Path and paging parameters, declared once with what a generated client shows for them."""
 
 Sort = Literal["-created_at", "created_at"]
 SortQuery = Annotated[Sort, Query(description="-created_at: newest first (the default); created_at: oldest first")]
@@ -224,6 +248,22 @@ def stored_file(settings: Settings, relative: str) -> Path:
     if not path.is_relative_to(root) or not path.is_file():
         raise HTTPException(status.HTTP_404_NOT_FOUND, "the stored file is missing")
     return path
+
+
+def stored_download(settings: Settings, store: ArtifactStore, key: str, media_type: str, filename: str) -> Response:
+    """A stored file as a download: from the volume (range requests and all), or streamed from object storage
+    through the API (the store's address and credentials stay on the server). 404 when it is gone."""
+    if not store.remote:
+        return FileResponse(stored_file(settings, key), media_type=media_type, filename=filename)
+    try:
+        stored = store.open(key)
+    except MissingResourceError:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "the stored file is missing") from None
+    return StreamingResponse(
+        stored.blocks,
+        media_type=media_type,
+        headers={"Content-Length": str(stored.size), "Content-Disposition": f'attachment; filename="{filename}"'},
+    )
 
 
 def _query_names(dependant) -> set[str]:

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from layercut import __version__
-from layercut.api.common import ErrorOut, finite_json, strict_query
+from layercut.api.common import EVERY_V1_ROUTE, error_responses, finite_json, strict_query
 from layercut.api.deps import settings_dep
 from layercut.api.limits import GuardRequests, SecurityHeaders
 from layercut.api.observe import RequestContext
@@ -152,21 +152,7 @@ def create_app(settings: Settings | None = None, run_embedded_jobs: bool = True)
             module.router,
             prefix="/v1",
             dependencies=[Depends(strict_query)],
-            responses={
-                429: {
-                    "model": ErrorOut,
-                    "description": "too many requests: too many failed authentications from this address, or too "
-                    "many unfinished jobs of this tenant; wait for Retry-After seconds",
-                },
-                405: {
-                    "model": ErrorOut,
-                    "description": "this path does not take this method (the Allow header lists those it does)",
-                },
-                503: {
-                    "model": ErrorOut,
-                    "description": "the database or the artifact store is unavailable; retry later",
-                },
-            },
+            responses=error_responses(*EVERY_V1_ROUTE),
         )
     app.include_router(ui.router)
 

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import uuid
 from pathlib import PurePosixPath
 
-from fastapi import APIRouter, HTTPException, Request, status
-from fastapi.responses import FileResponse, Response, StreamingResponse
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, Response
 from sqlalchemy import select
 
-from layercut.api.common import error_responses, not_found, stored_file
+from layercut.api.common import ArtifactId, JobId, error_responses, not_found, stored_download
 from layercut.api.crud import artifact_out, get_tenant_job, job_artifacts
 from layercut.api.deps import SessionDep, SettingsDep, StoreDep, TenantDep
 from layercut.api.schemas.artifacts import ArtifactOut
-from layercut.contracts.errors import MissingResourceError
 from layercut.store.models import Artifact
 
 router = APIRouter(tags=["artifacts"])
@@ -25,7 +23,8 @@ router = APIRouter(tags=["artifacts"])
     responses=error_responses(401, 404),
     summary="List a job's artifacts",
 )
-def list_artifacts(request: Request, job_id: uuid.UUID, session: SessionDep, tenant: TenantDep) -> list[ArtifactOut]:
+def list_artifacts(request: Request, job_id: JobId, session: SessionDep, tenant: TenantDep) -> list[ArtifactOut]:
+    """Every file the job recorded, with its kind, size, SHA-256 and download URL."""
     job = get_tenant_job(session, tenant, job_id)
     return [artifact_out(request, a) for a in job_artifacts(session, job)]
 
@@ -51,23 +50,11 @@ def list_artifacts(request: Request, job_id: uuid.UUID, session: SessionDep, ten
     },
 )
 def download_artifact(
-    artifact_id: uuid.UUID, session: SessionDep, tenant: TenantDep, settings: SettingsDep, store: StoreDep
+    artifact_id: ArtifactId, session: SessionDep, tenant: TenantDep, settings: SettingsDep, store: StoreDep
 ) -> Response:
     """The file as it was recorded: from the artifact volume, or streamed from object storage through the API (the
     store's endpoint and credentials stay on the server; the tenant check is the same)."""
     row = session.scalars(select(Artifact).where(Artifact.id == artifact_id, Artifact.tenant == tenant)).first()
     if row is None:
         raise not_found("artifact", artifact_id)
-    if not store.remote:
-        path = stored_file(settings, row.path)
-        return FileResponse(path, media_type=row.content_type, filename=path.name)
-    try:
-        stored = store.open(row.path)
-    except MissingResourceError:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, "the stored file is missing") from None
-    name = PurePosixPath(row.path).name
-    return StreamingResponse(
-        stored.blocks,
-        media_type=row.content_type,
-        headers={"Content-Length": str(stored.size), "Content-Disposition": f'attachment; filename="{name}"'},
-    )
+    return stored_download(settings, store, row.path, row.content_type, PurePosixPath(row.path).name)

@@ -14,13 +14,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, File, Form, Header, HTTPException, Query, Request, Response, UploadFile, status
+from fastapi import APIRouter, Body, File, Form, Header, HTTPException, Request, Response, UploadFile, status
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from layercut.api.common import (
     IDEMPOTENCY_HEADER_DOC,
+    CursorQuery,
+    DatasetId,
+    LimitQuery,
     SortQuery,
     check_idempotency_key,
     error_responses,
@@ -341,17 +344,19 @@ def upload_other_methods() -> None:
 def list_datasets(
     session: SessionDep,
     tenant: TenantDep,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=500)] = None,
+    limit: LimitQuery = 50,
+    cursor: CursorQuery = None,
     sort: SortQuery = "-created_at",
 ) -> Page[DatasetOut]:
+    """The tenant's datasets (registered folders, builtins, uploads), newest first unless ``sort=created_at``."""
     statement = paginate(select(Dataset).where(Dataset.tenant == tenant), Dataset, cursor, limit, sort)
     rows, next_cursor = page(list(session.scalars(statement)), limit, sort)
     return Page[DatasetOut](items=[dataset_out(r) for r in rows], next_cursor=next_cursor)
 
 
 @router.get("/{dataset_id}", response_model=DatasetOut, responses=error_responses(401, 404), summary="Get a dataset")
-def get_dataset(dataset_id: uuid.UUID, session: SessionDep, tenant: TenantDep) -> DatasetOut:
+def get_dataset(dataset_id: DatasetId, session: SessionDep, tenant: TenantDep) -> DatasetOut:
+    """One dataset: its kind, classes and image counts per split, and what the scan of its files found."""
     return dataset_out(get_tenant_dataset(session, tenant, dataset_id))
 
 
@@ -367,7 +372,7 @@ def _uses(params: dict, dataset_id: str) -> bool:
     summary="Delete a dataset",
 )
 def delete_dataset(
-    dataset_id: uuid.UUID, session: SessionDep, tenant: TenantDep, settings: SettingsDep, store: StoreDep
+    dataset_id: DatasetId, session: SessionDep, tenant: TenantDep, settings: SettingsDep, store: StoreDep
 ) -> Response:
     """409 while a queued or running job uses the dataset. An uploaded dataset's files are removed; a registered
     folder is left as it is."""

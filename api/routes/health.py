@@ -37,6 +37,7 @@ class Readiness(BaseModel):
 
 @router.get("/healthz", response_model=Health, summary="The process is alive")
 def healthz() -> Health:
+    """Always 200 while the process serves requests (liveness); /readyz says whether its dependencies answer."""
     return Health(status="ok")
 
 

@@ -18,7 +18,10 @@ from starlette.concurrency import run_in_threadpool
 from layercut import telemetry
 from layercut.api.common import (
     IDEMPOTENCY_HEADER_DOC,
+    CursorQuery,
+    JobId,
     LabelQuery,
+    LimitQuery,
     SortQuery,
     as_utc,
     check_idempotency_key,
@@ -148,7 +151,7 @@ def _job_json(settings: Settings, request: Request, job_id: uuid.UUID) -> tuple[
 
 @router.get("/{job_id}", response_model=JobOut, responses=error_responses(401, 404), summary="Get a job")
 async def get_job(
-    request: Request, job_id: uuid.UUID, settings: SettingsDep, cache: ReadCacheDep, tenant: TenantDep
+    request: Request, job_id: JobId, settings: SettingsDep, cache: ReadCacheDep, tenant: TenantDep
 ) -> Response:
     """Status, stage, percent, ETA, message, result and metrics, error, artifacts with download URLs.
 
@@ -173,7 +176,7 @@ LOG_PAGE_MAX = 1000
     "/{job_id}/logs", response_model=JobLogs, responses=error_responses(401, 404), summary="Read a job's log lines"
 )
 def get_job_logs(
-    job_id: uuid.UUID,
+    job_id: JobId,
     session: SessionDep,
     store: StoreDep,
     tenant: TenantDep,
@@ -223,13 +226,16 @@ def log_line(text: str) -> JobLogLine:
 def list_jobs(
     session: SessionDep,
     tenant: TenantDep,
-    status_: Annotated[Literal[JOB_STATUSES] | None, Query(alias="status")] = None,  # type: ignore[valid-type]
-    kind: Annotated[Literal[STAGE_KINDS] | None, Query()] = None,  # type: ignore[valid-type]
-    pipeline_id: uuid.UUID | None = None,
+    status_: Annotated[
+        Literal[JOB_STATUSES] | None,  # type: ignore[valid-type]
+        Query(alias="status", description="only jobs in this status"),
+    ] = None,
+    kind: Annotated[Literal[STAGE_KINDS] | None, Query(description="only jobs of this kind")] = None,  # type: ignore[valid-type]
+    pipeline_id: Annotated[uuid.UUID | None, Query(description="only the steps of this pipeline")] = None,
     created_after: Annotated[IsoDateTime | None, Query(description="inclusive; ISO 8601, naive times are UTC")] = None,
     created_before: Annotated[IsoDateTime | None, Query(description="exclusive; ISO 8601, naive times are UTC")] = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=500, description="next_cursor of the previous page")] = None,
+    limit: LimitQuery = 50,
+    cursor: CursorQuery = None,
     sort: SortQuery = "-created_at",
     label: LabelQuery = None,
 ) -> Page[JobSummary]:
@@ -255,7 +261,7 @@ def list_jobs(
 )
 def cancel_job(
     request: Request,
-    job_id: uuid.UUID,
+    job_id: JobId,
     session: SessionDep,
     tenant: TenantDep,
     cache: ReadCacheDep,
@@ -282,9 +288,7 @@ def cancel_job(
     responses=error_responses(401, 404, 409),
     summary="Delete a finished job",
 )
-def delete_job(
-    job_id: uuid.UUID, session: SessionDep, store: StoreDep, tenant: TenantDep, cache: ReadCacheDep
-) -> Response:
+def delete_job(job_id: JobId, session: SessionDep, store: StoreDep, tenant: TenantDep, cache: ReadCacheDep) -> Response:
     """Delete an ended job with its artifacts, the model versions it made and its log. 409 while it runs, when an
     unfinished job reads what it made, or when it is a step of a pipeline (delete the pipeline)."""
     job = get_tenant_job(session, tenant, job_id)

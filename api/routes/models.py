@@ -9,7 +9,7 @@ import uuid
 from pathlib import PurePath
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Header, HTTPException, Query, Request, Response, UploadFile, status
+from fastapi import APIRouter, File, Form, Header, HTTPException, Request, Response, UploadFile, status
 from fastapi.responses import FileResponse
 from pydantic import ValidationError
 from sqlalchemy import select
@@ -17,6 +17,9 @@ from sqlalchemy.exc import IntegrityError
 
 from layercut.api.common import (
     IDEMPOTENCY_HEADER_DOC,
+    CursorQuery,
+    LimitQuery,
+    ModelId,
     SortQuery,
     check_idempotency_key,
     conflict_when_in_use,
@@ -27,7 +30,7 @@ from layercut.api.common import (
     page,
     paginate,
     request_hash,
-    stored_file,
+    stored_download,
     tenant_root,
 )
 from layercut.api.crud import check_capacity, check_dataset, dispatch, get_tenant_model, job_out
@@ -71,10 +74,11 @@ def list_models(
     request: Request,
     session: SessionDep,
     tenant: TenantDep,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=500)] = None,
+    limit: LimitQuery = 50,
+    cursor: CursorQuery = None,
     sort: SortQuery = "-created_at",
 ) -> Page[ModelOut]:
+    """The tenant's model versions (trained, cut, retrained, imported), newest first unless ``sort=created_at``."""
     statement = paginate(select(ModelVersion).where(ModelVersion.tenant == tenant), ModelVersion, cursor, limit, sort)
     rows, next_cursor = page(list(session.scalars(statement)), limit, sort)
     return Page[ModelOut](items=[model_out(request, r) for r in rows], next_cursor=next_cursor)
@@ -87,7 +91,8 @@ def import_other_methods() -> None:
 
 
 @router.get("/{model_id}", response_model=ModelOut, responses=error_responses(401, 404), summary="Get a model version")
-def get_model(request: Request, model_id: uuid.UUID, session: SessionDep, tenant: TenantDep) -> ModelOut:
+def get_model(request: Request, model_id: ModelId, session: SessionDep, tenant: TenantDep) -> ModelOut:
+    """One model version: architecture, classes, image size, parameters, cut point, metrics and lineage."""
     return model_out(request, get_tenant_model(session, tenant, model_id))
 
 
@@ -104,11 +109,11 @@ def get_model(request: Request, model_id: uuid.UUID, session: SessionDep, tenant
     },
 )
 def download_checkpoint(
-    model_id: uuid.UUID, session: SessionDep, tenant: TenantDep, settings: SettingsDep
-) -> FileResponse:
+    model_id: ModelId, session: SessionDep, tenant: TenantDep, settings: SettingsDep, store: StoreDep
+) -> Response:
+    """The model's checkpoint as stored: weights, with the layercut spec in the safetensors header."""
     row = get_tenant_model(session, tenant, model_id)
-    path = stored_file(settings, row.checkpoint)
-    return FileResponse(path, media_type="application/octet-stream", filename=f"{row.id}.safetensors")
+    return stored_download(settings, store, row.checkpoint, "application/octet-stream", f"{row.id}.safetensors")
 
 
 @router.post(
@@ -237,7 +242,7 @@ async def import_model(
     responses=error_responses(401, 404, 409),
     summary="Delete an imported model",
 )
-def delete_model(model_id: uuid.UUID, session: SessionDep, store: StoreDep, tenant: TenantDep) -> Response:
+def delete_model(model_id: ModelId, session: SessionDep, store: StoreDep, tenant: TenantDep) -> Response:
     """Delete an imported model, its checkpoint and the import job that made it. 409 while an unfinished job uses
     it; a model another job made is deleted with that job (or its pipeline)."""
     row = get_tenant_model(session, tenant, model_id)

@@ -9,14 +9,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Header, HTTPException, Query, Response, status
+from fastapi import APIRouter, Body, Header, HTTPException, Response, status
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from layercut.api.common import (
     IDEMPOTENCY_HEADER_DOC,
+    CursorQuery,
     LabelQuery,
+    LimitQuery,
+    PipelineId,
     SortQuery,
     check_idempotency_key,
     checked_callback_url,
@@ -336,7 +339,8 @@ def create_pipeline(
 
 
 @router.get("/{pipeline_id}", response_model=PipelineOut, responses=error_responses(401, 404), summary="Get a pipeline")
-def get_pipeline(pipeline_id: uuid.UUID, session: SessionDep, tenant: TenantDep) -> PipelineOut:
+def get_pipeline(pipeline_id: PipelineId, session: SessionDep, tenant: TenantDep) -> PipelineOut:
+    """The pipeline's status (derived from its steps) and every step with its status, stage and percent."""
     return pipeline_out(session, get_tenant_pipeline(session, tenant, pipeline_id))
 
 
@@ -344,8 +348,8 @@ def get_pipeline(pipeline_id: uuid.UUID, session: SessionDep, tenant: TenantDep)
 def list_pipelines(
     session: SessionDep,
     tenant: TenantDep,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=500)] = None,
+    limit: LimitQuery = 50,
+    cursor: CursorQuery = None,
     sort: SortQuery = "-created_at",
     label: LabelQuery = None,
 ) -> Page[PipelineOut]:
@@ -363,7 +367,7 @@ def list_pipelines(
     summary="Cancel a pipeline",
 )
 def cancel_pipeline(
-    pipeline_id: uuid.UUID, session: SessionDep, tenant: TenantDep, settings: SettingsDep
+    pipeline_id: PipelineId, session: SessionDep, tenant: TenantDep, settings: SettingsDep
 ) -> PipelineOut:
     """Cancels every unfinished step (queued ones at once, a running one at its next check); 409 when every step
     already ended."""
@@ -401,7 +405,7 @@ def cancel_pipeline(
     summary="Delete a finished pipeline",
 )
 def delete_pipeline(
-    pipeline_id: uuid.UUID, session: SessionDep, store: StoreDep, tenant: TenantDep, cache: ReadCacheDep
+    pipeline_id: PipelineId, session: SessionDep, store: StoreDep, tenant: TenantDep, cache: ReadCacheDep
 ) -> Response:
     """Delete a pipeline whose every step has ended, with its jobs, their artifacts, models and logs. 409 while a
     step runs or is queued (cancel the pipeline first), or when an unfinished job reads what it made."""

@@ -16,7 +16,7 @@ from fastapi import APIRouter, HTTPException
 from fastapi.responses import HTMLResponse
 from sqlalchemy.orm import Session
 
-from layercut.api.common import error_responses, tenant_root
+from layercut.api.common import EVERY_V1_ROUTE, JobId, PipelineId, error_responses, tenant_root
 from layercut.api.crud import (
     derived_status,
     find_tenant_dataset,
@@ -53,7 +53,7 @@ def _json_errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
-ERRORS = _json_errors(401, 404)
+ERRORS = _json_errors(401, 404, *EVERY_V1_ROUTE)
 
 
 def _tenant_folder(settings: Settings, tenant: str) -> Path | None:
@@ -128,7 +128,7 @@ def _dataset_name(session: Session, tenant: str, dataset_id: Any) -> str | None:
     responses={200: HTML_200, **ERRORS},
 )
 def get_job_report(
-    job_id: uuid.UUID, session: SessionDep, tenant: TenantDep, settings: SettingsDep, store: StoreDep
+    job_id: JobId, session: SessionDep, tenant: TenantDep, settings: SettingsDep, store: StoreDep
 ) -> HTMLResponse:
     """The job's outputs as one self-contained HTML page (e.g. a train job: its data, metrics and pictures). A job
     that has not finished says so; a failed one shows its error."""
@@ -155,7 +155,7 @@ def get_job_report(
     responses={200: HTML_200, **ERRORS},
 )
 def get_pipeline_report(
-    pipeline_id: uuid.UUID, session: SessionDep, tenant: TenantDep, settings: SettingsDep, store: StoreDep
+    pipeline_id: PipelineId, session: SessionDep, tenant: TenantDep, settings: SettingsDep, store: StoreDep
 ) -> HTMLResponse:
     """The whole pipeline on one self-contained HTML page: the data, the base model and its metrics, the GBP maps
     across depth, the SSIM curve and the knee, what was cut and why, the slim model, the comparison table and the

@@ -146,6 +146,8 @@ def test_a_pipeline_runs_with_its_artifacts_in_object_storage(
     assert download.status_code == 200 and download.content == s3_server.read(bucket, f"artifacts/{checkpoint.path}")
     assert download.headers["content-length"] == str(checkpoint.bytes)
     assert 'filename="model.safetensors"' in download.headers["content-disposition"]
+    model_id = models[steps["train"]].id
+    assert api.get(f"/v1/models/{model_id}/checkpoint").content == download.content  # the same, by model
 
     # the report and the logs are read from the store on the API's machine
     page = api.get(f"/v1/pipelines/{pipeline['id']}/report")
