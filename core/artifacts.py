@@ -158,6 +158,11 @@ class ArtifactStore(ABC):
     def usage(self, prefix: str) -> int:
         """Bytes stored under ``prefix`` (a tenant's quota)."""
 
+    @abstractmethod
+    def folders(self, prefix: str) -> dict[str, float]:
+        """The folders right under ``prefix`` ("" for the top), each with when it last changed (epoch seconds):
+        what the orphan sweep judges by."""
+
     def release(self, path: Path) -> None:
         """Drop the local copy of a published file or folder when the store is elsewhere (the API keeps no
         uploads); a no-op on the volume."""
@@ -226,6 +231,21 @@ class VolumeStore(ArtifactStore):
 
     def usage(self, prefix: str) -> int:
         return folder_bytes(self.path(prefix))
+
+    def folders(self, prefix: str) -> dict[str, float]:
+        folder = self.path(prefix) if prefix else self.root
+        try:
+            entries = list(folder.iterdir())
+        except OSError:  # not there (yet)
+            return {}
+        found = {}
+        for entry in entries:
+            try:
+                if entry.is_dir() and not entry.is_symlink():
+                    found[entry.name] = entry.lstat().st_mtime
+            except OSError:
+                continue
+        return found
 
     def check(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -401,6 +421,27 @@ class ObjectStore(ArtifactStore):
 
     def check(self) -> None:
         self._call("head_bucket", f"the bucket {self.bucket}", Bucket=self.bucket)
+
+    def folders(self, prefix: str) -> dict[str, float]:
+        """Each folder's time is its newest object's among the first thousand (uploads are written at once)."""
+        base = self.object_key(prefix).rstrip("/") + "/" if prefix else self.prefix
+        paginator = self._call("get_paginator", prefix or "/", "list_objects_v2")
+        found: dict[str, float] = {}
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=base, Delimiter="/"):
+                for common in page.get("CommonPrefixes", []):
+                    name = common["Prefix"][len(base) :].rstrip("/")
+                    listed = self.client.list_objects_v2(Bucket=self.bucket, Prefix=common["Prefix"], MaxKeys=1000)
+                    times = [item["LastModified"].timestamp() for item in listed.get("Contents", [])]
+                    if times:
+                        found[name] = max(times)
+        except (BotoCoreError, ClientError) as exc:
+            raise ArtifactStoreError(
+                f"the artifact store could not list {prefix or 'its top'}: {type(exc).__name__}"
+            ) from None
+        return found
 
     # --- writing -----------------------------------------------------------------------------------
     def publish(self, folder: Path) -> None:

@@ -203,21 +203,26 @@ _last_sweep = {"at": -math.inf}
 
 def remove_orphans(settings: Settings, force: bool = False) -> dict[str, int]:
     """Remove what an interrupted upload or import left behind, once older than ``orphan_after_seconds``: files in
-    the ``.incoming`` folders, dataset folders no dataset row names, and import uploads whose job is gone or ended
-    (an API killed mid-extraction leaves both). At most every ``ORPHAN_SWEEP_SECONDS`` unless ``force``."""
+    this machine's ``.incoming`` folders, and — on the volume or in object storage — dataset folders no dataset row
+    names and import uploads whose job is gone or ended (an API killed mid-extraction, or between storing an upload
+    and recording it, leaves both). At most every ``ORPHAN_SWEEP_SECONDS`` unless ``force``."""
     now = time.monotonic()
     if not force and now - _last_sweep["at"] < ORPHAN_SWEEP_SECONDS:
         return {"files": 0, "folders": 0}
     _last_sweep["at"] = now
-    root = settings.resolved_artifact_root
+    store = artifact_store(settings)
+    root = store.root
     cutoff = time.time() - settings.orphan_after_seconds
     removed = {"files": 0, "folders": 0}
-    if not root.is_dir():
+    local = {p.name for p in root.iterdir() if p.is_dir()} if root.is_dir() else set()
+    try:
+        tenants = sorted(name for name in local | set(store.folders("")) if not name.startswith("."))
+    except ArtifactStoreError as exc:
+        log.warning("the orphan sweep could not list the artifact store: %s", exc)
         return removed
     with get_sessionmaker(settings.resolved_database_url)() as session:
-        for tenant_folder in (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            tenant = tenant_folder.name
-            for incoming in (tenant_folder / "datasets" / ".incoming", tenant_folder / IMPORTS_FOLDER / ".incoming"):
+        for tenant in tenants:
+            for incoming in (root / tenant / "datasets" / ".incoming", root / tenant / IMPORTS_FOLDER / ".incoming"):
                 for leftover in _old_entries(incoming, cutoff):
                     _remove(leftover, removed)
             known = {
@@ -227,18 +232,21 @@ def remove_orphans(settings: Settings, force: bool = False) -> dict[str, int]:
                 )
                 if location.count("/") >= 2
             }
-            for folder in _old_entries(tenant_folder / "datasets", cutoff):
-                if folder.is_dir() and not folder.name.startswith(".") and folder.name not in known:
-                    _remove(folder, removed)
-            for folder in _old_entries(tenant_folder / IMPORTS_FOLDER, cutoff):
-                if folder.name.startswith(".") or not folder.is_dir():
-                    continue
-                try:
-                    job = session.get(Job, uuid.UUID(folder.name))
-                except ValueError:
-                    job = None
-                if job is None or job.status in FINAL_STATUSES:
-                    _remove(folder, removed)
+            with _logged_store_error(f"the orphaned uploads of tenant {tenant}"):
+                for name, changed in store.folders(f"{tenant}/datasets").items():
+                    if changed < cutoff and not name.startswith(".") and name not in known:
+                        store.delete_tree(f"{tenant}/datasets/{name}")
+                        removed["folders"] += 1
+                for name, changed in store.folders(f"{tenant}/{IMPORTS_FOLDER}").items():
+                    if changed >= cutoff or name.startswith("."):
+                        continue
+                    try:
+                        job = session.get(Job, uuid.UUID(name))
+                    except ValueError:
+                        job = None
+                    if job is None or job.status in FINAL_STATUSES:
+                        store.delete_tree(f"{tenant}/{IMPORTS_FOLDER}/{name}")
+                        removed["folders"] += 1
     if any(removed.values()):
         log.info("orphans removed: %d file(s), %d folder(s)", removed["files"], removed["folders"])
     return removed

@@ -241,3 +241,41 @@ def test_what_a_job_fetches_is_held_until_it_ends(s3_server, bucket, tmp_path) -
     assert not held.exists()
     api.local("t1/job-7/model.safetensors")  # outside a job: fetched, not held
     assert not held.exists()
+
+
+def test_the_orphan_sweep_empties_what_no_row_names_in_the_bucket(s3_server, bucket, tmp_path, postgres_url) -> None:
+    """An API killed between storing an upload and recording it leaves objects no row names: the reaper's sweep
+    removes them from the bucket once old enough, and keeps what a dataset row or an unfinished import names."""
+    import uuid as uuid_module
+
+    from layercut.jobs.retention import remove_orphans
+    from layercut.store.db import get_sessionmaker
+    from layercut.store.models import Dataset, Job
+
+    settings = Settings(
+        database_url=postgres_url,
+        artifact_root=tmp_path / "api",
+        orphan_after_seconds=0.01,
+        **s3_server.settings(bucket),
+    )
+    store = artifact_store(settings)
+    tenant, kept, lost = f"t-orphans-{uuid_module.uuid4().hex[:6]}", uuid_module.uuid4(), uuid_module.uuid4()
+    importing, abandoned = uuid_module.uuid4(), uuid_module.uuid4()
+    for key in (
+        f"{tenant}/datasets/{kept}/data/cat/0.png",
+        f"{tenant}/datasets/{lost}/data/cat/0.png",
+        f"{tenant}/imports/{importing}/weights.pt",
+        f"{tenant}/imports/{abandoned}/weights.pt",
+    ):
+        store.publish_file(write(store.path(key), b"x"))
+        store.release(store.path(key))
+    with get_sessionmaker(postgres_url)() as session:
+        session.add(Dataset(tenant=tenant, name="kept", kind="upload", location=f"{tenant}/datasets/{kept}/data"))
+        session.add(Job(id=importing, tenant=tenant, kind="import", status="queued", params={}))
+        session.commit()
+    time.sleep(0.05)
+    assert remove_orphans(settings, force=True)["folders"] == 2
+    assert set(s3_server.objects(bucket, f"artifacts/{tenant}/")) == {
+        f"artifacts/{tenant}/datasets/{kept}/data/cat/0.png",
+        f"artifacts/{tenant}/imports/{importing}/weights.pt",
+    }
