@@ -18,6 +18,7 @@ from layercut.contracts.configs import (
     EXPLAIN_METHODS,
     AnalyzeConfig,
     BudgetConfig,
+    CompareConfig,
     DataConfig,
     ExplainConfig,
     SelectConfig,
@@ -159,3 +160,10 @@ METHODS_HELP = f"comma-separated: {', '.join(EXPLAIN_METHODS)}, or all; {field_h
 # Every command.
 JSON = typer.Option(False, "--json", help="print one JSON object on stdout instead of a table")
 QUIET = typer.Option(False, "--quiet", "-q", help="no progress bars")
+
+ONNXRUNTIME = field_option(
+    CompareConfig,
+    "onnxruntime",
+    "--onnxruntime/--no-onnxruntime",
+    more_help="; --no-onnxruntime times torch only (no ONNX export of the two models)",
+)

@@ -108,6 +108,7 @@ def run(
         help="also export the slim model as a deployable file: onnx | torchscript | exported-program (checked "
         "against torch on the test images, timed on the CPU) → export/",
     ),
+    onnxruntime: bool = options.ONNXRUNTIME,
     mlflow: Optional[str] = typer.Option(
         None,
         "--mlflow",
@@ -169,7 +170,7 @@ def run(
             cut=TruncateConfig(cut=cut),
             select=select_settings,
             sweep=sweep_settings,
-            compare=CompareConfig(device=device),
+            compare=CompareConfig(device=device, onnxruntime=onnxruntime),
             explain=explain_settings,
             pretrained=pretrained,
             retrain_from_scratch=retrain_from_scratch,

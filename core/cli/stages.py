@@ -342,6 +342,7 @@ def compare(
     out: Path = typer.Option(..., "--out", help="output folder: compare.json, compare.png"),
     data: Optional[str] = options.CHECKPOINT_DATA,
     repeats: int = options.field_option(CompareConfig, "latency_repeats", "--repeats"),
+    onnxruntime: bool = options.ONNXRUNTIME,
     data_root: Optional[str] = options.DATA_ROOT,
     device: str = options.DEVICE,
     as_json: bool = options.JSON,
@@ -350,7 +351,7 @@ def compare(
     """Accuracy, macro-F1, parameters, MACs, checkpoint size and latency of two models on the same test split."""
     from layercut.stages.stages import compare_stage
 
-    config = CompareConfig(latency_repeats=repeats, device=device)
+    config = CompareConfig(latency_repeats=repeats, device=device, onnxruntime=onnxruntime)
     with stage_bars(not quiet) as reporter:
         from layercut.local import checkpoint_data
 

@@ -301,11 +301,16 @@ def test_stages_one_by_one(tmp_path: Path) -> None:
         tmp_path / "compare",
         "--repeats",
         "2",
+        "--no-onnxruntime",
         "--quiet",
         "--json",
     )
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["slim"]["cut_point"]["name"] == "features.6"
+    compared = json.loads(result.stdout)
+    assert compared["slim"]["cut_point"]["name"] == "features.6"
+    assert compared["slim"]["latency"] and not any(
+        label.startswith("onnxruntime") for label in compared["slim"]["latency"]
+    )
     # a slim model cannot be truncated again, and --cut knee needs the analysis
     assert_clean_error(
         layercut(

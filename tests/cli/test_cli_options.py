@@ -108,6 +108,8 @@ OPTIONS_FROM_FIELDS = [
     ("truncate", "dropout", TruncateConfig, "dropout"),
     ("retrain", "label_smoothing", TrainConfig, "label_smoothing"),
     ("compare", "repeats", CompareConfig, "latency_repeats"),
+    ("compare", "onnxruntime", CompareConfig, "onnxruntime"),
+    ("run", "onnxruntime", CompareConfig, "onnxruntime"),
     ("explain", "feature_maps", ExplainConfig, "feature_maps"),
     ("explain", "batch_size", ExplainConfig, "batch_size"),
     ("knee", "sensitivity", AnalyzeConfig, "knee_sensitivity"),
@@ -272,3 +274,10 @@ def test_python_run_checks_its_inputs_before_the_data(tmp_path) -> None:
     with pytest.raises(LayercutError, match="smallcnn has no pretrained weights"):
         layercut.local.run_pipeline(DataConfig(), "smallcnn", tmp_path / "run", pretrained=True, reporter=reporter)
     assert updates == [] and not (tmp_path / "run").exists()
+
+
+def test_run_times_torch_only_with_no_onnxruntime(monkeypatch, capsys, pipeline_calls) -> None:
+    code, _ = run_main(monkeypatch, capsys, "run", "--arch", "smallcnn", "--no-onnxruntime", "--quiet", "--json")
+    assert code == 0 and pipeline_calls[-1]["compare"].onnxruntime is False
+    code, _ = run_main(monkeypatch, capsys, "run", "--arch", "smallcnn", "--quiet", "--json")
+    assert code == 0 and pipeline_calls[-1]["compare"].onnxruntime is True
