@@ -48,15 +48,19 @@ def _stream(model: torch.nn.Module, probes: torch.Tensor, path: Path, batch_size
 
 def test_streamed_maps_equal_the_maps_computed_at_once(model: torch.nn.Module, tmp_path: Path) -> None:
     probes = random_images(5, 3, 32)
-    raw = guided_backprop_maps(model, probes, batch_size=2)  # the same batches: the same float arithmetic
+    raw = guided_backprop_maps(model, probes, batch_size=2)
     images = map_images(raw)
     expected = similarity_matrix(images, data_range=1.0)
     updates: list[float] = []
     streamed = _stream(model, probes, tmp_path / "maps.npz", 2, Reporter(callback=lambda s, f, m: updates.append(f)))
-    assert np.abs(streamed.matrix - expected).max() < 1e-12
-    assert torch.equal(streamed.grid_images, images[:3])
+    # Two runs of the same float32 backward may differ in their last bits (CPU kernels split their sums by thread),
+    # and SSIM then by about 1e-9 (seen in CI): the stream is held to float32's precision here; that streamed SSIM
+    # sums equal the whole to 1e-13 for the same images is tests/core/test_ssim.py's.
+    scale = float(raw.abs().max())
+    assert np.abs(streamed.matrix - expected).max() < 1e-7
+    assert float((streamed.grid_images - images[:3]).abs().max()) < 1e-5
     with np.load(tmp_path / "maps.npz") as npz:
-        assert np.array_equal(npz["maps"], raw.numpy()) and np.array_equal(npz["labels"], np.arange(5))
+        assert np.abs(npz["maps"] - raw.numpy()).max() < 1e-5 * scale and np.array_equal(npz["labels"], np.arange(5))
     assert updates == sorted(updates) and updates[0] == 0.0 and updates[-1] == pytest.approx(1.0)
     assert streamed.channels == 3 and min(streamed.gbp_seconds, streamed.ssim_seconds) > 0
 
