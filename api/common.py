@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 from fastapi import HTTPException, Query, Request, status
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import tuple_
 from sqlalchemy.orm import Session
@@ -250,12 +250,23 @@ def stored_file(settings: Settings, relative: str) -> Path:
     return path
 
 
+PRESIGNED_REDIRECT = {
+    "description": "with LAYERCUT_ARTIFACT_PRESIGNED_SECONDS set: the file is at the short-lived URL of the object "
+    "store in the Location header"
+}
+
+
 def stored_download(settings: Settings, store: ArtifactStore, key: str, media_type: str, filename: str) -> Response:
     """A stored file as a download: from the volume (range requests and all), or streamed from object storage
-    through the API (the store's address and credentials stay on the server). 404 when it is gone."""
+    through the API (the store's address and credentials stay on the server), or — when presigned URLs are on — a
+    307 to a short-lived URL of the store. 404 when it is gone."""
     if not store.remote:
         return FileResponse(stored_file(settings, key), media_type=media_type, filename=filename)
     try:
+        if settings.artifact_presigned_seconds:
+            url = store.presigned_url(key, filename, settings.artifact_presigned_seconds)
+            if url is not None:
+                return RedirectResponse(url, status_code=status.HTTP_307_TEMPORARY_REDIRECT)
         stored = store.open(key)
     except MissingResourceError:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "the stored file is missing") from None

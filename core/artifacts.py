@@ -158,6 +158,10 @@ class ArtifactStore(ABC):
     def usage(self, prefix: str) -> int:
         """Bytes stored under ``prefix`` (a tenant's quota)."""
 
+    def presigned_url(self, key: str, filename: str, seconds: int) -> str | None:
+        """A URL that downloads ``key`` straight from the store for ``seconds`` (None: the store cannot give one)."""
+        return None
+
     @abstractmethod
     def folders(self, prefix: str) -> dict[str, float]:
         """The folders right under ``prefix`` ("" for the top), each with when it last changed (epoch seconds):
@@ -414,6 +418,21 @@ class ObjectStore(ArtifactStore):
                 body.close()
 
         return StoredObject(int(response["ContentLength"]), blocks())
+
+    def presigned_url(self, key: str, filename: str, seconds: int) -> str | None:
+        self._head(key)  # a missing object is a 404 here, not at the client's GET
+        url: str = self._call(
+            "generate_presigned_url",
+            key,
+            "get_object",
+            Params={
+                "Bucket": self.bucket,
+                "Key": self.object_key(key),
+                "ResponseContentDisposition": f'attachment; filename="{filename}"',
+            },
+            ExpiresIn=seconds,
+        )
+        return url
 
     def usage(self, prefix: str) -> int:
         """Bytes of the first ``MAX_WALK_ENTRIES`` objects under ``prefix`` (the volume's walk has the same bound)."""

@@ -58,6 +58,13 @@ class Settings(BaseSettings):
         None, description="the object store's access key (unset: boto3's own chain: AWS_* variables, a role …)"
     )
     s3_secret_access_key: SecretStr | None = Field(None, description="the secret of s3_access_key_id")
+    artifact_presigned_seconds: int = Field(
+        0,
+        ge=0,
+        le=7 * 24 * 3600,
+        description="with artifact_url: answer downloads with a redirect (307) to a URL of the object store valid "
+        "this long, instead of streaming them through the API (0: stream; the store must be reachable by clients)",
+    )
     mlflow_tracking_uri: str | None = Field(
         None,
         description="log every `layercut run` to this MLflow tracking server (as --mlflow does); needs layercut[mlflow]",

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response
 from sqlalchemy import select
 
-from layercut.api.common import ArtifactId, JobId, error_responses, not_found, stored_download
+from layercut.api.common import PRESIGNED_REDIRECT, ArtifactId, JobId, error_responses, not_found, stored_download
 from layercut.api.crud import artifact_out, get_tenant_job, job_artifacts
 from layercut.api.deps import SessionDep, SettingsDep, StoreDep, TenantDep
 from layercut.api.schemas.artifacts import ArtifactOut
@@ -46,6 +46,7 @@ def list_artifacts(request: Request, job_id: JobId, session: SessionDep, tenant:
             },
             "description": "the file, with the content type stored for it",
         },
+        307: PRESIGNED_REDIRECT,
         **error_responses(401, 404, 503),
     },
 )

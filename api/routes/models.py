@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 
 from layercut.api.common import (
     IDEMPOTENCY_HEADER_DOC,
+    PRESIGNED_REDIRECT,
     CursorQuery,
     LimitQuery,
     ModelId,
@@ -105,7 +106,8 @@ def get_model(request: Request, model_id: ModelId, session: SessionDep, tenant: 
             "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
             "description": "the safetensors file (weights, with the spec in its header)",
         },
-        **error_responses(401, 404),
+        307: PRESIGNED_REDIRECT,
+        **error_responses(401, 404, 503),
     },
 )
 def download_checkpoint(

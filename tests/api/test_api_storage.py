@@ -314,3 +314,29 @@ def test_an_unreachable_object_store_is_a_503_that_names_nothing_of_the_server(p
         assert not list((env.settings.resolved_artifact_root / env.tenant / "datasets").glob("*-*"))
     finally:
         env.client.close()
+
+
+def test_downloads_can_be_redirects_to_the_object_store(postgres_url, tmp_path, s3_server):
+    """With presigned URLs on, a download is a 307 to a short-lived URL of the store that serves the same bytes under
+    the same file name; a file missing from the store is still a 404, and another tenant still gets nothing."""
+    import httpx
+
+    from layercut.artifacts import artifact_store
+
+    bucket = s3_server.new_bucket()
+    env = make_env(postgres_url, tmp_path, artifact_presigned_seconds=60, **s3_server.settings(bucket))
+    try:
+        job = env.finished_job(artifacts={"metrics.json": (b'{"accuracy": 0.9}', "application/json")})
+        store = artifact_store(env.settings)
+        store.publish_file(store.path(f"{env.tenant}/{job}/metrics.json"))
+        listed = env.client.get(f"/v1/jobs/{job}/artifacts", headers=env.headers).json()
+        answer = env.client.get(listed[0]["download_url"], headers=env.headers, follow_redirects=False)
+        assert answer.status_code == 307, answer.text
+        fetched = httpx.get(answer.headers["location"], timeout=10)
+        assert fetched.content == b'{"accuracy": 0.9}'
+        assert 'filename="metrics.json"' in fetched.headers["content-disposition"]
+        assert env.client.get(listed[0]["download_url"], headers=env.other_headers).status_code == 404
+        store.delete_file(f"{env.tenant}/{job}/metrics.json")
+        assert env.client.get(listed[0]["download_url"], headers=env.headers, follow_redirects=False).status_code == 404
+    finally:
+        env.client.close()
