@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from fastapi import HTTPException, Request, status
@@ -34,10 +34,10 @@ from layercut.contracts.jobs import (
 from layercut.contracts.kinds import MODEL_MAKING_KINDS
 from layercut.contracts.memory import (
     MIB,
+    MemoryEstimate,
     analysis_memory,
     batch_that_fits,
     explanation_memory,
-    largest_batch,
     training_memory,
 )
 from layercut.jobs.dispatch import Dispatcher
@@ -310,23 +310,37 @@ def check_references(session: Session, tenant: str, params: JobParams) -> None:
 # --- memory ----------------------------------------------------------------------------------------
 
 
-def check_training_memory(settings: Settings, arch: str, image_size: int, train: TrainConfig, loc: Loc) -> None:
-    """Refuse (422 at ``loc``, the batch size) training that is estimated not to fit a worker, saying what fits."""
+def check_batches_fit(
+    settings: Settings, doing: str, batch_size: int, estimate_of: Callable[[int], MemoryEstimate | None], loc: Loc
+) -> None:
+    """Refuse (422 at ``loc``, the batch size) work whose batches are estimated not to fit a worker, saying which
+    batch size fits; ``estimate_of(n)`` estimates batches of n images (None: cannot be estimated)."""
     limit = settings.worker_memory_mb * MIB
-    estimate = training_memory(arch, image_size, train.batch_size, train.optimizer)
+    estimate = estimate_of(batch_size)
     if limit <= 0 or estimate is None or estimate.total <= limit:
         return
-    fits = largest_batch(arch, image_size, train.optimizer, limit)
+    fits = batch_that_fits(estimate_of(1), limit)
     advice = (
         f"a batch_size of {fits} or less fits"
         if fits
-        else f"not even one image fits: use a smaller image_size than {image_size} or a smaller architecture"
+        else "not even one image fits: use a smaller image_size or a smaller architecture"
     )
     raise field_error(
         loc,
-        f"training {arch} at {image_size} px in batches of {train.batch_size} needs {estimate.explain()}; a worker "
-        f"has {settings.worker_memory_mb} MiB (LAYERCUT_WORKER_MEMORY_MB): {advice}",
+        f"{doing} in batches of {batch_size} needs {estimate.explain()}; a worker has {settings.worker_memory_mb} "
+        f"MiB (LAYERCUT_WORKER_MEMORY_MB): {advice}",
         "too_large",
+    )
+
+
+def check_training_memory(settings: Settings, arch: str, image_size: int, train: TrainConfig, loc: Loc) -> None:
+    """Training ``arch`` at ``image_size`` px must fit a worker."""
+    check_batches_fit(
+        settings,
+        f"training {arch} at {image_size} px",
+        train.batch_size,
+        lambda n: training_memory(arch, image_size, n, train.optimizer),
+        loc,
     )
 
 
@@ -347,18 +361,13 @@ def check_analysis_memory(settings: Settings, arch: str, image_size: int, analyz
 
 
 def check_explanation_memory(settings: Settings, arch: str, image_size: int, explain: ExplainConfig, loc: Loc) -> None:
-    """Refuse (422 at ``loc``, the batch size) explanations whose batches are estimated not to fit a worker."""
-    limit = settings.worker_memory_mb * MIB
-    estimate = explanation_memory(arch, image_size, explain.batch_size)
-    if limit <= 0 or estimate is None or estimate.total <= limit:
-        return
-    fits = batch_that_fits(explanation_memory(arch, image_size, 1), limit)
-    raise field_error(
+    """Explaining ``arch`` at ``image_size`` px (a backward per batch for the gradient methods) must fit a worker."""
+    check_batches_fit(
+        settings,
+        f"explaining {arch} at {image_size} px",
+        explain.batch_size,
+        lambda n: explanation_memory(arch, image_size, n),
         loc,
-        f"explaining {arch} at {image_size} px in batches of {explain.batch_size} needs {estimate.explain()}; a "
-        f"worker has {settings.worker_memory_mb} MiB (LAYERCUT_WORKER_MEMORY_MB): "
-        + (f"a batch_size of {fits} or less fits" if fits else "not even one image fits"),
-        "too_large",
     )
 
 

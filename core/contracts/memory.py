@@ -24,7 +24,7 @@ WEIGHT_COPIES = 4
 copy the checkpoint is written from."""
 BACKWARD_HEADROOM = 2.0
 """Peak activation memory over what autograd saved: the backward holds the gradients of activations beside them.
-Calibrated on this machine's CPU, one epoch on textures (peak RSS measured → estimated): resnet18 64 px batch 64
+Calibrated with ``python bench/memory.py`` (one epoch on textures, peak RSS measured → estimated): resnet18 64 px batch 64
 AdamW 1.24 → 1.34 GiB, vgg11 64 px batch 32 AdamW 4.16 → 4.01 GiB, resnet50 128 px batch 16 SGD 2.33 → 2.15 GiB."""
 
 

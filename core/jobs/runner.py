@@ -101,7 +101,7 @@ def execute_job(
         }
         store = artifact_store(settings)
         log_path = telemetry.job_log_path(store.root, job.tenant, job.id)
-        sync_log(settings, log_path, publish=False)  # an earlier attempt's lines, from wherever it ran
+        sync_log(store, log_path, publish=False)  # an earlier attempt's lines, from wherever it ran
         with (
             store.holding(f"{job.tenant}/{job.id}", store.key(log_path)),
             telemetry.bound(**ids),
@@ -116,7 +116,7 @@ def execute_job(
             ),
         ):
             status = run_logged(session, repo, job, settings, worker)
-        sync_log(settings, log_path, publish=True)
+        sync_log(store, log_path, publish=True)
         trim_cache(store, settings.artifact_cache_max_bytes)
     if status in FINAL_STATUSES:
         finished(settings, job_id, dispatcher)
@@ -171,11 +171,10 @@ def trim_cache(store: ArtifactStore, max_bytes: int) -> None:
         log.info("artifact cache trimmed by %.1f MiB to stay under %.1f MiB", removed / 2**20, max_bytes / 2**20)
 
 
-def sync_log(settings: Settings, log_path: Path, publish: bool) -> None:
+def sync_log(store: ArtifactStore, log_path: Path, publish: bool) -> None:
     """With object storage, a job's log is fetched before an attempt appends to it (an earlier attempt may have run
     on another machine) and stored after it, where the API reads it. Best effort: a log that cannot be moved now
     is never a reason to fail the job."""
-    store = artifact_store(settings)
     if not store.remote:
         return
     try:

@@ -37,17 +37,15 @@ class Footprint:
 
 def saved_bytes(model: nn.Module, batch: int, size: int, device: torch.device) -> int:
     """Bytes of the tensors autograd saves in one training forward of ``batch`` images (each tensor once)."""
-    seen: dict[int, int] = {}
+    seen: dict[int, torch.Tensor] = {}  # by id, each tensor held so that no id is reused within the forward
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
-        seen[id(tensor)] = tensor.numel() * tensor.element_size()
+        seen[id(tensor)] = tensor
         return tensor
 
-    images = torch.zeros(batch, 3, size, size, device=device)
-    kept = []  # held so that ids are not reused within the forward
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: (kept.append(t), pack(t))[1], lambda t: t):
-        model(images)
-    return sum(seen.values())
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(torch.zeros(batch, 3, size, size, device=device))
+    return sum(t.numel() * t.element_size() for t in seen.values())
 
 
 def per_image(model: nn.Module, size: int, device: torch.device) -> float:

@@ -4,6 +4,7 @@ folder, as separate machines would: nothing reaches one from another except thro
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import uuid
@@ -138,7 +139,7 @@ def test_a_pipeline_runs_with_its_artifacts_in_object_storage(
         key = f"artifacts/{row.path}"
         assert objects.get(key) == row.bytes, row.path
         if row.kind in ("checkpoint", "analysis", "metrics"):
-            assert file_sha256_of(s3_server.read(bucket, key)) == row.sha256, row.path
+            assert hashlib.sha256(s3_server.read(bucket, key)).hexdigest() == row.sha256, row.path
 
     # downloads stream from the store, through the tenant check
     checkpoint = next(r for r in rows if r.path == models[steps["train"]].checkpoint)
@@ -223,9 +224,3 @@ def test_a_worker_on_another_machine_reads_what_the_first_made(
     for job_id in steps.values():
         assert not [k for k in left if f"/{job_id}" in k], job_id
     assert not (machines["api"] / tenant / steps["train"]).exists()
-
-
-def file_sha256_of(content: bytes) -> str:
-    import hashlib
-
-    return hashlib.sha256(content).hexdigest()
