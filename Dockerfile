@@ -9,7 +9,8 @@
 # CPU-only worker image: docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu .
 FROM python:3.11-slim
 
-# all: pyproject.toml's dependencies; api: only its `api` extra (no torch, no ML library;
+# all: pyproject.toml's dependencies and the `mlflow` extra (the mlflow step of service pipelines); api: only its `api`
+# extra (no torch, no ML library;
 # tests/ops/test_api_image.py runs the API, the migration and `layercut keys` with nothing else importable).
 ARG DEPS=all
 ARG TORCH_INDEX_URL=""
@@ -29,7 +30,8 @@ COPY pyproject.toml README.md ./
 RUN if [ -n "$TORCH_INDEX_URL" ] && [ "$DEPS" = all ]; then \
       pip install torch torchvision --index-url "$TORCH_INDEX_URL"; fi \
  && python -c "import sys, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
-print('\n'.join(p['dependencies'] if sys.argv[1] == 'all' else p['optional-dependencies'][sys.argv[1]]))" "$DEPS" \
+extra = p['optional-dependencies']; \
+print('\n'.join(p['dependencies'] + extra['mlflow'] if sys.argv[1] == 'all' else extra[sys.argv[1]]))" "$DEPS" \
       > /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt \
  && rm /tmp/requirements.txt

@@ -151,7 +151,13 @@ CursorQuery = Annotated[
 """Path and paging parameters, declared once with what a generated client shows for them."""
 
 Sort = Literal["-created_at", "created_at"]
-SortQuery = Annotated[Sort, Query(description="-created_at: newest first (the default); created_at: oldest first")]
+SortQuery = Annotated[
+    Sort,
+    Query(
+        description="-created_at: newest first (the default); created_at: oldest first",
+        json_schema_extra={"x-enum-varnames": ["NEWEST_FIRST", "OLDEST_FIRST"]},
+    ),
+]
 """The order of every list; a cursor carries it, so the next page keeps it."""
 
 ASCENDING = "asc"

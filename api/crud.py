@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from layercut.api.common import field_error, link_for, not_found
 from layercut.api.schemas.artifacts import ArtifactOut
-from layercut.api.schemas.jobs import JobError, JobOut, JobSummary
+from layercut.api.schemas.jobs import JobError, JobMetrics, JobOut, JobSummary
 from layercut.contracts.configs import AnalyzeConfig, ExplainConfig, TrainConfig
 from layercut.contracts.jobs import (
     FAN_OUT_KINDS,
@@ -149,33 +149,56 @@ def job_summary(job: Job) -> JobSummary:
     return JobSummary(**_summary_fields(job))
 
 
-HEADLINE = ("accuracy", "macro_f1", "best_val_accuracy", "val_accuracy", "params", "params_kept", "shortfall")
-"""The numbers of a result that JobOut.metrics lifts to the top, when the result has them."""
+def _chosen_candidate(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The candidate a select job chose (the one at its cut point), then the result itself."""
+    index = (result.get("cut_point") or {}).get("index")
+    chosen = [c for c in result.get("candidates") or [] if (c.get("cut_point") or {}).get("index") == index]
+    return [*chosen[:1], result]
 
 
-def headline_metrics(result: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A result's headline numbers: its own ``metrics`` mapping, plus the top-level numbers of ``HEADLINE``."""
-    if not result:
+def _smallest_within_budget(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The candidate of a sweep that is the smallest within the budget, when one is."""
+    index = (result.get("smallest_within_budget") or {}).get("index")
+    return [c for c in result.get("candidates") or [] if (c.get("cut_point") or {}).get("index") == index][:1]
+
+
+HEADLINE_SOURCES: dict[str, Callable[[dict[str, Any]], list[dict[str, Any]]]] = {
+    "train": lambda result: [result],
+    "retrain": lambda result: [result],
+    "truncate": lambda result: [{**result, "params": result.get("slim_params")}],
+    "import": lambda result: [result],
+    "select": _chosen_candidate,
+    "sweep_cut": lambda result: [result.get("candidate") or {}],
+    "sweep": _smallest_within_budget,
+    "compare": lambda result: [result.get("slim") or {}],
+}
+"""Where each kind's result keeps the numbers of the model it made or measured (the first source holding a key
+wins); kinds not listed (analyze, explain, export, sweep_plan) have no headline numbers."""
+
+
+def headline_metrics(kind: str, result: dict[str, Any] | None) -> JobMetrics | None:
+    """A result's headline numbers, the same keys for every kind (``JobMetrics``)."""
+    if not result or kind not in HEADLINE_SOURCES:
         return None
-    found = dict(result["metrics"]) if isinstance(result.get("metrics"), dict) else {}
-    for key in HEADLINE:
-        value = result.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            found.setdefault(key, value)
-    return found or None
+    found: dict[str, Any] = {}
+    for source in HEADLINE_SOURCES[kind](result):
+        for key in JobMetrics.model_fields:
+            value = source.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                found.setdefault(key, value)
+    return JobMetrics(**found) if found else None
 
 
 def job_out(request: Request, session: Session, job: Job) -> JobOut:
     # Artifacts are recorded as a job finishes, so an unfinished job (what polls mostly see) has none.
     artifacts = job_artifacts(session, job) if job.status in FINAL_STATUSES else []
     result = job.result if isinstance(job.result, dict) else None
-    metrics = headline_metrics(result)
     return JobOut(
         **_summary_fields(job),
-        params=job.params or {},
+        params=job.params,
         callback_url=job.callback_url,
         result=result,
-        metrics=metrics,
+        metrics=headline_metrics(job.kind, result),
         artifacts=[artifact_out(request, a) for a in artifacts],
     )
 
@@ -280,6 +303,11 @@ def check_references(session: Session, tenant: str, params: JobParams) -> None:
             (*base, "kind"),
             f"a {params.kind} job is part of a sweep, which fans out inside a pipeline: POST /v1/pipelines with "
             '"sweep": {"cuts": …} (and "model_id" to sweep an existing model)',
+        )
+    if params.kind == "mlflow":
+        raise field_error(
+            (*base, "kind"),
+            'an mlflow job logs a whole pipeline: POST /v1/pipelines with "mlflow": {"experiment": …}',
         )
     if isinstance(params, TrainParams):
         check_dataset(session, tenant, params.data.dataset_id, (*base, "data", "dataset_id"))

@@ -443,6 +443,21 @@ class LayercutClient:
     def cancel_pipeline(self, pipeline_id: str) -> dict[str, Any]:
         return self._post(f"/v1/pipelines/{pipeline_id}/cancel", creates=False)
 
+    def job_report(self, job_id: str, dest: str | os.PathLike | None = None) -> str:
+        """A job's HTML report (one self-contained page); also written to ``dest`` when given."""
+        return self._report(f"/v1/jobs/{job_id}/report", dest)
+
+    def pipeline_report(self, pipeline_id: str, dest: str | os.PathLike | None = None) -> str:
+        """A pipeline's HTML report (the whole run on one page, the steps still running marked); also written to
+        ``dest`` when given."""
+        return self._report(f"/v1/pipelines/{pipeline_id}/report", dest)
+
+    def _report(self, path: str, dest: str | os.PathLike | None) -> str:
+        page = self._send("GET", path).text
+        if dest is not None:
+            Path(dest).write_text(page, encoding="utf-8")
+        return page
+
     def _every(self, path: str, filters: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Every item of a listing, following ``next_cursor``."""
         items: list[dict[str, Any]] = []

@@ -43,18 +43,12 @@ from layercut.contracts.plan import InputRole, PlanStep, cut_rule, pipeline_plan
 from layercut.contracts.results import (
     AnalyzeResult,
     CompareResult,
-    ExplainBrief,
     ExplainResult,
     ExportResult,
     ImportResult,
-    ModelBrief,
-    OtherRules,
-    ProfiledModel,
     RetrainResult,
-    RunCutPoint,
     RunData,
     RunOutputs,
-    RunSelection,
     RunSummary,
     SelectResult,
     StageResult,
@@ -74,7 +68,8 @@ from layercut.stages.export import default_export_path, export_stage
 from layercut.stages.importing import import_weights
 from layercut.stages.preflight import check_run_inputs
 from layercut.stages.progress import SILENT, Reporter
-from layercut.stages.select import link_or_copy, other_rules, select_stage, sweep_stage
+from layercut.stages.run_summary import run_summary
+from layercut.stages.select import link_or_copy, select_stage, sweep_stage
 from layercut.stages.stages import (
     analyze_stage,
     compare_stage,
@@ -591,33 +586,12 @@ def run_pipeline(
 
 
 def _run_summary(run: RunInProcess) -> RunSummary:
-    """run.json: the data, both models in brief, the cut and why, the comparison, the explanations, the files."""
+    """run.json from this run's results (the chosen slim model is in slim/, whichever rule cut it)."""
     trained = run.result("train", TrainResult)
-    analysis, compared = run.result("analyze", AnalyzeResult), run.result("compare", CompareResult)
     slim = run.folder("retrain")
-    retrained = RetrainResult.model_validate_json((slim / files.METRICS_JSON).read_text(encoding="utf-8"))
     selected = run.results.get("select")
-    if isinstance(selected, SelectResult):
-        rules = selected.rules
-        chosen_by, total = "auto", selected.cut_points_total
-        selection: RunSelection | None = RunSelection(
-            file=f"{RUN_FOLDERS['select']}/{files.SELECT_JSON}",
-            within_budget=selected.within_budget,
-            shortfall=selected.shortfall,
-            verdict=selected.verdict,
-            budget=selected.budget,
-            candidates=selected.candidates,
-        )
-    else:
-        truncated = run.result("truncate", TruncateResult)
-        chosen_by, total, selection = truncated.chosen_by, truncated.cut_points_total, None
-        rules = _rules_without_search(analysis, run.select)
     swept = run.results.get("sweep_plan")
-    if isinstance(swept, SweepResult) and rules.auto is None:
-        rules = rules.model_copy(update={"auto": swept.smallest_within_budget})
-    cut = compared.slim.cut_point
-    assert cut is not None  # the compared slim model was cut
-    return RunSummary(
+    return run_summary(
         data=RunData(
             source=run.data.source,
             classes=list(run.dataset.classes),
@@ -625,16 +599,14 @@ def _run_summary(run: RunInProcess) -> RunSummary:
             splits=trained.data.sizes,
         ),
         architecture=run.arch,
-        base=_model_summary(trained, compared.base),
-        slim=_model_summary(retrained, compared.slim),
-        cut_point=RunCutPoint(index=cut.index, name=cut.name, chosen_by=chosen_by, of=total),
-        knee_found=analysis.knee_found,
-        knee=analysis.knee,
-        rules=rules,
-        selection=selection,
-        verdict=_run_verdict(compared, chosen_by, selection),
-        comparison=compared.comparison,
-        explain=_explain_summary(run.result("explain", ExplainResult), RUN_FOLDERS["explain"]),
+        trained=trained,
+        analysis=run.result("analyze", AnalyzeResult),
+        cut=selected if isinstance(selected, SelectResult) else run.result("truncate", TruncateResult),
+        retrained=RetrainResult.model_validate_json((slim / files.METRICS_JSON).read_text(encoding="utf-8")),
+        compared=run.result("compare", CompareResult),
+        explained=run.result("explain", ExplainResult),
+        budget=run.select,
+        swept=swept if isinstance(swept, SweepResult) else None,
         outputs=RunOutputs(
             base_checkpoint=str(run.checkpoints["train"]),
             slim_checkpoint=str(slim / files.CHECKPOINT),
@@ -644,55 +616,4 @@ def _run_summary(run: RunInProcess) -> RunSummary:
             report=str(run.out / files.REPORT_HTML),
             export=str(run.result("export", ExportResult).file) if "export" in run.results else None,
         ),
-    )
-
-
-def _rules_without_search(analysis: AnalyzeResult, budget: SelectConfig) -> OtherRules:
-    """What the knee and the probes choose when the auto rule did not run (its choice is then unknown)."""
-    base_accuracy = analysis.depth_probes.base_val_accuracy if analysis.depth_probes is not None else 1.0
-    return other_rules(analysis, budget.threshold(base_accuracy), None)
-
-
-def _run_verdict(compared: CompareResult, chosen_by: str, selection: RunSelection | None) -> str:
-    """The run's outcome in one sentence, on the test split: how much accuracy the slim model kept, and at what size."""
-    accuracy = compared.comparison.metrics.accuracy
-    params = compared.comparison.metrics.params
-    drop = (accuracy.base - accuracy.slim) * 100
-    size = f"{params.slim:,} of {params.base:,} parameters ({params.slim / max(params.base, 1):.0%})"
-    tested = f"test accuracy {accuracy.slim:.1%} against the base model's {accuracy.base:.1%}"
-    if selection is not None:
-        return f"{selection.verdict} On the test split: {tested}, with {size}."
-    change = f"{drop:.1f} points lower" if drop > 0 else "no lower"
-    return (
-        f"Cut by the {chosen_by} rule, with no accuracy budget checked: {tested} ({change}), with {size}. "
-        "Use --cut auto to keep the accuracy within a budget."
-    )
-
-
-def _model_summary(trained: TrainResult | RetrainResult, profiled: ProfiledModel) -> ModelBrief:
-    """One model of the run in brief: the numbers compare measured, the epochs its training ran."""
-    return ModelBrief(
-        accuracy=profiled.accuracy,
-        macro_f1=profiled.macro_f1,
-        params=profiled.params,
-        macs=profiled.macs,
-        checkpoint_bytes=profiled.checkpoint_bytes,
-        latency_ms={label: measured.median_ms for label, measured in profiled.latency.items()},
-        best_epoch=trained.best_epoch,
-        epochs_run=trained.epochs_run,
-    )
-
-
-def _explain_summary(explanation: ExplainResult, folder: str) -> ExplainBrief:
-    """The explain stage in brief; figure paths are relative to the run folder (as run.json's own)."""
-    models = explanation.models
-    return ExplainBrief(
-        file=f"{folder}/{files.EXPLAIN_JSON}",
-        methods=explanation.methods,
-        target=explanation.target,
-        images=len(explanation.images),
-        layers={key: model.layer for key, model in models.items()},
-        accuracy_on_these_images={key: model.accuracy_on_these_images for key, model in models.items()},
-        agreement=explanation.agreement,
-        figures={name: f"{folder}/{file}" for name, file in explanation.figures.items()},
     )

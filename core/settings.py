@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -67,7 +67,8 @@ class Settings(BaseSettings):
     )
     mlflow_tracking_uri: str | None = Field(
         None,
-        description="log every `layercut run` to this MLflow tracking server (as --mlflow does); needs layercut[mlflow]",
+        description="log every `layercut run` to this MLflow tracking server (as --mlflow does), and the service "
+        "pipelines that ask for it; needs layercut[mlflow] (empty: none)",
     )
     artifact_cache_max_bytes: int = Field(
         20 * 2**30,
@@ -220,6 +221,12 @@ class Settings(BaseSettings):
     )
     callback_attempts: int = 5
     callback_timeout_seconds: float = 10.0
+
+    @field_validator("mlflow_tracking_uri", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        """An empty value (compose passes ``${LAYERCUT_MLFLOW_TRACKING_URI:-}``) means no tracking server."""
+        return None if isinstance(value, str) and not value.strip() else value
 
     @property
     def resolved_database_url(self) -> str:

@@ -95,6 +95,12 @@ def export(self, job_id: str) -> str:
     return _run(self, job_id)
 
 
+@app.task(name=task_name("mlflow"), bind=True)
+def mlflow(self, job_id: str) -> str:
+    """Log a finished pipeline to the service's MLflow tracking server."""
+    return _run(self, job_id)
+
+
 @app.task(name=REAP_TASK, acks_late=False)
 def reap() -> dict:
     """Re-queue jobs whose worker died and re-send jobs lost by the broker."""

@@ -54,6 +54,7 @@ from layercut.contracts.jobs import (
     ExplainParams,
     ExportParams,
     JobParams,
+    MlflowParams,
     ModelRef,
     RetrainParams,
     SelectParams,
@@ -187,6 +188,13 @@ def export_params(planned: PlannedPipeline, step: PlanStep) -> ExportParams:
     return ExportParams(model=planned.model(step, "model"), dataset_id=planned.dataset_id, export=planned.body.export)
 
 
+def mlflow_params(planned: PlannedPipeline, step: PlanStep) -> MlflowParams:
+    """Log the run every earlier step makes to the service's MLflow server."""
+    assert planned.body.mlflow is not None  # the plan has an mlflow step only when the request asks for one
+    steps = {kind: job_id for kind, job_id in planned.ids.items() if kind != step.kind}
+    return MlflowParams(steps=steps, mlflow=planned.body.mlflow, select=planned.body.select)
+
+
 STEP_PARAMS: dict[StageKind, Callable[[PlannedPipeline, PlanStep], JobParams]] = {
     "train": train_params,
     "analyze": analyze_params,
@@ -197,6 +205,7 @@ STEP_PARAMS: dict[StageKind, Callable[[PlannedPipeline, PlanStep], JobParams]] =
     "compare": compare_params,
     "explain": explain_params,
     "export": export_params,
+    "mlflow": mlflow_params,
 }
 """The params of each kind of step, from the request and the earlier steps that feed it."""
 
@@ -210,6 +219,7 @@ def plan_steps(body: PipelineCreate) -> list[tuple[uuid.UUID, JobParams]]:
         cut=cut_rule(body.truncate.cut),
         sweep=body.sweep is not None,
         export=body.export is not None,
+        mlflow=body.mlflow is not None,
     )
     planned = PlannedPipeline(body, {step.kind: uuid.uuid4() for step in plan.steps})
     return [(planned.ids[step.kind], STEP_PARAMS[step.kind](planned, step)) for step in plan.steps]
@@ -222,7 +232,7 @@ def pipeline_out(session: Session, row: Pipeline) -> PipelineOut:
         id=row.id,
         status=derived_status(steps),
         stored_status=row.status,
-        params=row.params or {},
+        params=row.params,
         labels=row.labels or {},
         callback_url=row.callback_url,
         created_at=row.created_at,
@@ -244,6 +254,25 @@ def pipeline_out(session: Session, row: Pipeline) -> PipelineOut:
             for i, j in enumerate(steps)
         ],
     )
+
+
+def check_mlflow(settings: Settings, body: PipelineCreate) -> None:
+    """A pipeline that asks to be logged to MLflow must be a whole run, on a service that has a tracking server."""
+    if body.mlflow is None:
+        return
+    if settings.mlflow_tracking_uri is None:
+        raise field_error(
+            ("body", "mlflow"),
+            "this service logs to no MLflow tracking server (its operator sets LAYERCUT_MLFLOW_TRACKING_URI); leave "
+            "out mlflow",
+            "not_configured",
+        )
+    if body.model_id is not None or body.stop_after != "explain":
+        raise field_error(
+            ("body", "mlflow"),
+            "logging to MLflow needs the whole run: give data (a base model trained here, not model_id) and "
+            'stop_after "explain" (the default)',
+        )
 
 
 def check_pipeline_memory(session: Session, settings: Settings, tenant: str, body: PipelineCreate) -> None:
@@ -301,6 +330,7 @@ def create_pipeline(
         raise field_error(
             ("body", "data"), "give data (to train a base model first) or model_id (to start from a model)", "missing"
         )
+    check_mlflow(settings, body)
     if body.data is not None:
         check_dataset(session, tenant, body.data.dataset_id, ("body", "data", "dataset_id"))
     if body.model_id is not None:

@@ -1,14 +1,15 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Annotated, Any, Union
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, create_model
 
 from layercut.api.schemas.artifacts import ArtifactOut
 from layercut.api.schemas.common import JobStatus, Labels, UtcDateTime
 from layercut.contracts.jobs import JobParams
 from layercut.contracts.kinds import StageKind
+from layercut.contracts.results import RESULT_MODELS
 
 _D = "2b9f6a1e-8c3d-4e5f-9a0b-1c2d3e4f5a6b"
 _M = "7c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f"
@@ -109,6 +110,44 @@ class JobSummary(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict, description="the labels given at creation")
 
 
+def _result_out(kind: StageKind, model: type[BaseModel]) -> type[BaseModel]:
+    """The result of a ``kind`` job as the API shows it: the stage's own result, plus the model version it made."""
+    return create_model(
+        f"{''.join(part.title() for part in kind.split('_'))}JobResult",
+        __base__=model,
+        __doc__=f"What a succeeded {kind} job produced (its stage's result; ``stage`` is the job's kind).",
+        model_id=(
+            uuid.UUID | None,
+            Field(None, description="the model version this job made (GET /v1/models/{model_id}), if it made one"),
+        ),
+    )
+
+
+JOB_RESULT_MODELS: dict[StageKind, type[BaseModel]] = {
+    kind: _result_out(kind, model) for kind, model in RESULT_MODELS.items()
+}
+"""The result schema of each job kind, told apart by ``stage`` (which is the job's kind)."""
+
+JobResult = Annotated[Union[tuple(JOB_RESULT_MODELS.values())], Field(discriminator="stage")]  # type: ignore[valid-type]
+"""The typed result of any job."""
+
+
+class JobMetrics(BaseModel):
+    """A finished job's headline numbers, lifted from its result so a client need not know each result's shape.
+    Fractions are 0-1; a number the job's kind does not make is null."""
+
+    model_config = ConfigDict(extra="forbid")
+    accuracy: float | None = Field(None, description="test accuracy (train, retrain, select; compare: the slim model)")
+    macro_f1: float | None = Field(None, description="test macro F1 (train, retrain, select; compare: slim)")
+    best_val_accuracy: float | None = Field(None, description="the best epoch's validation accuracy (train, retrain)")
+    val_accuracy: float | None = Field(None, description="validation accuracy of the chosen slim model (select)")
+    params: int | None = Field(None, description="parameters of the model this job made or measured")
+    params_kept: float | None = Field(None, description="slim parameters / base parameters (truncate, select)")
+    shortfall: float | None = Field(
+        None, description="points of validation accuracy the chosen cut misses its budget by (select); null if kept"
+    )
+
+
 class JobOut(JobSummary):
     model_config = ConfigDict(
         json_schema_extra={
@@ -125,10 +164,12 @@ class JobOut(JobSummary):
         }
     )
 
-    params: dict[str, Any]
+    params: JobParams = Field(description="what the job was asked to do, typed by ``kind``")
     callback_url: str | None
-    result: dict[str, Any] | None = Field(description="what the job produced (model ids, metrics …) once it succeeded")
-    metrics: dict[str, Any] | None = Field(
+    result: JobResult | None = Field(
+        description="what the job produced once it succeeded, typed by its ``stage`` (the job's kind)"
+    )
+    metrics: JobMetrics | None = Field(
         description="the result's headline numbers (accuracy, macro_f1, params, …) once the job has a result"
     )
     artifacts: list[ArtifactOut]

@@ -11,6 +11,7 @@ from layercut.contracts.configs import (
     CompareConfig,
     ExplainConfig,
     ExportConfig,
+    MlflowTarget,
     SelectConfig,
     SweepConfig,
     TrainConfig,
@@ -44,6 +45,14 @@ PIPELINE_EXAMPLES = {
     "from_model": {
         "summary": "slim an imported model (no train step)",
         "value": {"model_id": _M, "truncate": {"cut": "knee"}, "retrain": {"epochs": 3}},
+    },
+    "mlflow": {
+        "summary": "the whole run, logged to the service's MLflow server (base and slim registered as ONNX versions)",
+        "value": {
+            "data": {"dataset_id": _D, "image_size": 64},
+            "arch": "resnet18",
+            "mlflow": {"experiment": "slimming", "registered_model": "pets-resnet18"},
+        },
     },
     "analyze_only": {
         "summary": "train and analyze, then stop",
@@ -82,6 +91,13 @@ class PipelineCreate(BaseModel):
         None,
         description="also export the slim model as a deployable file after the comparison (its export step's "
         "artifacts: the file and export.json with the parity check and the latency)",
+    )
+    mlflow: MlflowTarget | None = Field(
+        None,
+        description="also log the run to the service's MLflow tracking server (its parameters, every epoch's "
+        "metrics, the report and pictures) and register base and slim as ONNX versions of a registered model: a last "
+        "`mlflow` step. Needs the whole run (data, not model_id; stop_after explain) and a server with "
+        "LAYERCUT_MLFLOW_TRACKING_URI set",
     )
     stop_after: StopAfter = Field(
         "explain", description="the last step: analyze, compare, or explain (base and slim side by side)"
@@ -141,8 +157,8 @@ class PipelineOut(BaseModel):
         description="from the steps: failed if one failed, cancelled if one was cancelled, "
         "succeeded when all did, running while one runs, else queued"
     )
-    stored_status: str = Field(description="the status column the job runner keeps")
-    params: dict
+    stored_status: JobStatus = Field(description="the status column the job runner keeps")
+    params: PipelineCreate = Field(description="the pipeline as it was asked for, defaults filled in")
     labels: dict[str, str] = Field(default_factory=dict, description="the labels given at creation")
     callback_url: str | None
     created_at: UtcDateTime

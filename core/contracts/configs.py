@@ -404,7 +404,17 @@ class ExportConfig(_Config):
         return value
 
 
-class MlflowConfig(_Config):
+class MlflowTarget(_Config):
+    """Where in MLflow a run goes: its experiment and the registered model base and slim become versions of (what a
+    service pipeline may choose; the tracking server is the service's own setting)."""
+
+    experiment: str = Field("layercut", min_length=1, max_length=500, description="the MLflow experiment's name")
+    registered_model: str | None = Field(
+        None, min_length=1, max_length=500, description="the registered model's name; default: layercut-<architecture>"
+    )
+
+
+class MlflowConfig(MlflowTarget):
     """Where a finished run is logged: an MLflow tracking server (parameters, metrics per epoch, the report and
     pictures) and its model registry (base and slim as ONNX versions of one registered model)."""
 
@@ -413,10 +423,6 @@ class MlflowConfig(_Config):
         max_length=2000,
         pattern=r"^[A-Za-z][A-Za-z0-9+.-]*:",
         description="the tracking server, e.g. http://mlflow.internal:5000 (or file:/… , sqlite:///…)",
-    )
-    experiment: str = Field("layercut", min_length=1, max_length=500, description="the MLflow experiment's name")
-    registered_model: str | None = Field(
-        None, min_length=1, max_length=500, description="the registered model's name; default: layercut-<architecture>"
     )
 
 
@@ -434,6 +440,13 @@ ExplainMethod = Literal[
 
 EXPLAIN_METHODS: tuple[ExplainMethod, ...] = get_args(ExplainMethod)
 
+ExplainMethodItem = Annotated[
+    ExplainMethod,
+    Field(json_schema_extra={"x-enum-varnames": [m.upper().replace("++", "_PLUS_PLUS") for m in EXPLAIN_METHODS]}),
+]
+"""An explanation method in a schema, with member names for generated clients (``gradcam`` and ``gradcam++`` would
+otherwise both become ``GRADCAM``)."""
+
 DEFAULT_EXPLAIN_METHODS: tuple[ExplainMethod, ...] = tuple(m for m in EXPLAIN_METHODS if m != "scorecam")
 """Every method but Score-CAM, which costs one forward pass per channel and image (ask for it by name)."""
 
@@ -441,7 +454,7 @@ DEFAULT_EXPLAIN_METHODS: tuple[ExplainMethod, ...] = tuple(m for m in EXPLAIN_ME
 class ExplainConfig(_Config):
     """Which test images are explained, by which methods, at which layer and for which class."""
 
-    methods: list[ExplainMethod] = Field(
+    methods: list[ExplainMethodItem] = Field(
         default_factory=lambda: list(DEFAULT_EXPLAIN_METHODS),
         min_length=1,
         description="default: every method but scorecam (one forward per channel)",

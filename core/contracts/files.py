@@ -67,6 +67,7 @@ RESULT_JSON: dict[str, str] = {
     "sweep": SWEEP_JSON,
     "import": IMPORT_JSON,
     "export": EXPORT_JSON,
+    "mlflow": f"{MLFLOW_FOLDER}/{MLFLOW_JSON}",
 }
 """The JSON file in which each stage records its result."""
 
@@ -97,6 +98,7 @@ RUN_FOLDERS: dict[str, str] = {
     "explain": "explain",
     "import": "imported",
     "export": "export",
+    "mlflow": "mlflow",
 }
 """The folder of each stage inside a run folder (truncate and retrain share ``slim/``; the auto cut's search
 writes ``select/`` and moves its chosen model's folder to ``slim/``)."""

@@ -18,12 +18,14 @@ from layercut.contracts.configs import (
     CompareConfig,
     ExplainConfig,
     ExportConfig,
+    MlflowTarget,
     SelectConfig,
     SweepConfig,
     TrainConfig,
     TruncateConfig,
 )
 from layercut.contracts.files import WeightSuffix
+from layercut.contracts.kinds import StageKind
 from layercut.contracts.spec import ModelSpec
 
 
@@ -179,6 +181,30 @@ class ImportParams(_Params):
     weights_bytes: int = Field(ge=0)
 
 
+class MlflowParams(_Params):
+    """Log a finished pipeline to the service's MLflow tracking server (``LAYERCUT_MLFLOW_TRACKING_URI``): the run
+    the steps' results and pictures make, and base and slim registered as ONNX versions. Made only by a pipeline."""
+
+    kind: Literal["mlflow"] = "mlflow"
+    steps: dict[StageKind, uuid.UUID] = Field(
+        max_length=20, description="the job of each earlier step of the pipeline, by its kind"
+    )
+    mlflow: MlflowTarget = Field(default_factory=MlflowTarget)
+    select: SelectConfig = Field(
+        default_factory=SelectConfig, description="the pipeline's accuracy budget (what the probe rule is judged by)"
+    )
+
+    @model_validator(mode="after")
+    def _has_a_run(self) -> MlflowParams:
+        missing = [kind for kind in ("train", "analyze", "compare", "explain") if kind not in self.steps]
+        if missing or not ({"select", "retrain"} & self.steps.keys()):
+            raise ValueError(
+                "an mlflow step logs a whole run: it needs the train, analyze, select (or retrain), compare and "
+                f"explain steps of its pipeline; missing: {', '.join(missing) or 'select or retrain'}"
+            )
+        return self
+
+
 JobParams = Annotated[
     Union[
         TrainParams,
@@ -193,6 +219,7 @@ JobParams = Annotated[
         ExplainParams,
         ImportParams,
         ExportParams,
+        MlflowParams,
     ],
     Field(discriminator="kind"),
 ]

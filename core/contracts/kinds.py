@@ -17,12 +17,14 @@ StageKind = Literal[
     "explain",
     "import",
     "export",
+    "mlflow",
 ]
 """One stage of the pipeline, run as one job. A sweep in the service fans out: ``sweep_plan`` adds one
 ``sweep_cut`` job per cut point (run in parallel by as many workers as there are) and a ``sweep`` job that gathers
 them into sweep.json and its chart. An ``import`` job checks a model trained elsewhere (uploaded through
 ``POST /v1/models/import``) against its architecture and writes it as a checkpoint. An ``export`` job writes a model as a deployable file (ONNX, TorchScript or an ExportedProgram), checked
-against torch and timed on the CPU."""
+against torch and timed on the CPU. An ``mlflow`` job, the last step of a pipeline that asks for it, logs the
+pipeline's run to the service's MLflow tracking server and registers base and slim as ONNX model versions."""
 
 STAGE_KINDS: tuple[StageKind, ...] = get_args(StageKind)
 
@@ -42,6 +44,7 @@ QUEUES: dict[StageKind, str] = {
     "explain": "gpu",
     "import": "cpu",
     "export": "cpu",
+    "mlflow": "cpu",
 }
 """The Celery queue of each kind: everything that runs a network on images needs a GPU worker."""
 

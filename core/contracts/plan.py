@@ -6,6 +6,7 @@ pipeline is created, and the job engine advances those jobs in its order. Both r
     train → analyze → truncate → retrain → compare → explain      (a cut at the knee or a named cut point)
     train → analyze → select → compare → explain                  (the auto cut: select retrains candidates)
     … → compare → export → explain                                 (export: the slim model as a deployable file)
+    … → explain → mlflow                                            (the service logs the run to MLflow)
 
 - A pipeline that starts from a model (``model_id`` in the service) has no train step: every input that would
   come from ``train`` comes from ``GIVEN``, the model it was given.
@@ -88,13 +89,15 @@ def pipeline_plan(
     cut: CutRule = "auto",
     sweep: bool = False,
     export: bool = False,
+    mlflow: bool = False,
 ) -> PipelinePlan:
     """The slimming pipeline: train (unless started from a given model), analyze, then — unless it stops after
         the analysis — make the slim model (select under the auto cut, else truncate and retrain), compare it with the
         base and explain both side by side. ``sweep`` adds a sweep of the base model right after the analysis (a
     ``sweep_plan`` step, which fans out to one ``sweep_cut`` job per cut point and a ``sweep`` job that gathers them;
     the next step of the plan starts beside them). ``export`` adds, after the comparison, the export of the slim model
-    as a deployable file."""
+    as a deployable file. ``mlflow`` ends a whole run (train to explain) with a step that logs it to MLflow (the
+    service's; ``layercut run`` logs in its own process)."""
     base = "train" if train else GIVEN
     steps: list[PlanStep] = [PlanStep(kind="train")] if train else []
     steps.append(PlanStep(kind="analyze", inputs={"model": base}))
@@ -118,4 +121,8 @@ def pipeline_plan(
             steps.append(PlanStep(kind="export", inputs={"model": slim}))
         if stop_after == "explain":
             steps.append(PlanStep(kind="explain", inputs={"model": base, "compare_with": slim}))
+    if mlflow:
+        if not train or stop_after != "explain":
+            raise ValueError("logging to MLflow needs the whole run: a train step and every step up to explain")
+        steps.append(PlanStep(kind="mlflow", inputs={"base": base, "slim": slim}))
     return PipelinePlan(steps=tuple(steps))

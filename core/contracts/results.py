@@ -17,7 +17,7 @@ from layercut.contracts.configs import (
     AnalyzeConfig,
     DataConfig,
     ExplainConfig,
-    ExplainMethod,
+    ExplainMethodItem,
     ExportConfig,
     ExportFormat,
     SelectConfig,
@@ -766,7 +766,7 @@ class ExplainResult(_Result):
     """explain.json: CAMs, input gradients, feature maps and receptive fields of test images, per model."""
 
     stage: Literal["explain"]
-    methods: list[ExplainMethod]
+    methods: list[ExplainMethodItem]
     target: ExplainTarget
     classes: list[str]
     split: Literal["test"]
@@ -952,7 +952,7 @@ class ExplainBrief(_Result):
     """The explain stage of a run in brief; file paths are relative to the run folder."""
 
     file: str
-    methods: list[ExplainMethod]
+    methods: list[ExplainMethodItem]
     target: ExplainTarget
     images: int = Field(ge=1, description="images explained")
     layers: dict[ModelKey, str] = Field(description="model → the layer its CAMs are computed at")
@@ -1034,6 +1034,7 @@ AnyStageResult = (
     | SweepResult
     | ImportResult
     | ExportResult
+    | MlflowResult
 )
 """One stage's result model, any of them."""
 
@@ -1053,6 +1054,7 @@ RESULT_MODELS: dict[StageKind, type[BaseModel]] = {
     "sweep": SweepResult,
     "import": ImportResult,
     "export": ExportResult,
+    "mlflow": MlflowResult,
 }
 """The result model of each stage kind (train and retrain write metrics.json, read it with ``TRAINING_RESULT``)."""
 

@@ -49,6 +49,22 @@ class Resolver:
             return self.store.local(key)
         return self.store.local(key, size=row.bytes, sha256=row.sha256)
 
+    def job_files(self, job: Job, under: str = "", suffixes: tuple[str, ...] = ()) -> dict[str, Path]:
+        """The files a succeeded job of the tenant made (its Artifact rows), on this machine: path relative to
+        ``under`` (a folder of the job's, e.g. a candidate's) → local file; only names ending in ``suffixes``
+        when given."""
+        prefix = f"{job.tenant}/{job.id}/{under.strip('/') + '/' if under.strip('/') else ''}"
+        rows = self.session.scalars(
+            select(Artifact)
+            .where(Artifact.job_id == job.id, Artifact.tenant == self.job.tenant)
+            .order_by(Artifact.path)
+        ).all()
+        return {
+            row.path[len(prefix) :]: self.store.local(row.path, size=row.bytes, sha256=row.sha256)
+            for row in rows
+            if row.path.startswith(prefix) and (not suffixes or row.path.lower().endswith(suffixes))
+        }
+
     def dataset(self, dataset_id: uuid.UUID) -> Dataset:
         """The dataset row, if the job's tenant owns it."""
         dataset = self.session.get(Dataset, dataset_id)

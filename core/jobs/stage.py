@@ -6,15 +6,32 @@ engine (as the API and the worker do) must not import torch; the stages load whe
 
 from __future__ import annotations
 
+import tempfile
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from layercut.contracts.configs import DataConfig
+from pydantic import BaseModel
+
+from layercut.contracts.configs import DataConfig, MlflowConfig
 from layercut.contracts.errors import LayercutError, MissingResourceError
-from layercut.contracts.files import CHECKPOINT, IMPORT_JSON, TRUNCATE_JSON, import_upload
+from layercut.contracts.files import (
+    ANALYSIS_JSON,
+    CHECKPOINT,
+    COMPARE_JSON,
+    EXPLAIN_JSON,
+    IMPORT_JSON,
+    METRICS_JSON,
+    MLFLOW_FOLDER,
+    MLFLOW_JSON,
+    REPORT_HTML,
+    RUN_FOLDERS,
+    RUN_JSON,
+    TRUNCATE_JSON,
+    import_upload,
+)
 from layercut.contracts.jobs import (
     AnalyzeParams,
     CompareParams,
@@ -22,6 +39,7 @@ from layercut.contracts.jobs import (
     ExportParams,
     ImportParams,
     JobParams,
+    MlflowParams,
     ModelRef,
     RetrainParams,
     SelectParams,
@@ -33,7 +51,13 @@ from layercut.contracts.jobs import (
 )
 from layercut.contracts.kinds import StageKind
 from layercut.contracts.results import (
+    RESULT_MODELS,
+    AnalyzeResult,
+    CompareResult,
+    ExplainResult,
     RetrainResult,
+    RunData,
+    RunOutputs,
     SelectResult,
     StageResult,
     SweepCutResult,
@@ -414,6 +438,102 @@ def run_export(params: ExportParams, run: StageRun) -> StageOutcome:
     return StageOutcome(result)
 
 
+MLFLOW_KEPT = (RUN_JSON, REPORT_HTML, f"{MLFLOW_FOLDER}/{MLFLOW_JSON}")
+"""What of the run folder an mlflow job assembles it keeps as its own artifacts (the rest is its steps' files)."""
+
+
+def run_mlflow(params: MlflowParams, run: StageRun) -> StageOutcome:
+    """Log the pipeline's run to the service's MLflow tracking server, as ``layercut run --mlflow`` logs its own: the
+    steps' files are gathered into a run folder of the same layout, its run.json and report are written, and the
+    same publishing registers base and slim. The job keeps run.json, the report and mlflow.json."""
+    from layercut.report import write_run_report
+    from layercut.stages.run_summary import run_summary
+    from layercut.stages.stages import write_result
+    from layercut.stages.tracking import LOGGED_SUFFIXES, check_tracking, publish_run
+
+    uri = run.settings.mlflow_tracking_uri
+    if uri is None:
+        raise LayercutError(
+            "this service logs to no MLflow tracking server (its operator sets LAYERCUT_MLFLOW_TRACKING_URI)"
+        )
+    config = MlflowConfig(tracking_uri=uri, **params.mlflow.model_dump())
+    check_tracking(config)
+    jobs = {
+        kind: run.resolver.producing_job(job_id, f"pipeline's {kind} step") for kind, job_id in params.steps.items()
+    }
+    results = {kind: RESULT_MODELS[kind].model_validate(stored_result(job)) for kind, job in jobs.items()}
+    trained = results["train"]
+    assert isinstance(trained, TrainResult)  # RESULT_MODELS["train"] is TrainResult
+    cut = results.get("select") or results["truncate"]
+    assert isinstance(cut, (SelectResult, TruncateResult))
+    pipeline = run.resolver.job.pipeline_id
+    with tempfile.TemporaryDirectory(prefix="layercut-mlflow-") as staging:
+        folder = Path(staging) / f"pipeline-{pipeline}"
+        run.reporter.update("mlflow", 0.0, "gathering the pipeline's files")
+        for kind, job in jobs.items():
+            wanted = (*LOGGED_SUFFIXES, CHECKPOINT) if kind == "train" else LOGGED_SUFFIXES
+            copy_files(run.resolver.job_files(job, suffixes=wanted), folder / RUN_FOLDERS[kind])
+        if isinstance(cut, SelectResult):  # the chosen candidate's folder is the run's slim model
+            chosen = next(c for c in cut.candidates if c.cut_point == cut.cut_point)
+            under = chosen.folder.removeprefix(f"{jobs['select'].tenant}/{jobs['select'].id}/")
+            copy_files(run.resolver.job_files(jobs["select"], under), folder / RUN_FOLDERS["retrain"])
+        else:
+            copy_files(run.resolver.job_files(jobs["retrain"], suffixes=(CHECKPOINT,)), folder / RUN_FOLDERS["retrain"])
+        retrained = RetrainResult.model_validate_json((folder / RUN_FOLDERS["retrain"] / METRICS_JSON).read_bytes())
+        base_model = run.resolver.model(ModelRef(from_job=jobs["train"].id))
+        dataset = run.data_for(None, base_model)
+        summary = run_summary(
+            data=RunData(
+                source=run.resolver.dataset(base_model.dataset_id).name if base_model.dataset_id else "",
+                classes=list(trained.classes),
+                image_size=trained.data.image_size,
+                splits=trained.data.sizes,
+            ),
+            architecture=trained.architecture,
+            trained=trained,
+            analysis=typed(results["analyze"], AnalyzeResult),
+            cut=cut,
+            retrained=retrained,
+            compared=typed(results["compare"], CompareResult),
+            explained=typed(results["explain"], ExplainResult),
+            budget=params.select,
+            outputs=RunOutputs(
+                base_checkpoint=f"{RUN_FOLDERS['train']}/{CHECKPOINT}",
+                slim_checkpoint=f"{RUN_FOLDERS['retrain']}/{CHECKPOINT}",
+                analysis=f"{RUN_FOLDERS['analyze']}/{ANALYSIS_JSON}",
+                compare=f"{RUN_FOLDERS['compare']}/{COMPARE_JSON}",
+                explain=f"{RUN_FOLDERS['explain']}/{EXPLAIN_JSON}",
+                report=REPORT_HTML,
+                export=None,
+            ),
+        )
+        write_result(folder / RUN_JSON, summary)
+        write_run_report(folder, shown_as=f"pipeline {pipeline}")
+        result = publish_run(folder, config, dataset, run.reporter.scaled(0.1, 1.0), run_name=f"pipeline-{pipeline}")
+        copy_files({name: folder / name for name in MLFLOW_KEPT}, run.out)
+    return StageOutcome(result)
+
+
+def copy_files(found: dict[str, Path], into: Path) -> None:
+    """Copy (or hard-link) each file to ``into/<its relative path>``."""
+    from layercut.stages.select import link_or_copy
+
+    for relative, source in found.items():
+        target = into / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        link_or_copy(source, target)
+
+
+ResultT = TypeVar("ResultT", bound=BaseModel)
+
+
+def typed(result: BaseModel, model: type[ResultT]) -> ResultT:
+    """``result`` as the model it must be (a job's stored result, validated by its kind)."""
+    if not isinstance(result, model):
+        raise TypeError(f"expected a {model.__name__}, got a {type(result).__name__}")
+    return result
+
+
 STAGE_RUNNERS: dict[StageKind, Callable[[Any, StageRun], StageOutcome]] = {
     "train": run_train,
     "analyze": run_analyze,
@@ -427,6 +547,7 @@ STAGE_RUNNERS: dict[StageKind, Callable[[Any, StageRun], StageOutcome]] = {
     "explain": run_explain,
     "import": run_import,
     "export": run_export,
+    "mlflow": run_mlflow,
 }
 """How a job of each kind runs its stage."""
 

@@ -124,8 +124,8 @@ def run_stages(run_dir: str | Path) -> list[StageInput]:
     ]
 
 
-def render_run_report(run_dir: str | Path) -> str:
-    """The HTML report of a run folder (not written)."""
+def render_run_report(run_dir: str | Path, shown_as: str | None = None) -> str:
+    """The HTML report of a run folder (not written); ``shown_as`` names the run instead of the folder's path."""
     root = Path(run_dir)
     run = read_result(root / RUN_JSON, RunSummary)
     base = read_result(root / RUN_FOLDERS["train"] / METRICS_JSON, TrainResult)
@@ -135,16 +135,16 @@ def render_run_report(run_dir: str | Path) -> str:
         (base_data and base_data.name) or (run and run.data and run.data.source) or (base_data and base_data.source)
     )
     title = " on ".join(str(x) for x in (arch, dataset) if x) or root.name
-    details = [("Run folder", str(root.resolve()))]
+    details = [("Run", shown_as)] if shown_as else [("Run folder", str(root.resolve()))]
     return render_report(run_stages(root), title, subtitle=SUBTITLE, details=details, run=run)
 
 
-def write_run_report(run_dir: str | Path) -> Path:
+def write_run_report(run_dir: str | Path, shown_as: str | None = None) -> Path:
     """Write ``run_dir/report.html`` (atomically) from a CLI run folder and return its path."""
     root = Path(run_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a folder (give the --out folder of `layercut run`)")
-    page = render_run_report(root)
+    page = render_run_report(root, shown_as)
     out = root / REPORT_NAME
     handle, tmp = tempfile.mkstemp(prefix=".report-", suffix=".tmp", dir=root)
     try:

@@ -193,10 +193,15 @@ def register(mlflow: Any, role: str, export: ExportResult, name: str) -> MlflowM
 
 
 def publish_run(
-    run_folder: str | Path, config: MlflowConfig, dataset: Dataset | None = None, reporter: Reporter = SILENT
+    run_folder: str | Path,
+    config: MlflowConfig,
+    dataset: Dataset | None = None,
+    reporter: Reporter = SILENT,
+    run_name: str | None = None,
 ) -> MlflowResult:
-    """Log a finished run folder (run.json, base/, slim/ …) to MLflow and register base and slim; writes
-    ``mlflow/mlflow.json`` (and the two ONNX files beside it) into the folder and returns its record."""
+    """Log a finished run folder (run.json, base/, slim/ …) to MLflow as run ``run_name`` (default: the folder's
+    name) and register base and slim; writes ``mlflow/mlflow.json`` (and the two ONNX files beside it) into the
+    folder and returns its record."""
     started = time.perf_counter()
     mlflow = _mlflow()
     out = Path(run_folder)
@@ -218,7 +223,7 @@ def publish_run(
         client = mlflow.MlflowClient()
         experiment = client.get_experiment_by_name(config.experiment)
         experiment_id = experiment.experiment_id if experiment else client.create_experiment(config.experiment)
-        with mlflow.start_run(experiment_id=experiment_id, run_name=out.resolve().name) as active:
+        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name or out.resolve().name) as active:
             mlflow.log_params(run_params(summary, base, slim))
             mlflow.log_metrics(run_metrics(summary))
             log_history(mlflow, "base", base)

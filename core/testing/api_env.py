@@ -12,10 +12,29 @@ from fastapi.testclient import TestClient
 
 from layercut.api.deps import dispatcher_dep, settings_dep
 from layercut.api.main import create_app
+from layercut.contracts.configs import TruncateConfig
+from layercut.contracts.jobs import ModelRef, TruncateParams
+from layercut.contracts.results import TruncateResult
+from layercut.contracts.spec import CutPointRef
 from layercut.settings import Settings
 from layercut.store.db import get_sessionmaker
 from layercut.store.keys import create_key
 from layercut.store.models import Artifact, Job, ModelVersion
+
+FINISHED_PARAMS = TruncateParams(model=ModelRef(model_id=uuid.UUID(int=7)), truncate=TruncateConfig(cut="3"))
+"""The params of ``ApiEnv.finished_job``'s jobs."""
+
+FINISHED_RESULT = TruncateResult(
+    stage="truncate",
+    checkpoint="slim/model.safetensors",
+    cut_point=CutPointRef(index=3, name="layer2.0"),
+    chosen_by="user",
+    base_params=11_000,
+    slim_params=2_750,
+    params_kept=0.25,
+    cut_points_total=9,
+)
+"""The result of ``ApiEnv.finished_job``'s succeeded jobs."""
 
 
 class RecordingDispatcher:
@@ -103,9 +122,10 @@ class Env:
         self,
         tenant: str | None = None,
         status: str = "succeeded",
-        kind: str = "train",
         artifacts: dict[str, tuple[bytes, str]] | None = None,
     ) -> str:
+        """A finished truncate job written straight to the database (no worker): typed params, and when it
+        succeeded a typed result, as a real one would store them."""
         tenant = tenant or self.tenant
         job_id = uuid.uuid4()
         with self.session() as s:
@@ -113,11 +133,11 @@ class Env:
                 Job(
                     id=job_id,
                     tenant=tenant,
-                    kind=kind,
+                    kind="truncate",
                     status=status,
-                    params={},
+                    params=FINISHED_PARAMS.model_dump(mode="json"),
                     progress=1.0,
-                    result={"metrics": {"accuracy": 0.9}},
+                    result=FINISHED_RESULT.model_dump(mode="json") if status == "succeeded" else None,
                 )
             )
             s.flush()

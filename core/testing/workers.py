@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
 import sys
 import time
 import uuid
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import redis as redis_lib
+from PIL import Image
 from pydantic import TypeAdapter
 from sqlalchemy.orm import Session
 
@@ -27,6 +31,21 @@ PARAMS = TypeAdapter(JobParams)
 TINY_TRAIN = {"epochs": 1, "batch_size": 32, "patience": None}
 TINY_ANALYZE = {"probes_per_class": 1, "max_probes": 4}
 TINY_COMPARE = {"latency_batches": [1], "latency_repeats": 1, "latency_warmup": 0}
+
+
+def image_archive(classes: tuple[str, ...] = ("red", "blue"), per_class: int = 10, size: int = 32) -> bytes:
+    """A zip of small PNGs, one folder per class, each class its own colour with noise (a dataset to upload)."""
+    rng = np.random.default_rng(0)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for index, name in enumerate(classes):
+            for i in range(per_class):
+                pixels = rng.integers(0, 60, (size, size, 3))
+                pixels[..., index % 3] += 180
+                png = io.BytesIO()
+                Image.fromarray(pixels.astype(np.uint8)).save(png, format="PNG")
+                archive.writestr(f"colours/{name}/{i}.png", png.getvalue())
+    return buffer.getvalue()
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.2, what: str = "condition") -> Any:

@@ -11,6 +11,7 @@ import pytest
 from openapi_spec_validator import validate
 
 from layercut.api.main import create_app
+from layercut.contracts.kinds import STAGE_KINDS
 from layercut.settings import Settings
 
 METHODS = ("get", "post", "put", "patch", "delete")
@@ -106,3 +107,48 @@ def test_states_and_kinds_are_enums_in_answers(spec) -> None:
         for field in ("status", "kind"):
             assert "enum" in resolve(spec, schemas[name]["properties"][field]), (name, field)
     assert "enum" in resolve(spec, schemas["PipelineOut"]["properties"]["status"])
+
+
+def enums(node: object, where: str = "") -> list[tuple[str, dict]]:
+    """Every schema with an ``enum`` in the document, with where it is."""
+    found: list[tuple[str, dict]] = []
+    if isinstance(node, dict):
+        if isinstance(node.get("enum"), list) and len(node["enum"]) > 1:
+            found.append((where, node))
+        for key, value in node.items():
+            found += enums(value, f"{where}/{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found += enums(value, f"{where}/{i}")
+    return found
+
+
+def test_every_enum_member_gets_its_own_name_in_a_generated_client(spec) -> None:
+    """Generators name enum members after their values with the non-identifier characters dropped, so values that
+    differ only in those (``gradcam`` and ``gradcam++``) collapse into one member unless ``x-enum-varnames`` names
+    them: a generated client then cannot read one of them back."""
+    problems = []
+    for where, schema in enums(spec):
+        names = schema.get("x-enum-varnames") or [
+            re.sub(r"[^A-Za-z0-9]+", "_", str(v)).strip("_").upper() for v in schema["enum"]
+        ]
+        if len(set(names)) != len(schema["enum"]):
+            problems.append((where, schema["enum"]))
+    assert problems == []
+
+
+def test_job_params_results_and_metrics_are_typed_by_kind(spec) -> None:
+    """A job's params and result are unions told apart by a tag (params by ``kind``, a result by ``stage``, which
+    is the job's kind), one named schema per kind; metrics is one named schema; a pipeline's params is the request."""
+    schemas = spec["components"]["schemas"]
+    job = schemas["JobOut"]["properties"]
+    params = job["params"]
+    assert params["discriminator"]["propertyName"] == "kind" and len(params["oneOf"]) == len(STAGE_KINDS)
+    result = next(option for option in job["result"]["anyOf"] if option.get("type") != "null")
+    assert result["discriminator"]["propertyName"] == "stage"
+    named = {ref.rsplit("/", 1)[1] for ref in result["discriminator"]["mapping"].values()}
+    assert named == {f"{kind.title().replace('_', '')}JobResult" for kind in STAGE_KINDS}
+    for name in named:
+        assert "model_id" in schemas[name]["properties"] and schemas[name]["additionalProperties"] is False
+    assert resolve(spec, next(o for o in job["metrics"]["anyOf"] if "$ref" in o))["title"] == "JobMetrics"
+    assert schemas["PipelineOut"]["properties"]["params"]["$ref"].endswith("/PipelineCreate")

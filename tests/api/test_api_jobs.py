@@ -10,6 +10,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import func, select
 
+from layercut.api.schemas.jobs import JobMetrics
 from layercut.store.models import Job
 
 
@@ -138,7 +139,8 @@ def test_extra_fields_and_bad_callback_are_422(env):
 def test_get_shows_progress_error_metrics_and_artifacts(env):
     job_id = env.finished_job(artifacts={"metrics.json": (b"{}", "application/json")})
     body = env.client.get(f"/v1/jobs/{job_id}", headers=env.headers).json()
-    assert body["status"] == "succeeded" and body["percent"] == 100 and body["metrics"] == {"accuracy": 0.9}
+    assert body["status"] == "succeeded" and body["percent"] == 100
+    assert body["metrics"] == {**dict.fromkeys(JobMetrics.model_fields), "params": 2_750, "params_kept": 0.25}
     assert body["artifacts"][0]["name"] == "metrics.json"
     assert body["artifacts"][0]["download_url"].endswith(f"/v1/artifacts/{body['artifacts'][0]['id']}")
     failed = env.finished_job(status="failed")

@@ -186,3 +186,29 @@ def test_plan_steps_follow_the_plan_for_every_variant():
                     assert by_kind["select"].analysis_job == ids["analyze"] and cut == "auto"
                     assert by_kind["compare"].slim.from_job == ids["select"]
                 assert ("explain" in by_kind) == (stop_after == "explain")
+
+
+def test_a_pipeline_logged_to_mlflow_ends_with_an_mlflow_step_on_a_server_that_has_one(env):
+    dataset = env.dataset()
+    asked = {"data": {"dataset_id": dataset}, "mlflow": {"experiment": "pets", "registered_model": "pets-small"}}
+    refused = env.client.post("/v1/pipelines", json=asked, headers=env.headers)
+    assert refused.status_code == 422, refused.text
+    (detail,) = refused.json()["detail"]
+    assert detail["loc"] == ["body", "mlflow"] and "LAYERCUT_MLFLOW_TRACKING_URI" in detail["msg"]
+
+    env.settings.mlflow_tracking_uri = "http://user:secret@mlflow.internal:5000"
+    for partial in ({"model_id": env.model()}, {"data": {"dataset_id": dataset}, "stop_after": "compare"}):
+        refused = env.client.post("/v1/pipelines", json={**partial, "mlflow": {}}, headers=env.headers)
+        assert refused.status_code == 422 and "whole run" in refused.json()["detail"][0]["msg"]
+    assert env.dispatcher.sent == []
+
+    body = env.client.post("/v1/pipelines", json={**asked, "select": {"max_drop": 2.0}}, headers=env.headers).json()
+    assert [s["kind"] for s in body["steps"]] == ["train", "analyze", "select", "compare", "explain", "mlflow"]
+    ids = {s["kind"]: s["id"] for s in body["steps"]}
+    with env.session() as s:
+        params = s.get(Job, uuid.UUID(ids["mlflow"])).params
+    assert params["steps"] == {kind: job_id for kind, job_id in ids.items() if kind != "mlflow"}
+    assert params["mlflow"] == {"experiment": "pets", "registered_model": "pets-small"}
+    assert params["select"]["max_drop"] == 2.0 and "secret" not in str(params)  # the server's URI stays its own
+    direct = env.client.post("/v1/jobs", json={"params": {"kind": "mlflow", "steps": {}}}, headers=env.headers)
+    assert direct.status_code == 422

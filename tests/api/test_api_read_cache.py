@@ -15,7 +15,7 @@ from layercut.store.db import get_engine
 from layercut.store.jobs import JobRepository
 from layercut.store.keys import revoke_key
 from layercut.store.models import Job
-from layercut.testing.api_env import Env
+from layercut.testing.api_env import FINISHED_PARAMS, FINISHED_RESULT, Env
 
 BOUND_S = 10.0
 
@@ -56,7 +56,18 @@ def _eventually(check, what: str) -> None:
 def _running_job(env: Env) -> uuid.UUID:
     job_id = uuid.uuid4()
     with env.session() as s:
-        s.add(Job(id=job_id, tenant=env.tenant, kind="train", status="running", params={}, progress=0.25, attempts=1))
+        params = FINISHED_PARAMS.model_dump(mode="json")
+        s.add(
+            Job(
+                id=job_id,
+                tenant=env.tenant,
+                kind="truncate",
+                status="running",
+                params=params,
+                progress=0.25,
+                attempts=1,
+            )
+        )
         s.commit()
     return job_id
 
@@ -78,7 +89,7 @@ def test_a_repeated_poll_touches_no_database_and_a_change_shows_once_notified(en
         "the poll still shows the old progress after the change was committed",
     )
     with env.session() as s:
-        assert JobRepository(s).succeed(job_id, {"metrics": {"accuracy": 1.0}}, attempt=1)
+        assert JobRepository(s).succeed(job_id, FINISHED_RESULT.model_dump(mode="json"), attempt=1)
     _eventually(
         lambda: env.client.get(f"/v1/jobs/{job_id}", headers=env.headers).json()["status"] == "succeeded",
         "the poll did not see the job finish",

@@ -382,3 +382,21 @@ def test_import_model_uploads_the_weights_and_the_spec_and_retries_with_one_key(
     body = seen[1].content
     assert b'filename="resnet18.pt"' in body and b"PK\x03\x04 state dict bytes" in body  # the file, sent again
     assert json.dumps(spec).encode() in body and b"d1" in body
+
+
+def test_reports_are_read_as_html_and_written_when_asked(tmp_path):
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        if request.url.path.endswith("/missing/report"):
+            return httpx.Response(404, json={"detail": "pipeline missing not found"})
+        return httpx.Response(200, html=f"<html>{request.url.path}</html>")
+
+    client = make_client(handler)
+    assert client.job_report("j1") == "<html>/v1/jobs/j1/report</html>"
+    page = client.pipeline_report("p1", dest=tmp_path / "report.html")
+    assert (tmp_path / "report.html").read_text() == page == "<html>/v1/pipelines/p1/report</html>"
+    with pytest.raises(NotFound):
+        client.pipeline_report("missing")
+    assert seen == ["/v1/jobs/j1/report", "/v1/pipelines/p1/report", "/v1/pipelines/missing/report"]

@@ -110,7 +110,7 @@ def test_the_api_and_the_migration_run_from_the_image_without_torch():
         assert SERVICES[service]["build"] == {"context": "."}, service
         assert SERVICES[service]["image"] == "layercut:latest"
     assert re.search(r"^ARG DEPS=all$", DOCKERFILE, re.M)
-    assert "p['dependencies'] if sys.argv[1] == 'all' else p['optional-dependencies'][sys.argv[1]]" in DOCKERFILE
+    assert "p['dependencies'] + extra['mlflow'] if sys.argv[1] == 'all' else extra[sys.argv[1]]" in DOCKERFILE
     assert '[ "$DEPS" = all ]' in DOCKERFILE  # torch from another index only for the full image
 
 

@@ -5,16 +5,12 @@ folder, as separate machines would: nothing reaches one from another except thro
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import uuid
-import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from PIL import Image
 from sqlalchemy import select
 
 from layercut.api.main import create_app
@@ -27,6 +23,7 @@ from layercut.testing.workers import (
     TINY_TRAIN,
     Worker,
     flush_broker,
+    image_archive,
     session_for,
     settings_from,
     wait_for,
@@ -34,21 +31,6 @@ from layercut.testing.workers import (
 
 BROKER_DB = 8
 FINAL = ("succeeded", "failed", "cancelled")
-
-
-def image_archive(classes=("red", "blue"), per_class: int = 10, size: int = 32) -> bytes:
-    """A zip of small PNGs, one folder per class, each class its own colour with noise."""
-    rng = np.random.default_rng(0)
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for index, name in enumerate(classes):
-            for i in range(per_class):
-                pixels = rng.integers(0, 60, (size, size, 3))
-                pixels[..., index] += 180
-                png = io.BytesIO()
-                Image.fromarray(pixels.astype(np.uint8)).save(png, format="PNG")
-                archive.writestr(f"colours/{name}/{i}.png", png.getvalue())
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
