@@ -115,6 +115,32 @@ def pretrained_weights_path(arch: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
 
 
+TIMM_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+"""The files a timm model's Hugging Face repository keeps its weights in, preferred first."""
+
+
+def timm_pretrained_file(arch: str) -> Path:
+    """The cached pretrained weights of a timm model: its default tag's file in the local Hugging Face cache
+    (``HF_HOME``/``HF_HUB_CACHE``), where ``huggingface-cli download`` or timm itself put it. layercut never
+    downloads them."""
+    import timm
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    name = _timm_name(arch)
+    repo = getattr(timm.models.get_pretrained_cfg(name), "hf_hub_id", None)
+    if not repo:
+        raise LayercutError(f"{arch}: timm names no Hugging Face weights for it; train without --pretrained")
+    for filename in TIMM_WEIGHT_FILES:
+        found = try_to_load_from_cache(repo, filename)
+        if isinstance(found, str):
+            return Path(found)
+    raise MissingResourceError(
+        f"pretrained weights for {arch} are not in the local Hugging Face cache ({constants.HF_HUB_CACHE}): on a "
+        f"machine with internet run `huggingface-cli download {repo} {TIMM_WEIGHT_FILES[0]}` and copy its cache "
+        "here (or set HF_HOME to it), or train from scratch without --pretrained"
+    )
+
+
 def replace_head(model: nn.Module, num_classes: int) -> None:
     """Resize the model's classifier (its last layer with weights: a Linear, or SqueezeNet's 1x1 convolution) to
     ``num_classes`` outputs, freshly initialised."""
@@ -138,10 +164,7 @@ def check_pretrained(arch: str) -> Path:
     if arch == "smallcnn":
         raise LayercutError("smallcnn has no pretrained weights; drop --pretrained")
     if is_timm(arch):
-        raise LayercutError(
-            f"{arch}: layercut does not fetch timm's pretrained weights; save the pretrained model's state_dict "
-            f"with timm yourself and bring it in with `layercut import --arch {arch} --weights FILE …`"
-        )
+        return timm_pretrained_file(arch)
     path = pretrained_weights_path(arch)
     if not path.is_file():
         raise MissingResourceError(
@@ -164,7 +187,13 @@ def build_model(arch: str, num_classes: int, pretrained: bool = False) -> nn.Mod
     if is_timm(arch):
         import timm
 
-        return timm.create_model(_timm_name(arch), pretrained=False, num_classes=num_classes)
+        if not pretrained:
+            return timm.create_model(_timm_name(arch), pretrained=False, num_classes=num_classes)
+        # the cached file only, never the hub; timm drops the ImageNet head when num_classes differs
+        overlay = {"file": str(path), "hf_hub_id": None, "url": None}
+        return timm.create_model(
+            _timm_name(arch), pretrained=True, num_classes=num_classes, pretrained_cfg_overlay=overlay
+        )
     options = TORCHVISION_OPTIONS.get(arch, TorchvisionOptions())
     if not pretrained:
         return tvm.get_model(arch, weights=None, num_classes=num_classes, **options.kwargs)

@@ -232,3 +232,30 @@ def test_new_families_go_through_train_analyze_truncate_retrain(tmp_path, arch, 
         and spec.cut_point.name == cut
         and slim.params == sum(p.numel() for p in model.parameters())
     )
+
+
+def test_timm_pretrained_weights_come_from_the_local_hugging_face_cache_only(tmp_path, monkeypatch):
+    """--pretrained with a timm model loads its default weights from the Hugging Face cache, laid out as
+    huggingface_hub lays it out (refs/main → a snapshot), with the ImageNet head replaced; nothing is fetched, and an
+    empty cache is an error naming the repository and the command that fills it."""
+    import huggingface_hub.constants
+    import timm
+    from safetensors.torch import save_file
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(LayercutError, match=r"huggingface-cli download timm/convnext_atto\.d2_in1k model\.safetensors"):
+        build_model("timm/convnext_atto", 3, pretrained=True)
+
+    imagenet = seeded(timm.create_model("convnext_atto", pretrained=False), 5)  # stands in for the published weights
+    snapshot = tmp_path / "hub" / "models--timm--convnext_atto.d2_in1k" / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in imagenet.state_dict().items()}, str(snapshot / "model.safetensors"))
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("a" * 40)
+
+    model = build_model("timm/convnext_atto", 3, pretrained=True)
+    loaded, published = model.state_dict(), imagenet.state_dict()
+    head = {k for k in published if k.startswith("head.fc.")}
+    assert head and all(torch.equal(loaded[k], published[k]) for k in published if k not in head)
+    assert model.get_classifier().out_features == 3
