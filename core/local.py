@@ -39,7 +39,7 @@ from layercut.contracts.configs import (
 )
 from layercut.contracts.files import RUN_FOLDERS
 from layercut.contracts.kinds import StageKind
-from layercut.contracts.plan import InputRole, PlanStep, cut_rule, pipeline_plan
+from layercut.contracts.plan import GIVEN, InputRole, PlanStep, cut_rule, pipeline_plan
 from layercut.contracts.results import (
     AnalyzeResult,
     CompareResult,
@@ -61,7 +61,7 @@ from layercut.report import write_run_report
 from layercut.settings import Settings
 from layercut.stages import stages
 from layercut.stages.architectures import IMAGENET_MEAN, IMAGENET_STD
-from layercut.stages.checkpoint import ModelSpec, load_checkpoint
+from layercut.stages.checkpoint import ModelSpec, load_checkpoint, read_spec
 from layercut.stages.data import Dataset
 from layercut.stages.explain import explain_stage
 from layercut.stages.export import default_export_path, export_stage
@@ -296,8 +296,6 @@ def checkpoint_data(
 ) -> Dataset:
     """The dataset a checkpoint was trained on (as its spec records it, at its image size), unless ``source`` names
     another one; ``data_root`` is a folder of torchvision datasets."""
-    from layercut.stages.checkpoint import read_spec
-
     spec = read_spec(checkpoint)
     config = DataConfig.model_validate(spec.data) if spec.data else DataConfig(image_size=spec.image_size)
     update: dict[str, object] = {"image_size": spec.image_size}
@@ -340,12 +338,15 @@ def run(
     reporter: Reporter | None = None,
     progress: bool = True,
     mlflow: str | None = None,
+    checkpoint: str | Path | None = None,
 ) -> RunSummary:
     """The whole pipeline with default settings, cut by ``cut`` (auto: the smallest slim model within ``max_drop``
     points of the base's validation accuracy, or ``min_accuracy`` percent; knee; or a cut point); returns the
     summary also written to run.json. Progress shows as bars (notebook, terminal) or lines (a log) unless
     ``progress`` is False or a ``reporter`` is given. With ``mlflow`` (a tracking URI) the run is logged there and
-    base and slim are registered (``layercut[mlflow]``; the ids are in ``<out_dir>/mlflow/mlflow.json``)."""
+    base and slim are registered (``layercut[mlflow]``; the ids are in ``<out_dir>/mlflow/mlflow.json``). With
+    ``checkpoint`` (a model trained elsewhere, e.g. from ``import_model``) nothing is trained: that model is the base,
+    at its own architecture and image size."""
     return run_pipeline(
         DataConfig(source=source, image_size=image_size),
         arch,
@@ -356,6 +357,7 @@ def run(
         reporter=reporter,
         progress=progress,
         mlflow=MlflowConfig(tracking_uri=mlflow) if mlflow else None,
+        checkpoint=checkpoint,
     )
 
 
@@ -535,15 +537,25 @@ def run_pipeline(
     progress: bool = True,
     export: ExportConfig | None = None,
     mlflow: MlflowConfig | None = None,
+    checkpoint: str | Path | None = None,
 ) -> RunSummary:
     """Run the pipeline's plan into ``out_dir`` (base/, analysis/, select/ under the auto cut, slim/, sweep/ when
     asked, compare/, explain/), write run.json and report.html, log the run to ``mlflow`` when given, and return
     run.json's summary. Every input that can be checked without data is checked first (an MLflow server that does
-    not answer too); progress shows as with ``run``."""
+    not answer too); progress shows as with ``run``. With ``checkpoint`` there is no train step: that model (its
+    architecture and image size, not ``arch``'s) is the base, linked into base/."""
     out = Path(out_dir)
     cut = cut or TruncateConfig()
+    if checkpoint is not None:
+        spec = read_spec(checkpoint)
+        classes = data.classes or list(spec.classes)  # read in the order of the model's head
+        arch, data = spec.architecture, data.model_copy(update={"image_size": spec.image_size, "classes": classes})
     plan = pipeline_plan(
-        train=True, stop_after="explain", cut=cut_rule(cut.cut), sweep=sweep is not None, export=export is not None
+        train=checkpoint is None,
+        stop_after="explain",
+        cut=cut_rule(cut.cut),
+        sweep=sweep is not None,
+        export=export is not None,
     )
     check_run_inputs(data, arch, cut, sweep, pretrained)
     if mlflow is not None:
@@ -570,6 +582,12 @@ def run_pipeline(
             reporter=reporter,
             export=export,
         )
+        if checkpoint is not None:
+            given = run.folder("train") / files.CHECKPOINT
+            given.parent.mkdir(parents=True, exist_ok=True)
+            given.unlink(missing_ok=True)
+            link_or_copy(Path(checkpoint), given)
+            run.checkpoints[GIVEN] = given
         for step in plan.steps:
             run.results[step.kind] = STEP_RUNNERS[step.kind](run, step)
 
@@ -587,8 +605,9 @@ def run_pipeline(
 
 def _run_summary(run: RunInProcess) -> RunSummary:
     """run.json from this run's results (the chosen slim model is in slim/, whichever rule cut it)."""
-    trained = run.result("train", TrainResult)
+    trained = run.result("train", TrainResult) if "train" in run.results else None
     slim = run.folder("retrain")
+    retrained = RetrainResult.model_validate_json((slim / files.METRICS_JSON).read_text(encoding="utf-8"))
     selected = run.results.get("select")
     swept = run.results.get("sweep_plan")
     return run_summary(
@@ -596,19 +615,19 @@ def _run_summary(run: RunInProcess) -> RunSummary:
             source=run.data.source,
             classes=list(run.dataset.classes),
             image_size=run.data.image_size,
-            splits=trained.data.sizes,
+            splits=(trained or retrained).data.sizes,
         ),
         architecture=run.arch,
         trained=trained,
         analysis=run.result("analyze", AnalyzeResult),
         cut=selected if isinstance(selected, SelectResult) else run.result("truncate", TruncateResult),
-        retrained=RetrainResult.model_validate_json((slim / files.METRICS_JSON).read_text(encoding="utf-8")),
+        retrained=retrained,
         compared=run.result("compare", CompareResult),
         explained=run.result("explain", ExplainResult),
         budget=run.select,
         swept=swept if isinstance(swept, SweepResult) else None,
         outputs=RunOutputs(
-            base_checkpoint=str(run.checkpoints["train"]),
+            base_checkpoint=str(run.checkpoints["train" if trained is not None else GIVEN]),
             slim_checkpoint=str(slim / files.CHECKPOINT),
             analysis=str(run.folder("analyze") / files.ANALYSIS_JSON),
             compare=str(run.folder("compare") / files.COMPARE_JSON),

@@ -192,7 +192,13 @@ def mlflow_params(planned: PlannedPipeline, step: PlanStep) -> MlflowParams:
     """Log the run every earlier step makes to the service's MLflow server."""
     assert planned.body.mlflow is not None  # the plan has an mlflow step only when the request asks for one
     steps = {kind: job_id for kind, job_id in planned.ids.items() if kind != step.kind}
-    return MlflowParams(steps=steps, mlflow=planned.body.mlflow, select=planned.body.select)
+    return MlflowParams(
+        base=planned.model(step, "base"),
+        dataset_id=planned.dataset_id,
+        steps=steps,
+        mlflow=planned.body.mlflow,
+        select=planned.body.select,
+    )
 
 
 STEP_PARAMS: dict[StageKind, Callable[[PlannedPipeline, PlanStep], JobParams]] = {
@@ -267,11 +273,9 @@ def check_mlflow(settings: Settings, body: PipelineCreate) -> None:
             "out mlflow",
             "not_configured",
         )
-    if body.model_id is not None or body.stop_after != "explain":
+    if body.stop_after != "explain":
         raise field_error(
-            ("body", "mlflow"),
-            "logging to MLflow needs the whole run: give data (a base model trained here, not model_id) and "
-            'stop_after "explain" (the default)',
+            ("body", "mlflow"), 'logging to MLflow needs the whole run: stop_after "explain" (the default)'
         )
 
 

@@ -96,8 +96,7 @@ class PipelineCreate(BaseModel):
         None,
         description="also log the run to the service's MLflow tracking server (its parameters, every epoch's "
         "metrics, the report and pictures) and register base and slim as ONNX versions of a registered model: a last "
-        "`mlflow` step. Needs the whole run (data, not model_id; stop_after explain) and a server with "
-        "LAYERCUT_MLFLOW_TRACKING_URI set",
+        "`mlflow` step. Needs the whole run (stop_after explain) and a server with LAYERCUT_MLFLOW_TRACKING_URI set",
     )
     stop_after: StopAfter = Field(
         "explain", description="the last step: analyze, compare, or explain (base and slim side by side)"

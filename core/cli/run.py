@@ -116,13 +116,22 @@ def run(
         help="log the run to this MLflow tracking server and register base and slim as ONNX model versions "
         "(default: LAYERCUT_MLFLOW_TRACKING_URI; needs layercut[mlflow])",
     ),
+    checkpoint: Optional[Path] = typer.Option(
+        None,
+        "--checkpoint",
+        help="start from this model (trained elsewhere: `layercut import` makes one) instead of training a base; "
+        "its own architecture and image size are used",
+        exists=True,
+        dir_okay=False,
+    ),
     mlflow_experiment: str = options.field_option(MlflowConfig, "experiment", "--mlflow-experiment"),
     mlflow_model: Optional[str] = options.field_option(MlflowConfig, "registered_model", "--mlflow-model"),
     as_json: bool = options.JSON,
     quiet: bool = options.QUIET,
 ) -> None:
     """Run the whole pipeline: train → analyze → cut (by default the smallest slim model within the accuracy
-    budget, confirmed by retraining) → compare → explain."""
+    budget, confirmed by retraining) → compare → explain. With --checkpoint, a model trained elsewhere is the base
+    and nothing is trained before the analysis."""
     data_settings = data_config(data, image_size, seed, classes, skip_unreadable, allow_mixed_sizes, data_root)
     train_settings = train_config(
         epochs,
@@ -177,6 +186,7 @@ def run(
             reporter=reporter,
             export=export_settings,
             mlflow=mlflow_settings,
+            checkpoint=checkpoint,
         )
     if as_json:
         print_result(summary)

@@ -186,6 +186,8 @@ class MlflowParams(_Params):
     the steps' results and pictures make, and base and slim registered as ONNX versions. Made only by a pipeline."""
 
     kind: Literal["mlflow"] = "mlflow"
+    base: ModelRef = Field(description="the base model: the train step's, or the one the pipeline started from")
+    dataset_id: uuid.UUID | None = Field(None, description="default: the dataset the base model was trained on")
     steps: dict[StageKind, uuid.UUID] = Field(
         max_length=20, description="the job of each earlier step of the pipeline, by its kind"
     )
@@ -196,11 +198,11 @@ class MlflowParams(_Params):
 
     @model_validator(mode="after")
     def _has_a_run(self) -> MlflowParams:
-        missing = [kind for kind in ("train", "analyze", "compare", "explain") if kind not in self.steps]
+        missing = [kind for kind in ("analyze", "compare", "explain") if kind not in self.steps]
         if missing or not ({"select", "retrain"} & self.steps.keys()):
             raise ValueError(
-                "an mlflow step logs a whole run: it needs the train, analyze, select (or retrain), compare and "
-                f"explain steps of its pipeline; missing: {', '.join(missing) or 'select or retrain'}"
+                "an mlflow step logs a whole run: it needs the analyze, select (or retrain), compare and explain "
+                f"steps of its pipeline; missing: {', '.join(missing) or 'select or retrain'}"
             )
         return self
 

@@ -96,7 +96,7 @@ def pipeline_plan(
         base and explain both side by side. ``sweep`` adds a sweep of the base model right after the analysis (a
     ``sweep_plan`` step, which fans out to one ``sweep_cut`` job per cut point and a ``sweep`` job that gathers them;
     the next step of the plan starts beside them). ``export`` adds, after the comparison, the export of the slim model
-    as a deployable file. ``mlflow`` ends a whole run (train to explain) with a step that logs it to MLflow (the
+    as a deployable file. ``mlflow`` ends a whole run (up to explain) with a step that logs it to MLflow (the
     service's; ``layercut run`` logs in its own process)."""
     base = "train" if train else GIVEN
     steps: list[PlanStep] = [PlanStep(kind="train")] if train else []
@@ -122,7 +122,7 @@ def pipeline_plan(
         if stop_after == "explain":
             steps.append(PlanStep(kind="explain", inputs={"model": base, "compare_with": slim}))
     if mlflow:
-        if not train or stop_after != "explain":
-            raise ValueError("logging to MLflow needs the whole run: a train step and every step up to explain")
+        if stop_after != "explain":
+            raise ValueError("logging to MLflow needs the whole run: every step up to explain")
         steps.append(PlanStep(kind="mlflow", inputs={"base": base, "slim": slim}))
     return PipelinePlan(steps=tuple(steps))

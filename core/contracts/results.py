@@ -918,7 +918,8 @@ class RunData(_Result):
 
 
 class ModelBrief(_Result):
-    """One model of a run in brief (the numbers measured by compare, the epochs by train or retrain)."""
+    """One model of a run in brief (the numbers measured by compare, the epochs by train or retrain; a base model
+    trained elsewhere and imported has no epochs here)."""
 
     accuracy: float
     macro_f1: float
@@ -926,8 +927,8 @@ class ModelBrief(_Result):
     macs: int = Field(ge=0)
     checkpoint_bytes: int = Field(ge=0)
     latency_ms: dict[str, float] = Field(description="label (cpu_b1, …) → median milliseconds")
-    best_epoch: int = Field(ge=0)
-    epochs_run: int = Field(ge=1)
+    best_epoch: int | None = Field(ge=0, description="null for a base model trained elsewhere (imported)")
+    epochs_run: int | None = Field(ge=1, description="null for a base model trained elsewhere (imported)")
 
 
 class RunCutPoint(CutPointRef):

@@ -462,17 +462,17 @@ def run_mlflow(params: MlflowParams, run: StageRun) -> StageOutcome:
         kind: run.resolver.producing_job(job_id, f"pipeline's {kind} step") for kind, job_id in params.steps.items()
     }
     results = {kind: RESULT_MODELS[kind].model_validate(stored_result(job)) for kind, job in jobs.items()}
-    trained = results["train"]
-    assert isinstance(trained, TrainResult)  # RESULT_MODELS["train"] is TrainResult
+    trained = typed(results["train"], TrainResult) if "train" in results else None
     cut = results.get("select") or results["truncate"]
     assert isinstance(cut, (SelectResult, TruncateResult))
+    base_model = run.resolver.model(params.base)
     pipeline = run.resolver.job.pipeline_id
     with tempfile.TemporaryDirectory(prefix="layercut-mlflow-") as staging:
         folder = Path(staging) / f"pipeline-{pipeline}"
         run.reporter.update("mlflow", 0.0, "gathering the pipeline's files")
         for kind, job in jobs.items():
-            wanted = (*LOGGED_SUFFIXES, CHECKPOINT) if kind == "train" else LOGGED_SUFFIXES
-            copy_files(run.resolver.job_files(job, suffixes=wanted), folder / RUN_FOLDERS[kind])
+            copy_files(run.resolver.job_files(job, suffixes=LOGGED_SUFFIXES), folder / RUN_FOLDERS[kind])
+        copy_files({CHECKPOINT: run.resolver.checkpoint(base_model)}, folder / RUN_FOLDERS["train"])
         if isinstance(cut, SelectResult):  # the chosen candidate's folder is the run's slim model
             chosen = next(c for c in cut.candidates if c.cut_point == cut.cut_point)
             under = chosen.folder.removeprefix(f"{jobs['select'].tenant}/{jobs['select'].id}/")
@@ -480,16 +480,16 @@ def run_mlflow(params: MlflowParams, run: StageRun) -> StageOutcome:
         else:
             copy_files(run.resolver.job_files(jobs["retrain"], suffixes=(CHECKPOINT,)), folder / RUN_FOLDERS["retrain"])
         retrained = RetrainResult.model_validate_json((folder / RUN_FOLDERS["retrain"] / METRICS_JSON).read_bytes())
-        base_model = run.resolver.model(ModelRef(from_job=jobs["train"].id))
-        dataset = run.data_for(None, base_model)
+        dataset = run.data_for(params.dataset_id, base_model)
+        dataset_id = params.dataset_id or base_model.dataset_id
         summary = run_summary(
             data=RunData(
-                source=run.resolver.dataset(base_model.dataset_id).name if base_model.dataset_id else "",
-                classes=list(trained.classes),
-                image_size=trained.data.image_size,
-                splits=trained.data.sizes,
+                source=run.resolver.dataset(dataset_id).name if dataset_id else "",
+                classes=list(retrained.classes),
+                image_size=retrained.data.image_size,
+                splits=retrained.data.sizes,
             ),
-            architecture=trained.architecture,
+            architecture=str(base_model.architecture),
             trained=trained,
             analysis=typed(results["analyze"], AnalyzeResult),
             cut=cut,

@@ -32,7 +32,7 @@ def run_summary(
     *,
     data: RunData,
     architecture: str,
-    trained: TrainResult,
+    trained: TrainResult | None,
     analysis: AnalyzeResult,
     cut: SelectResult | TruncateResult,
     retrained: RetrainResult,
@@ -43,7 +43,8 @@ def run_summary(
     swept: SweepResult | None = None,
 ) -> RunSummary:
     """run.json: the data, both models in brief, the cut and why (``cut``: the auto rule's search, or the
-    truncation of the knee or a named cut point), the comparison, the explanations, the files."""
+    truncation of the knee or a named cut point), the comparison, the explanations, the files. ``trained`` is None
+    for a run that started from a model trained elsewhere."""
     selection: RunSelection | None = None
     if isinstance(cut, SelectResult):
         rules, chosen_by = cut.rules, "auto"
@@ -101,8 +102,9 @@ def run_verdict(compared: CompareResult, chosen_by: str, selection: RunSelection
     )
 
 
-def model_brief(trained: TrainResult | RetrainResult, profiled: ProfiledModel) -> ModelBrief:
-    """One model of the run in brief: the numbers compare measured, the epochs its training ran."""
+def model_brief(trained: TrainResult | RetrainResult | None, profiled: ProfiledModel) -> ModelBrief:
+    """One model of the run in brief: the numbers compare measured, the epochs its training ran (none for a model
+    trained elsewhere)."""
     return ModelBrief(
         accuracy=profiled.accuracy,
         macro_f1=profiled.macro_f1,
@@ -110,8 +112,8 @@ def model_brief(trained: TrainResult | RetrainResult, profiled: ProfiledModel) -
         macs=profiled.macs,
         checkpoint_bytes=profiled.checkpoint_bytes,
         latency_ms={label: measured.median_ms for label, measured in profiled.latency.items()},
-        best_epoch=trained.best_epoch,
-        epochs_run=trained.epochs_run,
+        best_epoch=trained.best_epoch if trained is not None else None,
+        epochs_run=trained.epochs_run if trained is not None else None,
     )
 
 

@@ -98,8 +98,8 @@ def tracking_at(mlflow: Any, uri: str) -> Iterator[None]:
         mlflow.set_tracking_uri(before)
 
 
-def run_params(summary: RunSummary, base: TrainResult, slim: RetrainResult) -> dict[str, str]:
-    """The run's parameters as MLflow keeps them (text)."""
+def run_params(summary: RunSummary, base: TrainResult | None, slim: RetrainResult) -> dict[str, str]:
+    """The run's parameters as MLflow keeps them (text); a base model trained elsewhere has no training settings."""
     params: dict[str, Any] = {
         "architecture": summary.architecture,
         "data.source": summary.data.source,
@@ -109,8 +109,10 @@ def run_params(summary: RunSummary, base: TrainResult, slim: RetrainResult) -> d
         "cut_point_index": summary.cut_point.index,
         "cut_points": summary.cut_point.of,
         "cut.chosen_by": summary.cut_point.chosen_by,
+        "base.trained_here": base is not None,
     }
-    for role, result in (("train", base), ("retrain", slim)):
+    trainings = (("train", base), ("retrain", slim)) if base is not None else (("retrain", slim),)
+    for role, result in trainings:
         for key, value in result.config.model_dump(mode="json").items():
             if value is not None and not isinstance(value, (dict, list)):
                 params[f"{role}.{key}"] = value
@@ -124,7 +126,9 @@ def run_metrics(summary: RunSummary) -> dict[str, float]:
     metrics: dict[str, float] = {}
     for role, brief in (("base", summary.base), ("slim", summary.slim)):
         for key in ("accuracy", "macro_f1", "params", "macs", "checkpoint_bytes", "best_epoch", "epochs_run"):
-            metrics[f"{role}.{key}"] = float(getattr(brief, key))
+            value = getattr(brief, key)
+            if value is not None:
+                metrics[f"{role}.{key}"] = float(value)
         for label, ms in brief.latency_ms.items():
             metrics[f"{role}.latency_ms.{label}"] = float(ms)
     for key, value in summary.comparison.reduction_percent.model_dump().items():
@@ -206,7 +210,8 @@ def publish_run(
     mlflow = _mlflow()
     out = Path(run_folder)
     summary = RunSummary.model_validate_json((out / files.RUN_JSON).read_text(encoding="utf-8"))
-    base = TrainResult.model_validate_json((out / "base" / files.METRICS_JSON).read_text(encoding="utf-8"))
+    trained = out / "base" / files.METRICS_JSON  # absent when the run started from a model trained elsewhere
+    base = TrainResult.model_validate_json(trained.read_text(encoding="utf-8")) if trained.is_file() else None
     slim = RetrainResult.model_validate_json((out / "slim" / files.METRICS_JSON).read_text(encoding="utf-8"))
     folder = out / files.MLFLOW_FOLDER
     exports: dict[str, ExportResult] = {}
@@ -226,7 +231,8 @@ def publish_run(
         with mlflow.start_run(experiment_id=experiment_id, run_name=run_name or out.resolve().name) as active:
             mlflow.log_params(run_params(summary, base, slim))
             mlflow.log_metrics(run_metrics(summary))
-            log_history(mlflow, "base", base)
+            if base is not None:
+                log_history(mlflow, "base", base)
             log_history(mlflow, "slim", slim)
             mlflow.set_tags({"layercut.verdict": summary.verdict or "", "layercut.architecture": summary.architecture})
             with tempfile.TemporaryDirectory() as staging:

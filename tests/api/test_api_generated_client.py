@@ -257,3 +257,73 @@ def test_a_generated_client_cancels_and_reads_typed_errors(env, generated) -> No
     assert refused.status_code == 422 and isinstance(refused.parsed, models.HTTPValidationError)
     (detail,) = refused.parsed.detail
     assert detail.loc == ["body", "params", "data", "dataset_id"] and "not found" in detail.msg
+
+
+def test_a_generated_client_slims_an_imported_model_exports_it_and_logs_it_to_mlflow(
+    env, generated, mlflow_server
+) -> None:
+    """Import → pipeline → export → MLflow over HTTP: a .pt state dict trained elsewhere is imported, a pipeline from
+    it cuts, retrains, exports the slim model to ONNX and logs the run, its base marked as not trained here."""
+    import mlflow
+    import torch
+
+    from layercut.stages.architectures import build_model
+    from layercut.testing.workers import TINY_ANALYZE, TINY_COMPARE, TINY_TRAIN, image_archive
+
+    env.settings.mlflow_tracking_uri = mlflow_server.url
+    client = generated_client(env, generated)
+    types = importlib.import_module(f"{PACKAGE}.types")
+    models = importlib.import_module(f"{PACKAGE}.models")
+    upload = models.BodyUploadDataset(file=types.File(payload=io.BytesIO(image_archive()), file_name="colours.zip"))
+    dataset = operation("datasets", "upload_dataset").sync(client=client, body=upload)
+    weights = io.BytesIO()
+    torch.save({"state_dict": build_model("smallcnn", 2).state_dict()}, weights)
+    spec = {
+        "architecture": "smallcnn",
+        "classes": ["blue", "red"],
+        "image_size": 32,
+        "mean": [0.5] * 3,
+        "std": [0.25] * 3,
+    }
+    body = models.BodyImportModel(
+        weights=types.File(payload=io.BytesIO(weights.getvalue()), file_name="trained-elsewhere.pt"),
+        spec=json.dumps(spec),
+    )
+    answer = operation("models", "import_model").sync_detailed(client=client, body=body)
+    assert answer.status_code == 201, answer.content
+    imported = answer.parsed
+    assert run_dispatched(env) == ["succeeded"]
+    model_id = operation("jobs", "get_job").sync(client=client, job_id=imported.id).result.model_id
+
+    registered = f"imported-{uuid.uuid4().hex[:6]}"
+    request = models.PipelineCreate.from_dict(
+        {
+            "model_id": str(model_id),
+            "data": {"dataset_id": str(dataset.id), "image_size": 32},
+            "retrain": TINY_TRAIN,
+            "analyze": TINY_ANALYZE,
+            "truncate": {"cut": "1"},
+            "compare": {**TINY_COMPARE, "onnxruntime": False},
+            "explain": {"images": 2, "methods": ["gradcam"], "feature_maps": 1},
+            "export": {"format": "onnx", "latency_batches": [1], "latency_repeats": 1},
+            "mlflow": {"experiment": "imported", "registered_model": registered},
+        }
+    )
+    pipeline = operation("pipelines", "create_pipeline").sync(client=client, body=request)
+    assert set(run_dispatched(env)) == {"succeeded"}
+    read = operation("pipelines", "get_pipeline").sync(client=client, pipeline_id=pipeline.id)
+    kinds = [step.kind.value for step in read.steps]
+    assert kinds == ["analyze", "truncate", "retrain", "compare", "export", "explain", "mlflow"]
+    jobs = {step.kind.value: operation("jobs", "get_job").sync(client=client, job_id=step.id) for step in read.steps}
+    exported = jobs["export"].result
+    assert exported.format_.value == "onnx" and exported.parity.max_abs_diff <= exported.parity.tolerance
+
+    logged = jobs["mlflow"].result
+    tracking = mlflow.MlflowClient(tracking_uri=mlflow_server.url)
+    run = tracking.get_run(logged.run_id)
+    assert run.data.params["base.trained_here"] == "False" and "train.epochs" not in run.data.params
+    assert run.data.params["retrain.epochs"] == str(TINY_TRAIN["epochs"]) and "base.best_epoch" not in run.data.metrics
+    assert run.data.metrics["slim.accuracy"] == jobs["compare"].result.slim.accuracy
+    base_version, slim_version = (tracking.get_model_version(registered, m.version) for m in logged.models)
+    assert slim_version.tags["layercut.parent_version"] == base_version.version
+    assert slim_version.tags["layercut.cut_point"] == jobs["truncate"].result.cut_point.name

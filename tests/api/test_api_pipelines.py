@@ -197,10 +197,16 @@ def test_a_pipeline_logged_to_mlflow_ends_with_an_mlflow_step_on_a_server_that_h
     assert detail["loc"] == ["body", "mlflow"] and "LAYERCUT_MLFLOW_TRACKING_URI" in detail["msg"]
 
     env.settings.mlflow_tracking_uri = "http://user:secret@mlflow.internal:5000"
-    for partial in ({"model_id": env.model()}, {"data": {"dataset_id": dataset}, "stop_after": "compare"}):
-        refused = env.client.post("/v1/pipelines", json={**partial, "mlflow": {}}, headers=env.headers)
-        assert refused.status_code == 422 and "whole run" in refused.json()["detail"][0]["msg"]
+    partial = {"data": {"dataset_id": dataset}, "stop_after": "compare", "mlflow": {}}
+    refused = env.client.post("/v1/pipelines", json=partial, headers=env.headers)
+    assert refused.status_code == 422 and "whole run" in refused.json()["detail"][0]["msg"]
     assert env.dispatcher.sent == []
+    model = env.model()
+    given = env.client.post("/v1/pipelines", json={"model_id": model, "mlflow": {}}, headers=env.headers).json()
+    assert [s["kind"] for s in given["steps"]] == ["analyze", "select", "compare", "explain", "mlflow"]
+    with env.session() as s:
+        params = s.get(Job, uuid.UUID(given["steps"][-1]["id"])).params
+    assert params["base"] == {"model_id": model, "from_job": None} and "train" not in params["steps"]
 
     body = env.client.post("/v1/pipelines", json={**asked, "select": {"max_drop": 2.0}}, headers=env.headers).json()
     assert [s["kind"] for s in body["steps"]] == ["train", "analyze", "select", "compare", "explain", "mlflow"]
@@ -208,6 +214,7 @@ def test_a_pipeline_logged_to_mlflow_ends_with_an_mlflow_step_on_a_server_that_h
     with env.session() as s:
         params = s.get(Job, uuid.UUID(ids["mlflow"])).params
     assert params["steps"] == {kind: job_id for kind, job_id in ids.items() if kind != "mlflow"}
+    assert params["base"] == {"model_id": None, "from_job": ids["train"]}
     assert params["mlflow"] == {"experiment": "pets", "registered_model": "pets-small"}
     assert params["select"]["max_drop"] == 2.0 and "secret" not in str(params)  # the server's URI stays its own
     direct = env.client.post("/v1/jobs", json={"params": {"kind": "mlflow", "steps": {}}}, headers=env.headers)

@@ -28,6 +28,7 @@ from layercut.contracts.configs import (
 from layercut.contracts.errors import LayercutError
 from layercut.contracts.results import MlflowResult, TrainResult
 from layercut.local import load_model, run_pipeline
+from layercut.stages.architectures import build_model
 from layercut.stages.tracking import CUT_TAG, PARENT_TAG, ROLE_TAG, public_uri
 from layercut.testing.commands import clean_env, free_port, layercut
 
@@ -169,3 +170,72 @@ def test_credentials_never_leave_the_tracking_uri() -> None:
     assert public_uri("https://me:pw@mlflow.example.com:5000/x") == "https://mlflow.example.com:5000/x"
     assert public_uri("http://mlflow.internal") == "http://mlflow.internal"
     assert json.loads(MlflowConfig(tracking_uri="file:/tmp/mlruns").model_dump_json())["experiment"] == "layercut"
+
+
+def test_a_model_trained_elsewhere_is_imported_slimmed_exported_and_logged_from_the_command_line(
+    tmp_path, mlflow_server
+) -> None:
+    """Import → run → export → MLflow on the command line: `layercut import` of a .pt state dict, then `layercut run
+    --checkpoint` with no training of a base, exporting the slim model and logging the run (its base marked as not
+    trained here, with no epochs)."""
+    data = image_folder(tmp_path / "data")
+    weights = tmp_path / "trained-elsewhere.pt"
+    torch.save({"model_state_dict": build_model("smallcnn", 2).state_dict()}, weights)
+    env = clean_env(tmp_path)
+    registered = f"imported-{uuid.uuid4().hex[:6]}"
+    layercut(
+        "import",
+        "--arch",
+        "smallcnn",
+        "--weights",
+        str(weights),
+        "--classes",
+        "dark,light",
+        "--image-size",
+        "32",
+        "--out",
+        "imported.safetensors",
+        env=env,
+        cwd=tmp_path,
+    )
+    answer = layercut(
+        "run",
+        "--checkpoint",
+        "imported.safetensors",
+        "--data",
+        str(data),
+        "--epochs",
+        "1",
+        "--cut",
+        "1",
+        "--probes-per-class",
+        "2",
+        "--explain-images",
+        "2",
+        "--explain-methods",
+        "gradcam",
+        "--export",
+        "onnx",
+        "--mlflow",
+        mlflow_server.url,
+        "--mlflow-model",
+        registered,
+        "--out",
+        "run",
+        env=env,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert answer.returncode == 0, answer.stderr[-3000:]
+    out = tmp_path / "run"
+    assert not (out / "base" / files.METRICS_JSON).exists() and (out / "base" / files.CHECKPOINT).is_file()
+    summary = json.loads((out / files.RUN_JSON).read_text())
+    assert summary["base"]["epochs_run"] is None and summary["slim"]["epochs_run"] == 1
+    assert summary["outputs"]["export"].endswith(".onnx") and (tmp_path / summary["outputs"]["export"]).is_file()
+    result = MlflowResult.model_validate_json((out / files.MLFLOW_FOLDER / files.MLFLOW_JSON).read_text())
+    client = mlflow.MlflowClient(tracking_uri=mlflow_server.url)
+    run = client.get_run(result.run_id)
+    assert run.data.params["base.trained_here"] == "False" and "train.epochs" not in run.data.params
+    assert run.data.params["architecture"] == "smallcnn" and run.data.params["cut_point_index"] == "1"
+    slim = client.get_model_version(registered, result.models[1].version)
+    assert slim.tags[PARENT_TAG] == result.models[0].version
