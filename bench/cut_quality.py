@@ -16,8 +16,14 @@ Per rule it prints test accuracy minus the base model's, the gap to the best tes
 MACs relative to the smallest sweep model within the budget. Targets (issue 9): auto within the budget on every
 case, and no larger than one cut point beyond the smallest model within the budget.
 
+With ``--cuts`` other than ``all`` the sweep retrains only those cut points (a partial trade-off for cases whose
+full sweep takes hours); the auto rule is then replayed only if every cut point its search asks for was swept.
+``--resume`` reuses a base model and an analysis already in the case's folder (an interrupted run, or a second
+``--cuts``).
+
 Run:  .venv/bin/python bench/cut_quality.py                      # digits+resnet18, scenes+resnet18, scenes+vgg11
       .venv/bin/python bench/cut_quality.py --cases digits:resnet18 --epochs 6 --confirm
+      .venv/bin/python bench/cut_quality.py --cases scenes:vgg11 --image-size 64 --cuts 0,2,4,7 --resume
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import torch
 
 import layercut as lc
 from layercut.contracts.configs import SelectConfig
-from layercut.contracts.results import Candidate, SweepResult
+from layercut.contracts.results import AnalyzeResult, Candidate, SweepResult, TrainResult
 from layercut.stages.cut_search import Trial, search_cut
 
 DEFAULT_CASES = "digits:resnet18,scenes:resnet18,scenes:vgg11"
@@ -51,7 +57,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--confirm", action="store_true", help="also run the auto cut for real (more retraining)")
     p.add_argument("--json", type=Path, default=None, help="write every number as JSON")
     p.add_argument("--head-init", default="probe", choices=["probe", "random"], help="how each slim head starts")
+    p.add_argument("--cuts", default="all", help="the cut points to sweep: all (default), every:K, or 0,2,4,7")
+    p.add_argument("--resume", action="store_true", help="reuse the base model and analysis already in --out")
     return p.parse_args()
+
+
+class NotSwept(Exception):
+    """The auto rule's search asked for a cut point a partial sweep did not retrain."""
 
 
 def replay_auto(sweep: SweepResult, knee_index: int, probe: list[float] | None, config: SelectConfig) -> dict:
@@ -59,8 +71,13 @@ def replay_auto(sweep: SweepResult, knee_index: int, probe: list[float] | None, 
     by_index = {c.cut_point.index: c for c in sweep.candidates}
     retrained: list[Candidate] = []
 
+    def swept(index: int) -> Candidate:
+        if index not in by_index:
+            raise NotSwept(index)
+        return by_index[index]
+
     def retrain(index: int, reasons: list[str]) -> Trial:
-        candidate = by_index[index]
+        candidate = swept(index)
         retrained.append(candidate)
         return Trial(index, candidate.macs, candidate.params, candidate.val_accuracy)
 
@@ -69,7 +86,7 @@ def replay_auto(sweep: SweepResult, knee_index: int, probe: list[float] | None, 
         threshold=sweep.budget.threshold,
         knee_index=knee_index,
         probe=probe,
-        size_of=lambda i: (by_index[i].macs, by_index[i].params),
+        size_of=lambda i: (swept(i).macs, swept(i).params),
         retrain=retrain,
         max_retrains=config.max_retrains,
     )
@@ -102,29 +119,40 @@ def run_case(source: str, arch: str, args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     data = lc.load_data(source, image_size=args.image_size)
     train = dict(epochs=args.epochs, seed=args.seed, head_init=args.head_init)
-    base = lc.train(data, arch, out / "base", **train)
-    analysis = lc.analyze(out / "base" / "model.safetensors", data, out / "analysis")
+    trained, analysed = out / "base" / "metrics.json", out / "analysis" / "analysis.json"
+    if args.resume and trained.is_file():
+        base = TrainResult.model_validate_json(trained.read_text())
+    else:
+        base = lc.train(data, arch, out / "base", **train)
+    if args.resume and analysed.is_file():
+        analysis = AnalyzeResult.model_validate_json(analysed.read_text())
+    else:
+        analysis = lc.analyze(out / "base" / "model.safetensors", data, out / "analysis")
     sweep = lc.sweep(
         out / "base" / "model.safetensors",
         data,
         out / "sweep",
-        cuts="all",
+        cuts=args.cuts,
         analysis=out / "analysis" / "analysis.json",
         max_drop=args.max_drop,
         **train,
     )
     probe = analysis.depth_probes.curve if analysis.depth_probes else None
     config = SelectConfig(max_drop=args.max_drop)
-    auto = replay_auto(sweep, analysis.cut_point.index, probe, config)
+    try:
+        auto = replay_auto(sweep, analysis.cut_point.index, probe, config)
+    except NotSwept as missing:
+        auto = None
+        print(f"auto: its search asks for cut point {missing}, which --cuts {args.cuts} did not sweep: not replayed")
     by_index = {c.cut_point.index: c for c in sweep.candidates}
     smallest = by_index[sweep.smallest_within_budget.index] if sweep.smallest_within_budget else None
     best_test = max(c.accuracy for c in sweep.candidates)
     one_retrain = sum(c.seconds for c in sweep.candidates) / len(sweep.candidates)
     sweep_seconds = sum(c.seconds for c in sweep.candidates)
-    rows = [
-        rule_row("knee", by_index[analysis.cut_point.index], base.accuracy, best_test, smallest),
-        rule_row("auto", auto["chosen"], base.accuracy, best_test, smallest),
-    ]
+    knee = by_index.get(analysis.cut_point.index)
+    rows = [rule_row("knee", knee, base.accuracy, best_test, smallest)] if knee else []
+    if auto is not None:
+        rows.append(rule_row("auto", auto["chosen"], base.accuracy, best_test, smallest))
     if smallest is not None:
         rows.append(rule_row("smallest within budget (val)", smallest, base.accuracy, best_test, smallest))
     confirmed = None
@@ -139,7 +167,7 @@ def run_case(source: str, arch: str, args: argparse.Namespace) -> dict:
         )
         confirmed = {
             "cut": real.cut_point.name,
-            "same_as_replay": real.cut_point.index == auto["chosen"].cut_point.index,
+            "same_as_replay": None if auto is None else real.cut_point.index == auto["chosen"].cut_point.index,
             "retrained": [c.cut_point.index for c in real.candidates],
             "seconds": real.seconds,
         }
@@ -163,7 +191,9 @@ def run_case(source: str, arch: str, args: argparse.Namespace) -> dict:
             for c in sweep.candidates
         ],
         "rules": rows,
-        "auto": {
+        "auto": None
+        if auto is None
+        else {
             "retrained": auto["retrained"],
             "retrains": len(auto["retrained"]),
             "time_in_retrains": auto["seconds"] / one_retrain,
@@ -202,10 +232,14 @@ def print_case(case: dict) -> None:
         )
     auto = case["auto"]
     print(
-        f"\nauto retrained cut points {auto['retrained']} ({auto['retrains']} retrains: "
-        f"{auto['time_in_retrains']:.1f}× one average retrain of the sweep, {auto['time_vs_chosen_retrain']:.1f}× "
-        f"the retrain of the chosen cut, {auto['time_vs_sweep']:.0%} of the full sweep); stopped: {auto['stopped']}"
+        f"knee at {case['knee']['name']}" + ("" if any(r["rule"] == "knee" for r in case["rules"]) else ": not swept")
     )
+    if auto is not None:
+        print(
+            f"\nauto retrained cut points {auto['retrained']} ({auto['retrains']} retrains: "
+            f"{auto['time_in_retrains']:.1f}× one average retrain of the sweep, {auto['time_vs_chosen_retrain']:.1f}× "
+            f"the retrain of the chosen cut, {auto['time_vs_sweep']:.0%} of the full sweep); stopped: {auto['stopped']}"
+        )
     if case["confirmed"]:
         c = case["confirmed"]
         print(f"confirmed by a real run: cut at {c['cut']}, same as the replay: {c['same_as_replay']}")
