@@ -19,17 +19,20 @@ case, and no larger than one cut point beyond the smallest model within the budg
 With ``--cuts`` other than ``all`` the sweep retrains only those cut points (a partial trade-off for cases whose
 full sweep takes hours); the auto rule is then replayed only if every cut point its search asks for was swept.
 ``--resume`` reuses a base model and an analysis already in the case's folder (an interrupted run, or a second
-``--cuts``).
+``--cuts``), and gathers the cut points of the earlier partial sweeps of that base with this run's (as the
+service's fan-in gathers parallel cut points), so two partial runs together judge the rules like one full sweep.
 
 Run:  .venv/bin/python bench/cut_quality.py                      # digits+resnet18, scenes+resnet18, scenes+vgg11
       .venv/bin/python bench/cut_quality.py --cases digits:resnet18 --epochs 6 --confirm
-      .venv/bin/python bench/cut_quality.py --cases scenes:vgg11 --image-size 64 --cuts 0,2,4,7 --resume
+      .venv/bin/python bench/cut_quality.py --cases scenes:vgg11 --image-size 64 --cuts 0,6
+      .venv/bin/python bench/cut_quality.py --cases scenes:vgg11 --image-size 64 --cuts 1,2,3,4,5,7 --resume
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import resource
 import time
 from pathlib import Path
@@ -41,6 +44,7 @@ import layercut as lc
 from layercut.contracts.configs import SelectConfig
 from layercut.contracts.results import AnalyzeResult, Candidate, SweepResult, TrainResult
 from layercut.stages.cut_search import Trial, search_cut
+from layercut.stages.select import SweepPlan, gather_sweep
 
 DEFAULT_CASES = "digits:resnet18,scenes:resnet18,scenes:vgg11"
 
@@ -57,7 +61,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--confirm", action="store_true", help="also run the auto cut for real (more retraining)")
     p.add_argument("--json", type=Path, default=None, help="write every number as JSON")
     p.add_argument("--head-init", default="probe", choices=["probe", "random"], help="how each slim head starts")
-    p.add_argument("--cuts", default="all", help="the cut points to sweep: all (default), every:K, or 0,2,4,7")
+    p.add_argument(
+        "--cuts",
+        default="all",
+        help="the cut points to sweep: all (default), every:K, 0,2,4,7, or none (with --resume: only gather the "
+        "earlier partial sweeps)",
+    )
     p.add_argument("--resume", action="store_true", help="reuse the base model and analysis already in --out")
     return p.parse_args()
 
@@ -99,6 +108,52 @@ def replay_auto(sweep: SweepResult, knee_index: int, probe: list[float] | None, 
     }
 
 
+def sweep_folder(cuts: str) -> str:
+    """Where a sweep of ``cuts`` is written: sweep/ for all of them, sweep-<cuts>/ for a partial one."""
+    return "sweep" if cuts == "all" else "sweep-" + re.sub(r"[^A-Za-z0-9.]+", "_", cuts)
+
+
+def gather_partial_sweeps(out: Path, sweep: SweepResult | None, arch: str) -> SweepResult:
+    """This sweep (None: no new one) and every earlier partial sweep of the same base model (sweep-*/ of the case),
+    gathered into sweep-gathered/ as the service's fan-in gathers its cut points (``gather_sweep``); this run's own
+    cut points win."""
+    earlier = [
+        SweepResult.model_validate_json(path.read_text())
+        for path in sorted(out.glob("sweep*/sweep.json"))
+        if path.parent.name != "sweep-gathered"
+    ]
+    runs = ([sweep] if sweep is not None else []) + [e for e in earlier if sweep is None or e != sweep]
+    if not runs:
+        raise SystemExit(f"--cuts none: no earlier sweep in {out} to gather")
+    first = runs[0]
+    found: dict[int, Candidate] = {}
+    for run in runs:
+        if run.base_checkpoint == first.base_checkpoint:
+            for candidate in run.candidates:
+                found.setdefault(candidate.cut_point.index, candidate)
+    if sweep is not None and len(found) == len(sweep.candidates):
+        return sweep
+    swept = sorted(found.values(), key=lambda c: c.cut_point.index)
+    plan = SweepPlan(
+        cut_points=[c.cut_point for c in swept],
+        base=first.base,
+        budget=first.budget,
+        probe={c.cut_point.index: c.probe_accuracy for c in swept if c.probe_accuracy is not None},
+    )
+    print(f"gathered the cut points of {len(runs)} partial sweeps: {[c.cut_point.index for c in swept]}")
+    return gather_sweep(
+        first.base_checkpoint,
+        arch,
+        plan,
+        swept,
+        out / "analysis" / "analysis.json",
+        first.config,
+        first.retrain,
+        out / "sweep-gathered",
+        sum(c.seconds for c in swept),
+    )
+
+
 def rule_row(name: str, chosen: Candidate, base_accuracy: float, best_test: float, smallest: Candidate | None) -> dict:
     return {
         "rule": name,
@@ -128,15 +183,21 @@ def run_case(source: str, arch: str, args: argparse.Namespace) -> dict:
         analysis = AnalyzeResult.model_validate_json(analysed.read_text())
     else:
         analysis = lc.analyze(out / "base" / "model.safetensors", data, out / "analysis")
-    sweep = lc.sweep(
-        out / "base" / "model.safetensors",
-        data,
-        out / "sweep",
-        cuts=args.cuts,
-        analysis=out / "analysis" / "analysis.json",
-        max_drop=args.max_drop,
-        **train,
-    )
+    folder = sweep_folder(args.cuts)
+    swept = None
+    if args.cuts != "none":
+        swept = lc.sweep(
+            out / "base" / "model.safetensors",
+            data,
+            out / folder,
+            cuts=args.cuts,
+            analysis=out / "analysis" / "analysis.json",
+            max_drop=args.max_drop,
+            **train,
+        )
+    sweep = gather_partial_sweeps(out, swept, arch) if args.resume or swept is None else swept
+    if sweep is not swept:
+        folder = "sweep-gathered"
     probe = analysis.depth_probes.curve if analysis.depth_probes else None
     config = SelectConfig(max_drop=args.max_drop)
     try:
@@ -202,7 +263,7 @@ def run_case(source: str, arch: str, args: argparse.Namespace) -> dict:
             "stopped": auto["stopped"],
         },
         "confirmed": confirmed,
-        "chart": str(out / "sweep" / "trade_off.png"),
+        "chart": str(out / folder / "trade_off.png"),
         "seconds": time.perf_counter() - started,
     }
 

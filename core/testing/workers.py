@@ -33,6 +33,16 @@ TINY_ANALYZE = {"probes_per_class": 1, "max_probes": 4}
 TINY_COMPARE = {"latency_batches": [1], "latency_repeats": 1, "latency_warmup": 0}
 
 
+ARCHIVE_SPEC = {
+    "architecture": "smallcnn",
+    "classes": ["blue", "red"],
+    "image_size": 32,
+    "mean": [0.5] * 3,
+    "std": [0.25] * 3,
+}
+"""A model spec that reads ``image_archive()``'s images (its classes in the order a folder lists them)."""
+
+
 def image_archive(classes: tuple[str, ...] = ("red", "blue"), per_class: int = 10, size: int = 32) -> bytes:
     """A zip of small PNGs, one folder per class, each class its own colour with noise (a dataset to upload)."""
     rng = np.random.default_rng(0)

@@ -268,7 +268,7 @@ def test_a_generated_client_slims_an_imported_model_exports_it_and_logs_it_to_ml
     import torch
 
     from layercut.stages.architectures import build_model
-    from layercut.testing.workers import TINY_ANALYZE, TINY_COMPARE, TINY_TRAIN, image_archive
+    from layercut.testing.workers import ARCHIVE_SPEC, TINY_ANALYZE, TINY_COMPARE, TINY_TRAIN, image_archive
 
     env.settings.mlflow_tracking_uri = mlflow_server.url
     client = generated_client(env, generated)
@@ -278,16 +278,9 @@ def test_a_generated_client_slims_an_imported_model_exports_it_and_logs_it_to_ml
     dataset = operation("datasets", "upload_dataset").sync(client=client, body=upload)
     weights = io.BytesIO()
     torch.save({"state_dict": build_model("smallcnn", 2).state_dict()}, weights)
-    spec = {
-        "architecture": "smallcnn",
-        "classes": ["blue", "red"],
-        "image_size": 32,
-        "mean": [0.5] * 3,
-        "std": [0.25] * 3,
-    }
     body = models.BodyImportModel(
         weights=types.File(payload=io.BytesIO(weights.getvalue()), file_name="trained-elsewhere.pt"),
-        spec=json.dumps(spec),
+        spec=json.dumps(ARCHIVE_SPEC),
     )
     answer = operation("models", "import_model").sync_detailed(client=client, body=body)
     assert answer.status_code == 201, answer.content

@@ -18,6 +18,7 @@ from layercut.artifacts import file_sha256
 from layercut.store.keys import create_key
 from layercut.store.models import Artifact, ModelVersion
 from layercut.testing.workers import (
+    ARCHIVE_SPEC,
     TINY_ANALYZE,
     TINY_COMPARE,
     TINY_TRAIN,
@@ -166,17 +167,10 @@ def test_a_worker_on_another_machine_reads_what_the_first_made(
         )
         checkpoint = api.get(f"/v1/jobs/{steps['train']}/artifacts").json()
         weights = next(a for a in checkpoint if a["name"] == "model.safetensors")
-        spec = {
-            "architecture": "smallcnn",
-            "classes": ["blue", "red"],
-            "image_size": 32,
-            "mean": [0.5] * 3,
-            "std": [0.25] * 3,
-        }
         imported = api.post(
             "/v1/models/import",
             files={"weights": ("base.safetensors", api.get(f"/v1/artifacts/{weights['id']}").content)},
-            data={"spec": json.dumps(spec)},
+            data={"spec": json.dumps(ARCHIVE_SPEC)},
         )
         assert imported.status_code == 201, imported.text
         assert s3_server.objects(bucket, f"artifacts/{tenant}/imports/{imported.json()['id']}/")
