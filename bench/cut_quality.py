@@ -126,11 +126,11 @@ def gather_partial_sweeps(out: Path, sweep: SweepResult | None, arch: str) -> Sw
     if not runs:
         raise SystemExit(f"--cuts none: no earlier sweep in {out} to gather")
     first = runs[0]
+    runs = [run for run in runs if Path(run.base_checkpoint).resolve() == Path(first.base_checkpoint).resolve()]
     found: dict[int, Candidate] = {}
     for run in runs:
-        if run.base_checkpoint == first.base_checkpoint:
-            for candidate in run.candidates:
-                found.setdefault(candidate.cut_point.index, candidate)
+        for candidate in run.candidates:
+            found.setdefault(candidate.cut_point.index, candidate)
     if sweep is not None and len(found) == len(sweep.candidates):
         return sweep
     swept = sorted(found.values(), key=lambda c: c.cut_point.index)
