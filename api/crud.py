@@ -149,16 +149,9 @@ def job_summary(job: Job) -> JobSummary:
     return JobSummary(**_summary_fields(job))
 
 
-def _chosen_candidate(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """The candidate a select job chose (the one at its cut point), then the result itself."""
-    index = (result.get("cut_point") or {}).get("index")
-    chosen = [c for c in result.get("candidates") or [] if (c.get("cut_point") or {}).get("index") == index]
-    return [*chosen[:1], result]
-
-
-def _smallest_within_budget(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """The candidate of a sweep that is the smallest within the budget, when one is."""
-    index = (result.get("smallest_within_budget") or {}).get("index")
+def _candidate_at(result: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    """The candidate of a select or sweep result at the cut point ``result[key]`` names (none when it is null)."""
+    index = (result.get(key) or {}).get("index")
     return [c for c in result.get("candidates") or [] if (c.get("cut_point") or {}).get("index") == index][:1]
 
 
@@ -167,9 +160,9 @@ HEADLINE_SOURCES: dict[str, Callable[[dict[str, Any]], list[dict[str, Any]]]] = 
     "retrain": lambda result: [result],
     "truncate": lambda result: [{**result, "params": result.get("slim_params")}],
     "import": lambda result: [result],
-    "select": _chosen_candidate,
+    "select": lambda result: [*_candidate_at(result, "cut_point"), result],
     "sweep_cut": lambda result: [result.get("candidate") or {}],
-    "sweep": _smallest_within_budget,
+    "sweep": lambda result: _candidate_at(result, "smallest_within_budget"),
     "compare": lambda result: [result.get("slim") or {}],
 }
 """Where each kind's result keeps the numbers of the model it made or measured (the first source holding a key

@@ -443,8 +443,9 @@ def _select_step(run: RunInProcess, step: PlanStep) -> SelectResult:
     )
     slim = run.folder("retrain")
     shutil.rmtree(slim, ignore_errors=True)
-    chosen = next(c for c in result.candidates if c.cut_point == result.cut_point)
-    shutil.copytree(chosen.folder, slim, copy_function=lambda source, target: link_or_copy(Path(source), Path(target)))
+    shutil.copytree(
+        result.chosen.folder, slim, copy_function=lambda source, target: link_or_copy(Path(source), Path(target))
+    )
     run.checkpoints["select"] = slim / files.CHECKPOINT
     return result
 

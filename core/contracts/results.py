@@ -855,6 +855,11 @@ class SelectResult(_Result):
     config: SelectConfig
     retrain: TrainConfig
 
+    @property
+    def chosen(self) -> Candidate:
+        """The candidate the search kept: the one at ``cut_point``."""
+        return next(c for c in self.candidates if c.cut_point == self.cut_point)
+
 
 class SweepBase(_Result):
     """The base model a sweep cuts, measured the same way as its candidates."""

@@ -212,7 +212,7 @@ def run_retrain(params: RetrainParams, run: StageRun) -> StageOutcome:
 
 def select_metrics(result: SelectResult) -> dict[str, Any]:
     """The metrics of the auto cut's chosen slim model kept on the model version it made."""
-    chosen = next(c for c in result.candidates if c.cut_point == result.cut_point)
+    chosen = result.chosen
     return {
         "accuracy": chosen.accuracy,
         "macro_f1": chosen.macro_f1,
@@ -474,8 +474,7 @@ def run_mlflow(params: MlflowParams, run: StageRun) -> StageOutcome:
             copy_files(run.resolver.job_files(job, suffixes=LOGGED_SUFFIXES), folder / RUN_FOLDERS[kind])
         copy_files({CHECKPOINT: run.resolver.checkpoint(base_model)}, folder / RUN_FOLDERS["train"])
         if isinstance(cut, SelectResult):  # the chosen candidate's folder is the run's slim model
-            chosen = next(c for c in cut.candidates if c.cut_point == cut.cut_point)
-            under = chosen.folder.removeprefix(f"{jobs['select'].tenant}/{jobs['select'].id}/")
+            under = cut.chosen.folder.removeprefix(f"{jobs['select'].tenant}/{jobs['select'].id}/")
             copy_files(run.resolver.job_files(jobs["select"], under), folder / RUN_FOLDERS["retrain"])
         else:
             copy_files(run.resolver.job_files(jobs["retrain"], suffixes=(CHECKPOINT,)), folder / RUN_FOLDERS["retrain"])
