@@ -21,7 +21,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     MPLBACKEND=Agg \
     LAYERCUT_DATA_DIR=/data \
     LAYERCUT_ARTIFACT_ROOT=/artifacts \
-    TORCH_HOME=/data/torch
+    TORCH_HOME=/data/torch \
+    NUMBA_CACHE_DIR=/cache/numba
 
 WORKDIR /app
 

@@ -3,8 +3,9 @@
 Not a test: it prints a table and the speed-ups against a baseline measured in the same run.
 
 ours      the analyze stage's streamed maps (stream_maps): per GBP batch one forward capturing every cut
-          point and one backward per cut point, map_images, the batch added to the SSIM sums (batched
-          float64 torch SSIM) and written to gbp_maps.npz, then dropped -> cut_curve
+          point and one backward per cut point, map_images, the batch added to the SSIM sums (float64;
+          fused numba kernels on the CPU, torch passes on a GPU) and written to gbp_maps.npz, then
+          dropped -> cut_curve
 baseline  captum NeuronGuidedBackprop(model, layer) once per cut point over the whole probe batch
           (neuron_selector sums the layer's output per example) -> the same map_images ->
           skimage.metrics.structural_similarity(a, b, channel_axis=0, data_range=1.0) for every pair of

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from layercut.stages.devices import ieee_float32
 from layercut.stages.gbp import guided_backprop_batches, map_images
 from layercut.stages.npz_stream import NpzWriter
 from layercut.stages.progress import Reporter, interleaved
@@ -34,6 +35,8 @@ class StreamedMaps:
     gbp_seconds: float
     ssim_seconds: float
     maps_seconds: float
+    ssim_engine: str
+    """``numba`` (the CPU's fused kernels) or ``torch`` (a GPU's passes): see ``SimilarityAccumulator``."""
 
     @property
     def channels(self) -> int:
@@ -65,7 +68,7 @@ def stream_maps(
     seconds = {"gbp": 0.0, "ssim": 0.0, "maps": 0.0}
     # closing: a cancel or an error between batches restores the model's activations at once, not when the
     # suspended generator is collected
-    with NpzWriter(npz_path) as npz, closing(batches):
+    with ieee_float32(device), NpzWriter(npz_path) as npz, closing(batches):
         for name, array in extra_arrays.items():
             npz.add(name, array)
         stream = None
@@ -101,4 +104,5 @@ def stream_maps(
         gbp_seconds=seconds["gbp"],
         ssim_seconds=seconds["ssim"],
         maps_seconds=seconds["maps"],
+        ssim_engine=accumulator.engine,
     )

@@ -19,7 +19,7 @@ from torch import nn
 
 from layercut.contracts.errors import LayercutError
 from layercut.stages.gbp import gbp_graph_bytes
-from layercut.stages.ssim import CPU_MAX_ELEMENTS, GPU_MAX_ELEMENTS
+from layercut.stages.ssim import GPU_MAX_ELEMENTS
 
 MIB = 1024**2
 GRAPH_MARGIN = 1.25
@@ -75,11 +75,11 @@ class MemoryPlan:
 
 
 def ssim_working_bytes(layers: int, channels: int, height: int, width: int, win_size: int, device: torch.device) -> int:
-    """Float64 memory of ``SimilarityAccumulator`` for one image: the maps, three per-map terms, the work buffers."""
+    """Float64 memory of ``SimilarityAccumulator`` for one image: the maps, three per-map terms, and on a GPU the
+    torch engine's work buffers (the CPU's fused kernels need a few rows per thread)."""
     per_map = channels * height * width
     per_term = channels * (height - win_size + 1) * (width - win_size + 1)
-    max_elements = CPU_MAX_ELEMENTS if device.type == "cpu" else GPU_MAX_ELEMENTS
-    work = 5 * max(max_elements, per_map)
+    work = 0 if device.type == "cpu" else 5 * max(GPU_MAX_ELEMENTS, per_map)
     return 8 * (layers * per_map + 3 * layers * per_term + work)
 
 

@@ -100,6 +100,22 @@ class _GuidedDerivative(torch.autograd.Function):
         return grad_in, None, None
 
 
+class _CheckpointPass(torch.autograd.Function):
+    """Forward the input unchanged (a view); backward the gradient unchanged after calling ``checkpoint``: a
+    cancellation point for activations whose own backward is kept (``ungated``)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, checkpoint: Checkpoint) -> torch.Tensor:  # type: ignore[override]
+        ctx.checkpoint = checkpoint
+        return x.view_as(x)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        ctx.checkpoint()
+        return grad, None
+
+
 def _out_of_place(module: nn.Module, original: ActivationFn) -> ActivationFn:
     """The module's own forward, made safe for ``inplace=True`` modules by working on a copy."""
     if not getattr(module, "inplace", False):
@@ -118,7 +134,9 @@ def _guided_forward(module: nn.Module, original: ActivationFn, rule: str, checkp
         return lambda x: _ReluGate.apply(x, plain, checkpoint)
     if rule == "derivative":
         return lambda x: _GuidedDerivative.apply(x, plain, checkpoint)
-    return plain  # "ungated": the activation's own gradient
+    if checkpoint is _no_checkpoint:
+        return plain  # "ungated": the activation's own gradient
+    return lambda x: plain(_CheckpointPass.apply(x, checkpoint))
 
 
 @contextmanager
@@ -129,7 +147,8 @@ def guided_activations(
 
     The patch lives on the module instance, so a module applied several times (a ResNet block's
     ReLU) is guided at every use, and no hooks are registered. ``checkpoint`` is called in the backward of
-    every guided activation (not under ``ungated``, whose non-ReLU activations keep their own backward).
+    every activation (under ``ungated``, non-ReLU activations keep their own backward behind a pass-through that
+    calls it).
     """
     check_rule(rule)
     patched: list[tuple[nn.Module, ActivationFn | None]] = []

@@ -12,17 +12,23 @@ here. Everything is computed in float64 (TF32 never applies to float64, and no m
 used), so the result equals scikit-image's to about 1e-12.
 
 How it scales with the pairs: the window means and variances of every map are computed once; per pair only
-the cross term is new (one product, one separable window sum) and the per-pixel formula, about twenty
-vectorised in-place passes over preallocated float64 buffers. Measured at 224 px, 3 channels, on a 2-core
-AMD EPYC: about 1.5 ms per pair with one thread and 1.0 ms with two, against 6.2 ms for one
-``structural_similarity`` call (bench/README.md).
+the cross term is new (one product, one separable window sum) and the per-pixel formula. On the CPU that work is
+one fused pass per pair (``ssim_kernels``, compiled with numba): 0.37 ms per pair of 3 × 224 × 224 maps with one
+thread on a 2-core AMD EPYC, against about 5 ms for one ``structural_similarity`` call (bench/README.md). On a GPU
+(and on the CPU with ``engine="torch"``) the same arithmetic runs as about twenty vectorised in-place torch passes
+over preallocated float64 buffers (1.15 ms per pair on that CPU).
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing, nullcontext
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -37,6 +43,11 @@ GPU_MAX_ELEMENTS = 2**24
 CACHE_BYTES = 2**25
 """Float64 map data (maps and their terms) of the rows of a tile of pairs, small enough to stay in a CPU's
 last-level cache while the later maps stream past (measured ~10 % faster than row by row at 224 px)."""
+PAIR_PIXELS_PER_CALL = 2**26
+"""Pair pixels (channels × window positions × pairs) of one fused-kernel call on the CPU: about 0.15 s, so progress
+and cancellation come several times a second, and a tile is large enough to reuse its maps from the cache."""
+MAX_TILE_ROWS = 16
+"""At most this many first maps per tile of pairs (their bands stay in the cache while the second maps pass)."""
 PROGRESS_STEPS = 200
 """``similarity_matrix`` reports at most about this many progress updates (each is a cancellation point)."""
 
@@ -73,10 +84,29 @@ def _check_spatial(shape: tuple[int, ...], win_size: int, what: str) -> None:
         )
 
 
+def _not_finite(what: str) -> LayercutError:
+    return LayercutError(f"{what} contain NaN or infinite values; SSIM needs finite numbers.")
+
+
 def _check_finite(x: torch.Tensor, what: str) -> None:
     """NaN or infinite values would silently turn every SSIM into NaN, so refuse them."""
     if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-        raise LayercutError(f"{what} contain NaN or infinite values; SSIM needs finite numbers.")
+        raise _not_finite(what)
+
+
+Engine = Literal["auto", "numba", "torch"]
+ENGINES = ("auto", "numba", "torch")
+
+
+def _engine(engine: str, device: torch.device) -> str:
+    """``auto`` is the fused numba kernels on the CPU and torch elsewhere; ``torch`` on the CPU runs the GPU's code."""
+    if engine not in ENGINES:
+        raise LayercutError(f"SSIM engine must be one of {', '.join(ENGINES)} (got {engine!r}).")
+    if engine == "numba" and device.type != "cpu":
+        raise LayercutError(f"the numba SSIM engine runs on the CPU only; maps on {device} use engine 'torch'.")
+    if engine == "auto":
+        return "numba" if device.type == "cpu" else "torch"
+    return engine
 
 
 def box_sum(x: torch.Tensor, win_size: int) -> torch.Tensor:
@@ -219,10 +249,12 @@ def ssim(
     win_size: int = 7,
     k1: float = _K_DEFAULTS[0],
     k2: float = _K_DEFAULTS[1],
+    engine: Engine = "auto",
 ) -> torch.Tensor:
     """SSIM of each pair ``(a[n], b[n])`` of (N, C, H, W) images as (N,) float64 on the inputs' device.
 
     Equals ``skimage.metrics.structural_similarity(a[n], b[n], channel_axis=0, data_range=data_range)``.
+    ``engine`` as for ``SimilarityAccumulator``.
     """
     _check_settings(data_range, win_size, k1, k2)
     a = torch.as_tensor(a)
@@ -240,9 +272,25 @@ def ssim(
     b = b.to(torch.float64)
     k = _Constants.of(data_range, win_size, k1, k2)
     n, c, h, w = a.shape
+    if _engine(engine, a.device) == "numba":
+        return _numba_pairs(a, b, k).mul_(4 / (c * (h - win_size + 1) * (w - win_size + 1)))
     work = _PairWork(a.numel(), h, w, win_size, a.device)
     sums = _pair_ssim_sums(a, b, _map_terms(a, k, work), _map_terms(b, k, work), k, work)
     return sums.mul_(4 / (c * (h - win_size + 1) * (w - win_size + 1)))
+
+
+def _numba_pairs(a: torch.Tensor, b: torch.Tensor, k: _Constants) -> torch.Tensor:
+    """``_pair_ssim_sums`` of the pairs ``(a[n], b[n])`` (float64 CPU tensors) with the fused kernels."""
+    from layercut.stages import ssim_kernels
+
+    n, c, h, w = a.shape
+    maps = torch.cat([a, b]).numpy()
+    terms = tuple(np.empty((2 * n, c, h - k.win_size + 1, w - k.win_size + 1)) for _ in range(3))
+    if not ssim_kernels.map_terms(maps, k.win_size, k.h1, k.h2, *terms):
+        raise _not_finite("The images")
+    out = np.empty(n)
+    ssim_kernels.pair_sums(maps, *terms, np.arange(n), np.arange(n, 2 * n), k.win_size, k.h1, k.h2, out)
+    return torch.from_numpy(out)
 
 
 def _check_maps(maps: torch.Tensor, win_size: int) -> None:
@@ -259,14 +307,44 @@ def _check_maps(maps: torch.Tensor, win_size: int) -> None:
     _check_spatial(tuple(maps.shape), win_size, "The maps")
 
 
+def _in_order(
+    work: Callable[[tuple], object], items: Iterator[tuple], pool: ThreadPoolExecutor | None, depth: int
+) -> Iterator[tuple[tuple, object]]:
+    """``(item, work(item))`` in the order of ``items``: here when ``pool`` is None, else on the pool with at most
+    ``depth`` items in flight; when the consumer stops (a cancellation), the items not started are dropped."""
+    if pool is None:
+        for item in items:
+            yield item, work(item)
+        return
+    pending: deque[tuple[tuple, Future[object]]] = deque()
+    try:
+        for item in items:
+            pending.append((item, pool.submit(work, item)))
+            if len(pending) >= depth:
+                done, future = pending.popleft()
+                yield done, future.result()
+        while pending:
+            done, future = pending.popleft()
+            yield done, future.result()
+    finally:
+        for _, future in pending:
+            future.cancel()
+        for _, future in pending:
+            if not future.cancelled():
+                future.exception()  # wait: no kernel of this call still runs on the buffers when we return
+
+
 class SimilarityAccumulator:
     """SSIM between every pair of cut points, summed over images that arrive in groups (see ``add``).
 
     The mean over images is a sum, so maps can be streamed: each group's maps are used once and dropped, and
     ``matrix()`` after the last group equals ``similarity_matrix`` of all the maps together. Local means and
     variances of every map are computed once per group; per pair only the filtered cross product is new.
-    Working tensors hold at most ``max_elements`` float64 elements each (``None``: ``CPU_MAX_ELEMENTS`` or
-    ``GPU_MAX_ELEMENTS`` by device), allocated once and reused. Progress goes to
+    ``engine``: ``numba`` (the CPU's default) computes each tile of pairs in one fused kernel call, on
+    ``torch.get_num_threads()`` threads; ``torch`` (a GPU's, and on the CPU the way to test the GPU's code) runs
+    vectorised passes in which working tensors hold at most ``max_elements`` float64 elements each (``None``:
+    ``CPU_MAX_ELEMENTS`` or ``GPU_MAX_ELEMENTS`` by device). A group of images (at most ``max_elements`` map
+    elements, at least one image) is converted to float64 at a time, into buffers allocated once. Progress goes to
     ``reporter.update("analyze", fraction, "SSIM: …")``, the fraction of ``total_images`` (when given) done.
     """
 
@@ -282,9 +360,11 @@ class SimilarityAccumulator:
         win_size: int = 7,
         k1: float = _K_DEFAULTS[0],
         k2: float = _K_DEFAULTS[1],
+        engine: Engine = "auto",
     ) -> None:
         _check_settings(data_range, win_size, k1, k2)
         self.device = torch.device(device or "cpu")
+        self.engine = _engine(engine, self.device)
         if max_elements is None:
             max_elements = CPU_MAX_ELEMENTS if self.device.type == "cpu" else GPU_MAX_ELEMENTS
         if not isinstance(max_elements, numbers.Integral) or isinstance(max_elements, bool) or max_elements < 1:
@@ -315,45 +395,115 @@ class SimilarityAccumulator:
         if self._pixels and pixels != self._pixels:
             raise LayercutError("similarity maps must keep the same channels and size in every group.")
         self._pixels = pixels
-        if self._work is None or self._work.shape != (height, width):
+        if self.engine == "torch" and (self._work is None or self._work.shape != (height, width)):
             capacity = max(self.max_elements, channels * height * width)  # at least one pair of maps
             self._work = _PairWork(capacity, height, width, win, self.device)
-        per_image = layers * channels
-        group = max(1, min(n, self.max_elements // (per_image * height * width)))
-        pair_chunk = max(1, self._work.maps_per_chunk // (group * channels))
+        group = max(1, min(n, self.max_elements // (layers * channels * height * width)))
+        self._progress()
+        self._reserve(group, maps.shape[1:])
+        assert self._maps64 is not None
+        threads = max(1, torch.get_num_threads()) if self.engine == "numba" else 1
+        with ThreadPoolExecutor(threads, "layercut-ssim") if threads > 1 else nullcontext() as pool:
+            for g0 in range(0, n, group):
+                source = maps[g0 : g0 + group]
+                x = self._maps64[: source.shape[0]]
+                x.copy_(source)
+                terms = tuple(t[: source.shape[0]] for t in self._terms)
+                if self.engine == "numba":
+                    self._add_group_numba(x, terms, pool, threads)
+                else:
+                    self._add_group_torch(source, x, terms)
+                self.images += x.shape[0]
+                del x
+
+    def _add_group_torch(self, source: torch.Tensor, x: torch.Tensor, terms: tuple[torch.Tensor, ...]) -> None:
+        """One group's pairs as vectorised torch passes over blocks ``(i, j0:j1)`` of pairs."""
+        assert self._work is not None
+        _check_finite(source, "The maps")
+        _, layers, channels, height, width = x.shape
+        _map_terms_into(
+            x.view(-1, *x.shape[2:]), self._constants, self._work, tuple(t.view(-1, *t.shape[2:]) for t in terms)
+        )
+        pair_chunk = max(1, self._work.maps_per_chunk // (x.shape[0] * channels))
         # Blocks (i, j0:j1) with j0 > i are slices, not gathers: no per-pair copies of the statistics.
         blocks = [
             (i, j0, min(j0 + pair_chunk, layers)) for i in range(layers - 1) for j0 in range(i + 1, layers, pair_chunk)
         ]
         # Tiles of rows: the maps of a few rows i stay in the cache while every later map j passes by once.
-        rows_per_tile = max(1, CACHE_BYTES // (4 * 8 * group * channels * height * width))
+        rows_per_tile = max(1, CACHE_BYTES // (4 * 8 * x.shape[0] * channels * height * width))
         blocks.sort(key=lambda block: (block[0] // rows_per_tile, block[1], block[0]))
-        self._progress()
-        self._reserve(group, maps.shape[1:])
-        assert self._maps64 is not None
-        for g0 in range(0, n, group):
-            source = maps[g0 : g0 + group]
-            _check_finite(source, "The maps")
-            x = self._maps64[: source.shape[0]]
-            x.copy_(source)
-            terms = tuple(t[: source.shape[0]] for t in self._terms)
-            _map_terms_into(
-                x.view(-1, *x.shape[2:]), self._constants, self._work, tuple(t.view(-1, *t.shape[2:]) for t in terms)
+        for i, j0, j1 in blocks:
+            sums = _pair_ssim_sums(
+                x[:, i : i + 1],
+                x[:, j0:j1],
+                tuple(t[:, i : i + 1] for t in terms),
+                tuple(t[:, j0:j1] for t in terms),
+                self._constants,
+                self._work,
             )
-            for i, j0, j1 in blocks:
-                sums = _pair_ssim_sums(
-                    x[:, i : i + 1],
-                    x[:, j0:j1],
-                    tuple(t[:, i : i + 1] for t in terms),
-                    tuple(t[:, j0:j1] for t in terms),
-                    self._constants,
-                    self._work,
-                )
-                self._sums[i, j0:j1] += sums.sum(0)
-                self._pairs_done += (j1 - j0) * x.shape[0]
+            self._sums[i, j0:j1] += sums.sum(0)
+            self._pairs_done += (j1 - j0) * x.shape[0]
+            self._progress()
+
+    def _add_group_numba(
+        self, x: torch.Tensor, terms: tuple[torch.Tensor, ...], pool: ThreadPoolExecutor | None, threads: int
+    ) -> None:
+        """One group's pairs with the fused CPU kernels: the per-map terms in ``threads`` slices of the maps, then
+        tiles of pairs, one kernel call each; on ``pool`` when given (the kernels release the GIL), summed in the
+        tiles' order, so the matrix does not depend on the thread count."""
+        from layercut.stages import ssim_kernels
+
+        k = self._constants
+        maps_np = x.view(-1, *x.shape[2:]).numpy()
+        terms_np = tuple(t.view(-1, *t.shape[2:]).numpy() for t in terms)
+        bounds = np.linspace(0, maps_np.shape[0], min(threads, maps_np.shape[0]) + 1).astype(int)
+
+        def terms_of(span: tuple[int, int]) -> bool:
+            a, b = span
+            return bool(ssim_kernels.map_terms(maps_np[a:b], k.win_size, k.h1, k.h2, *(t[a:b] for t in terms_np)))
+
+        spans = iter(list(zip(bounds[:-1], bounds[1:])))
+        with closing(_in_order(terms_of, spans, pool, threads)) as finished:
+            if not all(finite for _, finite in finished):
+                raise _not_finite("The maps")
+        sums = self._sums.numpy()
+        layers = self.layers
+
+        def pairs_of(tile: tuple[np.ndarray, np.ndarray, int]) -> np.ndarray:
+            rows, cols, image = tile
+            out = np.empty(rows.shape[0])
+            ssim_kernels.pair_sums(
+                maps_np, *terms_np, rows + image * layers, cols + image * layers, k.win_size, k.h1, k.h2, out
+            )
+            return out
+
+        tiles = self._tiles(threads)
+        work = ((rows, cols, image) for image in range(x.shape[0]) for rows, cols in tiles)
+        with closing(_in_order(pairs_of, work, pool, 2 * threads)) as results:
+            for (rows, cols, _), out in results:
+                sums[rows, cols] += out
+                self._pairs_done += rows.shape[0]
                 self._progress()
-            self.images += x.shape[0]
-            del x, terms
+
+    def _tiles(self, threads: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The pairs ``i < j`` of one image as tiles of a few rows ``i`` with every later ``j``, each sorted by ``j``
+        (so a map ``j`` passes through the cache once per tile), of at most ``PAIR_PIXELS_PER_CALL`` pair pixels
+        and, with several threads, small enough that each thread gets at least two tiles of every image."""
+        pairs = self.layers * (self.layers - 1) // 2
+        pairs_per_call = max(1, PAIR_PIXELS_PER_CALL // self._pixels)
+        if threads > 1:
+            pairs_per_call = max(1, min(pairs_per_call, -(-pairs // (2 * threads))))
+        rows_per_tile = max(1, min(MAX_TILE_ROWS, pairs_per_call // max(1, self.layers - 1)))
+        first, second = np.triu_indices(self.layers, 1)
+        tiles = []
+        for i0 in range(0, self.layers - 1, rows_per_tile):
+            chosen = (first >= i0) & (first < i0 + rows_per_tile)
+            rows, cols = first[chosen], second[chosen]
+            order = np.lexsort((rows, cols))
+            rows, cols = rows[order], cols[order]
+            for p0 in range(0, rows.shape[0], pairs_per_call):
+                tiles.append((rows[p0 : p0 + pairs_per_call], cols[p0 : p0 + pairs_per_call]))
+        return tiles
 
     def _reserve(self, group: int, shape: tuple[int, ...]) -> None:
         """Float64 copies of a group's maps and their per-map terms, allocated once and reused for every group
@@ -394,6 +544,7 @@ def similarity_matrix(
     win_size: int = 7,
     k1: float = _K_DEFAULTS[0],
     k2: float = _K_DEFAULTS[1],
+    engine: Engine = "auto",
 ) -> np.ndarray:
     """(L, L) float64 matrix of SSIM between every pair of cut points, averaged over the N images.
 
@@ -412,6 +563,7 @@ def similarity_matrix(
         win_size=win_size,
         k1=k1,
         k2=k2,
+        engine=engine,
     )
     accumulator.add(maps)
     return accumulator.matrix()

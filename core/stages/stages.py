@@ -71,6 +71,8 @@ from layercut.stages.truncation import truncate
 
 CHECKPOINT_NAME = files.CHECKPOINT
 CONFUSED_PAIRS = 6  # rows of confused_pairs.png
+SSIM_ENGINES = {"numba": "fused numba kernels on the CPU", "torch": "torch"}
+"""How analysis.json names the SSIM engine that ran (``SimilarityAccumulator.engine``)."""
 
 TrainingResultT = TypeVar("TrainingResultT", TrainResult, RetrainResult)
 """The result a training stage records: a base model's (train) or a slim model's (retrain)."""
@@ -423,7 +425,8 @@ def analyze_stage(
             grayscale=config.grayscale,
         ),
         ssim=SsimSettings(
-            implementation="batched torch float64, equal to skimage.metrics.structural_similarity",
+            implementation=f"batched float64 ({SSIM_ENGINES[streamed.ssim_engine]}), equal to "
+            "skimage.metrics.structural_similarity",
             data_range=config.ssim_data_range,
             win_size=7,
             k1=0.01,

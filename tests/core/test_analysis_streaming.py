@@ -152,3 +152,31 @@ def test_the_default_batch_is_sized_to_the_image_and_the_device(model: torch.nn.
     assert [default_batch_size(s, s, gpu) for s in (224, 448)] == [32, 8]
     plan = plan_memory(model, (3, 64, 64), 9, 40, batch_size=None, budget_mb=None, rule="relu", device=cpu)
     assert plan.batch_size == 24
+
+
+def test_the_analysis_turns_tf32_off_on_a_gpu_and_restores_it(
+    model: torch.nn.Module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cuDNN convolutions may use TF32 by default, which moves GBP maps by ~1e-3: the analysis runs under full
+    float32 on a GPU (so its maps equal the CPU's) and leaves torch's settings as they were. The flags are plain
+    settings, so this runs without a GPU; on the CPU nothing changes."""
+    import layercut.stages.analysis_maps as analysis_maps
+    from layercut.stages.devices import ieee_float32
+
+    conv, matmul = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    before = (conv.fp32_precision, matmul.fp32_precision)
+    with ieee_float32(torch.device("cuda")):
+        assert (conv.fp32_precision, matmul.fp32_precision) == ("ieee", "ieee")
+    assert (conv.fp32_precision, matmul.fp32_precision) == before
+    with ieee_float32(torch.device("cpu")):
+        assert (conv.fp32_precision, matmul.fp32_precision) == before
+
+    seen: list[tuple[str, str]] = []
+
+    def recording(device: torch.device):
+        seen.append(("enter", device.type))
+        return ieee_float32(device)
+
+    monkeypatch.setattr(analysis_maps, "ieee_float32", recording)
+    _stream(model, random_images(2, 3, 32), tmp_path / "maps.npz", 2, Reporter())
+    assert seen == [("enter", "cpu")]

@@ -204,6 +204,28 @@ def test_ungated_equals_captum_on_silu_net_and_rules_differ():
         assert difference > 1e-3 * maps[a][:, deepest].abs().max(), (a, b)
 
 
+def test_every_activation_is_a_cancellation_point_under_every_rule():
+    """Under ``ungated`` the SiLU, Hardswish and GELU keep their own backward, behind a pass-through that checks
+    for cancellation: a deep backward stops inside, whatever the rule (guided_backprop_maps, which the captum
+    test above runs, always passes a checkpoint)."""
+    model = _mixed_net()
+    x = _images(1, 3, 16).requires_grad_()
+    for rule in GBP_RULES:
+        calls: list[int] = []
+        with guided_activations(model, rule, checkpoint=lambda calls=calls: calls.append(1)):
+            (with_checks,) = torch.autograd.grad(model(x).sum(), x)
+        assert len(calls) == 5, rule  # SiLU, ReLU, Hardswish, SiLU, GELU: each passed once
+        with guided_activations(model, rule):
+            (without,) = torch.autograd.grad(model(x).sum(), x)
+        assert torch.equal(with_checks, without), rule
+
+        def cancel() -> None:
+            raise Cancelled("cancelled during analyze")
+
+        with guided_activations(model, rule, checkpoint=cancel), pytest.raises(Cancelled):
+            torch.autograd.grad(model(x).sum(), x)
+
+
 def test_efficientnet_rules_on_a_few_cut_points():
     model = _seeded(tvm.efficientnet_b0(num_classes=3))
     images = _images(2, 3, 32)
