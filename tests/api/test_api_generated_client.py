@@ -22,30 +22,40 @@ import pytest
 PACKAGE = "layercut_generated_client"
 
 
+_GENERATED: dict[str, Path] = {}
+"""Folders holding a client generated from a given OpenAPI document (by its sha256): generated once per run."""
+
+
 @pytest.fixture
-def generated(env, tmp_path: Path, monkeypatch):
+def generated(env, tmp_path_factory: pytest.TempPathFactory, monkeypatch):
     """The client package generated from this API's OpenAPI document, importable."""
-    document = tmp_path / "openapi.json"
-    document.write_text(json.dumps(env.app.openapi()))
-    done = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "openapi-python-client"),
-            "generate",
-            "--path",
-            str(document),
-            "--output-path",
-            str(tmp_path / PACKAGE),
-            "--meta",
-            "none",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"},
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "Warning" not in done.stdout, done.stdout  # every operation and schema generated
-    monkeypatch.syspath_prepend(str(tmp_path))
+    text = json.dumps(env.app.openapi(), sort_keys=True)
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    root = _GENERATED.get(digest)
+    if root is None:
+        root = tmp_path_factory.mktemp("generated-client")
+        document = root / "openapi.json"
+        document.write_text(text)
+        done = subprocess.run(
+            [
+                str(Path(sys.executable).parent / "openapi-python-client"),
+                "generate",
+                "--path",
+                str(document),
+                "--output-path",
+                str(root / PACKAGE),
+                "--meta",
+                "none",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"},
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "Warning" not in done.stdout, done.stdout  # every operation and schema generated
+        _GENERATED[digest] = root
+    monkeypatch.syspath_prepend(str(root))
     for name in [m for m in sys.modules if m == PACKAGE or m.startswith(PACKAGE + ".")]:
         del sys.modules[name]
     return importlib.import_module(PACKAGE)

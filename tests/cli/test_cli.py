@@ -258,122 +258,67 @@ def test_knee_command_repicks_from_an_analysis(tiny_run) -> None:
 
 
 def test_stages_one_by_one(tmp_path: Path) -> None:
+    """Every stage as its own command, and their refusals; commands that need only what is already made run two
+    at a time (each process spends seconds importing)."""
     base, analysis, slim = tmp_path / "base", tmp_path / "analysis", tmp_path / "slim"
+    checkpoint = base / "model.safetensors"
     assert layercut("train", "--data", "textures", *TINY, "--out", base).returncode == 0
-    result = layercut(
-        "analyze",
-        "--checkpoint",
-        base / "model.safetensors",
-        "--out",
-        analysis,
-        "--max-probes",
-        "6",
-        "--curve",
-        "adjacent",
-        "--quiet",
-        "--json",
+    analyzed, truncated, no_analysis, auto_truncate, bad_every, bad_name = layercut_each(
+        ("analyze", "--checkpoint", checkpoint, "--out", analysis, "--max-probes", "6", "--curve", "adjacent")
+        + ("--quiet", "--json"),
+        (
+            "truncate",
+            "--checkpoint",
+            checkpoint,
+            "--cut",
+            "features.6",
+            "--out",
+            slim / "initial.safetensors",
+            "--json",
+        ),
+        ("truncate", "--checkpoint", checkpoint, "--out", tmp_path / "x.safetensors"),
+        ("truncate", "--checkpoint", checkpoint, "--cut", "auto", "--out", tmp_path / "x.safetensors"),
+        ("sweep", "--checkpoint", checkpoint, "--cuts", "every:x", "--out", tmp_path / "s2"),
+        ("sweep", "--checkpoint", checkpoint, "--cuts", "3,nowhere", "--out", tmp_path / "s3"),
     )
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["probes"]["count"] == 6
-    result = layercut(
-        "truncate",
-        "--checkpoint",
-        base / "model.safetensors",
-        "--cut",
-        "features.6",
-        "--out",
-        slim / "initial.safetensors",
-        "--json",
-    )
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["cut_point"] == {"index": 1, "name": "features.6"}
+    assert analyzed.returncode == 0, analyzed.stderr
+    assert json.loads(analyzed.stdout)["probes"]["count"] == 6
+    assert truncated.returncode == 0, truncated.stderr
+    assert json.loads(truncated.stdout)["cut_point"] == {"index": 1, "name": "features.6"}
+    # --cut knee needs the analysis; the auto cut is its own command; a sweep's cut points are checked
+    assert_clean_error(no_analysis, "--analysis")
+    assert_clean_error(auto_truncate, "layercut select")
+    assert_clean_error(bad_every, "every:K")
+    assert_clean_error(bad_name, "nowhere")
     result = layercut(
         "retrain", "--checkpoint", slim / "initial.safetensors", "--out", slim, "--epochs", "1", "--quiet"
     )
     assert result.returncode == 0, result.stderr
-    result = layercut(
-        "compare",
-        "--base",
-        base / "model.safetensors",
-        "--slim",
-        slim / "model.safetensors",
-        "--out",
-        tmp_path / "compare",
-        "--repeats",
-        "2",
-        "--no-onnxruntime",
-        "--quiet",
-        "--json",
+    compared, truncated_again, selected_run, swept_run = layercut_each(
+        ("compare", "--base", checkpoint, "--slim", slim / "model.safetensors", "--out", tmp_path / "compare")
+        + ("--repeats", "2", "--no-onnxruntime", "--quiet", "--json"),
+        ("truncate", "--checkpoint", slim / "model.safetensors", "--cut", "0", "--out", tmp_path / "x.safetensors"),
+        # the auto cut and the sweep, one command each
+        ("select", "--checkpoint", checkpoint, "--analysis", analysis / "analysis.json", "--out", tmp_path / "select")
+        + ("--min-accuracy", "100", "--max-retrains", "2", "--epochs", "1", "--quiet"),
+        ("sweep", "--checkpoint", checkpoint, "--cuts", "every:2", "--out", tmp_path / "sweep", "--epochs", "1")
+        + ("--quiet", "--json"),
     )
-    assert result.returncode == 0, result.stderr
-    compared = json.loads(result.stdout)
-    assert compared["slim"]["cut_point"]["name"] == "features.6"
-    assert compared["slim"]["latency"] and not any(
-        label.startswith("onnxruntime") for label in compared["slim"]["latency"]
+    assert compared.returncode == 0, compared.stderr
+    comparison = json.loads(compared.stdout)
+    assert comparison["slim"]["cut_point"]["name"] == "features.6"
+    assert comparison["slim"]["latency"] and not any(
+        label.startswith("onnxruntime") for label in comparison["slim"]["latency"]
     )
-    # a slim model cannot be truncated again, and --cut knee needs the analysis
-    assert_clean_error(
-        layercut(
-            "truncate", "--checkpoint", slim / "model.safetensors", "--cut", "0", "--out", tmp_path / "x.safetensors"
-        ),
-        "already a slim model",
-    )
-    assert_clean_error(
-        layercut("truncate", "--checkpoint", base / "model.safetensors", "--out", tmp_path / "x.safetensors"),
-        "--analysis",
-    )
-    assert_clean_error(
-        layercut(
-            "truncate", "--checkpoint", base / "model.safetensors", "--cut", "auto", "--out", tmp_path / "x.safetensors"
-        ),
-        "layercut select",
-    )
-    # the auto cut and the sweep, one command each
-    result = layercut(
-        "select",
-        "--checkpoint",
-        base / "model.safetensors",
-        "--analysis",
-        analysis / "analysis.json",
-        "--out",
-        tmp_path / "select",
-        "--min-accuracy",
-        "100",
-        "--max-retrains",
-        "2",
-        "--epochs",
-        "1",
-        "--quiet",
-    )
-    assert result.returncode == 0, result.stderr
-    assert "No slim model kept the accuracy" in " ".join(result.stdout.split())  # 100 % is out of reach: said plainly
+    assert_clean_error(truncated_again, "already a slim model")  # a slim model cannot be truncated again
+    assert selected_run.returncode == 0, selected_run.stderr
+    assert "No slim model kept the accuracy" in " ".join(selected_run.stdout.split())  # out of reach: said plainly
     selected = json.loads((tmp_path / "select/select.json").read_text())
     assert len(selected["candidates"]) == 2 and selected["within_budget"] is False and selected["shortfall"] > 0
-    result = layercut(
-        "sweep",
-        "--checkpoint",
-        base / "model.safetensors",
-        "--cuts",
-        "every:2",
-        "--out",
-        tmp_path / "sweep",
-        "--epochs",
-        "1",
-        "--quiet",
-        "--json",
-    )
-    assert result.returncode == 0, result.stderr
-    swept = json.loads(result.stdout)
+    assert swept_run.returncode == 0, swept_run.stderr
+    swept = json.loads(swept_run.stdout)
     assert [c["cut_point"]["index"] for c in swept["candidates"]] == [0, 2, 3]  # every second, and the last
     assert swept["rules"]["knee"] is None and (tmp_path / "sweep/trade_off.png").is_file()
-    assert_clean_error(
-        layercut("sweep", "--checkpoint", base / "model.safetensors", "--cuts", "every:x", "--out", tmp_path / "s2"),
-        "every:K",
-    )
-    assert_clean_error(
-        layercut("sweep", "--checkpoint", base / "model.safetensors", "--cuts", "3,nowhere", "--out", tmp_path / "s3"),
-        "nowhere",
-    )
 
 
 def test_layers_lists_resnet152s_51_cut_points() -> None:
