@@ -601,6 +601,7 @@ def run_pipeline(
             from layercut.stages.tracking import publish_run
 
             publish_run(out, mlflow, dataset, reporter)
+            write_run_report(out)  # now with where the run was logged (the logged copy was written before)
         return summary
 
 

@@ -509,6 +509,7 @@ def run_mlflow(params: MlflowParams, run: StageRun) -> StageOutcome:
         write_result(folder / RUN_JSON, summary)
         write_run_report(folder, shown_as=f"pipeline {pipeline}")
         result = publish_run(folder, config, dataset, run.reporter.scaled(0.1, 1.0), run_name=f"pipeline-{pipeline}")
+        write_run_report(folder, shown_as=f"pipeline {pipeline}")  # the kept copy also says where the run was logged
         copy_files({name: folder / name for name in MLFLOW_KEPT}, run.out)
     return StageOutcome(result)
 

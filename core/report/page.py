@@ -22,7 +22,19 @@ from typing import Any
 from markupsafe import Markup
 
 from layercut.contracts.results import RunSummary
-from layercut.report.sections import compare, cut, cut_choice, data, explain, gbp, model, overview, pending, ssim
+from layercut.report.sections import (
+    compare,
+    cut,
+    cut_choice,
+    data,
+    explain,
+    gbp,
+    model,
+    overview,
+    pending,
+    ssim,
+    tracking,
+)
 from layercut.report.stages import Stage, StageInput, chosen_model_stages, resolve_stage
 from layercut.report.templating import render_template
 
@@ -65,7 +77,8 @@ def render_report(
 
     Sections appear for the stages given: data and base model (train), GBP maps and SSIM/knee (analyze),
     whether this is the right cut (select, sweep, or an analysis with depth probes), what was cut and why
-    (truncate), slim model (retrain), comparison (compare), explanations (explain); the data section follows
+    (truncate), slim model (retrain), comparison (compare), explanations (explain), where the run was logged
+    (mlflow); the data section follows
     retrain when there is no train stage, and a pipeline whose select job stands for truncate and retrain shows
     its chosen candidate as both. A stage not done shows "not run yet" with its status. ``details`` are (label,
     value) pairs shown in the overview (values are escaped); ``status`` is an overall status shown beside the
@@ -90,6 +103,7 @@ def render_report(
         ("slim", "Slim model", by_kind.get("retrain"), lambda s: model.render(s, "slim")),
         ("compare", "Base vs slim", by_kind.get("compare"), compare.render),
         ("explain", "Explanations", by_kind.get("explain"), explain.render),
+        ("mlflow", "Logged to MLflow", by_kind.get("mlflow"), tracking.render),
     ]
     # The cut's section is drawn first so that it claims the depth-probe picture before the SSIM section shows
     # the analysis' other pictures; the page keeps the plan's order.

@@ -20,6 +20,7 @@ from layercut.contracts.files import (
     INITIAL_CHECKPOINT,
     METRICS_JSON,
     REPORT_HTML,
+    RESULT_JSON,
     RUN_FOLDERS,
     RUN_JSON,
     TRUNCATE_JSON,
@@ -93,7 +94,7 @@ def truncate_summary(run_dir: Path, run: RunSummary | None = None) -> dict[str, 
 
 def run_stages(run_dir: str | Path) -> list[StageInput]:
     """The stages of a run folder, in pipeline order, judged by the files present (select and sweep only when their
-    folder is there: a run cut at the knee or at a named cut point has neither)."""
+    folder is there: a run cut at the knee or at a named cut point has neither; mlflow once the run was logged)."""
     root = Path(run_dir)
 
     def stage(kind: str) -> StageInput:
@@ -112,6 +113,8 @@ def run_stages(run_dir: str | Path) -> list[StageInput]:
         source=f"the cut recorded in {RUN_JSON} and {slim}{INITIAL_CHECKPOINT} ({slim}{TRUNCATE_JSON} is missing)",
     )
     optional = {kind: [stage(kind)] if (root / RUN_FOLDERS[kind]).is_dir() else [] for kind in ("select", "sweep")}
+    logged = StageInput("mlflow", root, label=f"{RUN_FOLDERS['mlflow']}/")  # its key file is under the run folder
+    optional["mlflow"] = [logged] if (root / RESULT_JSON["mlflow"]).is_file() else []
     return [
         stage("train"),
         stage("analyze"),
@@ -121,6 +124,7 @@ def run_stages(run_dir: str | Path) -> list[StageInput]:
         stage("compare"),
         stage("explain"),
         *optional["sweep"],
+        *optional["mlflow"],
     ]
 
 

@@ -51,6 +51,8 @@ STAGE_TITLES = {
     "sweep": "sweep the cut points",
     "compare": "compare base and slim",
     "explain": "explain base and slim",
+    "export": "export the slim model",
+    "mlflow": "log the run to MLflow",
 }
 
 

@@ -228,6 +228,9 @@ def test_a_generated_client_runs_a_pipeline_logged_to_mlflow_and_reads_typed_res
     assert slim_version.tags[CUT_TAG] == truncate.result.cut_point.name
     report = operation("reports", "get_pipeline_report").sync_detailed(client=client, pipeline_id=pipeline.id)
     assert report.status_code == 200 and b"Explanations" in report.content  # the page renders with the mlflow step
+    logged_section = report.content.decode()[report.content.decode().index('id="mlflow"') :]
+    assert "Logged to MLflow" in logged_section and run.info.run_id in logged_section
+    assert f"models:/{registered}/{slim_version.version}" in logged_section
     shown = {a.path for a in tracking.list_artifacts(run.info.run_id)}
     assert {"report.html", "run.json", "base", "slim", "analysis", "compare", "explain"} <= shown
 

@@ -106,6 +106,9 @@ def test_the_report_pictures_and_records_are_its_artifacts(logged) -> None:
     assert not [a for a in artifacts if a.endswith((".safetensors", ".npz"))]  # weights go to the registry only
     shown = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.suffix in (".html", ".png", ".json", ".csv")}
     assert artifacts == shown - {f"{files.MLFLOW_FOLDER}/{files.MLFLOW_JSON}"} and result.artifacts == len(artifacts)
+    page = (out / files.REPORT_HTML).read_text()  # the run folder's report, written again once the run was logged
+    logged_section = page[page.index('id="mlflow"') :]
+    assert result.run_id in logged_section and result.models[1].model_uri in logged_section
 
 
 def test_base_and_slim_are_registered_versions_that_onnx_runtime_runs(logged) -> None:

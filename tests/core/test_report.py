@@ -862,3 +862,47 @@ def test_a_slower_slim_model_says_why_in_the_overview(tiny_run, tmp_path) -> Non
     overview = _section(write_run_report(run).read_text(encoding="utf-8"), "overview")
     text = html.unescape(" ".join(re.sub(r"<[^>]+>", " ", overview).split()))
     assert "2.00× slower" in text and "slower although it does 20.0% of the base's MACs" in text, text
+
+
+def test_the_mlflow_step_shows_where_the_run_was_logged_and_the_versions() -> None:
+    """A pipeline that ends in an mlflow step: its section names the server, experiment, run and registered
+    model, and one row per model version (base first) with its URI, ONNX size and parity; no link is made."""
+    logged = {
+        "stage": "mlflow",
+        "tracking_uri": "http://mlflow.internal:5000",
+        "experiment": "slimming",
+        "experiment_id": "7",
+        "run_id": "a1b2c3d4",
+        "registered_model": "resnet-slim",
+        "models": [
+            {
+                "role": "slim",
+                "version": "4",
+                "model_uri": "models:/resnet-slim/4",
+                "onnx_bytes": 634_000,
+                "parity_max_abs_diff": 1.7e-5,
+            },
+            {
+                "role": "base",
+                "version": "3",
+                "model_uri": "models:/resnet-slim/3",
+                "onnx_bytes": 44_700_000,
+                "parity_max_abs_diff": 2.4e-6,
+            },
+        ],
+        "artifacts": 23,
+        "seconds": 4.2,
+    }
+    page = render_report(
+        [StageInput("mlflow", None, summary={**logged, "model_id": None}, status="succeeded", step=6)], "logged"
+    )
+    section = page[page.index('id="mlflow"') :]
+    text = " ".join(re.sub(r"<[^>]+>", " ", html.unescape(section)).split())
+    assert "Logged to MLflow" in page and "problem" not in section[:200]
+    for fragment in ("http://mlflow.internal:5000", "slimming (id 7)", "a1b2c3d4", "resnet-slim", "23"):
+        assert fragment in text, fragment
+    assert text.index("models:/resnet-slim/3") < text.index("models:/resnet-slim/4")  # base first
+    assert "base 3 models:/resnet-slim/3 44.7 MB 2.4e-06" in text and "slim 4 models:/resnet-slim/4 634 kB" not in text
+    assert "slim 4 models:/resnet-slim/4 634 KB 1.7e-05" in text
+    assert "href=" not in section  # the server is named, not linked: the page makes no external references
+    assert "log the run to MLflow" in page  # the overview's list of steps
